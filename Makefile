@@ -1,0 +1,46 @@
+# The two set-up commands of the README live here: `make demo` and `make test`.
+# Each creates .venv with python3 (>= 3.11) and installs gastown into it first,
+# so a fresh machine needs nothing but python3, git and make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit install clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gastown needs Python >= 3.11")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the main job (see README)
+demo: $(STAMP)
+	$(BIN)/python -m gastown.supervisor.demo
+
+## test: lint, type-check and the whole test suite
+test: $(STAMP) lint typecheck
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# mypy cannot follow setuptools' editable import hook, so it reads the sources through
+# a link tree that has the installed shape (gastown.supervisor -> supervisor/, ...).
+typecheck: $(STAMP)
+	rm -rf build/typecheck && mkdir -p build/typecheck/gastown
+	ln -s ../../../supervisor build/typecheck/gastown/supervisor
+	ln -s ../../../roles build/typecheck/gastown/roles
+	ln -s ../../../config build/typecheck/gastown/config
+	cd build/typecheck && MYPYPATH=. ../../$(BIN)/mypy --config-file ../../pyproject.toml -p gastown.supervisor -p gastown.roles -p gastown.config
+	MYPYPATH=build/typecheck $(BIN)/mypy tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

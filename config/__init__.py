@@ -1,0 +1,18 @@
+"""Shipped defaults: ``town.toml`` and ``rig.toml`` templates and, later, the systemd unit.
+
+The TOML files here are the single source of every default value: the config loader
+overlays a user's file on them, so a key documented here is a key that exists.
+"""
+
+from importlib.resources import files
+from pathlib import Path
+
+
+def default_text(name: str) -> str:
+    """The text of a shipped file such as ``"town.toml"``."""
+    return files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+def default_path(name: str) -> Path:
+    """A readable path to a shipped file (the package is always installed unzipped)."""
+    return Path(str(files(__name__).joinpath(name)))

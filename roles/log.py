@@ -1,0 +1,157 @@
+"""Logging set-up shared by every gastown process: structlog, JSON lines, context.
+
+Each process calls :func:`configure_logging` once. Every event becomes one JSON line in
+``logs/<role>.log`` (rotated by size, keeping N files) and, when asked, a readable line
+on stderr. ``role``, ``rig``, ``polecat`` and ``bead`` travel as context variables
+(:func:`bind` / :func:`bound`), so a line logged deep inside git plumbing still says
+which polecat it was for.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TextIO
+
+import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+#: The context keys every log line may carry, in the order they are shown.
+CONTEXT_KEYS: Final = ("role", "rig", "polecat", "bead")
+
+
+def log_file_name(role: str) -> str:
+    """``witness:web`` -> ``witness-web.log`` (one file per role)."""
+    return role.replace(":", "-").replace("/", "-") + ".log"
+
+
+class RotatingLog:
+    """An append-only log file that rotates at ``max_bytes``, keeping ``backups`` old files.
+
+    Several processes may share one file (the CLI's): every write and rotation happens
+    under an ``flock`` on the open file, and a writer whose file was rotated away by
+    another process reopens the new one.
+    """
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.backups = backups
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _reopen_if_rotated(self) -> None:
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            self._file.close()
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def _rotate(self) -> None:
+        if self.backups == 0:
+            os.truncate(self.path, 0)
+            return
+        for n in range(self.backups - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                os.replace(older, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+
+    def write_line(self, line: str) -> None:
+        self._reopen_if_rotated()
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if os.fstat(self._file.fileno()).st_size >= self.max_bytes:
+                self._rotate()
+        finally:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class _Tee:
+    """Final processor: write the JSON line to the file, return the console line or drop."""
+
+    def __init__(self, file: RotatingLog | None, console: structlog.dev.ConsoleRenderer | None,
+                 json_console: bool) -> None:
+        self.file = file
+        self.console = console
+        self.json_console = json_console
+
+    def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+        line = json.dumps(event_dict, default=str, ensure_ascii=False)
+        if self.file is not None:
+            self.file.write_line(line)
+        if self.json_console:
+            return line
+        if self.console is not None:
+            return str(self.console(logger, method, dict(event_dict)))
+        raise structlog.DropEvent
+
+
+def _order_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Put ``timestamp``, ``level``, ``event`` and the context keys first in each line."""
+    head = ("timestamp", "level", "event", *CONTEXT_KEYS)
+    ordered: MutableMapping[str, Any] = {k: event_dict.pop(k) for k in head if k in event_dict}
+    ordered.update(event_dict)
+    return dict(ordered)
+
+
+def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
+                      console: bool | None = None, json_console: bool = False,
+                      max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+    """Route this process's structlog output to ``logs_dir/<role>.log`` and maybe stderr.
+
+    ``console=None`` means: readable lines on stderr when it is a terminal.
+    """
+    if console is None:
+        console = sys.stderr.isatty()
+    file = (RotatingLog(logs_dir / log_file_name(role), max_bytes, backups)
+            if logs_dir is not None else None)
+    renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console else None
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _order_context,
+            _Tee(file, renderer, json_console),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, 20)),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(role=role)
+
+
+def bind(**context: str | None) -> None:
+    """Add ``rig``/``polecat``/``bead`` (or any key) to every later line of this context."""
+    structlog.contextvars.bind_contextvars(**{k: v for k, v in context.items()
+                                              if v is not None})
+
+
+@contextmanager
+def bound(**context: str | None) -> Iterator[None]:
+    """Like :func:`bind`, for the duration of a ``with`` block."""
+    with structlog.contextvars.bound_contextvars(**{k: v for k, v in context.items()
+                                                    if v is not None}):
+        yield
+
+
+def get_logger(**initial: Any) -> Any:
+    """A structlog logger; the configured pipeline applies."""
+    return structlog.get_logger(**initial)

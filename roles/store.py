@@ -1,0 +1,334 @@
+"""The town's truth: a SQLite database (WAL) of rigs, beads, polecats and domain events.
+
+Every state change is one transaction, and the domain event describing it is written
+in that same transaction (the ``events`` table is an outbox), so a process killed at
+any instant leaves either both or neither. The feed (``events.jsonl``) is filled from
+this outbox by a single writer. Callers get frozen dataclasses, never rows.
+
+Concurrency: many processes (CLI invocations, roles) open the same file. Writers use
+``BEGIN IMMEDIATE`` and a generous busy timeout, so contention waits instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, cast, get_args
+
+from gastown.roles.errors import GastownError, NotFound, Refused
+from gastown.roles.names import bead_id
+
+BeadStatus = Literal["open", "hooked", "in_review", "closed", "blocked"]
+BEAD_STATUSES: Final[tuple[str, ...]] = get_args(BeadStatus)
+
+BUSY_TIMEOUT_MS: Final = 30_000
+
+#: Schema migrations, applied in order; ``PRAGMA user_version`` is the number applied.
+#: Append only: a released migration is never edited.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE rigs (
+        name            TEXT PRIMARY KEY,
+        prefix          TEXT NOT NULL UNIQUE,
+        repo            TEXT NOT NULL,
+        default_branch  TEXT NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE TABLE beads (
+        id          TEXT PRIMARY KEY,
+        rig         TEXT,
+        title       TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        priority    INTEGER NOT NULL DEFAULT 2 CHECK (priority BETWEEN 0 AND 4),
+        status      TEXT NOT NULL DEFAULT 'open'
+                    CHECK (status IN ('open', 'hooked', 'in_review', 'closed', 'blocked')),
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX beads_by_rig_status ON beads (rig, status);
+    CREATE TABLE polecats (
+        rig         TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        bead        TEXT,
+        branch      TEXT NOT NULL,
+        worktree    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (rig, name)
+    );
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts      REAL NOT NULL,
+        kind    TEXT NOT NULL,
+        rig     TEXT,
+        polecat TEXT,
+        bead    TEXT,
+        data    TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+)
+
+
+@dataclass(frozen=True)
+class Rig:
+    name: str
+    prefix: str
+    repo: str
+    default_branch: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Bead:
+    id: str
+    rig: str | None
+    title: str
+    description: str
+    priority: int
+    status: BeadStatus
+    reason: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Event:
+    """A domain event: something in the town changed state (past tense ``kind``)."""
+
+    seq: int
+    ts: float
+    kind: str
+    rig: str | None = None
+    polecat: str | None = None
+    bead: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seq": self.seq, "ts": self.ts, "kind": self.kind}
+        for key in ("rig", "polecat", "bead"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out.update(self.data)
+        return out
+
+
+class SchemaTooNew(GastownError):
+    """The database was written by a newer gastown; refuse rather than corrupt it."""
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def open_store(path: Path) -> Store:
+    """Open (creating and migrating if needed) the store at ``path``.
+
+    Safe to call from many processes at once: migrations run under an exclusive lock
+    and re-check the version inside it, so each runs exactly once.
+    """
+    conn = _connect(path)
+    try:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise GastownError(f"{path}: could not switch SQLite to WAL (got {mode})")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise SchemaTooNew(f"{path} has schema version {version}; this gastown knows "
+                               f"{len(MIGRATIONS)}: upgrade gastown")
+        if version < len(MIGRATIONS):
+            conn.execute("BEGIN EXCLUSIVE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+    except BaseException:
+        conn.close()
+        raise
+    return Store(conn, path)
+
+
+def _bead(row: sqlite3.Row) -> Bead:
+    return Bead(id=row["id"], rig=row["rig"], title=row["title"],
+                description=row["description"], priority=row["priority"],
+                status=cast(BeadStatus, row["status"]), reason=row["reason"],
+                created_at=row["created_at"], updated_at=row["updated_at"])
+
+
+def _rig(row: sqlite3.Row) -> Rig:
+    return Rig(name=row["name"], prefix=row["prefix"], repo=row["repo"],
+               default_branch=row["default_branch"], created_at=row["created_at"])
+
+
+def _event(row: sqlite3.Row) -> Event:
+    return Event(seq=row["seq"], ts=row["ts"], kind=row["kind"], rig=row["rig"],
+                 polecat=row["polecat"], bead=row["bead"], data=json.loads(row["data"]))
+
+
+class Store:
+    """One connection to the town's database. Not shared between threads at once."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed on exit, rolled back on error."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _emit(self, conn: sqlite3.Connection, kind: str, *, rig: str | None = None,
+              polecat: str | None = None, bead: str | None = None,
+              **data: Any) -> None:
+        conn.execute(
+            "INSERT INTO events (ts, kind, rig, polecat, bead, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), kind, rig, polecat, bead, json.dumps(data, sort_keys=True)))
+
+    # -- rigs -------------------------------------------------------------------------
+
+    def rigs(self) -> list[Rig]:
+        rows = self._conn.execute("SELECT * FROM rigs ORDER BY name").fetchall()
+        return [_rig(r) for r in rows]
+
+    def rig(self, name: str) -> Rig:
+        row = self._conn.execute("SELECT * FROM rigs WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no rig named {name!r} in this town")
+        return _rig(row)
+
+    def add_rig(self, rig: Rig) -> None:
+        """Register ``rig``; refuses a taken name or prefix (nothing is written then)."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM rigs WHERE name = ?", (rig.name,)).fetchone():
+                raise Refused(f"rig {rig.name!r} already exists")
+            taken = conn.execute("SELECT name FROM rigs WHERE prefix = ?",
+                                 (rig.prefix,)).fetchone()
+            if taken:
+                raise Refused(f"bead prefix {rig.prefix!r} is already used by rig "
+                              f"{taken['name']!r}")
+            conn.execute(
+                "INSERT INTO rigs (name, prefix, repo, default_branch, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (rig.name, rig.prefix, rig.repo, rig.default_branch, rig.created_at))
+            self._emit(conn, "rig_added", rig=rig.name, prefix=rig.prefix, repo=rig.repo,
+                       default_branch=rig.default_branch)
+
+    def remove_rig(self, name: str) -> None:
+        with self.transaction() as conn:
+            if conn.execute("DELETE FROM rigs WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFound(f"no rig named {name!r} in this town")
+            conn.execute("DELETE FROM polecats WHERE rig = ?", (name,))
+            self._emit(conn, "rig_removed", rig=name)
+
+    def live_polecats(self, rig: str) -> list[str]:
+        """Names of the rig's polecats that still have a worktree or session."""
+        rows = self._conn.execute(
+            "SELECT name FROM polecats WHERE rig = ? AND state != 'nuked' ORDER BY name",
+            (rig,)).fetchall()
+        return [r["name"] for r in rows]
+
+    # -- beads ------------------------------------------------------------------------
+
+    def create_bead(self, *, prefix: str, rig: str | None, title: str,
+                    description: str = "", priority: int = 2) -> Bead:
+        """Create an ``open`` bead with a fresh random id; unique across processes.
+
+        The id is drawn at random and inserted under the primary key; a collision
+        (one in ~60 million per pair) rolls back and draws again.
+        """
+        for _ in range(50):
+            candidate = bead_id(prefix, secrets.randbelow(36**5))
+            now = time.time()
+            try:
+                with self.transaction() as conn:
+                    conn.execute(
+                        "INSERT INTO beads (id, rig, title, description, priority, status, "
+                        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
+                        (candidate, rig, title, description, priority, now, now))
+                    self._emit(conn, "bead_created", rig=rig, bead=candidate, title=title,
+                               priority=priority)
+            except sqlite3.IntegrityError as exc:
+                if "beads.id" not in str(exc):
+                    raise
+                continue
+            return self.bead(candidate)
+        raise GastownError(f"could not find a free bead id with prefix {prefix!r}")
+
+    def bead(self, bead_id: str) -> Bead:
+        row = self._conn.execute("SELECT * FROM beads WHERE id = ?", (bead_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no bead {bead_id!r}")
+        return _bead(row)
+
+    def beads(self, *, rig: str | None = None,
+              statuses: Sequence[str] | None = None) -> list[Bead]:
+        sql = "SELECT * FROM beads"
+        where: list[str] = []
+        params: list[object] = []
+        if rig is not None:
+            where.append("rig = ?")
+            params.append(rig)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            params.extend(statuses)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created_at, id"
+        return [_bead(r) for r in self._conn.execute(sql, params).fetchall()]
+
+    def set_bead_status(self, bead_id: str, status: BeadStatus, *,
+                        reason: str | None = None) -> Bead:
+        """Move a bead to ``status`` (recording ``reason``) and emit ``bead_status_changed``."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT status, rig FROM beads WHERE id = ?",
+                               (bead_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no bead {bead_id!r}")
+            conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
+                         (status, reason, time.time(), bead_id))
+            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
+                       old=row["status"], new=status, reason=reason)
+        return self.bead(bead_id)
+
+    # -- events -----------------------------------------------------------------------
+
+    def events_after(self, seq: int, limit: int = 1000) -> list[Event]:
+        """Domain events with a sequence number above ``seq``, oldest first."""
+        rows = self._conn.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                                  (seq, limit)).fetchall()
+        return [_event(r) for r in rows]

@@ -1,0 +1,7 @@
+"""Process supervision, the local message bus, sd_notify and the command line.
+
+Nothing here knows what a polecat does; it keeps the role processes alive and
+carries their messages. Domain behaviour lives in :mod:`gastown.roles`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,87 @@
+"""What every command needs: the town it acts on, its store, its log, and output helpers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from gastown.roles.store import Store, open_store
+from gastown.roles.town import Town, find_town
+
+
+def town_of(args: argparse.Namespace) -> Town:
+    """The town named by ``--town``, ``$GASTOWN_TOWN`` or the cwd; sets up the CLI's log."""
+    town = find_town(args.town, os.environ, Path.cwd())
+    _configure_cli_logging(town, verbose=bool(args.verbose))
+    return town
+
+
+def _configure_cli_logging(town: Town, *, verbose: bool) -> None:
+    from gastown.roles.log import configure_logging
+
+    config = town.config
+    configure_logging(town.logs_dir if town.logs_dir.is_dir() else None, role="cli",
+                      level="debug" if verbose else config.logging.level, console=verbose,
+                      max_bytes=config.logging.max_bytes, backups=config.logging.backups)
+
+
+@contextmanager
+def store_of(town: Town) -> Iterator[Store]:
+    store = open_store(town.db_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def to_jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: to_jsonable(v) for k, v in asdict(value).items()}
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(value: Any) -> None:
+    json.dump(to_jsonable(value), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Columns padded to their widest cell; the last column is never padded."""
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        parts = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
+        print("  ".join(parts).rstrip())
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    return str(value).replace("\n", " ")
+
+
+def age(since: float, now: float | None = None) -> str:
+    """A short human age: ``42s``, ``5m``, ``3h``, ``2d``."""
+    seconds = max(0.0, (now if now is not None else time.time()) - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -1,0 +1,121 @@
+"""The command-line grammar. Handlers are named as ``"module:function"`` strings and
+imported only when their command runs."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import cast
+
+from gastown.supervisor import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"priority must be 0-4, not {text!r}") from None
+    if not 0 <= value <= 4:
+        raise argparse.ArgumentTypeError(f"priority must be 0-4, not {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``gastown: <message>`` and exit 2, no usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"gastown: {message} (see '{self.prog} --help')\n")
+
+
+def _command(sub: argparse._SubParsersAction[_Parser], name: str, handler: str,
+             help_text: str, **kwargs: object) -> _Parser:
+    parser = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def build_parser() -> _Parser:
+    parser = _Parser(
+        prog="gastown",
+        description="Run many AI coding agents on one repository: each in its own git "
+                    "worktree, merged through a queue, cleaned up after.",
+    )
+    parser.add_argument("--version", action="version", version=f"gastown {__version__}")
+    parser.add_argument("--town", metavar="PATH",
+                        help="the town to act on (default: $GASTOWN_TOWN, else the "
+                             "town.toml above the current directory)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show log lines on stderr")
+    parser.set_defaults(handler=None, help_parser=parser)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+
+    p = _command(sub, "install", "gastown.supervisor.cli._town:cmd_install",
+                 "create a town (idempotent)")
+    p.add_argument("path", nargs="?", metavar="PATH",
+                   help="where (default: $GASTOWN_TOWN, else ~/gt)")
+
+    rig = sub.add_parser("rig", help="add, list and remove rigs (projects)",
+                         description="Rigs: the repositories of this town.")
+    rig.set_defaults(handler=None, help_parser=rig)
+    rig_sub = rig.add_subparsers(title="rig commands", metavar="COMMAND", parser_class=_Parser)
+    p = _command(rig_sub, "add", "gastown.supervisor.cli._town:cmd_rig_add",
+                 "clone a repository into the town as a rig")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("repo", metavar="REPO", help="URL or local path of the repository")
+    p.add_argument("--branch", metavar="B", help="default branch (default: the remote's HEAD)")
+    p.add_argument("--prefix", metavar="P", help="bead id prefix, 2-4 lowercase letters")
+    p = _command(rig_sub, "list", "gastown.supervisor.cli._town:cmd_rig_list",
+                 "list the town's rigs")
+    _json_flag(p)
+    p = _command(rig_sub, "remove", "gastown.supervisor.cli._town:cmd_rig_remove",
+                 "remove a rig and its folder")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--force", action="store_true",
+                   help="even with live polecats or crew workspaces (their work is lost)")
+
+    bead = sub.add_parser("bead", help="create, list and show beads (work items)",
+                          description="Beads: the town's work items.")
+    bead.set_defaults(handler=None, help_parser=bead)
+    bead_sub = bead.add_subparsers(title="bead commands", metavar="COMMAND",
+                                   parser_class=_Parser)
+    p = _command(bead_sub, "create", "gastown.supervisor.cli._beads:cmd_create",
+                 "create a bead; prints its id")
+    p.add_argument("title", metavar="TITLE")
+    p.add_argument("--rig", metavar="R", help="the rig it belongs to (sets the id prefix)")
+    p.add_argument("-d", "--description", metavar="TEXT", default="",
+                   help="what to do (for the script agent: the shell script to run)")
+    p.add_argument("-p", "--priority", metavar="0-4", type=_priority, default=2,
+                   help="0 is most urgent (default 2)")
+    p = _command(bead_sub, "list", "gastown.supervisor.cli._beads:cmd_list", "list beads")
+    p.add_argument("--rig", metavar="R", help="only this rig's beads")
+    p.add_argument("--status", metavar="S",
+                   help="only these statuses, comma-separated "
+                        "(open, hooked, in_review, closed, blocked)")
+    _json_flag(p)
+    p = _command(bead_sub, "show", "gastown.supervisor.cli._beads:cmd_show", "show one bead")
+    p.add_argument("id", metavar="ID")
+    _json_flag(p)
+
+    config = sub.add_parser("config", help="show the effective configuration",
+                            description="The configuration in force.")
+    config.set_defaults(handler=None, help_parser=config)
+    config_sub = config.add_subparsers(title="config commands", metavar="COMMAND",
+                                       parser_class=_Parser)
+    p = _command(config_sub, "show", "gastown.supervisor.cli._town:cmd_config_show",
+                 "print the town's (or a rig's) configuration with defaults filled in")
+    p.add_argument("--rig", metavar="R", help="show this rig's configuration instead")
+    _json_flag(p)
+    return parser
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    module_name, _, function = cast(str, args.handler).partition(":")
+    handler = cast(Handler, getattr(importlib.import_module(module_name), function))
+    return handler(args)

@@ -1,0 +1,107 @@
+"""Commands about the town itself: ``install``, ``rig add|list|remove``, ``config show``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from gastown.supervisor.cli._context import (
+    age,
+    print_json,
+    print_table,
+    store_of,
+    to_jsonable,
+    town_of,
+)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from gastown.roles.log import get_logger
+    from gastown.roles.town import default_town_path, install_town
+    from gastown.supervisor.cli._context import _configure_cli_logging
+
+    path = Path(args.path) if args.path else (
+        Path(args.town) if args.town else default_town_path(os.environ))
+    town, created = install_town(path)
+    _configure_cli_logging(town, verbose=bool(args.verbose))
+    get_logger().info("town_installed" if created else "town_checked", town=str(town.root))
+    print(f"{'created town' if created else 'town already exists at'} {town.root}")
+    return 0
+
+
+def cmd_rig_add(args: argparse.Namespace) -> int:
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.rigs import add_rig
+
+    town = town_of(args)
+    with store_of(town) as store, bound(rig=args.name):
+        rig = add_rig(town, store, args.name, args.repo, cwd=Path.cwd(), branch=args.branch,
+                      prefix=args.prefix)
+        get_logger().info("rig_added", repo=rig.repo, default_branch=rig.default_branch,
+                          prefix=rig.prefix)
+    print(f"added rig {rig.name} (branch {rig.default_branch}, bead prefix {rig.prefix}) "
+          f"at {town.rig_dir(rig.name)}")
+    return 0
+
+
+def cmd_rig_list(args: argparse.Namespace) -> int:
+    town = town_of(args)
+    with store_of(town) as store:
+        rigs = store.rigs()
+        live = {r.name: len(store.live_polecats(r.name)) for r in rigs}
+    if args.json:
+        print_json([{**to_jsonable(r), "path": str(town.rig_dir(r.name)),
+                     "polecats": live[r.name]} for r in rigs])
+        return 0
+    if not rigs:
+        print("no rigs yet; add one with 'gastown rig add NAME REPO'")
+        return 0
+    print_table(["NAME", "PREFIX", "BRANCH", "POLECATS", "AGE", "REPO"],
+                [[r.name, r.prefix, r.default_branch, live[r.name], age(r.created_at), r.repo]
+                 for r in rigs])
+    return 0
+
+
+def cmd_rig_remove(args: argparse.Namespace) -> int:
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.rigs import remove_rig
+
+    town = town_of(args)
+    with store_of(town) as store, bound(rig=args.name):
+        remove_rig(town, store, args.name, force=args.force)
+        get_logger().info("rig_removed", force=args.force)
+    print(f"removed rig {args.name}")
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    town = town_of(args)
+    if args.rig:
+        from gastown.roles.names import validate_name
+
+        validate_name("rig", args.rig)
+        config: object = town.rig_config(args.rig)
+    else:
+        config = town.config
+    data = to_jsonable(config)
+    if args.json:
+        print_json(data)
+    else:
+        _print_flat(data, "")
+    return 0
+
+
+def _print_flat(data: object, prefix: str) -> None:
+    if isinstance(data, dict):
+        if not data and prefix:
+            print(f"{prefix} = {{}}")
+        for key, value in data.items():
+            _print_flat(value, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
+        for i, item in enumerate(data):
+            _print_flat(item, f"{prefix}[{i}]")
+    else:
+        import json
+
+        print(f"{prefix} = {json.dumps(data)}")
