@@ -31,8 +31,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _command(sub: argparse._SubParsersAction[_Parser], name: str, handler: str,
-             help_text: str, **kwargs: object) -> _Parser:
-    parser = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+             help_text: str) -> _Parser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
     parser.set_defaults(handler=handler)
     return parser
 

@@ -1,0 +1,101 @@
+"""Fixtures shared by every test tier: real git repositories, real towns, the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Commits in tests need an identity, whatever the machine's git config says.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.invalid",
+    "GIT_COMMITTER_NAME": "Test Author",
+    "GIT_COMMITTER_EMAIL": "author@example.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every test gets a git identity, an empty HOME and no inherited town."""
+    for key, value in GIT_IDENTITY.items():
+        monkeypatch.setenv(key, value)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("GASTOWN_TOWN", raising=False)
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git in ``cwd`` and return stdout; fails the test on a non-zero exit."""
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, f"git {' '.join(args)}: {result.stderr}"
+    return result.stdout
+
+
+def make_repo(path: Path, *, branch: str = "main", files: Mapping[str, str] | None = None) -> Path:
+    """A real git repository at ``path`` with one commit on ``branch``."""
+    path.mkdir(parents=True)
+    git("init", "-q", "-b", branch, cwd=path)
+    for name, text in (files or {"README.md": "hello\n"}).items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+    git("add", "-A", cwd=path)
+    git("commit", "-q", "-m", "initial commit", cwd=path)
+    return path
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    """A small repository on ``main`` with one commit."""
+    return make_repo(tmp_path / "repo")
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Cli:
+    """Runs the real ``gastown`` command (``python -m gastown.supervisor``) as a black box."""
+
+    cwd: Path
+    env: dict[str, str]
+
+    def __call__(self, *args: str, cwd: Path | None = None, stdin: str | None = None,
+                 timeout: float = 120) -> CliResult:
+        proc = subprocess.run([sys.executable, "-m", "gastown.supervisor", *args],
+                              cwd=cwd or self.cwd, env=self.env, capture_output=True,
+                              text=True, input=stdin, timeout=timeout, check=False)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, cwd: Path | None = None) -> str:
+        result = self(*args, cwd=cwd)
+        assert result.code == 0, f"gastown {' '.join(args)} -> {result.code}: {result.err}"
+        return result.out
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Iterator[Cli]:
+    yield Cli(cwd=tmp_path, env=dict(os.environ))
+
+
+@pytest.fixture
+def town(tmp_path: Path, cli: Cli) -> Path:
+    """An installed town at ``tmp_path/town``; ``cli`` is pointed at it through the env."""
+    root = tmp_path / "town"
+    cli.ok("install", str(root))
+    cli.env["GASTOWN_TOWN"] = str(root)
+    return root
