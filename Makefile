@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 	MYPYPATH=build/typecheck $(BIN)/mypy tests bench
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,13 +1,8 @@
-"""Run every benchmark in ``bench/`` and print its table (``make bench``)."""
+"""Run every benchmark in ``bench/`` and print its table: ``make bench``."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench import startup  # noqa: E402
+from bench import startup
 
 
 def main() -> None:
