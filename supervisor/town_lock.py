@@ -1,0 +1,264 @@
+"""One supervisor per town: an ``flock`` on ``.runtime/supervisor.lock`` plus a pid file.
+
+The lock is the truth; ``supervisor.pid`` only says who holds it. The kernel
+releases a ``flock`` when the last fd on its open file goes away, so a supervisor
+killed by SIGKILL or the OOM killer leaves no stale lock behind: the next
+``gastown up`` simply takes it over. A pid file alone cannot give that guarantee,
+because pids are reused (a stale file could name a stranger).
+
+Rules that keep the lock honest:
+
+- the lock fd is close-on-exec, so no role or agent inherits it (a child holding it
+  would keep the town "running" after the supervisor died);
+- ``supervisor.lock`` is never deleted: unlinking it while held would let the next
+  supervisor lock a fresh inode beside the live one;
+- the pid file is written atomically (temporary file + rename), so a reader sees the
+  old content or the new, never half.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from gastown.roles.errors import Refused
+from gastown.roles.processes import is_same_process, process_start_time
+from gastown.supervisor import __version__
+
+LOCK_NAME: Final = "supervisor.lock"
+PID_NAME: Final = "supervisor.pid"
+
+#: A reader (:func:`read_supervisor`) holds a shared lock for a few microseconds; an
+#: acquire that collides with it retries this many times, this far apart, before
+#: concluding that a supervisor holds the lock.
+_ACQUIRE_ATTEMPTS: Final = 25
+_ACQUIRE_RETRY: Final = 0.02
+
+#: A supervisor writes its pid file right after taking the lock; a reader that finds
+#: the lock held but the file missing or stale waits this long for it.
+_READ_ATTEMPTS: Final = 25
+_READ_RETRY: Final = 0.02
+
+
+class SupervisorRunning(Refused):
+    """Raised by :func:`acquire_supervisor_lock` when the town already has a supervisor."""
+
+    def __init__(self, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"a supervisor is already running for this town ({who})")
+        self.pid = pid
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorInfo:
+    """Who holds (or held) a town's supervisor lock, as written in ``supervisor.pid``.
+
+    Attributes:
+        pid: the supervisor's process id.
+        start_time: its start time in clock ticks since boot (with ``pid``, an identity
+            that survives pid reuse; see :func:`gastown.roles.processes.is_same_process`).
+        started_at: when it took the lock, in seconds since the epoch (wall clock).
+        version: the gastown version it runs.
+    """
+
+    pid: int
+    start_time: int
+    started_at: float
+    version: str
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "pid": self.pid,
+                "start_time": self.start_time,
+                "started_at": self.started_at,
+                "version": self.version,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> SupervisorInfo | None:
+        """Parse a pid file; None when it is not one (half-written by an old version, edited)."""
+        try:
+            data = json.loads(text)
+            info = cls(
+                pid=data["pid"],
+                start_time=data["start_time"],
+                started_at=data["started_at"],
+                version=data["version"],
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+        valid = (
+            type(info.pid) is int
+            and type(info.start_time) is int
+            and isinstance(info.started_at, int | float)
+            and isinstance(info.version, str)
+        )
+        return info if valid else None
+
+
+class SupervisorLock:
+    """A held supervisor lock; release it with :meth:`release` or a ``with`` block.
+
+    If the holder dies without releasing, the kernel drops the lock and the pid file
+    stays behind, stale: :func:`read_supervisor` does not believe it.
+    """
+
+    __slots__ = ("_fd", "info", "runtime_dir")
+
+    def __init__(self, fd: int, runtime_dir: Path, info: SupervisorInfo) -> None:
+        self._fd: int | None = fd
+        self.runtime_dir = runtime_dir
+        self.info = info
+
+    @property
+    def fd(self) -> int | None:
+        """The locked file's descriptor, or None once released."""
+        return self._fd
+
+    def release(self) -> None:
+        """Remove the pid file, then drop the lock (idempotent)."""
+        if self._fd is None:
+            return
+        # Remove the pid file while still holding the lock, so that no new holder's
+        # file is ever removed by mistake.
+        (self.runtime_dir / PID_NAME).unlink(missing_ok=True)
+        fd, self._fd = self._fd, None
+        os.close(fd)  # closing the only fd on the open file releases the flock
+
+    def __enter__(self) -> SupervisorLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _open_lock_file(runtime_dir: Path) -> int:
+    return os.open(runtime_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _try_flock(fd: int, operation: int) -> bool:
+    try:
+        fcntl.flock(fd, operation | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def _write_pid_file(runtime_dir: Path, info: SupervisorInfo) -> None:
+    path = runtime_dir / PID_NAME
+    tmp = runtime_dir / f".{PID_NAME}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, (info.to_json() + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _read_pid_file(runtime_dir: Path) -> SupervisorInfo | None:
+    try:
+        text = (runtime_dir / PID_NAME).read_text(encoding="utf-8")
+    except (FileNotFoundError, UnicodeDecodeError):
+        return None
+    return SupervisorInfo.from_json(text)
+
+
+def _verified(info: SupervisorInfo | None) -> SupervisorInfo | None:
+    if info is not None and is_same_process(info.pid, info.start_time):
+        return info
+    return None
+
+
+def acquire_supervisor_lock(runtime_dir: Path) -> SupervisorLock:
+    """Become the town's one supervisor: take the lock and write ``supervisor.pid``.
+
+    Creates ``runtime_dir`` (mode 0700) if needed. A lock left by a supervisor that
+    died, even by SIGKILL, is free again and is taken over; its stale pid file is
+    overwritten.
+
+    Returns:
+        The held lock; keep it for the supervisor's whole life. The lock fd is
+        close-on-exec and must not be shared with a forked child.
+
+    Raises:
+        SupervisorRunning: another live process holds the lock; carries its pid when
+            the pid file names a live process, else None. Nothing was changed.
+        OSError: ``runtime_dir`` cannot be created or written.
+
+    Blocks for at most about half a second, only while a concurrent
+    :func:`read_supervisor` briefly holds its shared lock.
+    """
+    runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = _open_lock_file(runtime_dir)
+    try:
+        for attempt in range(_ACQUIRE_ATTEMPTS):
+            if _try_flock(fd, fcntl.LOCK_EX):
+                break
+            if attempt + 1 < _ACQUIRE_ATTEMPTS:
+                time.sleep(_ACQUIRE_RETRY)
+        else:
+            holder = _verified(_read_pid_file(runtime_dir))
+            raise SupervisorRunning(holder.pid if holder is not None else None)
+        pid = os.getpid()
+        start_time = process_start_time(pid)
+        assert start_time is not None, "/proc/self/stat is always readable"
+        info = SupervisorInfo(
+            pid=pid, start_time=start_time, started_at=time.time(), version=__version__
+        )
+        _write_pid_file(runtime_dir, info)
+    except BaseException:
+        os.close(fd)
+        raise
+    return SupervisorLock(fd, runtime_dir, info)
+
+
+def read_supervisor(runtime_dir: Path) -> SupervisorInfo | None:
+    """Who is this town's running supervisor, or None when none is running.
+
+    The lock decides: if a shared lock can be taken, nobody holds the exclusive one,
+    so no supervisor runs, whatever a stale pid file says. If the lock is held, the
+    pid file is believed only if its pid is alive with the recorded start time (a
+    reused pid is not). A supervisor writes the file just after locking, so a missing
+    or stale file is re-read for a short while.
+
+    Returns None also when the lock is held by a process that cannot be identified
+    (the pid file stays missing or names a dead process); :func:`acquire_supervisor_lock`
+    refuses to start in that case all the same. Never modifies anything on disk.
+    """
+    try:
+        fd = os.open(runtime_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # no supervisor ever ran here
+    try:
+        if _try_flock(fd, fcntl.LOCK_SH):
+            return None
+        for attempt in range(_READ_ATTEMPTS):
+            holder = _verified(_read_pid_file(runtime_dir))
+            if holder is not None:
+                return holder
+            if attempt + 1 < _READ_ATTEMPTS:
+                time.sleep(_READ_RETRY)
+                if _try_flock(fd, fcntl.LOCK_SH):
+                    return None  # the holder exited meanwhile
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
