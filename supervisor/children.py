@@ -129,7 +129,12 @@ class Lifeline:
 
 
 def open_lifeline() -> Lifeline:
-    """Create the lifeline pipe; the caller must keep it open while children run."""
+    """Create the lifeline pipe; the caller must keep it open while children run.
+
+    This replaces ``PR_SET_PDEATHSIG``, which trio's spawn path breaks: see
+    :class:`Lifeline` (PDEATHSIG follows the forking worker thread, measured to fire
+    10 s after spawn under a healthy supervisor).
+    """
     read_fd, write_fd = os.pipe()  # both O_CLOEXEC
     return Lifeline(read_fd, write_fd)
 
@@ -195,12 +200,14 @@ async def start_child(
     Raises:
         OSError: the executable is missing or not executable, or ``cwd`` is missing;
             no process exists then. Count it against the restart budget like a crash.
-        ValueError: the lifeline is closed.
+        ValueError: ``argv`` is empty or the lifeline is closed.
 
     Cancellation: trio finishes a spawn it has begun, and nothing after it here can
     be interrupted, so a cancelled call either started nothing or returns the
     process (and the cancellation arrives at the caller's next checkpoint).
     """
+    if not argv:
+        raise ValueError("cannot start a child with an empty argv")
     if lifeline.closed:
         raise ValueError("cannot start a child on a closed lifeline")
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +224,7 @@ async def start_child(
             pass_fds=(lifeline.read_fd,),
         )
     except OSError as exc:
-        log.warning("child spawn failed", argv0=argv[0] if argv else None, error=str(exc))
+        log.warning("child spawn failed", argv0=argv[0], error=str(exc))
         raise
     finally:
         os.close(out)

@@ -277,6 +277,13 @@ class TestStartChild:
                 stdout_path=tmp_path / "out.log",
             )
 
+    async def test_empty_argv_is_refused(self, tmp_path: Path, lifeline: Lifeline) -> None:
+        """An empty argv is a programming error, reported before anything is spawned."""
+        with pytest.raises(ValueError, match="empty argv"):
+            await start_child(
+                [], env=os.environ, cwd=tmp_path, lifeline=lifeline, stdout_path=tmp_path / "o"
+            )
+
     async def test_closed_lifeline_is_refused(self, tmp_path: Path) -> None:
         """A child cannot be started on a lifeline that is already closed."""
         line = open_lifeline()

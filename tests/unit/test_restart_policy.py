@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from gastown.supervisor import restart_policy
 from gastown.supervisor.restart_policy import (
     GiveUp,
     Restart,
@@ -293,3 +296,16 @@ def test_impossible_policy_is_rejected(kwargs: dict[str, float], message: str) -
             stable_after=values["stable_after"],
             jitter=values.get("jitter", 0.1),
         )
+
+
+def test_module_is_pure() -> None:
+    """restart_policy imports only standard-library data modules: no clock, randomness or I/O."""
+    assert restart_policy.__file__ is not None
+    tree = ast.parse(Path(restart_policy.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            imported.add(node.module.split(".")[0])
+    assert imported <= {"__future__", "dataclasses", "typing", "math"}
