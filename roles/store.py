@@ -74,6 +74,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         data    TEXT NOT NULL DEFAULT '{}'
     );
     """,
+    """
+    CREATE TABLE roles (
+        name        TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        pid         INTEGER,
+        started_at  REAL,
+        restarts    INTEGER NOT NULL DEFAULT 0,
+        last_exit   INTEGER,
+        reason      TEXT,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE merge_requests (
+        id          TEXT PRIMARY KEY,
+        rig         TEXT NOT NULL,
+        bead        TEXT NOT NULL,
+        polecat     TEXT NOT NULL,
+        branch      TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 2,
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX merge_requests_by_rig_state ON merge_requests (rig, state);
+    """,
 )
 
 
@@ -96,6 +121,20 @@ class Bead:
     status: BeadStatus
     reason: str | None
     created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RoleRecord:
+    """What the supervisor last recorded about one role process."""
+
+    name: str
+    state: str
+    pid: int | None
+    started_at: float | None
+    restarts: int
+    last_exit: int | None
+    reason: str | None
     updated_at: float
 
 
@@ -324,6 +363,55 @@ class Store:
             self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
                        old=row["status"], new=status, reason=reason)
         return self.bead(bead_id)
+
+    # -- roles ------------------------------------------------------------------------
+
+    def record_role(self, name: str, *, state: str, pid: int | None, started_at: float | None,
+                    restarts: int, last_exit: int | None, reason: str | None = None,
+                    event: str | None = None, **data: Any) -> None:
+        """Upsert the role's row; when ``event`` is given, emit it in the same transaction."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO roles (name, state, pid, started_at, restarts, last_exit, reason,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " state = excluded.state, pid = excluded.pid, started_at = excluded.started_at,"
+                " restarts = excluded.restarts, last_exit = excluded.last_exit,"
+                " reason = excluded.reason, updated_at = excluded.updated_at",
+                (name, state, pid, started_at, restarts, last_exit, reason, time.time()))
+            if event is not None:
+                rig = name.partition(":")[2] or None
+                self._emit(conn, event, rig=rig, role=name, state=state, pid=pid,
+                           restarts=restarts, last_exit=last_exit, reason=reason, **data)
+
+    def roles(self) -> list[RoleRecord]:
+        rows = self._conn.execute("SELECT * FROM roles ORDER BY name").fetchall()
+        return [RoleRecord(name=r["name"], state=r["state"], pid=r["pid"],
+                           started_at=r["started_at"], restarts=r["restarts"],
+                           last_exit=r["last_exit"], reason=r["reason"],
+                           updated_at=r["updated_at"]) for r in rows]
+
+    def forget_role(self, name: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM roles WHERE name = ?", (name,))
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Polecats and merge requests by state, for status displays."""
+        out: dict[str, dict[str, int]] = {"polecats": {}, "merge_requests": {}}
+        for table, key in (("polecats", "polecats"), ("merge_requests", "merge_requests")):
+            for row in self._conn.execute(
+                    f"SELECT state, COUNT(*) AS n FROM {table} GROUP BY state"):
+                out[key][row["state"]] = row["n"]
+        return out
+
+    def emit(self, kind: str, *, rig: str | None = None, polecat: str | None = None,
+             bead: str | None = None, **data: Any) -> None:
+        """Record a domain event that changes no other table (e.g. a role restart)."""
+        with self.transaction() as conn:
+            self._emit(conn, kind, rig=rig, polecat=polecat, bead=bead, **data)
+
+    def last_event_seq(self) -> int:
+        row = self._conn.execute("SELECT MAX(seq) AS seq FROM events").fetchone()
+        return int(row["seq"] or 0)
 
     # -- events -----------------------------------------------------------------------
 

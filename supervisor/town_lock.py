@@ -262,3 +262,29 @@ def read_supervisor(runtime_dir: Path) -> SupervisorInfo | None:
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def wait_supervisor_exit(runtime_dir: Path, timeout: float) -> bool:
+    """Block until no supervisor holds the town's lock, at most ``timeout`` seconds.
+
+    Event-driven: a blocking shared ``flock`` returns the moment the kernel releases
+    the supervisor's exclusive lock (at its exit, however it exits). It runs in a
+    daemon thread so that the wait can time out. Returns whether the town is free.
+    """
+    import threading
+
+    try:
+        fd = os.open(runtime_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    freed = threading.Event()
+
+    def wait() -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            freed.set()
+        finally:
+            os.close(fd)
+
+    threading.Thread(target=wait, name="wait-supervisor-exit", daemon=True).start()
+    return freed.wait(timeout)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from gastown.supervisor.cli._context import age, iso, print_json, print_table, store_of, town_of
+from gastown.supervisor.cli._context import (
+    age,
+    iso,
+    poke_town,
+    print_json,
+    print_table,
+    store_of,
+    town_of,
+)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -27,6 +35,7 @@ def cmd_create(args: argparse.Namespace) -> int:
                                  description=args.description, priority=args.priority)
     with bound(bead=bead.id, rig=bead.rig):
         get_logger().info("bead_created", title=bead.title, priority=bead.priority)
+    poke_town(town)
     print(bead.id)
     return 0
 

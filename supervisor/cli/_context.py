@@ -85,3 +85,21 @@ def age(since: float, now: float | None = None) -> str:
 
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def poke_town(town: Town) -> None:
+    """Tell a running supervisor that the store has new events (no-op when the town is down).
+
+    Best effort by design: the event is already committed in the store's outbox, and the
+    supervisor copies it at its next poke or start, so a lost poke only delays it.
+    """
+    socket_path = town.runtime_dir / "bus.sock"
+    if not socket_path.exists():
+        return
+    from gastown.supervisor.bus.errors import BusError
+    from gastown.supervisor.bus.sync_client import request_sync
+
+    try:
+        request_sync(socket_path, "bus", "outbox", timeout=5)
+    except (BusError, OSError):
+        pass

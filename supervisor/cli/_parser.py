@@ -103,6 +103,31 @@ def build_parser() -> _Parser:
     p.add_argument("id", metavar="ID")
     _json_flag(p)
 
+    p = _command(sub, "up", "gastown.supervisor.cli._lifecycle:cmd_up",
+                 "start the town (supervisor, mayor, a witness and a refinery per rig)")
+    p.add_argument("--foreground", action="store_true",
+                   help="stay attached (for systemd and debugging) instead of daemonizing")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for every role to report ready (default 60)")
+    p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p = _command(sub, "down", "gastown.supervisor.cli._lifecycle:cmd_down",
+                 "stop the roles, then the supervisor")
+    p = _command(sub, "status", "gastown.supervisor.cli._lifecycle:cmd_status",
+                 "the supervisor, each role, the rigs, polecats and merge requests")
+    _json_flag(p)
+    p = _command(sub, "logs", "gastown.supervisor.cli._observe:cmd_logs",
+                 "the role log files merged by time")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("--role", metavar="ROLE", help="only this role (e.g. witness:web)")
+    p.add_argument("-n", type=int, default=50, metavar="N",
+                   help="start with the last N lines (default 50; 0 for all)")
+    _json_flag(p)
+    p = _command(sub, "feed", "gastown.supervisor.cli._observe:cmd_feed",
+                 "the domain events: beads, polecats, merges, roles")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--since", metavar="DURATION", help="only events newer than this (10m, 2h)")
+    _json_flag(p)
+
     config = sub.add_parser("config", help="show the effective configuration",
                             description="The configuration in force.")
     config.set_defaults(handler=None, help_parser=config)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gastown.supervisor.cli._context import (
     age,
+    poke_town,
     print_json,
     print_table,
     store_of,
@@ -40,6 +41,7 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
                       prefix=args.prefix)
         get_logger().info("rig_added", repo=rig.repo, default_branch=rig.default_branch,
                           prefix=rig.prefix)
+    poke_town(town)
     print(f"added rig {rig.name} (branch {rig.default_branch}, bead prefix {rig.prefix}) "
           f"at {town.rig_dir(rig.name)}")
     return 0
@@ -71,6 +73,7 @@ def cmd_rig_remove(args: argparse.Namespace) -> int:
     with store_of(town) as store, bound(rig=args.name):
         remove_rig(town, store, args.name, force=args.force)
         get_logger().info("rig_removed", force=args.force)
+    poke_town(town)
     print(f"removed rig {args.name}")
     return 0
 

@@ -1,0 +1,163 @@
+"""The loop every role process shares: connect to the bus, report ready, serve, stop.
+
+``python -m gastown.roles ROLE --town PATH`` runs one role (``mayor``, ``witness:<rig>``
+or ``refinery:<rig>``) until SIGTERM, a ``shutdown`` request, or the supervisor's death
+(seen as EOF on the lifeline pipe, so no role outlives a SIGKILLed supervisor). A lost
+bus connection is not fatal: the role reconnects with back-off and reports ready again.
+
+What a role *does* (slinging, watching, merging) plugs in as its behaviour; the loop
+here owns the process's lifecycle and answers ``ping`` and ``status`` for every role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from gastown.roles import log
+from gastown.roles.errors import GastownError, UsageError
+from gastown.roles.faults import fault_action, fault_point
+from gastown.roles.names import validate_name
+from gastown.roles.town import Town
+
+ROLE_KINDS = ("mayor", "witness", "refinery")
+LIFELINE_ENV = "GASTOWN_LIFELINE_FD"
+RECONNECT_MAX_DELAY = 2.0
+
+
+def parse_role_name(name: str) -> tuple[str, str | None]:
+    """``"witness:web"`` -> ``("witness", "web")``; ``"mayor"`` -> ``("mayor", None)``."""
+    kind, sep, rig = name.partition(":")
+    if kind not in ROLE_KINDS:
+        raise UsageError(f"unknown role {name!r} (roles: mayor, witness:<rig>, refinery:<rig>)")
+    if kind == "mayor":
+        if sep:
+            raise UsageError("the mayor belongs to the town, not to a rig")
+        return kind, None
+    if not rig:
+        raise UsageError(f"role {kind!r} needs a rig: {kind}:<rig>")
+    validate_name("rig", rig)
+    return kind, rig
+
+
+def bus_path(town: Town) -> Path:
+    return town.runtime_dir / "bus.sock"
+
+
+@dataclass
+class RoleContext:
+    """What a role's behaviour gets: its identity, its town, and the live bus client."""
+
+    name: str
+    kind: str
+    rig: str | None
+    town: Town
+    started_at: float = field(default_factory=time.time)
+    connected_at: float | None = None
+    extra_status: dict[str, Any] = field(default_factory=dict)
+
+
+Behaviour = Callable[[RoleContext, Any], Awaitable[None]]
+
+
+async def _idle(ctx: RoleContext, client: Any) -> None:
+    await trio.sleep_forever()
+
+
+async def _watch_signals(ctx: RoleContext, cancel: trio.CancelScope) -> None:
+    logger = log.get_logger()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if fault_action(ctx.name, "sigterm") == "ignore":
+                logger.warning("role_ignoring_sigterm", signal=signal.Signals(signum).name)
+                continue
+            logger.info("role_stopping", reason=signal.Signals(signum).name)
+            cancel.cancel()
+            return
+
+
+async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
+    from gastown.supervisor.children import wait_for_lifeline_eof
+
+    await wait_for_lifeline_eof(fd)
+    log.get_logger().warning("role_stopping", reason="supervisor gone (lifeline closed)")
+    cancel.cancel()
+
+
+async def _serve_bus(ctx: RoleContext, behaviour: Behaviour, cancel: trio.CancelScope) -> None:
+    from gastown.supervisor.bus.client import open_bus_client
+    from gastown.supervisor.bus.errors import BusDisconnected, BusUnavailable
+
+    logger = log.get_logger()
+    delay = 0.05
+
+    async def handle(method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "ping":
+            return {"pong": ctx.name, "pid": os.getpid()}
+        if method == "status":
+            return {"name": ctx.name, "pid": os.getpid(), "state": "running",
+                    "uptime": time.time() - ctx.started_at, **ctx.extra_status}
+        if method == "shutdown":
+            logger.info("role_stopping", reason=f"shutdown requested by {sender}")
+            cancel.cancel()
+            return {"stopping": ctx.name}
+        raise GastownError(f"{ctx.name} does not know the request {method!r}")
+
+    while True:
+        try:
+            async with open_bus_client(bus_path(ctx.town), ctx.name) as client:
+                client.serve(handle)
+                await client.request("bus", "ready", {"pid": os.getpid()})
+                ctx.connected_at = time.time()
+                logger.info("role_ready", pid=os.getpid())
+                delay = 0.05
+                await behaviour(ctx, client)
+        except (BusUnavailable, BusDisconnected) as exc:
+            logger.warning("bus_lost", error=str(exc), retry_in=delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+
+async def run_role(ctx: RoleContext, behaviour: Behaviour = _idle) -> None:
+    """Run the role until SIGTERM, a ``shutdown`` request or the supervisor's death."""
+    logger = log.get_logger()
+    logger.info("role_starting", pid=os.getpid())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals, ctx, nursery.cancel_scope)
+        lifeline = os.environ.get(LIFELINE_ENV)
+        if lifeline:
+            nursery.start_soon(_watch_lifeline, int(lifeline), nursery.cancel_scope)
+        nursery.start_soon(_serve_bus, ctx, behaviour, nursery.cancel_scope)
+    logger.info("role_stopped", pid=os.getpid())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gastown.roles",
+                                     description="Run one gastown role process.")
+    parser.add_argument("role", help="mayor, witness:<rig> or refinery:<rig>")
+    parser.add_argument("--town", required=True, help="the town's root directory")
+    args = parser.parse_args(argv)
+    try:
+        kind, rig = parse_role_name(args.role)
+        town = Town(Path(args.town).absolute())
+        config = town.config
+    except GastownError as exc:
+        print(f"gastown {args.role}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    log.configure_logging(town.logs_dir, role=args.role, level=config.logging.level,
+                          console=False, max_bytes=config.logging.max_bytes,
+                          backups=config.logging.backups)
+    log.bind(rig=rig)
+    fault_point(args.role, "start")
+    ctx = RoleContext(name=args.role, kind=kind, rig=rig, town=town)
+    trio.run(run_role, ctx)
+    return 0

@@ -1,0 +1,251 @@
+"""Commands that start, stop and inspect the running town: ``up``, ``down``, ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from typing import Any
+
+from gastown.roles.town import Town
+from gastown.supervisor.cli._context import age, print_json, print_table, store_of, town_of
+
+#: How long ``up`` waits for every role to report ready.
+UP_TIMEOUT = 60.0
+
+
+def _bus(town: Town) -> Any:
+    return town.runtime_dir / "bus.sock"
+
+
+def _check_config(town: Town) -> None:
+    """Refuse to start a town whose town.toml or any rig.toml is broken (one line)."""
+    town.config  # noqa: B018 - validation
+    with store_of(town) as store:
+        for rig in store.rigs():
+            town.rig_config(rig.name)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gastown.supervisor.town_lock import read_supervisor
+
+    town = town_of(args)
+    _check_config(town)
+    if args.foreground:
+        return _run_foreground(town, args.ready_fd)
+    running = read_supervisor(town.runtime_dir)
+    if running is not None:
+        print(f"town already up (supervisor pid {running.pid})")
+        return _print_status(town, as_json=False)
+    outcome = _start_daemon(town, timeout=args.timeout)
+    if outcome.get("already"):
+        print(f"town already up (supervisor pid {outcome['already']})")
+        return _print_status(town, as_json=False)
+    code = _print_status(town, as_json=False)
+    if not outcome.get("ok"):
+        print(f"gastown: {outcome.get('error', 'the supervisor did not start')}", file=sys.stderr)
+        return 1
+    return code
+
+
+def _start_daemon(town: Town, *, timeout: float) -> dict[str, Any]:
+    """Start a detached supervisor and wait on a pipe until it reports every role ready.
+
+    The supervisor writes one JSON line to the pipe; EOF without a line means it died,
+    and the tail of its output explains why.
+    """
+    read_fd, write_fd = os.pipe()
+    out_path = town.logs_dir / "supervisor.out"
+    town.logs_dir.mkdir(exist_ok=True)
+    with open(out_path, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "gastown.supervisor", "--town", str(town.root), "up",
+             "--foreground", "--ready-fd", str(write_fd)],
+            pass_fds=(write_fd,), start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=out, stderr=out, cwd=town.root)
+    os.close(write_fd)
+    data = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while not data.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+                return {"ok": False, "error": f"roles not ready after {timeout:g}s; see "
+                                              "'gastown status' and 'gastown logs'"}
+            chunk = os.read(read_fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(read_fd)
+    if not data.strip():
+        tail = _tail(out_path)
+        return {"ok": False, "error": "the supervisor exited during start-up" +
+                (f": {tail}" if tail else "")}
+    result: dict[str, Any] = json.loads(data)
+    return result
+
+
+def _tail(path: Any) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _run_foreground(town: Town, ready_fd: int | None) -> int:
+    import trio
+
+    from gastown.roles import log
+    from gastown.supervisor.sd_notify import notify
+    from gastown.supervisor.supervisor import run_supervisor
+    from gastown.supervisor.town_lock import SupervisorRunning
+
+    config = town.config
+    log.configure_logging(town.logs_dir, role="supervisor", level=config.logging.level,
+                          console=ready_fd is None and sys.stderr.isatty(),
+                          max_bytes=config.logging.max_bytes, backups=config.logging.backups)
+
+    def report(outcome: dict[str, Any]) -> None:
+        if outcome.get("ok"):
+            notify("READY=1", f"STATUS=town up, pid {os.getpid()}")
+        if ready_fd is not None:
+            try:
+                os.write(ready_fd, (json.dumps(outcome) + "\n").encode())
+                os.close(ready_fd)
+            except OSError:
+                pass
+        elif outcome.get("ok"):
+            print(f"town up: supervisor pid {os.getpid()}", flush=True)
+        else:
+            print(f"gastown: {outcome.get('error')}", file=sys.stderr, flush=True)
+
+    try:
+        code = trio.run(run_supervisor, town, report)
+    except SupervisorRunning as exc:
+        report({"ok": False, "already": exc.pid, "error": exc.message})
+        return 0 if ready_fd is not None else exc.exit_code
+    notify("STOPPING=1")
+    return code
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from gastown.supervisor.bus.errors import BusError
+    from gastown.supervisor.bus.sync_client import request_sync
+    from gastown.supervisor.town_lock import read_supervisor, wait_supervisor_exit
+
+    town = town_of(args)
+    running = read_supervisor(town.runtime_dir)
+    if running is None:
+        print("town is already down")
+        return 0
+    try:
+        request_sync(_bus(town), "bus", "shutdown", timeout=10)
+    except BusError:
+        # The bus does not answer (hung or half-started supervisor): signal it instead.
+        os.kill(running.pid, 15)
+    grace = town.config.supervisor.stop_timeout
+    if not wait_supervisor_exit(town.runtime_dir, timeout=grace * 10 + 30):
+        print(f"gastown: the supervisor (pid {running.pid}) is still running after "
+              f"{grace * 10 + 30:g}s", file=sys.stderr)
+        return 1
+    _wait_pid_exit(running.pid, running.start_time, timeout=10)
+    print("town stopped")
+    return 0
+
+
+def _wait_pid_exit(pid: int, start_time: int, *, timeout: float) -> None:
+    """Wait for the process to be gone (it has released its lock and is exiting)."""
+    from gastown.roles.processes import is_same_process
+
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return
+    try:
+        if is_same_process(pid, start_time):
+            select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
+
+
+def gather_status(town: Town) -> dict[str, Any]:
+    """The town's status as the JSON contract: live from the bus when up, else the store."""
+    from gastown.supervisor.bus.errors import BusError
+    from gastown.supervisor.bus.sync_client import request_sync
+    from gastown.supervisor.town_lock import read_supervisor
+
+    running = read_supervisor(town.runtime_dir)
+    live: dict[str, Any] | None = None
+    if running is not None:
+        try:
+            live = request_sync(_bus(town), "bus", "status", timeout=10)
+        except BusError:
+            live = None
+    with store_of(town) as store:
+        rigs = store.rigs()
+        counts = store.counts()
+        recorded = store.roles()
+    status: dict[str, Any] = {"town": str(town.root)}
+    if live is not None:
+        status["supervisor"] = live["supervisor"]
+        status["roles"] = live["roles"]
+    else:
+        status["supervisor"] = {"pid": running.pid if running else None,
+                                "state": "unresponsive" if running else "down"}
+        status["roles"] = [{"name": r.name, "pid": None, "state": "down", "uptime": None,
+                            "restarts": r.restarts, "last_exit": r.last_exit,
+                            "last_state": r.state, "reason": r.reason} for r in recorded]
+    status["rigs"] = [{"name": r.name, "default_branch": r.default_branch, "prefix": r.prefix,
+                       "path": str(town.rig_dir(r.name))} for r in rigs]
+    status["polecats"] = counts["polecats"]
+    status["merge_requests"] = counts["merge_requests"]
+    return status
+
+
+def _print_status(town: Town, *, as_json: bool) -> int:
+    from gastown.supervisor.feed import describe_exit
+
+    status = gather_status(town)
+    if as_json:
+        print_json(status)
+        return 0
+    sup = status["supervisor"]
+    print(f"town:       {status['town']}")
+    if sup["state"] in ("down", "unresponsive"):
+        print(f"supervisor: {sup['state']}" + (f" (pid {sup['pid']})" if sup["pid"] else ""))
+    else:
+        print(f"supervisor: {sup['state']}, pid {sup['pid']}, up "
+              f"{age(time.time() - sup['uptime'])} (gastown {sup.get('version', '?')})")
+    if status["roles"]:
+        rows = []
+        for role in status["roles"]:
+            uptime = age(time.time() - role["uptime"]) if role.get("uptime") else "-"
+            last = describe_exit(role["last_exit"]) if role.get("last_exit") is not None or \
+                role["restarts"] else "-"
+            rows.append([role["name"], role["state"], role["pid"], uptime, role["restarts"],
+                         last + (f" ({role['reason']})" if role.get("reason") else "")])
+        print()
+        print_table(["ROLE", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT"], rows)
+    print()
+    rigs = ", ".join(f"{r['name']} ({r['default_branch']})" for r in status["rigs"]) or "none"
+    print(f"rigs:           {rigs}")
+    print(f"polecats:       {_counts(status['polecats'])}")
+    print(f"merge requests: {_counts(status['merge_requests'])}")
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    if not total:
+        return "0"
+    return f"{total} (" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) + ")"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    return _print_status(town_of(args), as_json=args.json)

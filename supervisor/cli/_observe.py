@@ -1,0 +1,79 @@
+"""Commands that watch the town: ``logs`` (role log files) and ``feed`` (domain events)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from gastown.supervisor.cli._context import store_of, town_of
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from gastown.roles.errors import UsageError
+    from gastown.supervisor.logview import follow, format_line, merged, role_log_files
+
+    town = town_of(args)
+    if args.role is not None and not role_log_files(town.logs_dir, args.role)[0].exists():
+        raise UsageError(f"no log for role {args.role!r} in {town.logs_dir}")
+
+    def show(line: object) -> None:
+        from gastown.supervisor.logview import LogLine
+
+        assert isinstance(line, LogLine)
+        print(line.raw if args.json else format_line(line), flush=True)
+
+    for line in merged(role_log_files(town.logs_dir, args.role), last=args.n):
+        show(line)
+    if args.follow:
+        try:
+            for line in follow(town.logs_dir, args.role):
+                show(line)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def cmd_feed(args: argparse.Namespace) -> int:
+    from gastown.roles.config import parse_duration
+    from gastown.roles.errors import UsageError
+    from gastown.supervisor.feed import format_event, read_feed
+
+    since = None
+    if args.since is not None:
+        seconds = parse_duration(args.since)
+        if seconds is None:
+            raise UsageError(f"--since wants a duration such as 10m or 2h, not {args.since!r}")
+        since = time.time() - seconds
+    town = town_of(args)
+    with store_of(town) as store:
+        outbox = [e.as_json() for e in store.events_after(0, limit=1_000_000)]
+    last_seq = 0
+
+    def show(event: dict[str, object]) -> None:
+        nonlocal last_seq
+        seq = event.get("seq")
+        if isinstance(seq, int):
+            if seq <= last_seq:
+                return
+            last_seq = seq
+        ts = event.get("ts")
+        if since is not None and isinstance(ts, int | float) and ts < since:
+            return
+        print(json.dumps(event) if args.json else format_event(event), flush=True)
+
+    for event in read_feed(town.events_path, outbox):
+        show(event)
+    if args.follow:
+        import watchfiles
+
+        try:
+            for _ in watchfiles.watch(town.root, recursive=False, debounce=50, step=20,
+                                      watch_filter=lambda _c, p: p.endswith("events.jsonl")):
+                for event in read_feed(town.events_path):
+                    show(event)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+

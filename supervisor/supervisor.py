@@ -1,0 +1,360 @@
+"""The supervisor: one per town, it keeps the role processes alive and hosts the bus.
+
+It spawns ``mayor`` and, for every rig in the store, ``witness:<rig>`` and
+``refinery:<rig>``, each a separate OS process with one runner task that owns it
+(spawn, await, decide, back off, respawn). When to restart is
+:mod:`~gastown.supervisor.restart_policy`'s pure decision; how to start and stop a
+process is :mod:`~gastown.supervisor.children`'s. Readiness is what the role says over
+the bus (``ready``), never a guess from elapsed time.
+
+It is also the single writer of ``events.jsonl``: processes that change the store poke
+it (a ``pub`` on topic ``outbox`` or an ``outbox`` request to ``bus``), and it copies the
+new outbox rows to the file and publishes each on the bus under its kind. Rigs added or
+removed arrive the same way and start or stop that rig's roles alone.
+
+Shutdown (SIGTERM, SIGINT, ``shutdown`` request, or a critical role given up) stops the
+roles in reverse start order, each with its own SIGTERM -> grace -> SIGKILL, then closes
+the bus. If the supervisor itself is killed, its roles see the lifeline close and exit.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final
+
+import trio
+
+from gastown.roles import log
+from gastown.roles.async_store import AsyncStore
+from gastown.roles.errors import GastownError
+from gastown.roles.role_process import bus_path
+from gastown.roles.store import Store
+from gastown.roles.town import Town
+from gastown.supervisor import __version__
+from gastown.supervisor.children import Lifeline, start_child, stop_child
+from gastown.supervisor.feed import EventLog, describe_exit
+from gastown.supervisor.restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
+
+#: Roles whose loss the town cannot work around: giving up on one stops the supervisor
+#: with a non-zero status, so that systemd (Restart=on-failure) takes over.
+CRITICAL_ROLES: Final = frozenset({"mayor"})
+
+#: The outbox is drained on every poke; this slow timer only catches a poke lost to a
+#: process that died between its commit and its poke.
+OUTBOX_SAFETY_INTERVAL: Final = 30.0
+
+ReadyCallback = Callable[[dict[str, Any]], None]
+
+
+def desired_roles(rigs: list[str]) -> list[str]:
+    """The roles a town with these rigs runs, in start order."""
+    roles = ["mayor"]
+    for rig in sorted(rigs):
+        roles += [f"witness:{rig}", f"refinery:{rig}"]
+    return roles
+
+
+@dataclass
+class RoleRunner:
+    """The supervisor's view of one role; mutated only by its runner task."""
+
+    name: str
+    critical: bool
+    state: str = "starting"  # starting, running, backoff, stopping, stopped, failed
+    pid: int | None = None
+    started_at: float | None = None
+    restarts: int = 0
+    last_exit: int | None = None
+    reason: str | None = None
+    history: RoleHistory = field(default_factory=RoleHistory)
+    first_outcome: trio.Event = field(default_factory=trio.Event)
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    stopping: bool = False
+
+    def as_status(self, now: float) -> dict[str, Any]:
+        running = self.state == "running" and self.started_at is not None
+        return {
+            "name": self.name, "pid": self.pid, "state": self.state,
+            "uptime": round(now - self.started_at, 3) if running and self.started_at else None,
+            "started_at": self.started_at, "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "last_exit_text": describe_exit(self.last_exit) if self.restarts or self.state in (
+                "failed", "backoff", "stopped") else None,
+            "reason": self.reason, "critical": self.critical,
+        }
+
+
+class Supervisor:
+    def __init__(self, town: Town, store: AsyncStore, lifeline: Lifeline) -> None:
+        self.town = town
+        self.config = town.config
+        self.store = store
+        self.lifeline = lifeline
+        self.roles: dict[str, RoleRunner] = {}
+        self.started_at = time.time()
+        self.exit_code = 0
+        self.state = "starting"
+        self._nursery: trio.Nursery | None = None
+        self._bus: Any = None
+        self._outbox_poked = trio.Event()
+        self._stop_requested = trio.Event()
+        self._reconcile_lock = trio.Lock()
+        self._log = log.get_logger()
+        sup = self.config.supervisor
+        self.policy = RestartPolicy(base_delay=sup.restart_delay, max_delay=sup.restart_max_delay,
+                                    max_restarts=sup.max_restarts, period=sup.restart_period,
+                                    stable_after=sup.stable_after)
+
+    # -- the whole ---------------------------------------------------------------------
+
+    async def run(self, on_ready: ReadyCallback | None = None) -> int:
+        """Run until asked to stop; returns the process exit status (non-zero: gave up)."""
+        from gastown.supervisor.bus.server import serve_bus
+
+        events = EventLog(self.town.events_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._bus = await nursery.start(partial(
+                    serve_bus, bus_path(self.town), handler=self._handle,
+                    on_publish=self._on_publish))
+                nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._drain_outbox, events)
+                await self._emit("supervisor_started", pid=os.getpid(), version=__version__)
+                await self._reconcile_roles()
+                nursery.start_soon(self._report_ready, on_ready)
+                await self._stop_requested.wait()
+                await self._stop_all()
+                await self._drain_once(events)
+                nursery.cancel_scope.cancel()
+        finally:
+            events.close()
+        return self.exit_code
+
+    def request_stop(self, reason: str, *, exit_code: int = 0) -> None:
+        if not self._stop_requested.is_set():
+            self._log.info("supervisor_stopping", reason=reason)
+            self.exit_code = exit_code
+            self.state = "stopping"
+            self._stop_requested.set()
+            assert self._nursery is not None
+            self._nursery.start_soon(partial(self._emit, "supervisor_stopping", reason=reason))
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                self.request_stop(signal.Signals(signum).name)
+
+    async def _stop_all(self) -> None:
+        """Stop every role, in reverse start order, each with its own grace period."""
+        with trio.CancelScope(shield=True):
+            for runner in reversed(list(self.roles.values())):
+                await self._stop_role(runner)
+
+    async def _stop_role(self, runner: RoleRunner) -> None:
+        runner.stopping = True
+        runner.scope.cancel()
+        await runner.done.wait()
+
+    async def _report_ready(self, on_ready: ReadyCallback | None) -> None:
+        """Tell whoever started us once every role is ready or has been given up on."""
+        for runner in list(self.roles.values()):
+            await runner.first_outcome.wait()
+        failed = [r for r in self.roles.values() if r.state == "failed"]
+        if self.state == "starting":
+            self.state = "running"
+        outcome: dict[str, Any] = {"ok": not failed, "pid": os.getpid()}
+        if failed:
+            outcome["error"] = "; ".join(f"{r.name} failed: {r.reason}" for r in failed)
+        self._log.info("supervisor_ready", ok=not failed, roles=len(self.roles))
+        if on_ready is not None:
+            on_ready(outcome)
+
+    # -- rigs and roles ----------------------------------------------------------------
+
+    async def _reconcile_roles(self) -> None:
+        """Start the roles of new rigs and stop those of removed ones; others are untouched."""
+        async with self._reconcile_lock:
+            if self._stop_requested.is_set():
+                return
+            rigs = [r.name for r in await self.store.call(Store.rigs, self.store.store)]
+            wanted = desired_roles(rigs)
+            for name in reversed([n for n in self.roles if n not in wanted]):
+                runner = self.roles[name]
+                await self._stop_role(runner)
+                del self.roles[name]
+                await self.store.call(self.store.store.forget_role, name)
+            assert self._nursery is not None
+            for name in wanted:
+                if name not in self.roles:
+                    runner = RoleRunner(name=name, critical=name in CRITICAL_ROLES)
+                    self.roles[name] = runner
+                    self._nursery.start_soon(self._run_role, runner)
+
+    async def _run_role(self, runner: RoleRunner) -> None:
+        """Own one role process for its whole life: spawn, await, decide, back off."""
+        argv = [sys.executable, "-m", "gastown.roles", runner.name, "--town", str(self.town.root)]
+        stdout_path = self.town.logs_dir / (runner.name.replace(":", "-") + ".out")
+        proc: trio.Process | None = None
+        with log.bound(role_name=runner.name), runner.scope:
+            try:
+                while not runner.stopping:
+                    runner.state = "starting"
+                    runner.history = runner.history.record_start(trio.current_time())
+                    try:
+                        proc = await start_child(argv, env=os.environ, cwd=self.town.root,
+                                                 lifeline=self.lifeline,
+                                                 stdout_path=stdout_path)
+                    except OSError as exc:
+                        runner.history = runner.history.record_exit(self.policy,
+                                                                    trio.current_time())
+                        code: int | None = None
+                        runner.reason = f"could not start: {exc}"
+                    else:
+                        runner.pid, runner.started_at = proc.pid, time.time()
+                        await self._record(runner, "role_started")
+                        code = await proc.wait()
+                        proc = None
+                        runner.history = runner.history.record_exit(self.policy,
+                                                                    trio.current_time())
+                    runner.last_exit = code
+                    runner.pid = None
+                    if runner.stopping:
+                        break
+                    decision = decide_restart(self.policy, runner.history, trio.current_time(),
+                                              random.random())
+                    if isinstance(decision, GiveUp):
+                        runner.state, runner.reason = "failed", (
+                            f"{decision.reason}; last {describe_exit(code)}")
+                        await self._record(runner, "role_failed")
+                        runner.first_outcome.set()
+                        if runner.critical:
+                            self.request_stop(f"critical role {runner.name} failed",
+                                              exit_code=1)
+                        return
+                    runner.state = "backoff"
+                    await self._record(runner, "role_exited")
+                    runner.restarts += 1
+                    await self._record(runner, "role_restarting", delay=round(decision.delay, 3))
+                    await trio.sleep(decision.delay)
+            finally:
+                with trio.CancelScope(shield=True):
+                    if proc is not None:
+                        runner.state = "stopping"
+                        grace = self.config.supervisor.stop_timeout
+                        runner.last_exit = await stop_child(proc, grace)
+                        runner.pid = None
+                    if runner.state != "failed":
+                        runner.state = "stopped"
+                        await self._record(runner, "role_stopped")
+                    runner.first_outcome.set()
+                    runner.done.set()
+
+    async def _record(self, runner: RoleRunner, event: str, **data: Any) -> None:
+        self._log.info(event, role_name=runner.name, pid=runner.pid, restarts=runner.restarts,
+                       last_exit=runner.last_exit, reason=runner.reason, **data)
+        await self.store.call(self.store.store.record_role, runner.name, state=runner.state,
+                              pid=runner.pid, started_at=runner.started_at,
+                              restarts=runner.restarts, last_exit=runner.last_exit,
+                              reason=runner.reason, event=event, **data)
+        self._poke_outbox()
+
+    # -- bus ---------------------------------------------------------------------------
+
+    async def _handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "ready":
+            runner = self.roles.get(sender)
+            if runner is None or params.get("pid") != runner.pid:
+                raise GastownError(f"{sender} (pid {params.get('pid')}) is not a role of "
+                                   "this supervisor")
+            runner.state = "running"
+            runner.reason = None
+            await self._record(runner, "role_ready")
+            runner.first_outcome.set()
+            return {"ok": True}
+        if method == "status":
+            return self.status()
+        if method == "ping":
+            return {"pong": "bus", "pid": os.getpid()}
+        if method == "outbox":
+            self._poke_outbox()
+            return {"ok": True}
+        if method == "shutdown":
+            self.request_stop(f"shutdown requested by {sender}")
+            return {"stopping": True, "pid": os.getpid()}
+        raise GastownError(f"the supervisor does not know the request {method!r}")
+
+    def _on_publish(self, topic: str, data: dict[str, Any]) -> None:
+        if topic == "outbox":
+            self._poke_outbox()
+
+    def status(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "town": str(self.town.root),
+            "supervisor": {"pid": os.getpid(), "state": self.state, "started_at": self.started_at,
+                           "uptime": round(now - self.started_at, 3), "version": __version__},
+            "roles": [r.as_status(now) for r in self.roles.values()],
+        }
+
+    # -- the feed ----------------------------------------------------------------------
+
+    def _poke_outbox(self) -> None:
+        self._outbox_poked.set()
+
+    async def _emit(self, kind: str, **data: Any) -> None:
+        with trio.CancelScope(shield=True):
+            await self.store.call(self.store.store.emit, kind, **data)
+        self._poke_outbox()
+
+    async def _drain_outbox(self, events: EventLog) -> None:
+        while True:
+            await self._drain_once(events)
+            with trio.move_on_after(OUTBOX_SAFETY_INTERVAL):
+                await self._outbox_poked.wait()
+            self._outbox_poked = trio.Event()
+
+    async def _drain_once(self, events: EventLog) -> None:
+        """Copy new outbox rows to ``events.jsonl`` and publish each under its kind."""
+        rigs_changed = False
+        while True:
+            batch = await self.store.call(self.store.store.events_after, events.last_seq)
+            if not batch:
+                break
+            payloads = [e.as_json() for e in batch]
+            events.append(payloads)
+            for event in payloads:
+                if self._bus is not None:
+                    self._bus.publish(event["kind"], event)
+                rigs_changed |= event["kind"] in ("rig_added", "rig_removed")
+        if rigs_changed and self._nursery is not None and not self._stop_requested.is_set():
+            self._nursery.start_soon(self._reconcile_roles)
+
+
+async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None) -> int:
+    """Take the town's supervisor lock and supervise until stopped; returns the exit status.
+
+    Raises :class:`~gastown.supervisor.town_lock.SupervisorRunning` when another
+    supervisor holds the town.
+    """
+    from gastown.supervisor.children import open_lifeline
+    from gastown.supervisor.town_lock import acquire_supervisor_lock
+
+    lock = acquire_supervisor_lock(town.runtime_dir)
+    try:
+        store = await AsyncStore.open(town.db_path)
+        try:
+            with open_lifeline() as lifeline:
+                return await Supervisor(town, store, lifeline).run(on_ready)
+        finally:
+            store.close()
+    finally:
+        lock.release()

@@ -1,0 +1,71 @@
+"""Helpers for tests that run a whole town: short paths, process scans, waiting on status."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.conftest import Cli
+
+T = TypeVar("T")
+
+
+def town_processes(town: Path) -> dict[int, str]:
+    """Every live process (not a zombie) whose command line names this town: pid -> argv."""
+    found: dict[int, str] = {}
+    needle = str(town).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if needle in cmdline and b"gastown" in cmdline:
+            state = stat.rpartition(")")[2].split()[0]
+            if state != "Z":
+                found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def role_processes(town: Path) -> dict[str, int]:
+    """Role name -> pid for the town's live role processes."""
+    out: dict[str, int] = {}
+    for pid, cmd in town_processes(town).items():
+        parts = cmd.split()
+        if "gastown.roles" in parts:
+            out[parts[parts.index("gastown.roles") + 1]] = pid
+    return out
+
+
+def wait_until(check: Callable[[], T | None], *, timeout: float = 30.0,
+               what: str = "condition") -> T:
+    """Re-check ``check`` until it returns a truthy value. Used only to observe other
+    processes (their death, their state in ``status``), which no event of ours reports."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def status(cli: Cli) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(cli.ok("status", "--json"))
+    return result
+
+
+def roles_by_name(cli: Cli) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in status(cli)["roles"]}
+
+
+def feed_kinds(cli: Cli, role: str | None = None) -> list[str]:
+    events = [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
+    return [e["kind"] for e in events if role is None or e.get("role") == role]
