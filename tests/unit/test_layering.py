@@ -16,6 +16,10 @@ PURE_MODULES = [
     "roles/errors.py",
     "roles/names.py",
     "roles/config.py",
+    "supervisor/restart_policy.py",
+    "supervisor/bus/errors.py",
+    "supervisor/bus/frames.py",
+    "supervisor/bus/protocol.py",
 ]
 
 #: What a pure module may import: the standard library's data modules and other pure modules.
@@ -23,6 +27,7 @@ ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "enum", "functools",
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
     "gastown.roles.errors", "gastown.roles.names", "gastown.roles.config",
+    "gastown.supervisor.bus.errors",
 }
 
 
@@ -63,3 +68,18 @@ def test_cli_imports_stay_lazy() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True,
                          text=True, check=True).stdout
     assert out.strip().endswith("[]"), out
+
+
+def test_every_package_folder_is_installed() -> None:
+    """pyproject lists every package folder, so a regular (non-editable) install is complete."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    mapping = config["package-dir"]
+    found = set()
+    for package, folder in mapping.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *relative.parts]))
+    assert found == listed
