@@ -6,6 +6,9 @@ Layering, bottom to top (imports only flow upward through this list):
 - ``frames``: pure framing, 4-byte big-endian length + UTF-8 JSON object;
 - ``protocol``: pure message shapes, builders and validation;
 - ``sync_client``: a blocking client for the CLI (no trio);
+- ``listener`` (the socket file: path checks, stale-socket probe, 0600 bind,
+  ``SO_PEERCRED``) and ``outbox`` (one peer's bounded queue with drop counting),
+  both trio adapters under ``server``;
 - ``server`` and ``client``: the trio server (run by the supervisor) and the
   trio client (used by roles).
 

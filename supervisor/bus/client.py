@@ -178,7 +178,8 @@ class BusClient:
             await self._round_trip(request_id, protocol.sub(list(topics), request_id),
                                    _HANDSHAKE_TIMEOUT)
         except BaseException:
-            self._subscriptions.remove(subscription)
+            if subscription in self._subscriptions:  # else _disconnect already dropped it
+                self._subscriptions.remove(subscription)
             send.close()
             raise
         return receive

@@ -20,16 +20,13 @@ it guarantees:
   itself left or cancelled it.
 - On cancellation every connection is closed and the socket file removed
   (only if it is still ours; a successor may already have taken the path).
+
+The socket file's rules live in :mod:`.listener`, each peer's queue in :mod:`.outbox`.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import socket as stdlib_socket
-import stat
-import struct
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +36,16 @@ import structlog
 import trio
 
 from gastown.supervisor.bus import protocol
-from gastown.supervisor.bus.errors import (
-    BusAlreadyRunning,
-    BusPathError,
-    FrameError,
-    ProtocolError,
-)
+from gastown.supervisor.bus.errors import FrameError, ProtocolError
 from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
+from gastown.supervisor.bus.listener import (
+    bind_private,
+    check_path,
+    clear_stale_socket,
+    peer_credentials,
+    unlink_if_ours,
+)
+from gastown.supervisor.bus.outbox import Outbox
 from gastown.supervisor.bus.protocol import BUS_PEER, RequestHandler, RequestId
 
 
@@ -58,83 +58,9 @@ def _logger(**context: Any) -> Any:
     """
     return structlog.get_logger().bind(**context)
 
-#: ``sun_path`` holds 108 bytes including the terminating NUL.
-SUN_PATH_MAX: Final = 107
 
-#: Bytes read per ``receive_some`` and, roughly, written per ``send_all``.
+#: Bytes read per ``receive_some``.
 _CHUNK: Final = 1 << 16
-
-_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-class _Outbox:
-    """Frames waiting to be written to one peer: bounded for publications, with drop counting.
-
-    Publications are *offered*: with ``capacity`` frames already waiting, the
-    frame is dropped and counted. The count goes out as a ``dropped`` marker
-    ahead of the next publication accepted, or on its own as soon as the queue
-    drains, so ordering holds: everything before the gap, the marker, then what
-    came after. Requests are pushed only after checking :attr:`has_room`.
-    Replies are always pushed: they answer the peer's own requests, which the
-    server caps per peer, so they stay bounded too.
-    """
-
-    def __init__(self, capacity: int, logger: Any) -> None:
-        self.capacity = capacity
-        self.log = logger
-        self._frames: deque[bytes] = deque()
-        self._dropped = 0
-        self._nonempty = trio.lowlevel.ParkingLot()
-        self._drained = trio.lowlevel.ParkingLot()
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-    @property
-    def has_room(self) -> bool:
-        return len(self._frames) < self.capacity
-
-    def push(self, frame: bytes) -> None:
-        """Queue ``frame`` regardless of capacity (replies and acknowledgements)."""
-        self._frames.append(frame)
-        self._nonempty.unpark_all()
-
-    def offer_publication(self, frame: bytes) -> bool:
-        """Queue ``frame`` if there is room; otherwise count it as dropped. Never blocks."""
-        if not self.has_room:
-            self._dropped += 1
-            if self._dropped == 1:
-                self.log.warning("bus.subscriber_lagging", queued=len(self._frames))
-            return False
-        if self._dropped:
-            self._frames.append(self._take_marker())
-        self.push(frame)
-        return True
-
-    def _take_marker(self) -> bytes:
-        count, self._dropped = self._dropped, 0
-        self.log.warning("bus.publications_dropped", count=count)
-        return encode_frame(protocol.dropped(count))
-
-    async def take_batch(self) -> list[bytes]:
-        """Wait for frames, then return those waiting (about 64 KiB at most), oldest first."""
-        while not self._frames and not self._dropped:
-            await self._nonempty.park()
-        if not self._frames:
-            return [self._take_marker()]
-        batch: list[bytes] = []
-        size = 0
-        while self._frames and size < _CHUNK:
-            frame = self._frames.popleft()
-            batch.append(frame)
-            size += len(frame)
-        self._drained.unpark_all()
-        return batch
-
-    async def wait_below(self, limit: int) -> None:
-        """Wait until fewer than ``limit`` frames are queued."""
-        while len(self._frames) >= limit:
-            await self._drained.park()
 
 
 @dataclass(eq=False)
@@ -144,7 +70,7 @@ class _Peer:
     number: int
     stream: trio.SocketStream
     pid: int
-    outbox: _Outbox
+    outbox: Outbox
     log: Any
     name: str | None = None
     topics: set[str] = field(default_factory=set)
@@ -220,19 +146,19 @@ class BusServer:
         self._next_connection += 1
         number = self._next_connection
         try:
-            pid, uid = _peer_credentials(stream.socket)
+            pid, uid = peer_credentials(stream.socket)
         except OSError as exc:
             _logger().warning("bus.peer_refused", conn=number,
                               reason=f"no peer credentials: {exc}")
             await trio.aclose_forcefully(stream)
             return
-        if uid != os.getuid():
+        if uid != os.geteuid():
             _logger().warning("bus.peer_refused", conn=number, pid=pid, uid=uid,
-                        reason="peer runs as another user")
+                              reason="peer runs as another user")
             await trio.aclose_forcefully(stream)
             return
         peer_log = _logger(conn=number, pid=pid)
-        peer = _Peer(number, stream, pid, _Outbox(self._queue_size, peer_log), peer_log)
+        peer = _Peer(number, stream, pid, Outbox(self._queue_size, peer_log), peer_log)
         self._connections.add(peer)
         peer.log.info("bus.connected")
         try:
@@ -464,104 +390,6 @@ class BusServer:
             routed.target.requests_in.discard(bus_id)
 
 
-# -- the socket ---------------------------------------------------------------------------------
-
-
-def _peer_credentials(sock: trio.socket.SocketType) -> tuple[int, int]:
-    """The connected peer's ``(pid, uid)``, from the kernel (``SO_PEERCRED``, Linux)."""
-    raw = sock.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, _PEERCRED.size)
-    pid, uid, _gid = _PEERCRED.unpack(raw)
-    return pid, uid
-
-
-def _check_path(path: Path) -> None:
-    """Refuse a path that cannot hold the bus safely, before anything is created.
-
-    Raises:
-        BusPathError: too long for ``sun_path``, or its directory is missing, owned
-            by another user, or writable by group or others (who could then swap
-            the socket for their own).
-    """
-    size = len(os.fsencode(path))
-    if size > SUN_PATH_MAX:
-        raise BusPathError(f"the bus socket path is too long for a Unix socket ({size} bytes, "
-                           f"limit {SUN_PATH_MAX}): {path}")
-    try:
-        info = path.parent.stat()
-    except FileNotFoundError:
-        raise BusPathError(f"the bus socket's directory does not exist: {path.parent}") from None
-    if info.st_uid != os.getuid():
-        raise BusPathError(f"refusing to put the bus in {path.parent}: it belongs to uid "
-                           f"{info.st_uid}, not to us (uid {os.getuid()})")
-    if info.st_mode & 0o022:
-        raise BusPathError(f"refusing to put the bus in {path.parent}: it is writable by "
-                           f"group or others (mode {stat.S_IMODE(info.st_mode):o})")
-
-
-async def _clear_stale_socket(path: Path) -> None:
-    """Remove a socket file that no bus answers on; refuse to touch a live one.
-
-    Raises:
-        BusAlreadyRunning: a probe connected, so a bus is serving at ``path``.
-        BusPathError: ``path`` exists and is not a socket.
-    """
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise BusPathError(f"{path} exists and is not a socket; refusing to replace it")
-    try:
-        probe = await trio.open_unix_socket(path)
-    except FileNotFoundError:
-        return
-    except ConnectionRefusedError:
-        _logger().info("bus.stale_socket_removed", path=str(path))
-        path.unlink(missing_ok=True)
-        return
-    await probe.aclose()
-    raise BusAlreadyRunning(f"a bus is already running at {path}")
-
-
-def _bind(path: Path) -> tuple[stdlib_socket.socket, tuple[int, int]]:
-    """Create the listening socket at ``path``, mode 0600; return it and the file's identity.
-
-    The umask is process-wide; it is narrowed only for the ``bind`` call, with no
-    checkpoint in between, so no other trio task can observe it. (A worker thread
-    creating a file in that instant gets 0600 instead of 0644: stricter, harmless.)
-
-    Raises:
-        BusAlreadyRunning: another bus bound the path since the probe.
-    """
-    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
-    try:
-        previous = os.umask(0o177)
-        try:
-            sock.bind(os.fsencode(path))
-        finally:
-            os.umask(previous)
-        sock.listen(128)
-        info = path.stat()
-    except OSError as exc:
-        sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise BusAlreadyRunning(f"a bus is already running at {path}") from exc
-        raise
-    except BaseException:
-        sock.close()
-        raise
-    return sock, (info.st_dev, info.st_ino)
-
-
-def _unlink_if_ours(path: Path, identity: tuple[int, int]) -> None:
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    if (info.st_dev, info.st_ino) == identity:
-        path.unlink(missing_ok=True)
-
-
 async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
                     on_publish: Callable[[str, dict[str, Any]], None] | None = None,
                     max_frame: int = MAX_FRAME, queue_size: int = 1000,
@@ -593,9 +421,9 @@ async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
     path = Path(path)
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-    _check_path(path)
-    await _clear_stale_socket(path)
-    sock, identity = _bind(path)
+    check_path(path)
+    await clear_stale_socket(path)
+    sock, identity = bind_private(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     server = BusServer(handler=handler, on_publish=on_publish, max_frame=max_frame,
                        queue_size=queue_size)
@@ -608,6 +436,6 @@ async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(listener)
-        _unlink_if_ours(path, identity)
+        unlink_if_ours(path, identity)
         _logger().info("bus.stopped", path=str(path))
     raise AssertionError("serve_listeners returned")  # pragma: no cover

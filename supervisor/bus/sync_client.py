@@ -71,7 +71,7 @@ def _refuse(sock: socket.socket, request: protocol.Req, name: str) -> None:
 
 
 def request_sync(path: Path, to: str, method: str, params: Mapping[str, Any] | None = None,
-                 *, timeout: float = 10.0, name: str = "cli") -> Any:
+                 *, timeout: float = 10.0, name: str = "cli", max_frame: int = MAX_FRAME) -> Any:
     """Ask peer ``to`` (or ``"bus"``) to run ``method``, blocking; return its result.
 
     ``name`` need not be unique: replies are routed by connection, so parallel
@@ -89,7 +89,7 @@ def request_sync(path: Path, to: str, method: str, params: Mapping[str, Any] | N
         try:
             sock.sendall(encode_frame(protocol.hello(name))
                          + encode_frame(protocol.req(_REQUEST_ID, to, method, params)))
-            for message in _receive(sock, FrameDecoder(MAX_FRAME), deadline):
+            for message in _receive(sock, FrameDecoder(max_frame), deadline):
                 if message["op"] == "rep" and message["id"] == _REQUEST_ID:
                     if "error" in message:
                         raise RemoteError(message["error"])
@@ -142,7 +142,8 @@ class MessageFollower:
 
 
 def iter_messages_sync(path: Path, topics: list[str] | tuple[str, ...], *, name: str = "cli",
-                       connect_timeout: float = 10.0) -> MessageFollower:
+                       connect_timeout: float = 10.0, max_frame: int = MAX_FRAME,
+                       ) -> MessageFollower:
     """Subscribe to ``topics`` (``"*"`` for all), blocking; return an iterator of publications.
 
     For ``gastown feed -f``. The subscription is live when this returns, so a
@@ -160,7 +161,7 @@ def iter_messages_sync(path: Path, topics: list[str] | tuple[str, ...], *, name:
     if not topics:
         raise ValueError("iter_messages_sync needs at least one topic")
     sock = _connect(path, connect_timeout)
-    decoder = FrameDecoder(MAX_FRAME)
+    decoder = FrameDecoder(max_frame)
     early: list[BusMessage] = []
     try:
         sock.sendall(encode_frame(protocol.hello(name))

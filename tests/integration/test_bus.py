@@ -180,12 +180,13 @@ async def test_peer_gone_while_a_request_is_in_flight(bus: BusServer, sock_path:
         async with trio.open_nursery() as nursery, open_bus_client(sock_path, "cli") as cli:
             mayor_scope = trio.CancelScope()
 
-            async def run_mayor() -> None:
+            async def run_mayor(task_status: trio.TaskStatus[None]) -> None:
                 with mayor_scope:
                     async with open_bus_client(sock_path, "mayor", handler=stuck):
+                        task_status.started()  # the bus routes "mayor" here from now on
                         await trio.sleep_forever()
 
-            nursery.start_soon(run_mayor)
+            await nursery.start(run_mayor)
             outcome: list[BaseException] = []
 
             async def ask() -> None:
@@ -195,7 +196,6 @@ async def test_peer_gone_while_a_request_is_in_flight(bus: BusServer, sock_path:
                     outcome.append(exc)
 
             async with trio.open_nursery() as asking:
-                await trio.testing.wait_all_tasks_blocked()  # the mayor holds its name
                 asking.start_soon(ask)
                 await started.wait()
                 mayor_scope.cancel()
@@ -257,7 +257,10 @@ async def test_slow_subscriber_blocks_nobody_and_learns_its_losses(
         nursery: trio.Nursery, sock_path: Path, recorder: Recorder) -> None:
     """A subscriber that stops reading costs others nothing and later gets a dropped count."""
     bus = await start_bus(nursery, sock_path, recorder, queue_size=8)
-    total, payload = 200, "x" * 8000
+    # Enough to overflow the socket's kernel buffer (the bus's send buffer) and the queue.
+    send_buffer = int(Path("/proc/sys/net/core/wmem_default").read_text())
+    payload = "x" * 8000
+    total = 8 * ((2 * send_buffer // len(payload) + 64) // 8)
     slow = await open_raw(sock_path, protocol.hello("slow"), protocol.sub(["t"], 1))
     decoder = FrameDecoder()
     await read_frames(slow, decoder, lambda m: m["op"] == "rep")  # subscribed; now stop reading
@@ -348,6 +351,8 @@ async def test_socket_is_private_and_removed_on_shutdown(
                         with pytest.raises(BusDisconnected):
                             await cli.request("bus", "hang")
                     asking.start_soon(ask)
+                    # Usually the request is then waiting on the handler; if not, it
+                    # meets the closed connection instead: BusDisconnected either way.
                     await trio.testing.wait_all_tasks_blocked()
                     nursery_inner.cancel_scope.cancel()
                 await cli.wait_disconnected()
