@@ -32,7 +32,11 @@ def role_log_files(logs_dir: Path, role: str | None) -> list[Path]:
     """The current log file of ``role``, or of every process when None."""
     if role is not None:
         return [logs_dir / log_file_name(role)]
-    return sorted(logs_dir.glob("*.log"))
+    current = set(logs_dir.glob("*.log"))
+    # A file that has just rotated exists only as ``<name>.log.1`` until its next line.
+    current |= {p.with_name(p.name.rsplit(".", 1)[0]) for p in logs_dir.glob("*.log.*")
+                if p.suffix[1:].isdigit()}
+    return sorted(current)
 
 
 def _parse(raw: str, source: str) -> LogLine | None:
@@ -85,12 +89,19 @@ def format_line(line: LogLine) -> str:
 
 
 class _Tail:
-    """One followed file: reads what was appended, and survives rotation."""
+    """One followed file: reads what was appended, and survives rotation.
+
+    Rotation renames ``x.log`` to ``x.log.1`` (and ``.1`` to ``.2``...), keeping inodes.
+    When the current file's inode changes, the old handle is read to its end, then any
+    rotated file whose inode was never opened (the file rotated more than once between
+    two reads), oldest first, then the new current file from its start.
+    """
 
     def __init__(self, path: Path, *, from_end: bool) -> None:
         self.path = path
         self.file: TextIO | None = None
         self.inode: int | None = None
+        self.seen: set[int] = set()
         self._open(from_end=from_end)
 
     def _open(self, *, from_end: bool) -> None:
@@ -100,6 +111,7 @@ class _Tail:
             self.file, self.inode = None, None
             return
         self.file, self.inode = f, os.fstat(f.fileno()).st_ino
+        self.seen.add(self.inode)
         if from_end:
             f.seek(0, os.SEEK_END)
 
@@ -115,9 +127,33 @@ class _Tail:
             # Rotated: the old file is finished (read above); the new one starts at 0.
             if self.file is not None:
                 self.file.close()
+            out += self._unseen_rotations()
             self._open(from_end=False)
             if self.file is not None:
                 out += self.file.readlines()
+        return out
+
+
+    def _unseen_rotations(self) -> list[str]:
+        rotated = sorted((p for p in self.path.parent.glob(self.path.name + ".*")
+                          if p.suffix[1:].isdigit()), key=lambda p: -int(p.suffix[1:]))
+        out: list[str] = []
+        existing = set()
+        for part in rotated:
+            try:
+                existing.add(part.stat().st_ino)
+            except FileNotFoundError:
+                continue
+        self.seen &= existing  # forget deleted files: the kernel may reuse their inodes
+        for part in rotated:
+            try:
+                with open(part, encoding="utf-8", errors="replace") as f:
+                    inode = os.fstat(f.fileno()).st_ino
+                    if inode not in self.seen:
+                        self.seen.add(inode)
+                        out += f.readlines()
+            except FileNotFoundError:
+                continue
         return out
 
 

@@ -149,8 +149,13 @@ class Supervisor:
             self._nursery.start_soon(partial(self._emit, "supervisor_stopping", reason=reason))
 
     async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    # SIGHUP's default action would kill the town; reloading is not built yet.
+                    self._log.warning("supervisor_sighup_ignored",
+                                      reason="configuration reload is not implemented yet")
+                    continue
                 self.request_stop(signal.Signals(signum).name)
 
     async def _stop_all(self) -> None:

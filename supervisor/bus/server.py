@@ -160,7 +160,7 @@ class BusServer:
         peer_log = _logger(conn=number, pid=pid)
         peer = _Peer(number, stream, pid, Outbox(self._queue_size, peer_log), peer_log)
         self._connections.add(peer)
-        peer.log.info("bus.connected")
+        peer.log.debug("bus.connected")
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._run_then_cancel, self._read_loop, peer, nursery)
@@ -169,7 +169,9 @@ class BusServer:
             peer.close("bus shutting down")
             self._forget(peer)
             await trio.aclose_forcefully(stream)
-            peer.log.info("bus.disconnected", name=peer.name, reason=peer.close_reason)
+            # CLI invocations come and go by the hundred; a role's disconnect is news.
+            level = peer.log.debug if peer.name in (None, "cli") else peer.log.info
+            level("bus.disconnected", name=peer.name, reason=peer.close_reason)
 
     @staticmethod
     async def _run_then_cancel(loop: Callable[[_Peer, trio.Nursery], Awaitable[str]], peer: _Peer,
@@ -259,12 +261,12 @@ class BusServer:
         peer.log = peer.log.bind(name=name)
         peer.outbox.log = peer.log
         previous = self._names.get(name)
-        if previous is not None:
+        if previous is not None and name != "cli":
             # The older holder is a stale role about to be reaped; routing follows the new one.
             peer.log.warning("bus.name_taken_over", previous_conn=previous.number,
                              previous_pid=previous.pid)
         self._names[name] = peer
-        peer.log.info("bus.hello")
+        (peer.log.debug if name == "cli" else peer.log.info)("bus.hello")
 
     def _publish_from(self, sender: str, topic: str, data: dict[str, Any]) -> None:
         try:
