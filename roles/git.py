@@ -8,9 +8,13 @@ Never prompts: credentials come from the user's git setup or the command fails.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -112,3 +116,158 @@ def has_commits(repo_dir: Path) -> bool:
 def switch_to(repo_dir: Path, branch: str) -> None:
     """Check out ``branch`` (creating it from ``origin/<branch>`` when only that exists)."""
     run_git(["switch", "--quiet", branch], cwd=repo_dir, op="switch")
+
+
+# -- worktrees ------------------------------------------------------------------------
+#
+# Every operation that touches a repository's worktree registry (add, remove, prune,
+# branch create/delete) runs under :func:`repo_lock`, one lock per repository, so that
+# concurrent slings, nukes and crew commands never race git's own bookkeeping.
+
+
+@contextmanager
+def repo_lock(repo: Path) -> Iterator[None]:
+    """Hold the repository's gastown lock (an ``flock`` in its ``.git``) for the block.
+
+    Blocks until the lock is free; the kernel releases it if the holder dies.
+    """
+    lock_path = common_git_dir(repo) / "gastown-worktrees.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def common_git_dir(repo: Path) -> Path:
+    """The ``.git`` directory shared by ``repo`` and all its worktrees."""
+    if (repo / ".git").is_dir():
+        return repo / ".git"
+    out = run_git(["rev-parse", "--git-common-dir"], cwd=repo, op="rev-parse").strip()
+    return (repo / out).resolve()
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None
+    branch: str | None
+    prunable: bool = False
+
+
+def list_worktrees(repo: Path) -> list[Worktree]:
+    """``git worktree list`` of ``repo``: the main checkout first."""
+    out = run_git(["worktree", "list", "--porcelain"], cwd=repo, op="worktree list")
+    worktrees: list[Worktree] = []
+    fields: dict[str, str] = {}
+    for line in [*out.splitlines(), ""]:
+        if not line:
+            if "worktree" in fields:
+                branch = fields.get("branch")
+                worktrees.append(Worktree(
+                    path=Path(fields["worktree"]), head=fields.get("HEAD"),
+                    branch=branch.removeprefix("refs/heads/") if branch else None,
+                    prunable="prunable" in fields))
+            fields = {}
+            continue
+        key, _, value = line.partition(" ")
+        fields[key] = value
+    return worktrees
+
+
+def add_worktree(repo: Path, path: Path, branch: str, start: str) -> None:
+    """Create ``path`` as a worktree of ``repo`` on a new ``branch`` starting at ``start``.
+
+    Callers hold :func:`repo_lock`. On failure git leaves nothing registered, but it may
+    leave the directory: the caller's rollback removes both.
+    """
+    run_git(["worktree", "add", "--quiet", "-b", branch, str(path), start], cwd=repo,
+            op="worktree add", env={"GIT_LFS_SKIP_SMUDGE": "1"})
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the worktree at ``path`` (forced), prune, and verify the folder is gone.
+
+    ``git worktree remove`` can leave untracked or ignored files behind (upstream #618),
+    so whatever remains is deleted, then the registry is pruned. Raises
+    :class:`GitError` if the folder still exists afterwards. Callers hold :func:`repo_lock`.
+    """
+    if path.exists():
+        try:
+            run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
+                    op="worktree remove")
+        except GitError:
+            pass  # not registered (half-created) or locked: fall through to rm -rf
+    if path.exists() or path.is_symlink():
+        _rmtree(path)
+    run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
+    if path.exists():
+        raise GitError("worktree remove", str(repo), f"{path} still exists after removal")
+
+
+def _rmtree(path: Path) -> None:
+    """``rm -rf``, making read-only folders writable first (upstream #618's chmod retry)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    for folder, _dirs, _files in os.walk(path):
+        os.chmod(folder, 0o700)
+    shutil.rmtree(path)
+
+
+def prune_worktrees(repo: Path) -> None:
+    run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    try:
+        run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd=repo,
+                op="rev-parse")
+    except GitError:
+        return False
+    return True
+
+
+def delete_branch(repo: Path, branch: str) -> None:
+    """Delete the local ``branch`` (forced: callers have checked it is merged or forced)."""
+    if branch_exists(repo, branch):
+        run_git(["branch", "-D", "--", branch], cwd=repo, op="branch -D")
+
+
+def dirty_files(worktree: Path) -> list[str]:
+    """``git status --porcelain`` lines (untracked files included); empty means clean."""
+    out = run_git(["status", "--porcelain", "--untracked-files=all"], cwd=worktree,
+                  op="status")
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def commits_ahead(repo: Path, base: str, branch: str) -> int:
+    """How many commits ``branch`` has that ``base`` does not (by ancestry)."""
+    out = run_git(["rev-list", "--count", f"{base}..{branch}"], cwd=repo, op="rev-list")
+    return int(out.strip() or "0")
+
+
+def unmerged_commits(repo: Path, base: str, branch: str) -> list[str]:
+    """Commits of ``branch`` whose change is not on ``base``, by patch equivalence.
+
+    Uses ``git cherry``: after the refinery rebases a polecat's branch, its original
+    commits are no longer ancestors of ``base``, but their patches are; those count as
+    landed. Returns the ids of the commits that did not land.
+    """
+    out = run_git(["cherry", base, branch], cwd=repo, op="cherry")
+    return [line[2:].strip() for line in out.splitlines() if line.startswith("+ ")]
+
+
+def head_commit(path: Path, ref: str = "HEAD") -> str:
+    return run_git(["rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=path,
+                   op="rev-parse").strip()
+
+
+def commit_all(worktree: Path, message: str, env: Mapping[str, str] | None = None) -> bool:
+    """Stage everything and commit; returns False when there was nothing to commit."""
+    run_git(["add", "-A"], cwd=worktree, op="add", env=env)
+    if not run_git(["status", "--porcelain"], cwd=worktree, op="status", env=env).strip():
+        return False
+    run_git(["commit", "--quiet", "-m", message], cwd=worktree, op="commit", env=env)
+    return True

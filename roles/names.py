@@ -23,7 +23,7 @@ MAX_NAME_LENGTH: Final = 64
 _GIT_FORBIDDEN: Final = frozenset(" ~^:?*[\\")
 
 #: Rig names that would collide with the town's own entries.
-_RESERVED_RIG_NAMES: Final = frozenset({"logs", "config", "town", "hq"})
+_RESERVED_RIG_NAMES: Final = frozenset({"logs", "config", "town", "hq", "list", "remove"})
 
 _BASE36: Final = string.digits + string.ascii_lowercase
 

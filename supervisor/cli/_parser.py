@@ -128,6 +128,32 @@ def build_parser() -> _Parser:
     p.add_argument("--since", metavar="DURATION", help="only events newer than this (10m, 2h)")
     _json_flag(p)
 
+    crew = sub.add_parser("crew", help="human workspaces in a rig (worktrees on crew/NAME)",
+                          description="Crew: long-lived workspaces at <rig>/crew/<name>.")
+    crew.set_defaults(handler=None, help_parser=crew)
+    crew_sub = crew.add_subparsers(title="crew commands", metavar="COMMAND", parser_class=_Parser)
+    p = _command(crew_sub, "add", "gastown.supervisor.cli._crew:cmd_crew_add",
+                 "create a crew workspace on its own branch crew/NAME")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--rig", metavar="R", required=True)
+    p = _command(crew_sub, "list", "gastown.supervisor.cli._crew:cmd_crew_list",
+                 "list crew workspaces with their state (clean / N uncommitted)")
+    p.add_argument("--rig", metavar="R", help="only this rig's crew")
+    _json_flag(p)
+    p = _command(crew_sub, "remove", "gastown.supervisor.cli._crew:cmd_crew_remove",
+                 "remove a crew workspace (refuses uncommitted or unmerged work)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--rig", metavar="R", required=True)
+    p.add_argument("--force", action="store_true", help="even with uncommitted or unmerged work")
+
+    p = _command(sub, "worktree", "gastown.supervisor.cli._crew:cmd_worktree",
+                 "cross-rig worktrees for the crew workspace you are in: "
+                 "'worktree RIG' creates (or prints) one, 'worktree list', "
+                 "'worktree remove RIG [--force]'")
+    p.add_argument("words", nargs="+", metavar="RIG | list | remove RIG")
+    p.add_argument("--force", action="store_true", help="remove even with uncommitted work")
+    _json_flag(p)
+
     config = sub.add_parser("config", help="show the effective configuration",
                             description="The configuration in force.")
     config.set_defaults(handler=None, help_parser=config)
