@@ -1,0 +1,356 @@
+"""Agent sessions against real tmux servers and real processes, for both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gastown.roles.processes import process_start_time
+from gastown.roles.sessions import (
+    Backend,
+    SessionError,
+    SessionInfo,
+    SessionSpec,
+    attach_argv,
+    resolve_backend,
+    session_alive,
+    start_session,
+    stop_session,
+    tmux_socket_name,
+    town_sessions,
+)
+
+BACKENDS: list[Backend] = ["process", "tmux"]
+
+# Every agent below is this interpreter, so PATH only has to reach `sh` and `sleep`.
+PYTHON = sys.executable
+
+# An agent that writes its cwd and environment to argv[1], then waits for argv[2] to exist.
+REPORT_AND_WAIT = """
+import json, os, sys, time
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"cwd": os.getcwd(), "env": dict(os.environ)}, f)
+os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.02)
+"""
+
+# A shell agent with a child in its process group; both must die with the session.
+FORKING_AGENT = ["sh", "-c", "sleep 300 & sleep 300"]
+
+
+def agent_env(**extra: str) -> dict[str, str]:
+    """A small complete agent environment; LC_ALL keeps Python from adding LC_CTYPE."""
+    return {"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8", **extra}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until true; only for watching another process change state."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for another process"
+        time.sleep(0.02)
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """``(state, pgrp)`` of ``pid`` from ``/proc``, or None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[2])
+
+
+def dead(pid: int) -> bool:
+    """Gone, or a zombie waiting to be collected."""
+    stat = proc_stat(pid)
+    return stat is None or stat[0] in ("Z", "X")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live pids whose process group is ``pgid``."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = proc_stat(int(entry))
+            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return members
+
+
+class Sessions:
+    """Starts sessions in one town and stops whatever is left of them at teardown."""
+
+    def __init__(self, town_root: Path) -> None:
+        self.town_root = town_root
+        self.started: list[SessionInfo] = []
+
+    def spec(self, backend: Backend, argv: list[str], *, name: str = "gt-web-toast",
+             env: dict[str, str] | None = None, cwd: Path | None = None) -> SessionSpec:
+        return SessionSpec(backend=backend, name=name, argv=argv,
+                           cwd=cwd or self.town_root, env=env or agent_env(),
+                           log_path=self.town_root / "logs" / "sessions" / f"web-{name}.log",
+                           town_root=self.town_root)
+
+    def start(self, spec: SessionSpec) -> SessionInfo:
+        info = start_session(spec)
+        self.started.append(info)
+        return info
+
+
+@pytest.fixture
+def town_root(tmp_path: Path) -> Iterator[Path]:
+    """A town directory with its own tmux server, killed at teardown."""
+    root = tmp_path / "town"
+    root.mkdir()
+    yield root
+    subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
+                   capture_output=True, check=False)
+
+
+@pytest.fixture
+def sessions(town_root: Path) -> Iterator[Sessions]:
+    helper = Sessions(town_root)
+    yield helper
+    for info in helper.started:
+        stop_session(info, grace=0.5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agent_gets_cwd_and_exactly_its_env(backend: Backend, sessions: Sessions,
+                                            tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent runs in the worktree with exactly spec.env, nothing of ours or tmux's."""
+    monkeypatch.setenv("GASTOWN_TEST_LEAK", "from-the-caller")
+    worktree = tmp_path / "rig" / "polecats" / "toast"
+    worktree.mkdir(parents=True)
+    report, release = tmp_path / "report.json", tmp_path / "release"
+    env = agent_env(GASTOWN_POLECAT="toast", ODD="a b;'\"$HOME #{x}", EMPTY="")
+    info = sessions.start(sessions.spec(backend, [PYTHON, "-c", REPORT_AND_WAIT, str(report),
+                                                  str(release)], env=env, cwd=worktree))
+    wait_until(report.exists)
+    seen = json.loads(report.read_text())
+    assert seen["cwd"] == str(worktree)
+    assert seen["env"] == env
+    if backend == "tmux":
+        # The leak is real: the server we started carries our variable in its global env.
+        shown = subprocess.run(["tmux", "-L", tmux_socket_name(sessions.town_root),
+                                "show-environment", "-g", "GASTOWN_TEST_LEAK"],
+                               capture_output=True, text=True, check=False)
+        assert "from-the-caller" in shown.stdout
+    release.touch()
+    wait_until(lambda: not session_alive(info))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_alive_while_running_and_dead_after_exit(backend: Backend, sessions: Sessions,
+                                                 tmp_path: Path) -> None:
+    """session_alive is true while the agent runs and false once it exits by itself."""
+    report, release = tmp_path / "report.json", tmp_path / "release"
+    info = sessions.start(sessions.spec(backend, [PYTHON, "-c", REPORT_AND_WAIT, str(report),
+                                                  str(release)]))
+    wait_until(report.exists)
+    assert session_alive(info)
+    assert info.start_time == process_start_time(info.pid)
+    release.touch()
+    wait_until(lambda: not session_alive(info))
+    wait_until(lambda: info.name not in town_sessions(sessions.town_root))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_kills_agent_and_children(backend: Backend, sessions: Sessions) -> None:
+    """stop_session kills the agent's whole process group and can be repeated."""
+    info = sessions.start(sessions.spec(backend, FORKING_AGENT))
+    wait_until(lambda: len(group_members(info.pid)) >= 2)
+    members = group_members(info.pid)
+    stop_session(info, grace=2.0)
+    assert all(dead(pid) for pid in members), [proc_stat(pid) for pid in members]
+    assert not session_alive(info)
+    stop_session(info, grace=2.0)
+    assert info.name not in town_sessions(sessions.town_root)
+
+
+def test_stop_kills_a_group_that_ignores_sigterm(sessions: Sessions) -> None:
+    """An agent that ignores SIGTERM is SIGKILLed after the grace period."""
+    info = sessions.start(sessions.spec("process", ["sh", "-c", "trap '' TERM; sleep 300"]))
+    wait_until(lambda: len(group_members(info.pid)) >= 2)
+    members = group_members(info.pid)
+    stop_session(info, grace=0.2)
+    assert all(dead(pid) for pid in members)
+
+
+STARTER = """
+import sys
+from pathlib import Path
+from gastown.roles.sessions import SessionSpec, start_session
+town = Path(sys.argv[2])
+spec = SessionSpec(backend=sys.argv[1], name="gt-web-nux", argv=["sh", "-c", sys.argv[3]],
+                   cwd=town, env={"PATH": sys.argv[4]}, log_path=town / "logs" / "nux.log",
+                   town_root=town)
+print(start_session(spec).to_json(), flush=True)
+sys.stdin.read()  # stay alive until killed, as a role process would
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_survives_sigkill_of_starters_group(backend: Backend,
+                                                    sessions: Sessions) -> None:
+    """A session outlives its starter's process group being SIGKILLed, and stops fully."""
+    starter = subprocess.Popen(
+        [PYTHON, "-c", STARTER, backend, str(sessions.town_root), FORKING_AGENT[2],
+         os.environ["PATH"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert starter.stdout is not None
+    try:
+        info = SessionInfo.from_json(starter.stdout.readline())
+        sessions.started.append(info)
+    finally:
+        os.killpg(starter.pid, signal.SIGKILL)
+        starter.wait()
+    wait_until(lambda: len(group_members(info.pid)) >= 2)
+    assert session_alive(info)
+    assert info.pid not in (starter.pid, os.getpid())
+    members = group_members(info.pid)
+    stop_session(info, grace=2.0)
+    assert all(dead(pid) for pid in members)
+    assert not session_alive(info)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_agent_output_lands_in_log(backend: Backend, sessions: Sessions) -> None:
+    """Whatever the agent prints, stdout and stderr, is appended to log_path."""
+    spec = sessions.spec(backend, ["sh", "-c", "echo out-line; echo err-line >&2; sleep 300"])
+    spec.log_path.parent.mkdir(parents=True)
+    spec.log_path.write_text("earlier run\n")
+    sessions.start(spec)
+    wait_until(lambda: "err-line" in spec.log_path.read_text()
+               and "out-line" in spec.log_path.read_text())
+    assert spec.log_path.read_text().startswith("earlier run\n")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_command_is_a_one_line_error(backend: Backend, sessions: Sessions) -> None:
+    """A command that does not exist fails start_session with one clear line."""
+    with pytest.raises(SessionError, match="gastown-no-such-agent") as caught:
+        sessions.start(sessions.spec(backend, ["gastown-no-such-agent", "--flag"]))
+    assert "\n" not in str(caught.value)
+    assert town_sessions(sessions.town_root) == []
+
+
+def test_unexecutable_command_reported_by_launcher(sessions: Sessions) -> None:
+    """The process launcher reports an exec failure instead of just exiting."""
+    script = sessions.town_root / "agent.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    with pytest.raises(SessionError, match="Permission denied"):
+        sessions.start(sessions.spec("process", [str(script)]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_missing_cwd_is_an_error(backend: Backend, sessions: Sessions) -> None:
+    """A worktree that does not exist is refused, not silently replaced by $HOME."""
+    with pytest.raises(SessionError, match="does not exist"):
+        sessions.start(sessions.spec(backend, ["true"], cwd=sessions.town_root / "gone"))
+
+
+def test_duplicate_tmux_name_is_an_error(sessions: Sessions) -> None:
+    """Starting a tmux session under a live session's name fails and leaves it alone."""
+    first = sessions.start(sessions.spec("tmux", ["sleep", "300"]))
+    with pytest.raises(SessionError, match="already exists"):
+        sessions.start(sessions.spec("tmux", ["sleep", "300"]))
+    assert session_alive(first)
+    assert town_sessions(sessions.town_root) == ["gt-web-toast"]
+
+
+def test_tmux_name_is_sanitised(sessions: Sessions) -> None:
+    """Dots and colons, which tmux reads as target syntax, are replaced."""
+    info = sessions.start(sessions.spec("tmux", ["sleep", "300"], name="gt-web.toast:1"))
+    assert info.name == "gt-web_toast_1"
+    assert session_alive(info)
+    assert town_sessions(sessions.town_root) == ["gt-web_toast_1"]
+
+
+def test_attach_argv_shape(sessions: Sessions) -> None:
+    """tmux sessions attach by exact name on the town's server; process sessions cannot."""
+    tmux = sessions.start(sessions.spec("tmux", ["sleep", "300"]))
+    process = sessions.start(sessions.spec("process", ["sleep", "300"]))
+    sock = tmux_socket_name(sessions.town_root)
+    assert tmux.tmux_socket == sock
+    assert attach_argv(tmux) == ["tmux", "-L", sock, "attach", "-t", "=gt-web-toast"]
+    assert attach_argv(process) is None
+
+
+def test_town_sessions_lists_live_sessions(sessions: Sessions) -> None:
+    """town_sessions names the live sessions of this town's server only."""
+    assert town_sessions(sessions.town_root) == []
+    toast = sessions.start(sessions.spec("tmux", ["sleep", "300"], name="gt-web-toast"))
+    sessions.start(sessions.spec("tmux", ["sleep", "300"], name="gt-web-alpha"))
+    assert sorted(town_sessions(sessions.town_root)) == ["gt-web-alpha", "gt-web-toast"]
+    stop_session(toast, grace=2.0)
+    wait_until(lambda: town_sessions(sessions.town_root) == ["gt-web-alpha"])
+
+
+def test_stale_session_info_never_signals_a_stranger(sessions: Sessions) -> None:
+    """A recorded pid whose start time no longer matches is neither alive nor signalled."""
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        start_time = process_start_time(stranger.pid)
+        assert start_time is not None
+        stale = SessionInfo(backend="process", name="gt-web-toast", pid=stranger.pid,
+                            start_time=start_time + 1, log_path="unused", tmux_socket=None)
+        assert not session_alive(stale)
+        stop_session(stale, grace=0.2)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_stop_leaves_a_newer_same_named_tmux_session(sessions: Sessions) -> None:
+    """Stopping an old tmux session record does not kill a newer session of that name."""
+    old = sessions.start(sessions.spec("tmux", ["sleep", "300"]))
+    stop_session(old, grace=2.0)
+    wait_until(lambda: town_sessions(sessions.town_root) == [])
+    new = sessions.start(sessions.spec("tmux", ["sleep", "300"]))
+    stop_session(old, grace=2.0)
+    assert session_alive(new)
+
+
+def test_session_info_json_round_trip() -> None:
+    """SessionInfo survives to_json/from_json unchanged, and junk is rejected."""
+    info = SessionInfo(backend="tmux", name="gt-web-toast", pid=1234, start_time=99,
+                       log_path="/town/logs/sessions/web-toast.log", tmux_socket="gastown-ab")
+    assert SessionInfo.from_json(info.to_json()) == info
+    with pytest.raises(ValueError):
+        SessionInfo.from_json('{"backend": "screen"}')
+
+
+def test_tmux_socket_name_is_stable_short_and_per_town(tmp_path: Path) -> None:
+    """The socket name depends only on the town's resolved path, and is short."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    name = tmux_socket_name(tmp_path / "a")
+    assert name == tmux_socket_name(tmp_path / "link")
+    assert name != tmux_socket_name(tmp_path / "b")
+    assert name.startswith("gastown-")
+    assert len(name) == len("gastown-") + 12
+
+
+def test_resolve_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto picks tmux when installed; asking for a missing tmux is a clear error."""
+    assert resolve_backend("auto") == "tmux"
+    assert resolve_backend("process") == "process"
+    assert resolve_backend("tmux") == "tmux"
+    monkeypatch.setenv("PATH", "")
+    assert resolve_backend("auto") == "process"
+    with pytest.raises(SessionError, match="needs tmux"):
+        resolve_backend("tmux")
