@@ -29,6 +29,7 @@ from typing import Final
 
 from gastown.roles import git
 from gastown.roles.errors import GitError, NotFound, Refused
+from gastown.roles.faults import fault_point
 from gastown.roles.names import name_problem, validate_name
 from gastown.roles.store import Store
 from gastown.roles.town import Town
@@ -268,6 +269,7 @@ def _create_worktree(clone: Path, path: Path, branch: str, start: str, *, owner:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             git.add_worktree(clone, path, branch, f"refs/heads/{start}")
+            fault_point("cli", "crew.after_worktree")
             _set_worktree_config(clone, path, owner, set_user_name=set_user_name)
         except BaseException:
             # We checked under the lock that neither existed, so both are ours to remove.
