@@ -271,3 +271,9 @@ def commit_all(worktree: Path, message: str, env: Mapping[str, str] | None = Non
         return False
     run_git(["commit", "--quiet", "-m", message], cwd=worktree, op="commit", env=env)
     return True
+
+
+def local_branches(repo: Path) -> list[str]:
+    out = run_git(["for-each-ref", "--format=%(refname:short)", "refs/heads/"], cwd=repo,
+                  op="for-each-ref")
+    return [line.strip() for line in out.splitlines() if line.strip()]

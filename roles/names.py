@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 from typing import Final, Literal
 
 from gastown.roles.errors import UsageError
@@ -147,3 +147,35 @@ def bead_id(prefix: str, number: int) -> str:
         number, r = divmod(number, 36)
         digits = _BASE36[r] + digits
     return f"{prefix}-{digits}"
+
+
+#: The built-in polecat name pool: short, distinct, easy to type in ``gastown attach``.
+DEFAULT_POLECAT_NAMES: Final = (
+    "toast", "alpha", "bravo", "cobalt", "dingo", "ember", "flint", "gizmo", "havoc",
+    "indigo", "jolt", "kilo", "lumen", "mango", "nitro", "onyx", "pixel", "quartz", "rivet",
+    "sable", "tango", "umber", "vortex", "widget", "xenon", "yonder", "zephyr", "amber",
+    "basil", "cinder", "delta", "echo", "fable", "garnet", "hazel", "ivory", "jasper",
+    "karma", "lotus", "marble", "nova", "opal", "pepper", "quill", "raven", "sprocket",
+    "tinder", "ultra", "velvet", "wren", "yarrow", "zinc", "acorn", "bolt", "cricket",
+    "dune", "furiosa", "nux", "slit", "rictus",
+)
+
+#: Names that would read as a role or a town folder in paths, sessions and logs.
+RESERVED_POLECAT_NAMES: Final = frozenset({"witness", "mayor", "refinery", "crew", "polecats",
+                                           "supervisor"})
+
+
+def next_polecat_name(pool: Sequence[str], held: Set[str]) -> str:
+    """The first name of ``pool`` (in order) that is not ``held``; then numbered overflow.
+
+    Overflow names are the numbers after the pool's size (``61``, ``62`` ...), skipping
+    any that are held. Pure: the caller passes the held set read inside the same
+    transaction that records the new polecat, so two slings can never get one name.
+    """
+    for name in pool:
+        if name not in held and name not in RESERVED_POLECAT_NAMES:
+            return name
+    n = len(pool) + 1
+    while str(n) in held:
+        n += 1
+    return str(n)

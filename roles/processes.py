@@ -146,3 +146,26 @@ def terminate_process_group(pgid: int, grace: float, *, start_time: int | None =
     if not _signal_group(pgid, signal.SIGKILL):
         return True
     return _wait_group_gone(pgid, _KILL_WAIT)
+
+
+def processes_with_env(match: dict[str, str]) -> list[int]:
+    """Pids of live processes (ours) whose environment has every ``match`` pair.
+
+    Agents carry ``GASTOWN_TOWN``/``GASTOWN_RIG``/``GASTOWN_POLECAT`` in their environment,
+    and so do their children; this finds them even when the session that started them
+    was never recorded (a mayor killed between starting a session and saving it).
+    """
+    wanted = {f"{k}={v}".encode() for k, v in match.items()}
+    found: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = set(f.read().split(b"\0"))
+        except OSError:
+            continue
+        stat = _read_stat(int(entry)) if wanted <= environ else None
+        if stat is not None and stat[0] != "Z":
+            found.append(int(entry))
+    return found

@@ -16,10 +16,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -63,14 +62,43 @@ class RoleContext:
     town: Town
     started_at: float = field(default_factory=time.time)
     connected_at: float | None = None
-    extra_status: dict[str, Any] = field(default_factory=dict)
 
 
-Behaviour = Callable[[RoleContext, Any], Awaitable[None]]
+class Behaviour(Protocol):
+    """What a role does beyond the shared loop: its main task and its own requests."""
+
+    async def run(self, client: Any) -> None:
+        """Runs while connected to the bus; cancelled when the connection drops."""
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        """Answer a request; raise ``LookupError`` for a method it does not know."""
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for the role's ``status`` answer."""
 
 
-async def _idle(ctx: RoleContext, client: Any) -> None:
-    await trio.sleep_forever()
+class Idle:
+    """The behaviour of a role whose domain work is not built yet: serve and wait."""
+
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+
+    async def run(self, client: Any) -> None:
+        await trio.sleep_forever()
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        raise LookupError(method)
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
+def behaviour_for(ctx: RoleContext) -> Behaviour:
+    if ctx.kind == "mayor":
+        from gastown.roles.mayor import Mayor
+
+        return Mayor(ctx)
+    return Idle(ctx)
 
 
 async def _watch_signals(ctx: RoleContext, cancel: trio.CancelScope) -> None:
@@ -93,7 +121,8 @@ async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
     cancel.cancel()
 
 
-async def _serve_bus(ctx: RoleContext, behaviour: Behaviour, cancel: trio.CancelScope) -> None:
+async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
+                     cancel: trio.CancelScope) -> None:
     from gastown.supervisor.bus.client import open_bus_client
     from gastown.supervisor.bus.errors import BusDisconnected, BusUnavailable
 
@@ -105,12 +134,15 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour, cancel: trio.Cancel
             return {"pong": ctx.name, "pid": os.getpid()}
         if method == "status":
             return {"name": ctx.name, "pid": os.getpid(), "state": "running",
-                    "uptime": time.time() - ctx.started_at, **ctx.extra_status}
+                    "uptime": time.time() - ctx.started_at, **behaviour.status()}
         if method == "shutdown":
             logger.info("role_stopping", reason=f"shutdown requested by {sender}")
             cancel.cancel()
             return {"stopping": ctx.name}
-        raise GastownError(f"{ctx.name} does not know the request {method!r}")
+        try:
+            return await behaviour.handle(method, params, sender)
+        except LookupError:
+            raise GastownError(f"{ctx.name} does not know the request {method!r}") from None
 
     while True:
         try:
@@ -120,16 +152,18 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour, cancel: trio.Cancel
                 ctx.connected_at = time.time()
                 logger.info("role_ready", pid=os.getpid())
                 delay = 0.05
-                await behaviour(ctx, client)
+                await behaviour.run(client)
         except (BusUnavailable, BusDisconnected) as exc:
             logger.warning("bus_lost", error=str(exc), retry_in=delay)
         await trio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
 
-async def run_role(ctx: RoleContext, behaviour: Behaviour = _idle) -> None:
+async def run_role(ctx: RoleContext, behaviour: Behaviour | None = None) -> None:
     """Run the role until SIGTERM, a ``shutdown`` request or the supervisor's death."""
     logger = log.get_logger()
+    if behaviour is None:
+        behaviour = behaviour_for(ctx)
     logger.info("role_starting", pid=os.getpid())
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals, ctx, nursery.cancel_scope)

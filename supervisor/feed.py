@@ -25,7 +25,19 @@ _TEMPLATES: Final = {
     "rig_added": "rig {rig} added ({repo}, branch {default_branch}, prefix {prefix})",
     "rig_removed": "rig {rig} removed",
     "bead_created": "bead {bead} created: {title}",
-    "bead_status_changed": "bead {bead} {old} -> {new}",
+    "bead_status_changed": "bead {bead} {old} -> {new}{because}",
+    "sling_queued": "sling #{sling} queued: {bead} -> {rig}",
+    "sling_failed": "sling #{sling} of {bead} to {rig} failed: {error}",
+    "polecat_spawning": "polecat {rig}/{polecat} spawning for {bead} on {branch} ({agent})",
+    "polecat_working": "polecat {rig}/{polecat} working on {bead}",
+    "polecat_done": "polecat {rig}/{polecat} done ({bead})",
+    "polecat_stalled": "polecat {rig}/{polecat} stalled",
+    "polecat_escalated": "polecat {rig}/{polecat} ESCALATED: {reason}",
+    "polecat_rejected": "polecat {rig}/{polecat} rejected: {reason}",
+    "polecat_merging": "polecat {rig}/{polecat} merging",
+    "polecat_nuked": "polecat {rig}/{polecat} nuked",
+    "mr_created": "merge request {mr} queued: {branch} ({bead})",
+    "mr_cancelled": "merge request {mr} cancelled: {reason}",
     "role_started": "{role} started (pid {pid})",
     "role_ready": "{role} ready (pid {pid})",
     "role_exited": "{role} exited ({exit}), restarts so far {restarts}",
@@ -119,6 +131,7 @@ def format_event(event: dict[str, Any]) -> str:
     fields = dict(event)
     if "last_exit" in fields:
         fields["exit"] = describe_exit(fields["last_exit"])
+    fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
     template = _TEMPLATES.get(event.get("kind", ""))
     if template is not None:
         try:

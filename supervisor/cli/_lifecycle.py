@@ -143,7 +143,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     running = read_supervisor(town.runtime_dir)
     if running is None:
         print("town is already down")
-        return 0
+        return _stop_sessions(town) if args.all else 0
     try:
         request_sync(_bus(town), "bus", "shutdown", timeout=10)
     except BusError:
@@ -156,6 +156,21 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 1
     _wait_pid_exit(running.pid, running.start_time, timeout=10)
     print("town stopped")
+    return _stop_sessions(town) if args.all else 0
+
+
+def _stop_sessions(town: Town) -> int:
+    """``down --all``: stop every polecat's agent session; worktrees and work stay."""
+    from gastown.roles.polecats import session_alive, stop_polecat_session
+
+    with store_of(town) as store:
+        polecats = store.polecats()
+    stopped = 0
+    for polecat in polecats:
+        alive = session_alive(polecat)
+        stop_polecat_session(town, polecat)
+        stopped += alive
+    print(f"stopped {stopped} agent session(s); worktrees are kept")
     return 0
 
 

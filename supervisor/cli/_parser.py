@@ -111,7 +111,9 @@ def build_parser() -> _Parser:
                    help="how long to wait for every role to report ready (default 60)")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     p = _command(sub, "down", "gastown.supervisor.cli._lifecycle:cmd_down",
-                 "stop the roles, then the supervisor")
+                 "stop the roles, then the supervisor (agent sessions keep running)")
+    p.add_argument("--all", action="store_true",
+                   help="also stop every polecat's agent session (worktrees are kept)")
     p = _command(sub, "status", "gastown.supervisor.cli._lifecycle:cmd_status",
                  "the supervisor, each role, the rigs, polecats and merge requests")
     _json_flag(p)
@@ -127,6 +129,37 @@ def build_parser() -> _Parser:
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     p.add_argument("--since", metavar="DURATION", help="only events newer than this (10m, 2h)")
     _json_flag(p)
+
+    p = _command(sub, "sling", "gastown.supervisor.cli._polecats:cmd_sling",
+                 "give a bead to a rig: a new polecat (worktree, branch, agent session); "
+                 "prints its name and worktree")
+    p.add_argument("bead", metavar="BEAD")
+    p.add_argument("rig", metavar="RIG")
+    p.add_argument("--agent", metavar="PRESET",
+                   help="claude, codex, gemini, aider, script, or an [agents.NAME] of town.toml")
+    p.add_argument("--force", action="store_true", help="sling a bead that is already hooked")
+    p = _command(sub, "done", "gastown.supervisor.cli._polecats:cmd_done",
+                 "inside a polecat worktree: the work is ready (records a merge request)")
+    p.add_argument("--status", choices=["completed", "escalated", "deferred"],
+                   default="completed", help="completed (default): merge it; escalated: "
+                   "needs a human; deferred: hand the bead back unfinished")
+    polecat = sub.add_parser("polecat", help="list and nuke polecats",
+                             description="Polecats: agents in their own worktrees.")
+    polecat.set_defaults(handler=None, help_parser=polecat)
+    polecat_sub = polecat.add_subparsers(title="polecat commands", metavar="COMMAND",
+                                         parser_class=_Parser)
+    p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",
+                 "the polecats: bead, branch, state, session alive, age")
+    p.add_argument("rig", nargs="?", metavar="RIG")
+    _json_flag(p)
+    p = _command(polecat_sub, "nuke", "gastown.supervisor.cli._polecats:cmd_polecat_nuke",
+                 "stop the session, remove the worktree and branch, release the name")
+    p.add_argument("target", metavar="RIG/NAME")
+    p.add_argument("--force", action="store_true",
+                   help="even with uncommitted or unmerged work (it is lost)")
+    p = _command(sub, "attach", "gastown.supervisor.cli._polecats:cmd_attach",
+                 "attach to a polecat's agent session (tmux), or follow its output")
+    p.add_argument("target", metavar="RIG/NAME")
 
     crew = sub.add_parser("crew", help="human workspaces in a rig (worktrees on crew/NAME)",
                           description="Crew: long-lived workspaces at <rig>/crew/<name>.")

@@ -1,0 +1,143 @@
+"""The mayor: dispatches slings into polecats, in order, as capacity allows.
+
+Slings are recorded in the store by whoever asks (``gastown sling``, even while the
+town is down); the mayor turns queued slings into polecats one at a time (worktree,
+branch, session: :func:`gastown.roles.polecats.spawn_polecat`). A sling that finds no
+free slot stays queued and is retried when a slot frees: the mayor wakes on the domain
+events that free one (a polecat done, escalated or nuked), never on a timer.
+
+At start it first repairs spawns that a crash interrupted
+(:func:`~gastown.roles.polecats.recover_spawning`), then dispatches what was queued
+while the town was down.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import trio
+
+from gastown.roles import log
+from gastown.roles.async_store import AsyncStore
+from gastown.roles.errors import GastownError
+from gastown.roles.polecats import recover_spawning, spawn_polecat
+from gastown.roles.role_process import RoleContext
+from gastown.roles.store import Sling
+
+#: Domain events after which a queued sling may find a slot (or a new sling exists).
+WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",
+                      "polecat_rejected", "rig_added")
+
+
+class Mayor:
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.town = ctx.town
+        self._store: AsyncStore | None = None
+        self._wakeup = trio.Event()
+        self._waiters: dict[int, trio.Event] = {}
+        self._results: dict[int, dict[str, Any]] = {}
+        self._log = log.get_logger()
+        self.dispatched = 0
+
+    @property
+    def store(self) -> AsyncStore:
+        assert self._store is not None, "the mayor's store opens when it runs"
+        return self._store
+
+    async def run(self, client: Any) -> None:
+        self._store = await AsyncStore.open(self.town.db_path)
+        try:
+            for line in await self.store.call(recover_spawning, self.town, self.store.store):
+                self._log.warning("spawn_recovered", detail=line)
+            await client.publish("outbox", {})
+            events = await client.subscribe(*WAKE_TOPICS)
+            self._wakeup.set()  # dispatch whatever was queued while the town was down
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._wake_on_events, events)
+                await self._dispatch_forever(client)
+        finally:
+            self.store.close()
+
+    async def _wake_on_events(self, events: Any) -> None:
+        async for _message in events:
+            self._wakeup.set()
+
+    async def _dispatch_forever(self, client: Any) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            await self._dispatch_queued(client)
+
+    async def _dispatch_queued(self, client: Any) -> None:
+        """One pass over the queue, oldest first; a full rig does not block other rigs."""
+        queued = await self.store.call(self.store.store.queued_slings)
+        waiting = 0
+        for sling in queued:
+            result = await self._dispatch(sling)
+            if result["state"] == "queued":
+                waiting += 1
+                result["position"] = waiting
+            else:
+                await client.publish("outbox", {})
+            self._answer(sling.id, result)
+        for sling_id in list(self._waiters):
+            settled = await self._settled(sling_id)
+            if settled is None:
+                self._wakeup.set()  # queued after this pass read the queue: one more pass
+            else:
+                self._answer(sling_id, settled)
+
+    async def _settled(self, sling_id: int) -> dict[str, Any] | None:
+        """The outcome of a sling this pass did not see, or None while it is queued."""
+        store = self.store.store
+        sling = await self.store.call(store.sling, sling_id)
+        if sling.state == "failed":
+            return {"state": "failed", "error": sling.error or "failed"}
+        if sling.state == "queued":
+            return None
+        try:
+            polecat = await self.store.call(store.polecat, sling.rig, sling.polecat or "")
+        except GastownError:
+            return {"state": "dispatched", "rig": sling.rig, "polecat": sling.polecat}
+        return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
+                "worktree": polecat.worktree, "branch": polecat.branch}
+
+    async def _dispatch(self, sling: Sling) -> dict[str, Any]:
+        with log.bound(bead=sling.bead, rig=sling.rig):
+            try:
+                polecat = await self.store.call(spawn_polecat, self.town, self.store.store,
+                                                sling)
+            except GastownError as exc:
+                self._log.warning("sling_failed", sling=sling.id, error=exc.message)
+                return {"state": "failed", "error": exc.message}
+            except Exception as exc:  # a bug or an OS error: the sling fails, the mayor lives
+                self._log.exception("sling_failed", sling=sling.id)
+                return {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            if polecat is None:
+                return {"state": "queued"}
+            self.dispatched += 1
+            self._log.info("polecat_slung", polecat=polecat.name, worktree=polecat.worktree)
+            return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
+                    "worktree": polecat.worktree, "branch": polecat.branch}
+
+    def _answer(self, sling_id: int, result: dict[str, Any]) -> None:
+        waiter = self._waiters.pop(sling_id, None)
+        if waiter is not None:
+            self._results[sling_id] = result
+            waiter.set()
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "sling":
+            sling_id = int(params["sling"])
+            event = self._waiters.setdefault(sling_id, trio.Event())
+            self._wakeup.set()
+            await event.wait()
+            return self._results.pop(sling_id)
+        if method == "dispatch":
+            self._wakeup.set()
+            return {"ok": True}
+        raise LookupError(method)
+
+    def status(self) -> dict[str, Any]:
+        return {"dispatched": self.dispatched, "waiting_requests": len(self._waiters)}

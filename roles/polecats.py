@@ -1,0 +1,332 @@
+"""Polecat sandboxes: spawn (worktree + agent session), done, nuke, and crash recovery.
+
+Shared by the mayor (spawns), the CLI (``done``, ``polecat nuke``) and, later, the
+witness. Synchronous: trio callers run these in a worker thread.
+
+Crash safety, step by step. A spawn first *reserves* the polecat in the store (one
+transaction: name, row in ``spawning``, bead ``hooked``, sling dispatched), then creates
+the worktree and branch under the repository lock, then starts the session, then marks
+the polecat ``working``. A failure at any step rolls all of it back; a process killed at
+any step leaves a ``spawning`` row, which :func:`recover_spawning` rolls back (or
+completes, if the session did start) when the mayor starts again. Git and the session
+are always undone *before* the store forgets the polecat, so nothing on disk is ever
+left without a row pointing at it.
+
+Files that must never be committed live beside the worktrees, not in them:
+``<rig>/polecats/.<name>.prompt`` (what the agent was told) and
+``<rig>/polecats/.<name>.done`` (the completion marker the witness watches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gastown.roles import git
+from gastown.roles.agents import (
+    load_presets,
+    polecat_env,
+    render_command,
+    render_prompt,
+    resolve_agent,
+)
+from gastown.roles.errors import GastownError, NotFound, Refused, UsageError
+from gastown.roles.faults import fault_point
+from gastown.roles.lifecycle import Done, Nuke, Outcome, Refusal, SessionStarted, SpawnFailed
+from gastown.roles.lifecycle import transition as lifecycle_transition
+from gastown.roles.names import DEFAULT_POLECAT_NAMES, validate_name
+from gastown.roles.processes import processes_with_env, terminate_process_group
+from gastown.roles.store import MergeRequest, Polecat, Sling, Store
+from gastown.roles.town import Town
+
+
+def prompt_path(town: Town, rig: str, name: str) -> Path:
+    return town.polecats_dir(rig) / f".{name}.prompt"
+
+
+def done_marker_path(town: Town, rig: str, name: str) -> Path:
+    return town.polecats_dir(rig) / f".{name}.done"
+
+
+def session_name(rig: str, name: str) -> str:
+    return f"gt-{rig}-{name}"
+
+
+def session_info(polecat: Polecat) -> Any:
+    """The recorded session of ``polecat`` as a ``SessionInfo``, or None."""
+    if not polecat.session:
+        return None
+    from gastown.roles.sessions import SessionInfo
+
+    return SessionInfo.from_json(json.dumps(polecat.session))
+
+
+def session_alive(polecat: Polecat) -> bool:
+    from gastown.roles.sessions import session_alive as alive
+
+    info = session_info(polecat)
+    return bool(info is not None and alive(info))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- spawn ---------------------------------------------------------------------------
+
+
+def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "mayor",
+                  ) -> Polecat | None:
+    """Dispatch a queued sling: a new polecat with its worktree and a running session.
+
+    Returns None (and changes nothing) when the rig or the town has no free slot.
+    Raises on failure after rolling everything back: no folder, no branch, no row,
+    the bead ``open`` again with the reason, the sling ``failed``.
+    """
+    rig_config = town.rig_config(sling.rig)
+    town_config = town.config
+    agent_name, _ = resolve_agent(sling.agent, town_config, load_presets())
+    polecats_dir = town.polecats_dir(sling.rig)
+    # A name is also held while its folder or its branch exists (an orphan, or work a
+    # failed nuke left): a rollback may then delete the branch it made, and only that.
+    on_disk = {p.name for p in polecats_dir.iterdir() if not p.name.startswith(".")}
+    on_disk |= names_with_branches(town.refinery_clone(sling.rig),
+                                   rig_config.polecats.branch_template)
+    polecat = store.reserve_polecat(
+        sling.id, pool=rig_config.polecats.names or DEFAULT_POLECAT_NAMES,
+        branch_template=rig_config.polecats.branch_template, polecats_dir=str(polecats_dir),
+        agent=agent_name, rig_cap=rig_config.polecats.max, town_cap=town_config.max_polecats,
+        also_held=on_disk)
+    if polecat is None:
+        return None
+    fault_point(process, "sling.after_reserve")
+    try:
+        clone = town.refinery_clone(sling.rig)
+        with git.repo_lock(clone):
+            git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
+                             rig_config.default_branch)
+        fault_point(process, "sling.after_worktree")
+        start_agent_session(town, store, polecat)
+        fault_point(process, "sling.after_session")
+        store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
+    except BaseException as exc:
+        reason = f"sling failed: {exc}"
+        rollback_spawn(town, store, store.polecat(polecat.rig, polecat.name), reason)
+        store.fail_sling(sling.id, str(exc))
+        raise
+    return store.polecat(polecat.rig, polecat.name)
+
+
+def names_with_branches(clone: Path, template: str) -> set[str]:
+    """Polecat names whose branch (per ``template``) exists in ``clone``."""
+    head, _, tail = template.partition("{name}")
+    found = set()
+    for branch in git.local_branches(clone):
+        if branch.startswith(head) and branch.endswith(tail) and len(branch) > len(head + tail):
+            found.add(branch[len(head):len(branch) - len(tail)])
+    return found
+
+
+def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
+                        note: str | None = None, respawn: bool = False) -> Any:
+    """Start ``polecat``'s agent session in its worktree and record it; returns its info."""
+    from gastown.roles.sessions import SessionSpec, resolve_backend, start_session
+
+    town_config = town.config
+    _, agent = resolve_agent(polecat.agent, town_config, load_presets())
+    bead = store.bead(polecat.bead) if polecat.bead else None
+    worktree = Path(polecat.worktree)
+    prompt = render_prompt(rig=polecat.rig, polecat=polecat.name,
+                           bead=bead.id if bead else "-", title=bead.title if bead else "",
+                           description=bead.description if bead else "",
+                           worktree=str(worktree), branch=polecat.branch, note=note)
+    prompt_file = prompt_path(town, polecat.rig, polecat.name)
+    _write_atomic(prompt_file, prompt)
+    name = session_name(polecat.rig, polecat.name)
+    env = polecat_env(base=os.environ, town_root=town.root, rig=polecat.rig,
+                      polecat=polecat.name, bead=polecat.bead or "", branch=polecat.branch,
+                      worktree=worktree, prompt_file=prompt_file, agent=polecat.agent,
+                      session=name, extra=agent.env)
+    argv = render_command(agent, prompt=prompt, prompt_file=prompt_file,
+                          bead=polecat.bead or "", worktree=worktree)
+    spec = SessionSpec(backend=resolve_backend(town_config.sessions.backend), name=name,
+                       argv=argv, cwd=worktree, env=env,
+                       log_path=town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}.log",
+                       town_root=town.root)
+    info = start_session(spec)
+    store.set_polecat_session(polecat.rig, polecat.name, json.loads(info.to_json()),
+                              respawned=respawn)
+    return info
+
+
+def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0) -> None:
+    """Stop the recorded session and any process still carrying this polecat's identity."""
+    from gastown.roles.sessions import stop_session
+
+    info = session_info(polecat)
+    if info is not None:
+        stop_session(info, grace=grace)
+    for pid in processes_with_env({"GASTOWN_TOWN": str(town.root), "GASTOWN_RIG": polecat.rig,
+                                   "GASTOWN_POLECAT": polecat.name}):
+        try:
+            pgid = os.getpgid(pid)
+        except ProcessLookupError:
+            continue
+        if pgid == pid:
+            terminate_process_group(pgid, grace)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _remove_sandbox(town: Town, polecat: Polecat) -> None:
+    clone = town.refinery_clone(polecat.rig)
+    with git.repo_lock(clone):
+        git.remove_worktree(clone, Path(polecat.worktree))
+        git.delete_branch(clone, polecat.branch)
+    for path in (prompt_path(town, polecat.rig, polecat.name),
+                 done_marker_path(town, polecat.rig, polecat.name)):
+        path.unlink(missing_ok=True)
+
+
+def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> None:
+    """Undo a spawn completely: session, worktree, branch, files, then the row."""
+    stop_polecat_session(town, polecat, grace=2.0)
+    _remove_sandbox(town, polecat)
+    store.apply_polecat_event(polecat.rig, polecat.name, SpawnFailed(reason))
+
+
+def recover_spawning(town: Town, store: Store) -> list[str]:
+    """Finish or undo spawns interrupted by a crash; returns what was done, one line each.
+
+    A ``spawning`` polecat whose session is alive only missed its last step: it becomes
+    ``working``. Any other is rolled back and its sling queued again, so the user's
+    request still happens.
+    """
+    done: list[str] = []
+    for polecat in store.polecats(states={"spawning"}):
+        if session_alive(polecat):
+            store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
+            done.append(f"{polecat.rig}/{polecat.name}: session alive, now working")
+            continue
+        rollback_spawn(town, store, polecat, "interrupted while spawning")
+        if polecat.sling is not None:
+            store.requeue_sling(polecat.sling)
+        done.append(f"{polecat.rig}/{polecat.name}: half-created, rolled back")
+    return done
+
+
+# -- done ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DoneResult:
+    polecat: Polecat
+    outcome: Outcome
+    merge_request: MergeRequest | None
+
+
+def locate_polecat(town: Town, env: Mapping[str, str], cwd: Path) -> tuple[str, str]:
+    """The (rig, name) of the polecat ``gastown done`` runs in: from the environment, else
+    from the cwd (``<town>/<rig>/polecats/<name>/...``)."""
+    if env.get("GASTOWN_RIG") and env.get("GASTOWN_POLECAT"):
+        return env["GASTOWN_RIG"], env["GASTOWN_POLECAT"]
+    try:
+        parts = cwd.resolve().relative_to(town.root.resolve()).parts
+    except ValueError:
+        parts = ()
+    if len(parts) >= 3 and parts[1] == "polecats" and not parts[2].startswith("."):
+        return parts[0], parts[2]
+    raise UsageError("not inside a polecat worktree (run 'gastown done' in "
+                     "<town>/<rig>/polecats/<name>, or set GASTOWN_RIG and GASTOWN_POLECAT)")
+
+
+def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome) -> DoneResult:
+    """``gastown done``: check the work, record the outcome (and MR), drop the marker.
+
+    For ``completed`` it refuses a dirty tree and a branch with nothing ahead of the
+    default branch, and records nothing then. The marker file is written after the
+    store commit, so a witness that sees it always finds the MR.
+    """
+    validate_name("rig", rig)
+    validate_name("polecat", name)
+    polecat = store.polecat(rig, name)
+    rig_config = town.rig_config(rig)
+    worktree = Path(polecat.worktree)
+    if not worktree.is_dir():
+        raise NotFound(f"polecat {rig}/{name} has no worktree at {worktree}")
+    head = git.head_commit(worktree)
+    base = git.head_commit(worktree, rig_config.default_branch)
+    if outcome == "completed":
+        dirty = git.dirty_files(worktree)
+        if dirty:
+            raise Refused(f"the worktree has {len(dirty)} uncommitted change(s) "
+                          f"({dirty[0].strip()}{', ...' if len(dirty) > 1 else ''}); "
+                          "commit or discard them, then run 'gastown done' again")
+        if git.commits_ahead(worktree, rig_config.default_branch, "HEAD") == 0:
+            raise Refused(f"branch {polecat.branch} has no commits ahead of "
+                          f"{rig_config.default_branch}: nothing to merge")
+    mr = store.record_done(rig, name, Done(outcome), head=head, base=base,
+                           with_mr=outcome == "completed")
+    marker = {"outcome": outcome, "mr": mr.id if mr else None, "head": head}
+    _write_atomic(done_marker_path(town, rig, name), json.dumps(marker) + "\n")
+    return DoneResult(store.polecat(rig, name), outcome, mr)
+
+
+# -- nuke ------------------------------------------------------------------------------
+
+
+def unlanded_work(town: Town, polecat: Polecat) -> list[str]:
+    """What a nuke would destroy, one phrase each; empty when everything landed."""
+    rig_config = town.rig_config(polecat.rig)
+    problems: list[str] = []
+    worktree = Path(polecat.worktree)
+    if worktree.is_dir():
+        dirty = git.dirty_files(worktree)
+        if dirty:
+            problems.append(f"{len(dirty)} uncommitted change(s)")
+    clone = town.refinery_clone(polecat.rig)
+    if git.branch_exists(clone, polecat.branch):
+        unmerged = git.unmerged_commits(clone, rig_config.default_branch, polecat.branch)
+        if unmerged:
+            problems.append(f"{len(unmerged)} commit(s) on {polecat.branch} not on "
+                            f"{rig_config.default_branch}")
+    return problems
+
+
+def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool = False,
+                 reason: str = "nuked") -> Polecat:
+    """Stop the session, remove the worktree (verified gone) and branch, release the name.
+
+    Without ``force`` it refuses while work has not landed (uncommitted changes, or
+    commits whose patches are not on the default branch) and says which.
+    """
+    validate_name("rig", rig)
+    validate_name("polecat", name)
+    polecat = store.polecat(rig, name)
+    try:
+        problems = unlanded_work(town, polecat)
+    except GastownError as exc:
+        if not force:
+            raise
+        problems = [f"state unknown ({exc.message})"]  # a broken worktree: force wins
+    decision = lifecycle_transition(polecat.state, Nuke(force=force, landed=not problems))
+    if isinstance(decision, Refusal):
+        detail = f" ({'; '.join(problems)})" if problems else ""
+        raise Refused(f"not nuking {rig}/{name}: {decision.reason}{detail}; "
+                      "use --force to discard it")
+    stop_polecat_session(town, polecat)
+    _remove_sandbox(town, polecat)
+    store.cancel_merge_requests(rig, name, reason=reason)
+    store.apply_polecat_event(rig, name, Nuke(force=force, landed=not problems),
+                              forced=force)
+    return polecat

@@ -1,0 +1,155 @@
+"""Commands about polecats: ``sling``, ``done``, ``polecat list|nuke``, ``attach``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gastown.roles.errors import GastownError, UsageError
+from gastown.supervisor.cli._context import (
+    age,
+    poke_town,
+    print_json,
+    print_table,
+    store_of,
+    town_of,
+)
+
+#: How long ``sling`` waits for the mayor to create the polecat (worktree + session).
+SLING_TIMEOUT = 300.0
+
+
+def _rig_and_name(text: str) -> tuple[str, str]:
+    from gastown.roles.names import validate_name
+
+    rig, sep, name = text.partition("/")
+    if not sep or not rig or not name:
+        raise UsageError(f"expected RIG/NAME, got {text!r}")
+    return validate_name("rig", rig), validate_name("polecat", name)
+
+
+def cmd_sling(args: argparse.Namespace) -> int:
+    from gastown.roles.agents import load_presets, resolve_agent
+    from gastown.roles.names import validate_name
+    from gastown.supervisor.bus.errors import BusError
+    from gastown.supervisor.bus.sync_client import request_sync
+    from gastown.supervisor.town_lock import read_supervisor
+
+    validate_name("rig", args.rig)
+    town = town_of(args)
+    if args.agent is not None:
+        resolve_agent(args.agent, town.config, load_presets())
+    with store_of(town) as store:
+        sling = store.queue_sling(args.bead, args.rig, agent=args.agent, force=args.force)
+    poke_town(town)
+    if read_supervisor(town.runtime_dir) is None:
+        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}: the town is down; "
+              "it runs at 'gastown up'")
+        return 0
+    try:
+        result: dict[str, Any] = request_sync(town.runtime_dir / "bus.sock", "mayor", "sling",
+                                              {"sling": sling.id}, timeout=SLING_TIMEOUT)
+    except BusError as exc:
+        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}; the mayor did not "
+              f"answer ({exc.message}); it dispatches queued slings when it is back")
+        return 0
+    if result["state"] == "dispatched":
+        print(f"{result['polecat']} {result['worktree']}")
+        return 0
+    if result["state"] == "queued":
+        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig} (position "
+              f"{result.get('position', '?')}): waiting for a free polecat slot")
+        return 0
+    raise GastownError(f"sling of {sling.bead} to {sling.rig} failed: "
+                       f"{result.get('error', result['state'])}")
+
+
+def cmd_done(args: argparse.Namespace) -> int:
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.polecats import locate_polecat, record_done
+
+    town = town_of(args)
+    rig, name = locate_polecat(town, os.environ, Path.cwd())
+    with store_of(town) as store, bound(rig=rig, polecat=name):
+        result = record_done(town, store, rig, name, args.status)
+        get_logger().info("polecat_done", outcome=args.status,
+                          mr=result.merge_request.id if result.merge_request else None)
+    poke_town(town)
+    if result.merge_request is not None:
+        print(f"done: merge request {result.merge_request.id} queued for "
+              f"{result.merge_request.branch}")
+    else:
+        print(f"done: {rig}/{name} recorded as {args.status}")
+    return 0
+
+
+def cmd_polecat_list(args: argparse.Namespace) -> int:
+    from gastown.roles.names import validate_name
+    from gastown.roles.polecats import session_alive
+
+    town = town_of(args)
+    with store_of(town) as store:
+        if args.rig is not None:
+            validate_name("rig", args.rig)
+            store.rig(args.rig)
+        polecats = store.polecats(args.rig)
+    rows = [{"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
+             "state": p.state, "session_alive": session_alive(p), "agent": p.agent,
+             "worktree": p.worktree, "respawns": p.respawns, "reason": p.reason,
+             "created_at": p.created_at, "age": round(time.time() - p.created_at, 1)}
+            for p in polecats]
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no polecats")
+        return 0
+    print_table(["RIG", "NAME", "BEAD", "STATE", "SESSION", "AGE", "BRANCH"],
+                [[r["rig"], r["name"], r["bead"], r["state"] + (f" ({r['reason']})"
+                                                                if r["reason"] else ""),
+                  "alive" if r["session_alive"] else "dead", age(r["created_at"]), r["branch"]]
+                 for r in rows])
+    return 0
+
+
+def cmd_polecat_nuke(args: argparse.Namespace) -> int:
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.polecats import nuke_polecat
+
+    rig, name = _rig_and_name(args.target)
+    town = town_of(args)
+    with store_of(town) as store, bound(rig=rig, polecat=name):
+        polecat = nuke_polecat(town, store, rig, name, force=args.force,
+                               reason="nuked by hand" + (" (forced)" if args.force else ""))
+        get_logger().info("polecat_nuked", forced=args.force, bead=polecat.bead)
+    poke_town(town)
+    print(f"nuked {rig}/{name}")
+    return 0
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    from gastown.roles.polecats import session_info
+
+    rig, name = _rig_and_name(args.target)
+    town = town_of(args)
+    with store_of(town) as store:
+        polecat = store.polecat(rig, name)
+    info = session_info(polecat)
+    if info is None:
+        raise GastownError(f"polecat {rig}/{name} has no session")
+    from gastown.roles.sessions import attach_argv, session_alive
+
+    if not session_alive(info):
+        raise GastownError(f"the session of {rig}/{name} is not running; its output is in "
+                           f"{info.log_path}")
+    argv = attach_argv(info)
+    if argv is None:
+        print(f"{rig}/{name} runs without a terminal (process backend); following its "
+              f"output in {info.log_path}", file=sys.stderr)
+        argv = ["tail", "-n", "50", "-f", str(info.log_path)]
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
