@@ -52,8 +52,10 @@ def _spec_fields(raw: object) -> tuple[list[str], str, dict[str, str]]:
     return list(argv), cwd, dict(env)
 
 
-def _describe(exc: OSError) -> str:
+def _describe(exc: Exception) -> str:
     """``No such file or directory: 'x'`` without the ``[Errno 2]`` noise."""
+    if not isinstance(exc, OSError):  # ValueError: a NUL byte, or '=' in a variable name
+        return str(exc)
     what = exc.strerror or type(exc).__name__
     return f"{what}: {exc.filename!r}" if exc.filename is not None else what
 
@@ -82,7 +84,7 @@ def _spawn() -> int:
         with open(log_path, "ab") as log, open(os.devnull, "rb") as devnull:
             agent = subprocess.Popen(argv, cwd=cwd, env=env, stdin=devnull, stdout=log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-    except OSError as exc:  # subprocess reports the child's exec failure as OSError
+    except (OSError, ValueError) as exc:  # the child's exec failure comes back as OSError
         return _report({"error": _describe(exc)})
     start_time = process_start_time(agent.pid)  # unreaped child: always readable
     return _report({"pid": agent.pid, "start_time": start_time})
@@ -116,7 +118,7 @@ def _exec(spec_file: str) -> int:
     try:
         os.chdir(cwd)
         os.execvpe(argv[0], argv, env)  # searches env's PATH, as a shell would
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"gastown: cannot run {argv[0]}: {_describe(exc)}", file=sys.stderr)
     return EXEC_FAILED
 

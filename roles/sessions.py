@@ -30,9 +30,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from hashlib import sha256
 from pathlib import Path
@@ -40,11 +42,7 @@ from typing import Final, Literal
 
 from gastown.roles import session_launcher
 from gastown.roles.errors import GastownError
-from gastown.roles.processes import (
-    is_same_process,
-    process_start_time,
-    terminate_process_group,
-)
+from gastown.roles.processes import is_same_process, process_start_time
 
 Backend = Literal["tmux", "process"]
 
@@ -55,12 +53,20 @@ PANE_HEIGHT: Final = 50
 #: How long one tmux command or the launcher may take before we call it hung.
 _COMMAND_TIMEOUT: Final = 30.0
 
+#: How often a stopping session's processes are looked for in ``/proc``.
+_POLL_INTERVAL: Final = 0.02
+
+#: How long SIGKILLed processes get to disappear; only a process stuck in the kernel
+#: (state D) takes longer, and then we give up on it.
+_KILL_WAIT: Final = 5.0
+
 #: Characters a session name may keep; tmux forbids ``.`` and ``:`` (target syntax), and
 #: everything else outside this set is trouble in a shell or a file name.
 _UNSAFE_NAME_CHARS: Final = re.compile(r"[^A-Za-z0-9_-]")
 
 #: What tmux says when there is no server for the socket (an empty town), in 3.x.
-_NO_SERVER: Final = ("no server running", "error connecting to", "No such file or directory")
+_NO_SERVER: Final = ("no server running", "error connecting to", "No such file or directory",
+                      "server exited unexpectedly")
 
 
 class SessionError(GastownError):
@@ -174,8 +180,17 @@ def start_session(spec: SessionSpec) -> SessionInfo:
             exist; the launcher or tmux failed. Nothing is left running then.
     """
     name = sanitize_name(spec.name)
+    if spec.backend not in ("tmux", "process"):
+        raise SessionError(f"cannot start session {name}: unknown backend {spec.backend!r}")
     if not spec.argv:
         raise SessionError(f"cannot start session {name}: no command given")
+    # execve would reject these, in the tmux case out of our sight.
+    bad = [k for k, v in spec.env.items() if not k or "=" in k or "\0" in k + v]
+    if bad:
+        raise SessionError(f"cannot start session {name}: "
+                           f"invalid environment variable {bad[0]!r}")
+    if any("\0" in arg for arg in spec.argv):
+        raise SessionError(f"cannot start session {name}: NUL byte in the command")
     if not spec.cwd.is_dir():
         raise SessionError(f"cannot start session {name}: "
                            f"working directory {spec.cwd} does not exist")
@@ -189,6 +204,9 @@ def session_alive(info: SessionInfo) -> bool:
 
     For tmux, the session must also still exist and hold the agent's pane: an agent that
     survived ``kill-session`` is a leftover, not a session.
+
+    Raises:
+        SessionError: the town's tmux server did not answer within 30 s.
     """
     if not is_same_process(info.pid, info.start_time):
         return False
@@ -201,27 +219,34 @@ def session_alive(info: SessionInfo) -> bool:
 
 
 def stop_session(info: SessionInfo, grace: float = 5.0) -> None:
-    """Stop the session's whole process tree: SIGTERM its group, ``grace`` s, SIGKILL.
+    """Stop the session's whole process tree: SIGTERM, up to ``grace`` s, then SIGKILL.
+
+    The tree is every process in the agent's kernel session (the agent is its leader in
+    both backends), not just its process group: a shell with job control gives each
+    pipeline a group of its own inside the same session. Only a descendant that calls
+    ``setsid`` itself escapes; nothing short of a cgroup would catch it.
 
     For tmux the session is then killed too, if it still holds the agent's pane (a newer
     session that reuses the name is left alone). Idempotent: everything may already be
     gone. A pid that now belongs to another process (different start time) is never
-    signalled. A descendant that left the group (``setsid``) escapes; nothing short of
-    a cgroup would catch it.
-
-    Blocks for up to ``grace`` plus a few seconds.
+    signalled. Blocks for up to ``grace`` plus a few seconds; never raises for tmux
+    trouble, so a hung tmux server cannot keep an agent alive.
     """
     tmux = shutil.which("tmux") if info.backend == "tmux" else None
-    session_id = _tmux_session_id(tmux, info) if tmux is not None else None
-    if info.pid > 1:
+    session_id = None
+    if tmux is not None:
         try:
-            terminate_process_group(info.pid, grace, start_time=info.start_time)
-        except PermissionError:
-            pass  # the group now belongs to another user, so it is not our agent
+            session_id = _tmux_session_id(tmux, info)
+        except SessionError:
+            pass
+    _stop_process_tree(info.pid, info.start_time, grace)
     if tmux is not None and session_id is not None and info.tmux_socket is not None:
         # By now tmux has usually closed the pane and with it the session; killing by
         # id ($N, unique for the server's life) cannot hit a same-named newer session.
-        _run_tmux(tmux, info.tmux_socket, "kill-session", "-t", session_id)
+        try:
+            _run_tmux(tmux, info.tmux_socket, "kill-session", "-t", session_id)
+        except SessionError:
+            pass
 
 
 def attach_argv(info: SessionInfo) -> list[str] | None:
@@ -396,6 +421,76 @@ def _tmux_session_id(tmux: str, info: SessionInfo) -> str | None:
         if pane_pid == str(info.pid):
             return session_id
     return None
+
+
+# --- stopping a process tree -------------------------------------------------------
+
+
+def _stop_process_tree(leader: int, start_time: int, grace: float) -> None:
+    """SIGTERM the kernel session led by ``leader``, wait ``grace`` s, SIGKILL what is left.
+
+    Nothing is signalled when a process ``leader`` exists with another start time: the
+    pid was reused, so the agent and its session are long gone. A leader that is simply
+    gone is fine: while any process uses its pid as a session or group id, the kernel
+    does not hand the pid out again, so those processes are the agent's.
+    """
+    current = process_start_time(leader)
+    if leader <= 1 or (current is not None and current != start_time):
+        return
+    _signal_all(_session_members(leader), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _session_members(leader):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_INTERVAL)
+    else:
+        return
+    # Re-sent each round: a process forked between the scan and the signal is caught
+    # by the next one.
+    deadline = time.monotonic() + _KILL_WAIT
+    while members := _session_members(leader):
+        if time.monotonic() >= deadline:
+            return  # stuck in the kernel; nothing more a signal can do
+        _signal_all(members, signal.SIGKILL)
+        time.sleep(_POLL_INTERVAL)
+
+
+def _session_members(leader: int) -> list[tuple[int, int]]:
+    """``(pid, pgrp)`` of each live (non-zombie) process in ``leader``'s session or group."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_bytes()
+        except OSError:
+            continue
+        # comm (field 2) may hold spaces and parentheses: count from the last ')'.
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
+            continue
+        pgrp, session = int(fields[2]), int(fields[3])
+        if leader in (pgrp, session):
+            members.append((int(entry), pgrp))
+    return members
+
+
+def _signal_all(members: list[tuple[int, int]], sig: signal.Signals) -> None:
+    """Send ``sig`` to each member's group and to each member, tolerating exits."""
+    for pgrp in {pgrp for _, pgrp in members}:
+        try:
+            os.killpg(pgrp, sig)
+        except OSError:  # gone, or (a setuid child such as sudo) not ours to signal
+            pass
+    for pid, _ in members:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 # --- small helpers -----------------------------------------------------------------

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -60,13 +61,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def proc_stat(pid: int) -> tuple[str, int] | None:
-    """``(state, pgrp)`` of ``pid`` from ``/proc``, or None when it is gone."""
+def proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """``(state, pgrp, session)`` of ``pid`` from ``/proc``, or None when it is gone."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return fields[0], int(fields[2])
+    return fields[0], int(fields[2]), int(fields[3])
 
 
 def dead(pid: int) -> bool:
@@ -75,13 +76,13 @@ def dead(pid: int) -> bool:
     return stat is None or stat[0] in ("Z", "X")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live pids whose process group is ``pgid``."""
+def tree_members(leader: int) -> list[int]:
+    """Live pids in the process group or the kernel session that ``leader`` leads."""
     members = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             stat = proc_stat(int(entry))
-            if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+            if stat is not None and leader in stat[1:] and stat[0] not in ("Z", "X"):
                 members.append(int(entry))
     return members
 
@@ -112,12 +113,20 @@ def town_root(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "town"
     root.mkdir()
     yield root
-    subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
-                   capture_output=True, check=False)
+    kill_tmux_server(root)
+
+
+def kill_tmux_server(town_root: Path) -> None:
+    """Kill the town's tmux server and remove the socket file tmux leaves behind."""
+    sock = tmux_socket_name(town_root)
+    subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
+    tmpdir = Path(os.environ.get("TMUX_TMPDIR") or "/tmp")
+    (tmpdir / f"tmux-{os.getuid()}" / sock).unlink(missing_ok=True)
 
 
 @pytest.fixture
 def sessions(town_root: Path) -> Iterator[Sessions]:
+    """Starts sessions in ``town_root``; whatever a test leaves running is stopped."""
     helper = Sessions(town_root)
     yield helper
     for info in helper.started:
@@ -141,6 +150,9 @@ def test_agent_gets_cwd_and_exactly_its_env(backend: Backend, sessions: Sessions
     assert seen["cwd"] == str(worktree)
     assert seen["env"] == env
     if backend == "tmux":
+        # The pane's launcher got the environment through a 0600 file, and deleted it.
+        wait_until(lambda: not any((sessions.town_root / ".runtime" / "sessions").iterdir()))
+        assert (sessions.town_root / ".runtime").stat().st_mode & 0o777 == 0o700
         # The leak is real: the server we started carries our variable in its global env.
         shown = subprocess.run(["tmux", "-L", tmux_socket_name(sessions.town_root),
                                 "show-environment", "-g", "GASTOWN_TEST_LEAK"],
@@ -169,8 +181,8 @@ def test_alive_while_running_and_dead_after_exit(backend: Backend, sessions: Ses
 def test_stop_kills_agent_and_children(backend: Backend, sessions: Sessions) -> None:
     """stop_session kills the agent's whole process group and can be repeated."""
     info = sessions.start(sessions.spec(backend, FORKING_AGENT))
-    wait_until(lambda: len(group_members(info.pid)) >= 2)
-    members = group_members(info.pid)
+    wait_until(lambda: len(tree_members(info.pid)) >= 2)
+    members = tree_members(info.pid)
     stop_session(info, grace=2.0)
     assert all(dead(pid) for pid in members), [proc_stat(pid) for pid in members]
     assert not session_alive(info)
@@ -178,11 +190,36 @@ def test_stop_kills_agent_and_children(backend: Backend, sessions: Sessions) -> 
     assert info.name not in town_sessions(sessions.town_root)
 
 
+# An agent whose child moves to a process group of its own, as job control would do.
+REGROUPING_AGENT = """
+import os, time
+if os.fork() == 0:
+    os.setpgid(0, 0)
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_kills_children_in_other_process_groups(backend: Backend,
+                                                     sessions: Sessions) -> None:
+    """A child that left the agent's process group but not its session dies too."""
+    info = sessions.start(sessions.spec(backend, [PYTHON, "-c", REGROUPING_AGENT]))
+
+    def regrouped() -> bool:
+        stats = [proc_stat(pid) for pid in tree_members(info.pid)]
+        return any(s is not None and s[1] != info.pid for s in stats)
+
+    wait_until(regrouped)
+    members = tree_members(info.pid)
+    stop_session(info, grace=2.0)
+    assert all(dead(pid) for pid in members), [proc_stat(pid) for pid in members]
+
+
 def test_stop_kills_a_group_that_ignores_sigterm(sessions: Sessions) -> None:
     """An agent that ignores SIGTERM is SIGKILLed after the grace period."""
     info = sessions.start(sessions.spec("process", ["sh", "-c", "trap '' TERM; sleep 300"]))
-    wait_until(lambda: len(group_members(info.pid)) >= 2)
-    members = group_members(info.pid)
+    wait_until(lambda: len(tree_members(info.pid)) >= 2)
+    members = tree_members(info.pid)
     stop_session(info, grace=0.2)
     assert all(dead(pid) for pid in members)
 
@@ -215,10 +252,10 @@ def test_session_survives_sigkill_of_starters_group(backend: Backend,
     finally:
         os.killpg(starter.pid, signal.SIGKILL)
         starter.wait()
-    wait_until(lambda: len(group_members(info.pid)) >= 2)
+    wait_until(lambda: len(tree_members(info.pid)) >= 2)
     assert session_alive(info)
     assert info.pid not in (starter.pid, os.getpid())
-    members = group_members(info.pid)
+    members = tree_members(info.pid)
     stop_session(info, grace=2.0)
     assert all(dead(pid) for pid in members)
     assert not session_alive(info)
@@ -255,6 +292,13 @@ def test_unexecutable_command_reported_by_launcher(sessions: Sessions) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_environment_is_an_error(backend: Backend, sessions: Sessions) -> None:
+    """A variable name execve would reject fails start_session, not the agent later."""
+    with pytest.raises(SessionError, match="invalid environment variable 'A=B'"):
+        sessions.start(sessions.spec(backend, ["true"], env=agent_env(**{"A=B": "x"})))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_cwd_is_an_error(backend: Backend, sessions: Sessions) -> None:
     """A worktree that does not exist is refused, not silently replaced by $HOME."""
     with pytest.raises(SessionError, match="does not exist"):
@@ -268,6 +312,18 @@ def test_duplicate_tmux_name_is_an_error(sessions: Sessions) -> None:
         sessions.start(sessions.spec("tmux", ["sleep", "300"]))
     assert session_alive(first)
     assert town_sessions(sessions.town_root) == ["gt-web-toast"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_concurrent_starts_from_threads(backend: Backend, sessions: Sessions) -> None:
+    """Sessions started at once from several threads (a fresh tmux server) all run."""
+    specs = [sessions.spec(backend, ["sleep", "300"], name=f"gt-web-p{i}") for i in range(6)]
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        infos = list(pool.map(sessions.start, specs))
+    assert all(session_alive(info) for info in infos)
+    assert len({info.pid for info in infos}) == len(infos)
+    if backend == "tmux":
+        assert sorted(town_sessions(sessions.town_root)) == sorted(i.name for i in infos)
 
 
 def test_tmux_name_is_sanitised(sessions: Sessions) -> None:
@@ -296,6 +352,9 @@ def test_town_sessions_lists_live_sessions(sessions: Sessions) -> None:
     assert sorted(town_sessions(sessions.town_root)) == ["gt-web-alpha", "gt-web-toast"]
     stop_session(toast, grace=2.0)
     wait_until(lambda: town_sessions(sessions.town_root) == ["gt-web-alpha"])
+    subprocess.run(["tmux", "-L", tmux_socket_name(sessions.town_root), "kill-server"],
+                   capture_output=True, check=False)
+    assert town_sessions(sessions.town_root) == []  # a dead server's socket file remains
 
 
 def test_stale_session_info_never_signals_a_stranger(sessions: Sessions) -> None:
