@@ -117,8 +117,8 @@ class SessionInfo:
         if not isinstance(raw, dict):
             raise ValueError("a session record must be a JSON object")
         backend, name, pid = raw.get("backend"), raw.get("name"), raw.get("pid")
-        start_time, log_path, sock = raw.get("start_time"), raw.get("log_path"), \
-            raw.get("tmux_socket")
+        start_time, log_path = raw.get("start_time"), raw.get("log_path")
+        sock = raw.get("tmux_socket")
         if backend not in ("tmux", "process"):
             raise ValueError(f"unknown session backend {backend!r}")
         if not (isinstance(name, str) and isinstance(log_path, str)):
