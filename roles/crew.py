@@ -85,7 +85,7 @@ def add_crew(town: Town, store: Store, rig: str, name: str) -> CrewWorkspace:
     branch = validate_name("branch", crew_branch(name))
     default_branch = store.rig(rig).default_branch
     path = town.crew_dir(rig) / name
-    _create_worktree(town.refinery_clone(rig), path, branch, default_branch,
+    _create_worktree(_clone_of(town, rig), path, branch, default_branch,
                      owner=identity(rig, name), set_user_name=False,
                      what=f"crew workspace {rig}/{name}")
     return _describe(rig, name, path)
@@ -123,7 +123,7 @@ def remove_crew(town: Town, store: Store, rig: str, name: str, *,
     validate_name("rig", rig)
     validate_name("crew", name)
     default_branch = store.rig(rig).default_branch
-    _remove_worktree_checked(town.refinery_clone(rig), town.crew_dir(rig) / name,
+    _remove_worktree_checked(_clone_of(town, rig), town.crew_dir(rig) / name,
                              crew_branch(name), default_branch, force=force,
                              what=f"crew workspace {rig}/{name}")
 
@@ -196,7 +196,7 @@ def ensure_cross_rig_worktree(town: Town, store: Store, cwd: Path, target_rig: s
     wt_name = validate_name("crew", who.worktree_name)
     branch = validate_name("branch", crew_branch(wt_name))
     path = town.crew_dir(target_rig) / wt_name
-    clone = town.refinery_clone(target_rig)
+    clone = _clone_of(town, target_rig)
     if path.exists() or path.is_symlink():
         with git.repo_lock(clone):
             _adopt_existing(clone, path, branch, who)
@@ -244,13 +244,22 @@ def remove_cross_rig_worktree(town: Town, store: Store, cwd: Path, target_rig: s
     owner = _read_owner(path) if (path / ".git").exists() else None
     if owner is not None and owner != str(who):
         raise Refused(f"{path} belongs to {owner}, not to {who}")
-    _remove_worktree_checked(town.refinery_clone(target_rig), path, crew_branch(wt_name),
+    _remove_worktree_checked(_clone_of(town, target_rig), path, crew_branch(wt_name),
                              default_branch, force=force,
                              what=f"cross-rig worktree {target_rig}/{wt_name}")
     return path
 
 
 # -- shared machinery ------------------------------------------------------------------
+
+
+def _clone_of(town: Town, rig: str) -> Path:
+    """The rig's canonical clone; :class:`NotFound` (not a traceback) when it is gone."""
+    clone = town.refinery_clone(rig)
+    if not (clone / ".git").exists():
+        raise NotFound(f"rig {rig!r} has no canonical clone at {clone}; "
+                       "re-add the rig or run 'gastown doctor'")
+    return clone
 
 
 def _create_worktree(clone: Path, path: Path, branch: str, start: str, *, owner: str,
@@ -363,9 +372,8 @@ def _remove_worktree_checked(clone: Path, path: Path, branch: str, default_branc
             if problems:
                 raise Refused(f"{what} has {' and '.join(problems)}; commit and land "
                               "the work, or pass --force to discard it")
-        git.remove_worktree(clone, path)
+        git.remove_worktree(clone, path)  # verifies the folder is gone, then prunes
         git.delete_branch(clone, branch)
-        git.prune_worktrees(clone)
 
 
 def _unlanded_work(clone: Path, path: Path, branch: str, default_branch: str, *,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,6 +214,27 @@ class TestCrewWorkspaces:
             add_crew(town, store, "nope", "alice")
         with pytest.raises(NotFound):
             list_crew(town, store, "nope")
+
+    def test_missing_clone_is_not_found(self, town: Town, store: Store) -> None:
+        """A rig whose canonical clone was deleted by hand gets a clear NotFound."""
+        shutil.rmtree(town.refinery_clone("web"))
+        with pytest.raises(NotFound, match="has no canonical clone"):
+            add_crew(town, store, "web", "alice")
+        assert not (town.crew_dir("web") / "alice").exists()
+
+    def test_stray_folder_is_listed_and_kept(self, town: Town, store: Store) -> None:
+        """A plain folder under crew/ shows as 'not a worktree' and needs --force to go."""
+        stray = town.crew_dir("web") / "notes"
+        stray.mkdir()
+        (stray / "todo.txt").write_text("t\n")
+        [listed] = list_crew(town, store)
+        assert (listed.name, listed.state, listed.uncommitted) == ("notes", "not a worktree",
+                                                                   None)
+        with pytest.raises(Refused, match="stray files"):
+            remove_crew(town, store, "web", "notes")
+        assert (stray / "todo.txt").is_file()
+        remove_crew(town, store, "web", "notes", force=True)
+        assert not stray.exists()
 
     def test_git_failure_leaves_nothing(self, town: Town, store: Store) -> None:
         """When the worktree cannot be made (default branch gone), no folder or branch stays."""
