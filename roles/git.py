@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from gastown.roles.errors import GitError
 
@@ -27,7 +27,8 @@ _LOCK_RETRIES: Final = 8
 
 #: Generous: a clone of a large repository over a slow link takes minutes.
 CLONE_TIMEOUT: Final = 3600.0
-DEFAULT_TIMEOUT: Final = 300.0
+#: For operations that talk to a remote (fetch, push, ls-remote).
+NETWORK_TIMEOUT: Final = 600.0
 
 
 def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -43,11 +44,14 @@ def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def run_git(args: list[str], *, cwd: Path | None, op: str,
-            timeout: float = DEFAULT_TIMEOUT, env: Mapping[str, str] | None = None,
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
             where: str | None = None) -> str:
     """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
 
     Lock contention (``index.lock``, ``config.lock``) is retried with a short back-off.
+    Pass ``timeout`` only for operations that talk to a remote: ``sh`` watches a timeout
+    with a 0.1 s polling thread, which turns a 4 ms local command into a 104 ms one
+    (measured, sh 2.4).
     ``where`` names the repository in error messages (default: ``cwd``).
     """
     import sh
@@ -56,9 +60,10 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
     delay = 0.05
     for attempt in range(_LOCK_RETRIES + 1):
         try:
+            options: dict[str, Any] = {"_timeout": timeout} if timeout else {}
             out = sh.git(*args, _cwd=str(cwd) if cwd is not None else None,
-                         _env=_git_env(env), _tty_out=False, _timeout=timeout,
-                         _in="", _encoding="utf-8", _decode_errors="replace")
+                         _env=_git_env(env), _tty_out=False, _in="", _encoding="utf-8",
+                         _decode_errors="replace", **options)
             return str(out)
         except sh.ErrorReturnCode as exc:
             stderr = exc.stderr.decode("utf-8", "replace")

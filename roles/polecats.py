@@ -156,7 +156,10 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                       session=name, extra=agent.env)
     argv = render_command(agent, prompt=prompt, prompt_file=prompt_file,
                           bead=polecat.bead or "", worktree=worktree)
-    spec = SessionSpec(backend=resolve_backend(town_config.sessions.backend), name=name,
+    backend = resolve_backend(town_config.sessions.backend)
+    if backend == "tmux":
+        env["TERM"] = "tmux-256color"  # the pane is a terminal whatever started the role
+    spec = SessionSpec(backend=backend, name=name,
                        argv=argv, cwd=worktree, env=env,
                        log_path=town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}.log",
                        town_root=town.root)

@@ -97,22 +97,21 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
             validate_name("rig", args.rig)
             store.rig(args.rig)
         polecats = store.polecats(args.rig)
-    rows = [{"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
-             "state": p.state, "session_alive": session_alive(p), "agent": p.agent,
-             "worktree": p.worktree, "respawns": p.respawns, "reason": p.reason,
-             "created_at": p.created_at, "age": round(time.time() - p.created_at, 1)}
-            for p in polecats]
+    alive = {(p.rig, p.name): session_alive(p) for p in polecats}
     if args.json:
-        print_json(rows)
+        print_json([{"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
+                     "state": p.state, "session_alive": alive[p.rig, p.name],
+                     "agent": p.agent, "worktree": p.worktree, "respawns": p.respawns,
+                     "reason": p.reason, "created_at": p.created_at,
+                     "age": round(time.time() - p.created_at, 1)} for p in polecats])
         return 0
-    if not rows:
+    if not polecats:
         print("no polecats")
         return 0
     print_table(["RIG", "NAME", "BEAD", "STATE", "SESSION", "AGE", "BRANCH"],
-                [[r["rig"], r["name"], r["bead"], r["state"] + (f" ({r['reason']})"
-                                                                if r["reason"] else ""),
-                  "alive" if r["session_alive"] else "dead", age(r["created_at"]), r["branch"]]
-                 for r in rows])
+                [[p.rig, p.name, p.bead, p.state + (f" ({p.reason})" if p.reason else ""),
+                  "alive" if alive[p.rig, p.name] else "dead", age(p.created_at), p.branch]
+                 for p in polecats])
     return 0
 
 
