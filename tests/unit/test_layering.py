@@ -16,6 +16,7 @@ PURE_MODULES = [
     "roles/errors.py",
     "roles/names.py",
     "roles/config.py",
+    "roles/lifecycle.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
@@ -27,6 +28,7 @@ ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "enum", "functools",
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
     "gastown.roles.errors", "gastown.roles.names", "gastown.roles.config",
+    "gastown.roles.lifecycle",
     "gastown.supervisor.bus.errors",
 }
 
