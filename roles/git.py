@@ -282,3 +282,130 @@ def local_branches(repo: Path) -> list[str]:
     out = run_git(["for-each-ref", "--format=%(refname:short)", "refs/heads/"], cwd=repo,
                   op="for-each-ref")
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+# -- the refinery's operations ----------------------------------------------------------
+#
+# The refinery works in its own clone, where the default branch is checked out. Polecat
+# branches are checked out in their worktrees, so they are never checked out here: the
+# refinery rebases *detached* copies of them (git refuses to check out a branch another
+# worktree holds, and must not move the polecat's branch under its agent).
+
+
+def has_remote(repo: Path, remote: str = "origin") -> bool:
+    out = run_git(["remote"], cwd=repo, op="remote")
+    return remote in out.split()
+
+
+def fetch(repo: Path, remote: str = "origin") -> None:
+    run_git(["fetch", "--quiet", "--prune", remote], cwd=repo, op="fetch",
+            timeout=NETWORK_TIMEOUT)
+
+
+def rev(repo: Path, ref: str) -> str | None:
+    """The commit ``ref`` names, or None when it does not exist."""
+    try:
+        return run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
+                       op="rev-parse").strip() or None
+    except GitError:
+        return None
+
+
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    try:
+        run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=repo,
+                op="merge-base")
+    except GitError:
+        return False
+    return True
+
+
+def clean_checkout(repo: Path, branch: str) -> None:
+    """Leave ``repo`` on ``branch`` with a pristine tree, whatever a crash left behind.
+
+    Aborts a rebase or merge in progress, discards changes and untracked (also ignored)
+    files, and checks the branch out. Used by the refinery at start and after each MR.
+    """
+    git_dir = common_git_dir(repo)
+    if (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
+        try:
+            run_git(["rebase", "--abort"], cwd=repo, op="rebase --abort")
+        except GitError:
+            for leftover in ("rebase-merge", "rebase-apply"):
+                shutil.rmtree(git_dir / leftover, ignore_errors=True)
+    if (git_dir / "MERGE_HEAD").exists():
+        run_git(["merge", "--abort"], cwd=repo, op="merge --abort")
+    run_git(["reset", "--quiet", "--hard"], cwd=repo, op="reset")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+
+
+def rebase_detached(repo: Path, commit: str, onto: str) -> tuple[str | None, list[str]]:
+    """Rebase a detached copy of ``commit`` onto ``onto``.
+
+    Returns ``(new_head, [])`` on success, or ``(None, conflicting_files)`` after aborting
+    a conflicted rebase (the checkout is left detached at ``commit``, clean).
+    """
+    run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo, op="checkout")
+    try:
+        run_git(["rebase", "--quiet", onto], cwd=repo, op="rebase")
+    except GitError as exc:
+        try:
+            out = run_git(["diff", "--name-only", "--diff-filter=U"], cwd=repo, op="diff")
+            files = [f for f in out.splitlines() if f.strip()]
+        except GitError:
+            files = []
+        try:
+            run_git(["rebase", "--abort"], cwd=repo, op="rebase --abort")
+        except GitError:
+            pass
+        if not files:
+            raise exc
+        return None, files
+    return head_commit(repo), []
+
+
+def checkout_detached(repo: Path, commit: str) -> None:
+    run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo, op="checkout")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+
+
+def fast_forward(repo: Path, branch: str, commit: str) -> None:
+    """Move ``branch`` (checked out in ``repo``) to ``commit``, by fast-forward only."""
+    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
+    run_git(["merge", "--quiet", "--ff-only", commit], cwd=repo, op="merge --ff-only")
+
+
+def reset_branch(repo: Path, branch: str, commit: str) -> None:
+    """Point ``branch`` (checked out in ``repo``) at ``commit`` (used to follow the remote)."""
+    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
+    run_git(["reset", "--quiet", "--hard", commit], cwd=repo, op="reset")
+
+
+def push(repo: Path, branch: str, remote: str = "origin") -> bool:
+    """Push ``branch`` to the same name on ``remote``; False when rejected as non-fast-forward.
+
+    The explicit ``branch:branch`` refspec matters (upstream bug G20: a bare push followed
+    the tracking configuration somewhere else). Other failures raise :class:`GitError`.
+    """
+    try:
+        run_git(["push", "--porcelain", remote, f"refs/heads/{branch}:refs/heads/{branch}"],
+                cwd=repo, op="push", timeout=NETWORK_TIMEOUT)
+    except GitError as exc:
+        if "rejected" in exc.stderr or "non-fast-forward" in exc.stderr or \
+                "fetch first" in exc.stderr:
+            return False
+        raise
+    return True
+
+
+def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str | None:
+    """What ``remote`` says its ``branch`` is, asked over the wire (``ls-remote``)."""
+    out = run_git(["ls-remote", remote, f"refs/heads/{branch}"], cwd=repo, op="ls-remote",
+                  timeout=NETWORK_TIMEOUT)
+    for line in out.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.strip() == f"refs/heads/{branch}":
+            return sha.strip()
+    return None

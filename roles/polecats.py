@@ -113,7 +113,7 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
             git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
                              rig_config.default_branch)
         fault_point(process, "sling.after_worktree")
-        start_agent_session(town, store, polecat)
+        start_agent_session(town, store, polecat, note=sling.note)
         fault_point(process, "sling.after_session")
         store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
     except BaseException as exc:

@@ -98,6 +98,10 @@ def behaviour_for(ctx: RoleContext) -> Behaviour:
         from gastown.roles.mayor import Mayor
 
         return Mayor(ctx)
+    if ctx.kind == "refinery":
+        from gastown.roles.refinery import Refinery
+
+        return Refinery(ctx)
     return Idle(ctx)
 
 

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any, Final, Literal, cast, get_args
 
 from gastown.roles.errors import GastownError, NotFound, Refused
-from gastown.roles.lifecycle import ACTIVE_STATES, PolecatState, SetBead, Transition, transition
+from gastown.roles.lifecycle import (
+    ACTIVE_STATES,
+    MergeStarted,
+    PolecatState,
+    Rejected,
+    SetBead,
+    Transition,
+    transition,
+)
 from gastown.roles.lifecycle import Event as PolecatEvent
 from gastown.roles.names import bead_id, next_polecat_name
 
@@ -123,6 +131,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX slings_by_state ON slings (state, id);
     """,
+    """
+    ALTER TABLE merge_requests ADD COLUMN step TEXT;
+    ALTER TABLE merge_requests ADD COLUMN gate TEXT;
+    ALTER TABLE merge_requests ADD COLUMN candidate TEXT;
+    ALTER TABLE merge_requests ADD COLUMN merged_commit TEXT;
+    ALTER TABLE merge_requests ADD COLUMN log_path TEXT;
+    ALTER TABLE slings ADD COLUMN note TEXT;
+    """,
 )
 
 
@@ -177,6 +193,7 @@ class Sling:
     error: str | None
     created_at: float
     updated_at: float
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,11 @@ class MergeRequest:
     base: str | None
     created_at: float
     updated_at: float
+    step: str | None = None
+    gate: str | None = None
+    candidate: str | None = None
+    merged_commit: str | None = None
+    log_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -303,14 +325,16 @@ def _sling(row: sqlite3.Row) -> Sling:
     return Sling(id=row["id"], bead=row["bead"], rig=row["rig"], agent=row["agent"],
                  force=bool(row["force"]), state=row["state"], polecat=row["polecat"],
                  error=row["error"], created_at=row["created_at"],
-                 updated_at=row["updated_at"])
+                 updated_at=row["updated_at"], note=row["note"])
 
 
 def _mr(row: sqlite3.Row) -> MergeRequest:
     return MergeRequest(id=row["id"], rig=row["rig"], bead=row["bead"], polecat=row["polecat"],
                         branch=row["branch"], state=row["state"], priority=row["priority"],
                         reason=row["reason"], head=row["head"], base=row["base"],
-                        created_at=row["created_at"], updated_at=row["updated_at"])
+                        created_at=row["created_at"], updated_at=row["updated_at"],
+                        step=row["step"], gate=row["gate"], candidate=row["candidate"],
+                        merged_commit=row["merged_commit"], log_path=row["log_path"])
 
 
 def _event(row: sqlite3.Row) -> Event:
@@ -459,7 +483,8 @@ class Store:
 
     # -- slings and polecats ------------------------------------------------------------
 
-    def queue_sling(self, bead_id: str, rig: str, *, agent: str | None, force: bool) -> Sling:
+    def queue_sling(self, bead_id: str, rig: str, *, agent: str | None, force: bool,
+                    note: str | None = None) -> Sling:
         """Record a request to sling ``bead_id`` to ``rig``; the mayor dispatches it.
 
         Refuses a closed bead, a bead already hooked or in review (unless ``force``), and
@@ -485,9 +510,9 @@ class Store:
                 raise Refused(f"bead {bead_id} already has a queued sling (#{queued['id']})")
             now = time.time()
             cur = conn.execute(
-                "INSERT INTO slings (bead, rig, agent, force, state, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'queued', ?, ?)", (bead_id, rig, agent, int(force), now,
-                                                        now))
+                "INSERT INTO slings (bead, rig, agent, force, state, note, created_at, "
+                "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (bead_id, rig, agent, int(force), note, now, now))
             sling_id = cur.lastrowid
             self._emit(conn, "sling_queued", rig=rig, bead=bead_id, sling=sling_id,
                        agent=agent, force=force)
@@ -680,6 +705,89 @@ class Store:
         if row is None:
             raise NotFound(f"no merge request {mr_id!r}")
         return _mr(row)
+
+    def merge_requests_in(self, rig: str, states: Sequence[str]) -> list[MergeRequest]:
+        """The rig's merge requests in ``states``, in queue order (priority, then age)."""
+        marks = ", ".join("?" * len(states))
+        rows = self._conn.execute(
+            f"SELECT * FROM merge_requests WHERE rig = ? AND state IN ({marks}) "
+            "ORDER BY priority, created_at, id", (rig, *states)).fetchall()
+        return [_mr(r) for r in rows]
+
+    def start_merge_requests(self, mr_ids: Sequence[str]) -> None:
+        """Mark MRs ``running`` (their polecats ``merging``) before the refinery touches git."""
+        with self.transaction() as conn:
+            for mr_id in mr_ids:
+                row = conn.execute("SELECT * FROM merge_requests WHERE id = ?",
+                                   (mr_id,)).fetchone()
+                if row is None or row["state"] != "queued":
+                    continue
+                conn.execute("UPDATE merge_requests SET state = 'running', step = 'queued', "
+                             "updated_at = ? WHERE id = ?", (time.time(), mr_id))
+                self._emit(conn, "mr_started", rig=row["rig"], polecat=row["polecat"],
+                           bead=row["bead"], mr=mr_id)
+                self._polecat_event_if_present(conn, row["rig"], row["polecat"],
+                                               MergeStarted())
+
+    def _polecat_event_if_present(self, conn: sqlite3.Connection, rig: str, name: str,
+                                  event: PolecatEvent, **data: Any) -> None:
+        """Apply a lifecycle event to a polecat that may be gone or elsewhere in its life."""
+        row = conn.execute("SELECT state FROM polecats WHERE rig = ? AND name = ?",
+                           (rig, name)).fetchone()
+        if row is not None and isinstance(transition(row["state"], event), Transition):
+            self._apply_polecat_event(conn, rig, name, event, **data)
+
+    def set_merge_step(self, mr_ids: Sequence[str], step: str, *, gate: str | None = None,
+                       candidate: str | None = None, log_path: str | None = None) -> None:
+        """Record what the refinery is about to do (crash recovery reads it back)."""
+        with self.transaction() as conn:
+            for mr_id in mr_ids:
+                conn.execute("UPDATE merge_requests SET step = ?, gate = ?, "
+                             "candidate = COALESCE(?, candidate), "
+                             "log_path = COALESCE(?, log_path), updated_at = ? WHERE id = ?",
+                             (step, gate, candidate, log_path, time.time(), mr_id))
+
+    def merge_landed(self, mr_id: str, commit: str) -> None:
+        """The MR's change is on the default branch (and the remote): merged, bead closed."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM merge_requests WHERE id = ?", (mr_id,)).fetchone()
+            if row is None or row["state"] == "merged":
+                return
+            conn.execute("UPDATE merge_requests SET state = 'merged', step = NULL, gate = NULL, "
+                         "merged_commit = ?, reason = NULL, updated_at = ? WHERE id = ?",
+                         (commit, time.time(), mr_id))
+            self._set_bead(conn, row["bead"], "closed", f"merged in {mr_id}",
+                           polecat=row["polecat"])
+            self._emit(conn, "mr_merged", rig=row["rig"], polecat=row["polecat"],
+                       bead=row["bead"], mr=mr_id, commit=commit, branch=row["branch"])
+
+    def merge_rejected(self, mr_id: str, reason: str, *, tail: str = "") -> None:
+        """The MR will not land: rejected with ``reason``; its polecat and bead are told."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM merge_requests WHERE id = ?", (mr_id,)).fetchone()
+            if row is None or row["state"] in ("merged", "rejected"):
+                return
+            conn.execute("UPDATE merge_requests SET state = 'rejected', step = NULL, "
+                         "gate = NULL, reason = ?, updated_at = ? WHERE id = ?",
+                         (reason, time.time(), mr_id))
+            self._emit(conn, "mr_rejected", rig=row["rig"], polecat=row["polecat"],
+                       bead=row["bead"], mr=mr_id, reason=reason, tail=tail[-2000:])
+            self._polecat_event_if_present(conn, row["rig"], row["polecat"], Rejected(reason))
+            polecat = conn.execute("SELECT 1 FROM polecats WHERE rig = ? AND name = ?",
+                                   (row["rig"], row["polecat"])).fetchone()
+            if polecat is None:
+                self._set_bead(conn, row["bead"], "open", reason, polecat=row["polecat"])
+
+    def requeue_merge_request(self, mr_id: str, reason: str) -> None:
+        """Put a running MR back in the queue (the refinery restarted or the remote moved)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT * FROM merge_requests WHERE id = ?", (mr_id,)).fetchone()
+            if row is None or row["state"] != "running":
+                return
+            conn.execute("UPDATE merge_requests SET state = 'queued', step = NULL, gate = NULL,"
+                         " candidate = NULL, updated_at = ? WHERE id = ?", (time.time(), mr_id))
+            self._emit(conn, "mr_requeued", rig=row["rig"], polecat=row["polecat"],
+                       bead=row["bead"], mr=mr_id, reason=reason)
 
     def merge_requests(self, rig: str | None = None) -> list[MergeRequest]:
         sql, params = "SELECT * FROM merge_requests", []

@@ -161,6 +161,15 @@ def build_parser() -> _Parser:
                  "attach to a polecat's agent session (tmux), or follow its output")
     p.add_argument("target", metavar="RIG/NAME")
 
+    mq = sub.add_parser("mq", help="the merge queue", description="The refineries' queues.")
+    mq.set_defaults(handler=None, help_parser=mq)
+    mq_sub = mq.add_subparsers(title="mq commands", metavar="COMMAND", parser_class=_Parser)
+    p = _command(mq_sub, "list", "gastown.supervisor.cli._mq:cmd_mq_list",
+                 "queued and running merge requests (with the gate running), then recent "
+                 "merges and rejections")
+    p.add_argument("rig", nargs="?", metavar="RIG")
+    _json_flag(p)
+
     crew = sub.add_parser("crew", help="human workspaces in a rig (worktrees on crew/NAME)",
                           description="Crew: long-lived workspaces at <rig>/crew/<name>.")
     crew.set_defaults(handler=None, help_parser=crew)

@@ -17,6 +17,7 @@ PURE_MODULES = [
     "roles/names.py",
     "roles/config.py",
     "roles/lifecycle.py",
+    "roles/merge_queue.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",

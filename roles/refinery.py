@@ -1,0 +1,393 @@
+"""The refinery: the rig's merge queue, in ``<rig>/refinery/rig``.
+
+It takes the rig's merge requests in queue order (priority, then age), a batch at a
+time, woken by events (``mr_created``, ``mr_requeued``), never by a timer. For a batch
+it follows a :mod:`~gastown.roles.merge_queue` plan: stack the MRs onto the default
+branch by rebasing detached copies of their heads (a polecat's branch is checked out in
+its worktree and is never touched), run the gates on the candidate, fast-forward the
+default branch to a candidate only after its gates passed, push, and verify that the
+remote's branch moved. A remote that moved meanwhile is fetched and rebased on, never
+overwritten (bounded by ``push_retries``).
+
+Crash safety: every MR is marked ``running`` and each step recorded before git is
+touched. On start the refinery cleans its checkout, re-pushes a tested default branch
+that never reached the remote, and settles ``running`` MRs: one whose change is on the
+remote's branch (patch equivalence, so rebased work counts) is ``merged`` (exactly once),
+any other goes back to the queue. The default branch only ever moves to a commit whose
+gates passed, so nothing a crash interrupts can leave untested code on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from gastown.roles import git, log
+from gastown.roles.async_store import AsyncStore
+from gastown.roles.config import RigConfig
+from gastown.roles.errors import GastownError
+from gastown.roles.faults import fault_point
+from gastown.roles.processes import processes_with_env, terminate_process_group
+from gastown.roles.role_process import RoleContext
+from gastown.roles.store import MergeRequest
+
+#: Events after which there may be work for the queue.
+WAKE_TOPICS: Final = ("mr_created", "mr_requeued")
+
+
+class RemoteMoved(Exception):
+    """The push was rejected because the remote's branch moved: fetch and redo."""
+
+
+@dataclass
+class BatchState:
+    """Candidates built for the current base: prefix of MR ids -> stacked commit."""
+
+    base: str
+    tips: dict[tuple[str, ...], str] = field(default_factory=dict)
+    gate_runs: int = 0
+
+
+def short(commit: str | None) -> str:
+    return (commit or "")[:10]
+
+
+class Refinery:
+    def __init__(self, ctx: RoleContext) -> None:
+        assert ctx.rig is not None
+        self.ctx = ctx
+        self.rig = ctx.rig
+        self.town = ctx.town
+        self.clone = self.town.refinery_clone(self.rig)
+        self._store: AsyncStore | None = None
+        self._wakeup = trio.Event()
+        self._log = log.get_logger()
+        self.current: dict[str, Any] = {}
+        self.merged = 0
+        self.rejected = 0
+
+    @property
+    def store(self) -> AsyncStore:
+        assert self._store is not None
+        return self._store
+
+    def status(self) -> dict[str, Any]:
+        return {"merged": self.merged, "rejected": self.rejected, "current": self.current}
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "wake":
+            self._wakeup.set()
+            return {"ok": True}
+        raise LookupError(method)
+
+    async def _git(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    # -- main loop ---------------------------------------------------------------------
+
+    async def run(self, client: Any) -> None:
+        self._store = await AsyncStore.open(self.town.db_path)
+        try:
+            self._client = client
+            events = await client.subscribe(*WAKE_TOPICS)
+            await self._recover()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._wake_on_events, events)
+                while True:
+                    while await self._process_one_batch():
+                        pass
+                    await self._wakeup.wait()
+                    self._wakeup = trio.Event()
+        finally:
+            self.store.close()
+
+    async def _wake_on_events(self, events: Any) -> None:
+        async for message in events:
+            if message.data.get("rig") in (None, self.rig):
+                self._wakeup.set()
+
+    async def _announce(self) -> None:
+        """Ask the supervisor to copy the new outbox rows to the feed and the bus."""
+        try:
+            await self._client.publish("outbox", {})
+        except GastownError:
+            pass  # the events are in the store; the next poke carries them
+
+    def _gate_tag(self) -> dict[str, str]:
+        """Environment that marks this rig's gate processes, so a restart can find them."""
+        return {"GASTOWN_GATE_OF": f"{self.town.root}:{self.rig}"}
+
+    def _config(self) -> RigConfig:
+        return self.town.rig_config(self.rig)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        config = self._config()
+        branch = config.default_branch
+        # Gates of a refinery that was SIGKILLed run on, in this very checkout: end them.
+        groups = set()
+        for pid in await trio.to_thread.run_sync(processes_with_env, self._gate_tag()):
+            try:
+                groups.add(os.getpgid(pid))
+            except ProcessLookupError:
+                continue
+        for pgid in groups:
+            self._log.warning("stray_gate_killed", pgid=pgid)
+            await trio.to_thread.run_sync(terminate_process_group, pgid, 2.0)
+        await self._git(git.clean_checkout, self.clone, branch)
+        remote = await self._git(git.has_remote, self.clone)
+        running = await self.store.call(self.store.store.merge_requests_in, self.rig,
+                                        ["running"])
+        if remote:
+            await self._git(git.fetch, self.clone)
+            local = await self._git(git.rev, self.clone, branch)
+            upstream = await self._git(git.rev, self.clone, f"origin/{branch}")
+            if local and upstream and local != upstream:
+                if await self._git(git.is_ancestor, self.clone, upstream, local):
+                    # Tested merges that never reached the remote (killed before the push).
+                    self._log.warning("refinery_repush", local=short(local))
+                    if not await self._git(git.push, self.clone, branch):
+                        await self._git(git.fetch, self.clone)
+                        await self._git(git.reset_branch, self.clone, branch,
+                                        f"origin/{branch}")
+                else:
+                    await self._git(git.reset_branch, self.clone, branch, f"origin/{branch}")
+        target = f"origin/{branch}" if remote else branch
+        for mr in running:
+            if await self._landed(mr, target):
+                commit = await self._git(git.rev, self.clone, target)
+                await self.store.call(self.store.store.merge_landed, mr.id, commit)
+                self._log.info("mr_recovered_merged", mr=mr.id, bead=mr.bead)
+            else:
+                await self.store.call(self.store.store.requeue_merge_request, mr.id,
+                                      "the refinery restarted mid-merge")
+                self._log.info("mr_recovered_requeued", mr=mr.id, bead=mr.bead)
+        if running:
+            await self._announce()
+
+    async def _landed(self, mr: MergeRequest, target: str) -> bool:
+        """Whether every commit of the MR is on ``target`` (by ancestry or by patch)."""
+        if not mr.head or not await self._git(git.rev, self.clone, mr.head):
+            return False
+        unmerged = await self._git(git.unmerged_commits, self.clone, target, mr.head)
+        return not unmerged
+
+    # -- one batch -----------------------------------------------------------------------
+
+    async def _process_one_batch(self) -> bool:
+        """Merge or reject the next batch; returns False when the queue is empty."""
+        from gastown.roles.merge_queue import next_batch
+
+        config = self._config()
+        queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
+                                       ["queued"])
+        batch = next_batch(queued, config.merge_queue.batch_size)
+        if not batch:
+            return False
+        ids = [mr.id for mr in batch]
+        await self.store.call(self.store.store.start_merge_requests, ids)
+        await self._announce()
+        by_id = {mr.id: mr for mr in batch}
+        for attempt in range(config.merge_queue.push_retries + 1):
+            try:
+                await self._run_plan(config, by_id)
+                break
+            except RemoteMoved:
+                self._log.info("refinery_remote_moved", attempt=attempt + 1)
+                still = [i for i in ids if i in by_id]
+                if attempt == config.merge_queue.push_retries:
+                    for mr_id in still:
+                        await self.store.call(self.store.store.merge_rejected, mr_id,
+                                              "push: the remote kept moving")
+                    break
+        self.current = {}
+        await self._git(git.clean_checkout, self.clone, config.default_branch)
+        await self._announce()
+        return True
+
+    async def _run_plan(self, config: RigConfig, by_id: dict[str, MergeRequest]) -> None:
+        """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled."""
+        from gastown.roles.merge_queue import (
+            Finished,
+            Land,
+            Reject,
+            Test,
+            drop,
+            next_action,
+            record_done,
+            record_test,
+            start_plan,
+        )
+
+        branch = config.default_branch
+        base = await self._sync_base(branch)
+        state = BatchState(base=base)
+        plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky)
+        tested: tuple[tuple[str, ...], str] | None = None
+        last_failure, last_tail = "gate failed", ""
+        while True:
+            action = next_action(plan)
+            if isinstance(action, Finished):
+                return
+            if isinstance(action, Test):
+                candidate, conflict = await self._stack(state, action.mrs, by_id)
+                if conflict is not None:
+                    mr_id, files = conflict
+                    reason = "conflict: " + ", ".join(files[:10])
+                    await self._reject(by_id, mr_id, reason, "")
+                    plan = drop(plan, mr_id, reason)
+                    continue
+                assert candidate is not None
+                ok, failure, tail = await self._gate(config, action.mrs, candidate)
+                if not ok:
+                    # The last red run holds the culprit (bisection only narrows onto it).
+                    last_failure, last_tail = failure, tail
+                state.gate_runs += 1
+                tested = (tuple(action.mrs), candidate)
+                plan = record_test(plan, ok)
+            elif isinstance(action, Land):
+                assert tested is not None and tested[0] == tuple(action.mrs)
+                await self._land(config, action.mrs, tested[1], by_id)
+                state = BatchState(base=tested[1])
+                plan = record_done(plan)
+            elif isinstance(action, Reject):
+                self._log.info("culprit_found", mr=action.mr, plan_reason=action.reason)
+                await self._reject(by_id, action.mr, last_failure, last_tail)
+                plan = record_done(plan)
+
+    async def _sync_base(self, branch: str) -> str:
+        """Bring the default branch up to the remote's (never the other way) and return it."""
+        await self._git(git.clean_checkout, self.clone, branch)
+        if await self._git(git.has_remote, self.clone):
+            await self._git(git.fetch, self.clone)
+            upstream = await self._git(git.rev, self.clone, f"origin/{branch}")
+            local = await self._git(git.rev, self.clone, branch)
+            if upstream and upstream != local:
+                if local and not await self._git(git.is_ancestor, self.clone, local, upstream):
+                    self._log.warning("refinery_local_diverged", local=short(local),
+                                      upstream=short(upstream))
+                await self._git(git.reset_branch, self.clone, branch, upstream)
+        commit: str = await self._git(git.rev, self.clone, branch)
+        return commit
+
+    async def _stack(self, state: BatchState, mrs: tuple[str, ...] | list[str],
+                     by_id: dict[str, MergeRequest],
+                     ) -> tuple[str | None, tuple[str, list[str]] | None]:
+        """The candidate for ``base + mrs``, built by rebasing each MR onto the previous tip.
+
+        Returns ``(commit, None)``, or ``(None, (mr_id, files))`` for the first MR that
+        conflicts. Prefixes already built for this base are reused.
+        """
+        tip = state.base
+        prefix: tuple[str, ...] = ()
+        for mr_id in mrs:
+            prefix = (*prefix, mr_id)
+            if prefix in state.tips:
+                tip = state.tips[prefix]
+                continue
+            mr = by_id[mr_id]
+            await self.store.call(self.store.store.set_merge_step, [mr_id], "rebasing")
+            self.current = {"mrs": list(mrs), "step": "rebasing", "mr": mr_id}
+            fault_point(self.ctx.name, "merge.before_rebase")
+            head = mr.head or await self._git(git.rev, self.clone, mr.branch)
+            if not head or not await self._git(git.rev, self.clone, head):
+                return None, (mr_id, ["(branch missing)"])
+            new_tip, files = await self._git(git.rebase_detached, self.clone, head, tip)
+            if new_tip is None:
+                return None, (mr_id, files)
+            state.tips[prefix] = new_tip
+            tip = new_tip
+        return tip, None
+
+    async def _gate(self, config: RigConfig, mrs: tuple[str, ...] | list[str],
+                    candidate: str) -> tuple[bool, str, str]:
+        """Run the gates on ``candidate``: (passed, ``gate <name> (<why>)``, output tail)."""
+        from gastown.roles.gates import run_gates
+
+        await self._git(git.checkout_detached, self.clone, candidate)
+        log_path = self.town.logs_dir / "mq" / f"{self.rig}-{mrs[-1]}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        await self.store.call(self.store.store.set_merge_step, list(mrs), "gating",
+                              candidate=candidate, log_path=str(log_path))
+        fault_point(self.ctx.name, "merge.before_gates")
+        gate_started: list[str] = []
+
+        def on_gate(name: str) -> None:
+            gate_started.append(name)
+            self.current = {"mrs": list(mrs), "step": "gating", "gate": name,
+                            "candidate": short(candidate)}
+            self._log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate))
+
+        env = dict(os.environ)
+        env.update({"GASTOWN_RIG": self.rig, "GASTOWN_MRS": " ".join(mrs),
+                    "GASTOWN_CANDIDATE": candidate, **self._gate_tag()})
+        results = await run_gates(config.merge_queue.gates, cwd=self.clone, log_path=log_path,
+                                  env=env, on_gate=on_gate)
+        fault_point(self.ctx.name, "merge.after_gates")
+        failed = [r for r in results if not r.ok]
+        if failed:
+            gate = failed[0]
+            why = "timed out" if gate.timed_out else f"exit {gate.exit_code}"
+            self._log.info("gate_failed", gate=gate.name, why=why, mrs=list(mrs))
+            return False, f"gate {gate.name} ({why})", gate.tail
+        self._log.info("gates_passed", mrs=list(mrs), candidate=short(candidate))
+        return True, "", ""
+
+    async def _land(self, config: RigConfig, mrs: tuple[str, ...] | list[str], candidate: str,
+                    by_id: dict[str, MergeRequest]) -> None:
+        """Fast-forward the default branch to the tested candidate, push, verify."""
+        branch = config.default_branch
+        await self.store.call(self.store.store.set_merge_step, list(mrs), "landing",
+                              candidate=candidate)
+        self.current = {"mrs": list(mrs), "step": "landing", "candidate": short(candidate)}
+        await self._git(git.fast_forward, self.clone, branch, candidate)
+        fault_point(self.ctx.name, "merge.after_ff")
+        if await self._git(git.has_remote, self.clone):
+            await self.store.call(self.store.store.set_merge_step, list(mrs), "pushing")
+            if not await self._git(git.push, self.clone, branch):
+                # Someone else moved the remote: forget our fast-forward, redo on theirs.
+                await self._git(git.fetch, self.clone)
+                await self._git(git.reset_branch, self.clone, branch, f"origin/{branch}")
+                for mr_id in mrs:
+                    await self.store.call(self.store.store.set_merge_step, [mr_id], "queued")
+                raise RemoteMoved()
+            remote_head = await self._git(git.remote_branch_head, self.clone, branch)
+            if remote_head != candidate:
+                raise GastownError(f"push of {branch} did not move the remote "
+                                   f"(remote at {short(remote_head)}, expected "
+                                   f"{short(candidate)})")
+            fault_point(self.ctx.name, "merge.after_push")
+        for mr_id in mrs:
+            await self.store.call(self.store.store.merge_landed, mr_id, candidate)
+            by_id.pop(mr_id, None)
+            self.merged += 1
+            self._log.info("mr_merged", mr=mr_id, commit=short(candidate))
+        await self._announce()
+
+    async def _reject(self, by_id: dict[str, MergeRequest], mr_id: str, reason: str,
+                      tail: str) -> None:
+        mr = by_id.pop(mr_id)
+        config = self._config()
+        await self.store.call(self.store.store.merge_rejected, mr_id, reason, tail=tail)
+        self.rejected += 1
+        self._log.info("mr_rejected", mr=mr_id, bead=mr.bead, reason=reason)
+        if reason.startswith("conflict") and config.merge_queue.on_conflict == "resling":
+            note = (f"A previous attempt at this bead ({mr.branch}) conflicted with "
+                    f"{config.default_branch} ({reason}). Start from the current "
+                    f"{config.default_branch} and redo the change so that it applies.")
+            try:
+                sling = await self.store.call(self.store.store.queue_sling, mr.bead, self.rig,
+                                              agent=None, force=True, note=note)
+                self._log.info("bead_reslung", bead=mr.bead, sling=sling.id)
+            except GastownError as exc:
+                self._log.warning("resling_failed", bead=mr.bead, error=exc.message)
+        await self._announce()
+
+
+def refinery_log_path(town_root: Path, rig: str, mr_id: str) -> Path:
+    return town_root / "logs" / "mq" / f"{rig}-{mr_id}.log"
