@@ -9,6 +9,11 @@ Each entry is ``<process>@<point>=<action>``; ``*`` matches any process. Actions
 - ``pause:S`` -- sleep S seconds (a window for a test to ``kill -9`` the process);
 - ``ignore-sigterm`` -- from now on SIGTERM does nothing (a stuck process).
 
+An action ending in ``:once`` fires once per ``$GASTOWN_FAULT_STATE`` folder (a marker file
+records it), so a process restarted after a test killed it runs on normally. A fail point
+that pauses says so on stderr (``gastown fault: pause at <process>@<point>``), which a
+test waits for before it kills.
+
 Unarmed (the normal case) a fail point costs one dictionary lookup.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from functools import cache
 from typing import Final
@@ -43,15 +49,32 @@ def fault_action(process: str, point: str) -> str | None:
     return armed.get((process, point)) or armed.get(("*", point))
 
 
+def _first_time(process: str, point: str) -> bool:
+    folder = os.environ.get("GASTOWN_FAULT_STATE")
+    if not folder:
+        return True
+    marker = os.path.join(folder, f"{process}@{point}".replace("/", "_"))
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return False
+    return True
+
+
 def fault_point(process: str, point: str) -> None:
     """Carry out the action armed for ``point`` in ``process``, if any (synchronously)."""
     action = fault_action(process, point)
     if action is None:
         return
+    if action.endswith(":once"):
+        action = action.removesuffix(":once")
+        if not _first_time(process, point):
+            return
     kind, _, arg = action.partition(":")
     if kind == "exit":
         os._exit(int(arg or "1"))
     elif kind == "pause":
+        print(f"gastown fault: pause at {process}@{point}", file=sys.stderr, flush=True)
         time.sleep(float(arg or "3600"))
     elif kind == "ignore-sigterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from gastown.roles.errors import GitError
 
@@ -383,21 +383,30 @@ def reset_branch(repo: Path, branch: str, commit: str) -> None:
     run_git(["reset", "--quiet", "--hard", commit], cwd=repo, op="reset")
 
 
-def push(repo: Path, branch: str, remote: str = "origin") -> bool:
-    """Push ``branch`` to the same name on ``remote``; False when rejected as non-fast-forward.
+PushResult = Literal["pushed", "rejected", "checked-out"]
 
-    The explicit ``branch:branch`` refspec matters (upstream bug G20: a bare push followed
-    the tracking configuration somewhere else). Other failures raise :class:`GitError`.
+
+def push(repo: Path, branch: str, remote: str = "origin") -> PushResult:
+    """Push ``branch`` to the same name on ``remote``.
+
+    Returns ``"rejected"`` when the remote's branch moved (non-fast-forward), and
+    ``"checked-out"`` when the remote is a working copy with that branch checked out
+    (git refuses to update it; the rig then lands locally only). The explicit
+    ``branch:branch`` refspec matters (upstream bug G20: a bare push followed the
+    tracking configuration somewhere else). Other failures raise :class:`GitError`.
     """
     try:
         run_git(["push", "--porcelain", remote, f"refs/heads/{branch}:refs/heads/{branch}"],
                 cwd=repo, op="push", timeout=NETWORK_TIMEOUT)
     except GitError as exc:
-        if "rejected" in exc.stderr or "non-fast-forward" in exc.stderr or \
-                "fetch first" in exc.stderr:
-            return False
+        if "refusing to update checked out branch" in exc.stderr or \
+                "branch is currently checked out" in exc.stderr:
+            return "checked-out"
+        if "non-fast-forward" in exc.stderr or "fetch first" in exc.stderr or \
+                "[rejected]" in exc.stderr:
+            return "rejected"
         raise
-    return True
+    return "pushed"
 
 
 def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str | None:

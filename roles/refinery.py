@@ -29,7 +29,7 @@ import trio
 from gastown.roles import git, log
 from gastown.roles.async_store import AsyncStore
 from gastown.roles.config import RigConfig
-from gastown.roles.errors import GastownError
+from gastown.roles.errors import GastownError, GitError
 from gastown.roles.faults import fault_point
 from gastown.roles.processes import processes_with_env, terminate_process_group
 from gastown.roles.role_process import RoleContext
@@ -67,6 +67,7 @@ class Refinery:
         self._wakeup = trio.Event()
         self._log = log.get_logger()
         self.current: dict[str, Any] = {}
+        self._backoff = 1.0
         self.merged = 0
         self.rejected = 0
 
@@ -151,7 +152,7 @@ class Refinery:
                 if await self._git(git.is_ancestor, self.clone, upstream, local):
                     # Tested merges that never reached the remote (killed before the push).
                     self._log.warning("refinery_repush", local=short(local))
-                    if not await self._git(git.push, self.clone, branch):
+                    if await self._git(git.push, self.clone, branch) == "rejected":
                         await self._git(git.fetch, self.clone)
                         await self._git(git.reset_branch, self.clone, branch,
                                         f"origin/{branch}")
@@ -196,6 +197,23 @@ class Refinery:
         for attempt in range(config.merge_queue.push_retries + 1):
             try:
                 await self._run_plan(config, by_id)
+                self._backoff = 1.0
+                break
+            except GitError as exc:
+                if exc.op in ("fetch", "push", "ls-remote"):
+                    # The remote is unreachable: keep the MRs, retry after a back-off.
+                    self._log.warning("remote_unreachable", error=exc.message,
+                                      retry_in=self._backoff)
+                    for mr_id in by_id:
+                        await self.store.call(self.store.store.requeue_merge_request, mr_id,
+                                              f"remote unreachable: {exc.message}")
+                    await trio.sleep(self._backoff)
+                    self._backoff = min(self._backoff * 2, 60.0)
+                    break
+                await self._fail_batch(by_id, f"refinery error: {exc.message}")
+                break
+            except GastownError as exc:
+                await self._fail_batch(by_id, f"refinery error: {exc.message}")
                 break
             except RemoteMoved:
                 self._log.info("refinery_remote_moved", attempt=attempt + 1)
@@ -209,6 +227,11 @@ class Refinery:
         await self._git(git.clean_checkout, self.clone, config.default_branch)
         await self._announce()
         return True
+
+    async def _fail_batch(self, by_id: dict[str, MergeRequest], reason: str) -> None:
+        self._log.error("batch_failed", reason=reason, mrs=list(by_id))
+        for mr_id in list(by_id):
+            await self._reject(by_id, mr_id, reason, "")
 
     async def _run_plan(self, config: RigConfig, by_id: dict[str, MergeRequest]) -> None:
         """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled."""
@@ -349,18 +372,24 @@ class Refinery:
         fault_point(self.ctx.name, "merge.after_ff")
         if await self._git(git.has_remote, self.clone):
             await self.store.call(self.store.store.set_merge_step, list(mrs), "pushing")
-            if not await self._git(git.push, self.clone, branch):
+            pushed = await self._git(git.push, self.clone, branch)
+            if pushed == "rejected":
                 # Someone else moved the remote: forget our fast-forward, redo on theirs.
                 await self._git(git.fetch, self.clone)
                 await self._git(git.reset_branch, self.clone, branch, f"origin/{branch}")
                 for mr_id in mrs:
                     await self.store.call(self.store.store.set_merge_step, [mr_id], "queued")
                 raise RemoteMoved()
-            remote_head = await self._git(git.remote_branch_head, self.clone, branch)
-            if remote_head != candidate:
-                raise GastownError(f"push of {branch} did not move the remote "
-                                   f"(remote at {short(remote_head)}, expected "
-                                   f"{short(candidate)})")
+            if pushed == "checked-out":
+                self._log.warning("push_skipped", branch=branch,
+                                  reason="the remote is a working copy with the branch "
+                                         "checked out; merged in the refinery's clone only")
+            else:
+                remote_head = await self._git(git.remote_branch_head, self.clone, branch)
+                if remote_head != candidate:
+                    raise GastownError(f"push of {branch} did not move the remote "
+                                       f"(remote at {short(remote_head)}, expected "
+                                       f"{short(candidate)})")
             fault_point(self.ctx.name, "merge.after_push")
         for mr_id in mrs:
             await self.store.call(self.store.store.merge_landed, mr_id, candidate)
