@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -338,19 +339,21 @@ class Refinery:
         await self.store.call(self.store.store.set_merge_step, list(mrs), "gating",
                               candidate=candidate, log_path=str(log_path))
         fault_point(self.ctx.name, "merge.before_gates")
-        gate_started: list[str] = []
-
-        def on_gate(name: str) -> None:
-            gate_started.append(name)
-            self.current = {"mrs": list(mrs), "step": "gating", "gate": name,
-                            "candidate": short(candidate)}
-            self._log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate))
-
         env = dict(os.environ)
         env.update({"GASTOWN_RIG": self.rig, "GASTOWN_MRS": " ".join(mrs),
                     "GASTOWN_CANDIDATE": candidate, **self._gate_tag()})
-        results = await run_gates(config.merge_queue.gates, cwd=self.clone, log_path=log_path,
-                                  env=env, on_gate=on_gate)
+        async with trio.open_nursery() as nursery:
+
+            def on_gate(name: str) -> None:
+                self.current = {"mrs": list(mrs), "step": "gating", "gate": name,
+                                "candidate": short(candidate)}
+                self._log.info("gate_started", gate=name, mrs=list(mrs),
+                               candidate=short(candidate))
+                nursery.start_soon(partial(self.store.call, self.store.store.set_merge_step,
+                                           list(mrs), "gating", gate=name))
+
+            results = await run_gates(config.merge_queue.gates, cwd=self.clone,
+                                      log_path=log_path, env=env, on_gate=on_gate)
         fault_point(self.ctx.name, "merge.after_gates")
         failed = [r for r in results if not r.ok]
         if failed:
