@@ -268,3 +268,44 @@ def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, tmp_path: Path, remo
     assert landed <= set(tested.read_text().split())
     assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
     assert git("rev-parse", "main", cwd=clone(town)).strip() == log[0].split()[0]
+
+
+def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path) -> None:
+    """With on_conflict = "resling" a conflicted bead goes to a fresh polecat, told why."""
+    configure(town, '[merge_queue]\non_conflict = "resling"\n')
+    cli.ok("up")
+    (b1, w1), (b2, w2) = sleeper_polecats(cli, 2)
+    commit_in(w1, "shared.txt", "first\n")
+    commit_in(w2, "shared.txt", "second\n")
+    done_in(cli, w1)
+    wait_until(lambda: settled(cli, 1), what="the first MR")
+    done_in(cli, w2)
+    wait_until(lambda: settled(cli, 2), what="the second MR")
+
+    def new_polecat() -> dict[str, object] | None:
+        listed = json.loads(cli.ok("polecat", "list", "--json"))
+        return next((p for p in listed if p["bead"] == b2 and p["name"] != w2.name
+                     and p["state"] == "working"), None)
+
+    fresh = wait_until(new_polecat, what="the re-slung polecat")
+    prompt = (town / "web" / "polecats" / f".{fresh['name']}.prompt").read_text()
+    assert "conflicted" in prompt and "shared.txt" in prompt
+    assert w2.is_dir()  # the first attempt's work is kept
+
+
+def test_mq_list_shows_the_running_gate(cli: Cli, town: Path, tmp_path: Path) -> None:
+    """While a gate runs, mq list says which; afterwards the MR shows as merged."""
+    release = tmp_path / "release"
+    configure(town, gate("lint", "true") +
+              gate("slow-test", f"while [ ! -e {release} ]; do sleep 0.05; done"))
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "x", "--rig", "web", "-d", "echo x > x.txt").strip()
+    cli.ok("sling", bead, "web")
+    running = wait_until(lambda: next((m for m in mrs(cli) if m["gate"] == "slow-test"), None),
+                         what="the MR to reach the slow gate")
+    assert running["state"] == "running" and running["step"] == "gating"
+    assert "running: gating (slow-test)" in cli.ok("mq", "list")
+    release.touch()
+    (mr,) = wait_until(lambda: settled(cli, 1), what="the MR to land")
+    assert mr["state"] == "merged"
+    assert "merged as" in cli.ok("mq", "list", "web")

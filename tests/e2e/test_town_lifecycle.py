@@ -7,6 +7,7 @@ path must fit ``sun_path`` (108 bytes).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -74,6 +75,10 @@ def test_up_runs_five_role_processes_and_down_stops_them(cli: Cli, town: Path) -
     assert "already up" in cli.ok("up")
     assert "town stopped" in cli.ok("down")
     assert town_processes(town) == {}
+    events = [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
+    stopped = [e["role"] for e in events if e["kind"] == "role_stopped"]
+    start_order = ["mayor", "witness:api", "refinery:api", "witness:web", "refinery:web"]
+    assert stopped == start_order[::-1]
     down = status(cli)
     assert down["supervisor"]["state"] == "down"
     assert {r["state"] for r in down["roles"]} == {"down"}
@@ -198,3 +203,34 @@ def test_role_ignoring_sigterm_is_killed_after_its_timeout(cli: Cli, town: Path)
     assert town_processes(town) == {}
     assert roles_by_name(cli)["refinery:web"]["last_exit"] == -signal.SIGKILL
     assert roles_by_name(cli)["witness:web"]["last_exit"] == 0
+
+
+def test_roles_answer_ping_and_status_over_the_bus(cli: Cli, town: Path) -> None:
+    """Each role process serves ping and status requests addressed to its name."""
+    from gastown.supervisor.bus.sync_client import request_sync
+
+    cli.ok("up")
+    sock = town / ".runtime" / "bus.sock"
+    pids = role_processes(town)
+    for name in ALL_ROLES:
+        assert request_sync(sock, name, "ping") == {"pong": name, "pid": pids[name]}
+        answer = request_sync(sock, name, "status")
+        assert answer["name"] == name and answer["state"] == "running"
+
+
+def test_feed_follow_prints_new_events(cli: Cli, town: Path) -> None:
+    """feed -f keeps printing: a bead created afterwards shows up in the stream."""
+    cli.ok("up")
+    follower = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "feed", "-f",
+                                 "--json", "--since", "1m"], env=cli.env,
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        bead = cli.ok("bead", "create", "followed").strip()
+        for line in follower.stdout:
+            event = json.loads(line)
+            if event["kind"] == "bead_created" and event.get("bead") == bead:
+                break
+    finally:
+        follower.kill()
+        follower.wait()
