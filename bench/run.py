@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from bench import startup
+from bench import restart, startup
 
 
 def main() -> None:
     print("== CLI start-up ==")
     startup.main()
+    print("\n== role restart latency ==")
+    restart.main()
 
 
 if __name__ == "__main__":
