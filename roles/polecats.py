@@ -333,3 +333,42 @@ def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool =
     store.apply_polecat_event(rig, name, Nuke(force=force, landed=not problems),
                               forced=force)
     return polecat
+
+
+# -- after the merge queue ------------------------------------------------------------
+
+
+def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
+    """The witness's nuke after ``mr_merged``; returns why it kept the polecat, or None.
+
+    Checks that nothing unlanded remains (uncommitted changes, or commits after the MR
+    whose patches are not on the default branch): such a polecat is kept, with the
+    reason recorded, for a human to look at. Otherwise session, worktree, branch and
+    name go, and the polecat's ``Merged`` transition closes its bead.
+    """
+    from gastown.roles.lifecycle import Merged
+
+    polecat = store.polecat(rig, name)
+    problems = unlanded_work(town, polecat)
+    if problems:
+        reason = f"merged, but kept: {'; '.join(problems)}"
+        store.note_polecat(rig, name, reason)
+        return reason
+    stop_polecat_session(town, polecat)
+    _remove_sandbox(town, polecat)
+    store.apply_polecat_event(rig, name, Merged())
+    return None
+
+
+def respawn_session(town: Town, store: Store, rig: str, name: str) -> Any:
+    """Start a stalled polecat's agent again in the same worktree, told what happened."""
+    from gastown.roles.lifecycle import Respawned
+
+    polecat = store.polecat(rig, name)
+    stop_polecat_session(town, polecat, grace=2.0)  # leftovers of the dead session
+    note = ("Your previous session ended without `gastown done`. Your worktree and any "
+            "commits you made are still here: check `git status` and `git log`, finish the "
+            "work, commit, then run `gastown done`.")
+    info = start_agent_session(town, store, polecat, note=note, respawn=True)
+    store.apply_polecat_event(rig, name, Respawned(), respawns=polecat.respawns + 1)
+    return info

@@ -77,22 +77,6 @@ class Behaviour(Protocol):
         """Extra fields for the role's ``status`` answer."""
 
 
-class Idle:
-    """The behaviour of a role whose domain work is not built yet: serve and wait."""
-
-    def __init__(self, ctx: RoleContext) -> None:
-        self.ctx = ctx
-
-    async def run(self, client: Any) -> None:
-        await trio.sleep_forever()
-
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        raise LookupError(method)
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-
 def behaviour_for(ctx: RoleContext) -> Behaviour:
     if ctx.kind == "mayor":
         from gastown.roles.mayor import Mayor
@@ -102,7 +86,9 @@ def behaviour_for(ctx: RoleContext) -> Behaviour:
         from gastown.roles.refinery import Refinery
 
         return Refinery(ctx)
-    return Idle(ctx)
+    from gastown.roles.witness import Witness
+
+    return Witness(ctx)
 
 
 async def _watch_signals(ctx: RoleContext, cancel: trio.CancelScope) -> None:

@@ -622,6 +622,18 @@ class Store:
         found = [_polecat(r) for r in rows]
         return [p for p in found if states is None or p.state in states]
 
+    def note_polecat(self, rig: str, name: str, reason: str | None) -> None:
+        """Attach a human-readable note to the polecat (shown in ``polecat list``)."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT bead, reason FROM polecats WHERE rig = ? AND name = ?",
+                               (rig, name)).fetchone()
+            if row is None or row["reason"] == reason:
+                return
+            conn.execute("UPDATE polecats SET reason = ?, updated_at = ? WHERE rig = ? AND "
+                         "name = ?", (reason, time.time(), rig, name))
+            self._emit(conn, "polecat_noted", rig=rig, polecat=name, bead=row["bead"],
+                       reason=reason)
+
     def set_polecat_session(self, rig: str, name: str, session: Mapping[str, Any] | None,
                             *, respawned: bool = False) -> None:
         with self.transaction() as conn:
@@ -672,6 +684,8 @@ class Store:
         old = conn.execute("SELECT status, rig FROM beads WHERE id = ?", (bead_id,)).fetchone()
         if old is None or (old["status"] == "closed" and status != "closed"):
             return  # a closed bead's work landed: nothing reopens it
+        if old["status"] == status:
+            return
         conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
                      (status, reason, time.time(), bead_id))
         self._emit(conn, "bead_status_changed", rig=old["rig"], bead=bead_id,

@@ -1,0 +1,320 @@
+"""The witness: watches one rig's polecats and cleans up after them.
+
+It reacts to events, never to a polling loop:
+
+- a completion marker appearing in ``<rig>/polecats/`` (watchfiles, on that one folder,
+  never recursively into checkouts: one inotify watch however large the repository)
+  -> the MR is checked and the refinery woken;
+- ``mr_merged`` from the refinery -> the polecat is nuked (session, worktree verified
+  gone, branch, name) and its bead closed; a polecat with unlanded leftovers is kept;
+- ``mr_rejected`` -> nothing to do: the store already marked the polecat ``rejected``
+  and the worktree stays for a human or a re-sling;
+- an agent process exiting (a pidfd per live session becomes readable) while its
+  polecat is still ``working`` -> ``stalled``: respawned in the same worktree with a
+  note, up to ``max_respawns`` times with back-off, then ``escalated``;
+- a live session silent (no commit, no change, no output) beyond ``stall_timeout`` ->
+  a ``polecat_silent`` event and a note in ``polecat list`` (it is not killed).
+
+At start, and on a slow safety timer, it settles what it missed while it was down
+(merged polecats still on disk, sessions that died unseen).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from gastown.roles import log
+from gastown.roles.async_store import AsyncStore
+from gastown.roles.errors import GastownError
+from gastown.roles.lifecycle import GaveUp, SessionDied
+from gastown.roles.polecats import (
+    nuke_merged,
+    respawn_session,
+    session_alive,
+    session_info,
+)
+from gastown.roles.role_process import RoleContext
+from gastown.roles.store import Polecat
+
+WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_spawning",
+                      "polecat_done", "polecat_stalled")
+
+#: The safety net: a pass over the rig's polecats for anything an event did not bring.
+SAFETY_INTERVAL: Final = 300.0
+
+#: Back-off before respawn number n (seconds): 1, 2, 4, ... capped.
+RESPAWN_BASE: Final = 1.0
+RESPAWN_MAX: Final = 60.0
+
+
+class Witness:
+    def __init__(self, ctx: RoleContext) -> None:
+        assert ctx.rig is not None
+        self.ctx = ctx
+        self.rig = ctx.rig
+        self.town = ctx.town
+        self._store: AsyncStore | None = None
+        self._log = log.get_logger()
+        self._watched: dict[str, tuple[int, trio.CancelScope]] = {}
+        self._silence: dict[str, tuple[str, float]] = {}
+        self._nursery: trio.Nursery | None = None
+        self._client: Any = None
+        self._pass_needed = trio.Event()
+        self._reviving: set[str] = set()
+        self.nuked = 0
+        self.respawned = 0
+
+    @property
+    def store(self) -> AsyncStore:
+        assert self._store is not None
+        return self._store
+
+    def status(self) -> dict[str, Any]:
+        return {"watching": sorted(self._watched), "nuked": self.nuked,
+                "respawned": self.respawned}
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "settle":
+            self._pass_needed.set()
+            return {"ok": True}
+        raise LookupError(method)
+
+    async def run(self, client: Any) -> None:
+        self._store = await AsyncStore.open(self.town.db_path)
+        self._client = client
+        try:
+            events = await client.subscribe(*WAKE_TOPICS)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._listen, events)
+                await nursery.start(self._watch_markers)
+                nursery.start_soon(self._watch_silence)
+                while True:
+                    await self._settle()
+                    with trio.move_on_after(SAFETY_INTERVAL):
+                        await self._pass_needed.wait()
+                    self._pass_needed = trio.Event()
+        finally:
+            self.store.close()
+
+    async def _announce(self) -> None:
+        try:
+            await self._client.publish("outbox", {})
+        except GastownError:
+            pass
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _listen(self, events: Any) -> None:
+        async for message in events:
+            if message.data.get("rig") != self.rig:
+                continue
+            if message.topic == "mr_merged":
+                await self._nuke(str(message.data.get("polecat")))
+            else:
+                self._pass_needed.set()
+
+    async def _watch_markers(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Completion markers in ``<rig>/polecats/``: one non-recursive watch."""
+        import watchfiles
+
+        folder = self.town.polecats_dir(self.rig)
+        stop = trio.Event()
+        try:
+            task_status.started()
+            async for changes in watchfiles.awatch(folder, recursive=False, stop_event=stop,
+                                                   debounce=50, step=20):
+                for change, path in changes:
+                    name = Path(path).name
+                    if change != watchfiles.Change.deleted and name.startswith(".") and \
+                            name.endswith(".done"):
+                        await self._marker(name[1:-len(".done")])
+        finally:
+            stop.set()
+
+    async def _marker(self, name: str) -> None:
+        """``gastown done`` ran in polecat ``name``: its MR is in the store; wake the queue."""
+        with log.bound(polecat=name):
+            self._log.info("polecat_done_seen")
+            try:
+                await self._client.request(f"refinery:{self.rig}", "wake", {}, timeout=5)
+            except Exception as exc:  # the refinery is restarting: it reads the queue then
+                self._log.info("refinery_not_woken", error=str(exc))
+            self._pass_needed.set()
+
+    # -- the pass ----------------------------------------------------------------------
+
+    async def _settle(self) -> None:
+        """Bring every polecat of the rig in line with what happened."""
+        polecats = await self.store.call(self.store.store.polecats, self.rig)
+        merged = {mr.polecat for mr in await self.store.call(
+            self.store.store.merge_requests_in, self.rig, ["merged"])}
+        for polecat in polecats:
+            if polecat.state == "merging" and polecat.name in merged:
+                await self._nuke(polecat.name)
+            elif polecat.state == "working":
+                self._ensure_watched(polecat)
+            elif polecat.state == "stalled" and polecat.name not in self._reviving:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._after_death, polecat.name)
+        for name in list(self._watched):
+            if not any(p.name == name and p.state == "working" for p in polecats):
+                self._watched.pop(name)[1].cancel()
+
+    async def _nuke(self, name: str) -> None:
+        with log.bound(polecat=name):
+            try:
+                kept = await self.store.call(nuke_merged, self.town, self.store.store,
+                                             self.rig, name)
+            except GastownError as exc:
+                self._log.info("nuke_skipped", reason=exc.message)
+                return
+            if kept:
+                self._log.warning("nuke_refused", reason=kept)
+            else:
+                self.nuked += 1
+                self._log.info("polecat_nuked_after_merge")
+            if name in self._watched:
+                self._watched.pop(name)[1].cancel()
+            await self._announce()
+
+    # -- sessions ----------------------------------------------------------------------
+
+    def _ensure_watched(self, polecat: Polecat) -> None:
+        info = session_info(polecat)
+        if info is None:
+            return
+        current = self._watched.get(polecat.name)
+        if current is not None and current[0] == info.pid:
+            return
+        if current is not None:
+            current[1].cancel()
+        scope = trio.CancelScope()
+        self._watched[polecat.name] = (info.pid, scope)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._watch_session, polecat, scope)
+
+    async def _watch_session(self, polecat: Polecat, scope: trio.CancelScope) -> None:
+        """Wait for the agent process to exit (its pidfd turns readable), then react."""
+        info = session_info(polecat)
+        with scope:
+            try:
+                pidfd = os.pidfd_open(info.pid)
+            except ProcessLookupError:
+                pidfd = None
+            try:
+                if pidfd is not None and session_alive(polecat):
+                    await trio.lowlevel.wait_readable(pidfd)
+            finally:
+                if pidfd is not None:
+                    os.close(pidfd)
+            if self._watched.get(polecat.name, (None,))[0] == info.pid:
+                del self._watched[polecat.name]
+            await self._session_ended(polecat.name)
+
+    async def _session_ended(self, name: str) -> None:
+        with log.bound(polecat=name):
+            try:
+                polecat = await self.store.call(self.store.store.polecat, self.rig, name)
+            except GastownError:
+                return
+            if polecat.state != "working" or session_alive(polecat):
+                return  # it ran `gastown done` (or was nuked, or respawned) first
+            self._log.warning("session_died_without_done", respawns=polecat.respawns)
+            await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
+                                  SessionDied())
+            await self._announce()
+            await self._after_death(name)
+
+    async def _after_death(self, name: str) -> None:
+        """A stalled polecat: respawn after a back-off, or escalate past ``max_respawns``."""
+        if name in self._reviving:
+            return
+        self._reviving.add(name)
+        try:
+            await self._revive(name)
+        finally:
+            self._reviving.discard(name)
+
+    async def _revive(self, name: str) -> None:
+        with log.bound(polecat=name):
+            polecat = await self.store.call(self.store.store.polecat, self.rig, name)
+            limit = self.town.rig_config(self.rig).polecats.max_respawns
+            if polecat.respawns >= limit:
+                reason = (f"session died {polecat.respawns + 1} time(s) without "
+                          "`gastown done`; worktree kept")
+                await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
+                                      GaveUp(reason))
+                self._log.warning("polecat_escalated", reason=reason)
+                await self._announce()
+                return
+            delay = min(RESPAWN_MAX, RESPAWN_BASE * 2 ** polecat.respawns)
+            await trio.sleep(delay)
+            current = await self.store.call(self.store.store.polecat, self.rig, name)
+            if current.state != "stalled":
+                return
+            try:
+                await self.store.call(respawn_session, self.town, self.store.store,
+                                      self.rig, name)
+            except GastownError as exc:
+                await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
+                                      GaveUp(f"respawn failed: {exc.message}"))
+                await self._announce()
+                return
+            self.respawned += 1
+            self._log.info("polecat_respawned", respawns=current.respawns + 1)
+            await self._announce()
+            self._ensure_watched(await self.store.call(self.store.store.polecat, self.rig,
+                                                       name))
+
+    # -- silence -----------------------------------------------------------------------
+
+    async def _watch_silence(self) -> None:
+        """Every quarter of ``stall_timeout``: note live sessions that went silent."""
+        while True:
+            timeout = self.town.rig_config(self.rig).polecats.stall_timeout
+            await trio.sleep(max(1.0, timeout / 4))
+            polecats = await self.store.call(self.store.store.polecats, self.rig,
+                                             {"working"})
+            now = trio.current_time()
+            for polecat in polecats:
+                mark = await trio.to_thread.run_sync(_activity_mark, self.town.root, polecat)
+                last = self._silence.get(polecat.name)
+                if last is None or last[0] != mark:
+                    self._silence[polecat.name] = (mark, now)
+                    if polecat.reason and polecat.reason.startswith("silent"):
+                        await self.store.call(self.store.store.note_polecat, self.rig,
+                                              polecat.name, None)
+                    continue
+                if now - last[1] >= timeout and not (polecat.reason or "").startswith("silent"):
+                    minutes = int((now - last[1]) // 60)
+                    await self.store.call(self.store.store.note_polecat, self.rig,
+                                          polecat.name, f"silent for {minutes}m")
+                    self._log.warning("polecat_silent", polecat=polecat.name, minutes=minutes)
+                    await self._announce()
+
+
+def _activity_mark(town_root: Path, polecat: Polecat) -> str:
+    """A digest of what changes when an agent works: HEAD, the tree's status, its output."""
+    from gastown.roles import git
+
+    worktree = Path(polecat.worktree)
+    parts = []
+    try:
+        parts.append(git.head_commit(worktree))
+        parts.extend(git.dirty_files(worktree))
+    except GastownError:
+        parts.append("?")
+    info = polecat.session or {}
+    log_path = info.get("log_path")
+    if log_path:
+        try:
+            parts.append(str(os.stat(log_path).st_size))
+        except OSError:
+            pass
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
