@@ -196,6 +196,14 @@ def build_parser() -> _Parser:
     p.add_argument("--force", action="store_true", help="remove even with uncommitted work")
     _json_flag(p)
 
+    p = _command(sub, "doctor", "gastown.supervisor.cli._doctor:cmd_doctor",
+                 "find orphaned worktrees, branches and sessions, stale polecat rows, "
+                 "landed merge requests; --fix repairs them (never deleting unmerged work)")
+    p.add_argument("--fix", action="store_true",
+                   help="repair what is safe to repair; work that has not landed is kept")
+    p.add_argument("--rig", metavar="R", help="only this rig")
+    _json_flag(p)
+
     config = sub.add_parser("config", help="show the effective configuration",
                             description="The configuration in force.")
     config.set_defaults(handler=None, help_parser=config)
