@@ -152,10 +152,13 @@ class Witness:
     async def _settle(self) -> None:
         """Bring every polecat of the rig in line with what happened."""
         polecats = await self.store.call(self.store.store.polecats, self.rig)
-        merged = {mr.polecat for mr in await self.store.call(
-            self.store.store.merge_requests_in, self.rig, ["merged"])}
+        merged = await self.store.call(self.store.store.merge_requests_in, self.rig,
+                                       ["merged"])
         for polecat in polecats:
-            if polecat.state == "merging" and polecat.name in merged:
+            # An MR belongs to this polecat only if it is younger (names are reused).
+            if polecat.state == "merging" and any(
+                    mr.polecat == polecat.name and mr.created_at >= polecat.created_at
+                    for mr in merged):
                 await self._nuke(polecat.name)
             elif polecat.state == "working":
                 self._ensure_watched(polecat)
@@ -173,6 +176,8 @@ class Witness:
                                              self.rig, name)
             except GastownError as exc:
                 self._log.info("nuke_skipped", reason=exc.message)
+                return
+            if kept == "its merge request has not landed":
                 return
             if kept:
                 self._log.warning("nuke_refused", reason=kept)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,7 @@ def test_five_mrs_land_in_order_as_fast_forwards(cli: Cli, town: Path, tmp_path:
                       f"echo {i} > file{i}.txt").strip()
         cli.ok("sling", bead, "web")
         beads.append(bead)
-        wait_until(lambda n=i + 1: settled(cli, n), what=f"MR {i} to settle")
+        wait_until(partial(settled, cli, i + 1), what=f"MR {i} to settle")
     found = mrs(cli)
     assert {m["state"] for m in found} == {"merged"}
     by_created = sorted(found, key=lambda m: float(m["created_at"]))  # type: ignore[arg-type]

@@ -1,0 +1,220 @@
+"""The witness closing the loop: nuke after merge, respawn and escalate, crash recovery.
+
+Real town, bare remote, real gates, real agents (``script``, or custom agents).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, git, make_repo
+from tests.e2e.town_helpers import role_processes, town_processes, wait_until
+
+AGENTS = (
+    '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+    '[agents.quitter]\ncommand = ["sh", "-c", "echo wip >> wip.txt; git add -A; '
+    'git commit -qm wip; exit 0"]\n'
+)
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    src = make_repo(tmp_path / "src", files={"README.md": "hello\n",
+                                              "check.sh": "test ! -e broken\n"})
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
+    return bare
+
+
+@pytest.fixture
+def town(cli: Cli, remote: Path) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(
+        'default_agent = "script"\nmax_polecats = 60\n[sessions]\nbackend = "process"\n'
+        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n' + AGENTS)
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    rig_toml = root / "web" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 60\nmax_respawns = 2\n"
+                        '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
+    yield root
+    cli("down", "--all")
+    for pid in town_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def beads(cli: Cli) -> dict[str, dict[str, object]]:
+    return {b["id"]: b for b in json.loads(cli.ok("bead", "list", "--json"))}
+
+
+def polecats(cli: Cli) -> dict[str, dict[str, object]]:
+    return {p["name"]: p for p in json.loads(cli.ok("polecat", "list", "--json"))}
+
+
+def events(cli: Cli) -> list[dict[str, object]]:
+    return [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
+
+
+def clone(town: Path) -> Path:
+    return town / "web" / "refinery" / "rig"
+
+
+def all_closed(cli: Cli, ids: list[str]) -> bool:
+    found = beads(cli)
+    return all(found[i]["status"] == "closed" for i in ids) and not polecats(cli)
+
+
+def test_ten_beads_merge_and_leave_nothing_behind(cli: Cli, town: Path, remote: Path) -> None:
+    """10 script beads at once: all merged, every sandbox gone, each step in the feed."""
+    cli.ok("up")
+    ids = [cli.ok("bead", "create", f"change {i}", "--rig", "web", "-d",
+                  f"echo {i} > change{i}.txt").strip() for i in range(10)]
+    for bead in ids:
+        cli.ok("sling", bead, "web")
+    wait_until(lambda: all_closed(cli, ids), timeout=120, what="all ten beads to close")
+    files = git("ls-tree", "--name-only", "main", cwd=remote).split()
+    assert sorted(f for f in files if f.startswith("change")) == sorted(
+        f"change{i}.txt" for i in range(10))
+    assert git("rev-parse", "main", cwd=remote) == git("rev-parse", "main", cwd=clone(town))
+    assert [p.name for p in (town / "web" / "polecats").iterdir()] == []
+    assert git("branch", "--list", "polecat/*", cwd=clone(town)).strip() == ""
+    worktrees = git("worktree", "list", "--porcelain", cwd=clone(town))
+    assert worktrees.count("worktree ") == 1
+    order = ["polecat_spawning", "polecat_working", "polecat_done", "mr_created", "mr_started",
+             "mr_merged", "polecat_nuked"]
+    feed = events(cli)
+    for bead in ids:
+        kinds = [e["kind"] for e in feed if e.get("bead") == bead and e["kind"] in order]
+        assert kinds == order, (bead, kinds)
+
+
+def test_agent_exiting_without_done_is_respawned_then_escalated(cli: Cli, town: Path) -> None:
+    """A session that dies without done is respawned max_respawns times, then escalated."""
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "quits", "--rig", "web").strip()
+    name, path = cli.ok("sling", bead, "web", "--agent", "quitter").split()
+    wait_until(lambda: polecats(cli)[name]["state"] == "escalated", timeout=60,
+               what="the polecat to be escalated")
+    polecat = polecats(cli)[name]
+    assert polecat["respawns"] == 2 and "without `gastown done`" in str(polecat["reason"])
+    assert beads(cli)[bead]["status"] == "blocked"
+    assert (Path(path) / "wip.txt").read_text().count("wip") == 3
+    assert git("rev-list", "--count", f"main..polecat/{name}", cwd=clone(town)).strip() == "3"
+    kinds = [e["kind"] for e in events(cli) if e.get("polecat") == name]
+    assert kinds.count("polecat_stalled") == 3 and kinds[-1] == "polecat_escalated"
+    prompt = (town / "web" / "polecats" / f".{name}.prompt").read_text()
+    assert "ended without `gastown done`" in prompt
+
+
+def test_witness_killed_while_polecats_merge(cli: Cli, town: Path) -> None:
+    """kill -9 of the witness mid-run: afterwards merged polecats are nuked, others kept."""
+    cli.ok("up")
+    witness = role_processes(town)["witness:web"]
+    os.kill(witness, signal.SIGSTOP)  # deaf while the merges happen, then killed
+    good = [cli.ok("bead", "create", f"g{i}", "--rig", "web", "-d",
+                   f"echo {i} > g{i}.txt").strip() for i in range(3)]
+    broken = cli.ok("bead", "create", "breaks", "--rig", "web", "-d", "touch broken").strip()
+    waiting = cli.ok("bead", "create", "waits", "--rig", "web").strip()
+    for bead in [*good, broken]:
+        cli.ok("sling", bead, "web")
+    sleeper = cli.ok("sling", waiting, "web", "--agent", "sleeper").split()[0]
+
+    def merged_and_rejected() -> bool:
+        found = {m["bead"]: m["state"] for m in json.loads(cli.ok("mq", "list", "--json"))}
+        return all(found.get(b) == "merged" for b in good) and found.get(broken) == "rejected"
+
+    wait_until(merged_and_rejected, timeout=90, what="merges while the witness is deaf")
+    assert len(polecats(cli)) == 5  # nobody nuked them yet
+    os.kill(witness, signal.SIGKILL)
+    wait_until(lambda: len(polecats(cli)) == 2, timeout=60, what="the new witness to nuke")
+    left = polecats(cli)
+    assert left[sleeper]["state"] == "working" and left[sleeper]["session_alive"]
+    (rejected,) = [p for p in left.values() if p["bead"] == broken]
+    assert rejected["state"] == "rejected" and Path(str(rejected["worktree"])).is_dir()
+    assert all(beads(cli)[b]["status"] == "closed" for b in good)
+
+
+def test_kill_9_whole_town_mid_run_then_up(cli: Cli, town: Path, remote: Path) -> None:
+    """kill -9 of supervisor and roles mid-run, then up: everything lands exactly once."""
+    rig_toml = town / "web" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text().replace('command = "sh check.sh"',
+                                                     'command = "sleep 0.5; sh check.sh"'))
+    cli.ok("up")
+    ids = [cli.ok("bead", "create", f"c{i}", "--rig", "web", "-d",
+                  f"echo {i} > c{i}.txt").strip() for i in range(6)]
+    for bead in ids:
+        cli.ok("sling", bead, "web")
+    wait_until(lambda: any(b["status"] == "closed" for b in beads(cli).values()),
+               what="a first merge")
+    for pid in town_processes(town):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: town_processes(town) == {}, what="the town to be gone")
+    cli.ok("up")
+    wait_until(lambda: all_closed(cli, ids), timeout=120, what="the run to complete")
+    subjects = git("log", "--format=%s", "main", cwd=remote).splitlines()
+    for bead in ids:
+        assert sum(s.startswith(bead) for s in subjects) == 1, bead
+    assert [p.name for p in (town / "web" / "polecats").iterdir()] == []
+    assert git("branch", "--list", "polecat/*", cwd=clone(town)).strip() == ""
+    assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
+    doctor = cli("doctor")
+    assert doctor.code == 0, doctor.out + doctor.err
+
+
+def _inotify_watches(pid: int) -> int:
+    total = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if "inotify" in target:
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+            total += sum(1 for line in info.splitlines() if line.startswith("inotify wd:"))
+    return total
+
+
+def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Path) -> None:
+    """50 live polecats on a 5,000-file repository: the witness holds < 200 inotify watches."""
+    files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
+    big = make_repo(tmp_path / "big", files=files)
+    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text('max_polecats = 60\n[sessions]\nbackend = "process"\n'
+                                    + AGENTS)
+    cli.env["GASTOWN_TOWN"] = str(root)
+    try:
+        cli.ok("rig", "add", "big", str(big))
+        rig_toml = root / "big" / "rig.toml"
+        rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 60\n")
+        cli.ok("up")
+        for i in range(50):
+            bead = cli.ok("bead", "create", f"b{i}", "--rig", "big").strip()
+            cli.ok("sling", bead, "big", "--agent", "sleeper")
+        assert sum(1 for p in polecats(cli).values() if p["session_alive"]) == 50
+        witness = role_processes(root)["witness:big"]
+        watches = _inotify_watches(witness)
+        print(f"witness inotify watches with 50 polecats x 5000 files: {watches}")
+        assert 0 < watches < 200
+    finally:
+        cli("down", "--all")
+        for pid in town_processes(root):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root.parent, ignore_errors=True)
