@@ -94,9 +94,13 @@ class Witness:
                 nursery.start_soon(self._listen, events)
                 await nursery.start(self._watch_markers)
                 nursery.start_soon(self._watch_silence)
+                next_reconcile = trio.current_time()
                 while True:
+                    if trio.current_time() >= next_reconcile:
+                        await self._reconcile()
+                        next_reconcile = trio.current_time() + SAFETY_INTERVAL
                     await self._settle()
-                    with trio.move_on_after(SAFETY_INTERVAL):
+                    with trio.move_on_after(max(0.0, next_reconcile - trio.current_time())):
                         await self._pass_needed.wait()
                     self._pass_needed = trio.Event()
         finally:
@@ -148,6 +152,22 @@ class Witness:
             self._pass_needed.set()
 
     # -- the pass ----------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Disk vs store vs git vs sessions, repaired where safe (never unlanded work)."""
+        from gastown.roles.reconcile import reconcile
+
+        try:
+            findings = await self.store.call(reconcile, self.town, self.store.store,
+                                             rig=self.rig, fix=True)
+        except GastownError as exc:
+            self._log.warning("reconcile_failed", error=exc.message)
+            return
+        for finding in findings:
+            self._log.warning("reconciled", kind=finding.kind, subject=finding.subject,
+                              detail=finding.detail, action=finding.action, fixed=finding.fixed)
+        if findings:
+            await self._announce()
 
     async def _settle(self) -> None:
         """Bring every polecat of the rig in line with what happened."""
