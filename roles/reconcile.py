@@ -106,16 +106,6 @@ class _Rig:
         name = branch[len(head):len(branch) - len(tail)]
         return name or None
 
-    @property
-    def landed_target(self) -> str:
-        """Where landed work is looked for: ``origin/<default>`` when the rig has a remote
-        (local-only merges may still be undone by the refinery's recovery), else the
-        default branch."""
-        remote = f"origin/{self.default_branch}"
-        if git.has_remote(self.clone) and git.rev(self.clone, remote) is not None:
-            return remote
-        return self.default_branch
-
 
 def reconcile(town: Town, store: Store, *, rig: str | None = None, fix: bool = False,
               town_up: bool | None = None) -> list[Finding]:
@@ -262,7 +252,7 @@ def check_landed_mrs(ctx: _Ctx, rig: _Rig) -> list[Finding]:
     mrs = ctx.store.merge_requests_in(rig.name, states)
     if not mrs:
         return []
-    target = rig.landed_target
+    target = rig.default_branch
     findings = []
     for mr in mrs:
         if not mr.head or git.rev(rig.clone, mr.head) is None:
@@ -408,7 +398,6 @@ def check_stale_registrations(ctx: _Ctx, rig: _Rig) -> list[Finding]:
     if not rows:
         return []
     open_mrs = ctx.store.merge_requests_in(rig.name, ["queued", "running"])
-    target = rig.landed_target
     for polecat in rows:
         if polecat.state == "spawning":
             if not ctx.town_up:
@@ -425,7 +414,7 @@ def check_stale_registrations(ctx: _Ctx, rig: _Rig) -> list[Finding]:
         detail = f"{polecat.state} polecat's worktree {polecat.worktree} is gone"
         try:
             unmerged = _unlanded(rig, polecat.branch, rig.default_branch)
-            mr_unmerged = [m for m in mrs if _unlanded(rig, m.head, target)]
+            mr_unmerged = [m for m in mrs if _unlanded(rig, m.head, rig.default_branch)]
         except GastownError as exc:
             findings.append(_kept(ctx, rig.name, "stale_registration", polecat.name, detail,
                                   f"its branch cannot be read ({exc.message})",
