@@ -38,6 +38,12 @@ _TEMPLATES: Final = {
     "polecat_nuked": "polecat {rig}/{polecat} nuked",
     "mr_created": "merge request {mr} queued: {branch} ({bead})",
     "mr_cancelled": "merge request {mr} cancelled: {reason}",
+    "mr_started": "merge request {mr} started ({bead})",
+    "mr_merged": "merge request {mr} MERGED as {short_commit} ({bead})",
+    "mr_rejected": "merge request {mr} REJECTED: {reason} ({bead})",
+    "mr_requeued": "merge request {mr} queued again: {reason}",
+    "polecat_noted": "polecat {rig}/{polecat}: {reason}",
+    "doctor_fixed": "doctor fixed {rig}: {detail}",
     "role_started": "{role} started (pid {pid})",
     "role_ready": "{role} ready (pid {pid})",
     "role_exited": "{role} exited ({exit}), restarts so far {restarts}",
@@ -132,6 +138,7 @@ def format_event(event: dict[str, Any]) -> str:
     if "last_exit" in fields:
         fields["exit"] = describe_exit(fields["last_exit"])
     fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
+    fields["short_commit"] = str(fields.get("commit", ""))[:10]
     template = _TEMPLATES.get(event.get("kind", ""))
     if template is not None:
         try:
