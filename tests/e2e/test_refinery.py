@@ -275,7 +275,7 @@ def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path) 
     """With on_conflict = "resling" a conflicted bead goes to a fresh polecat, told why."""
     configure(town, '[merge_queue]\non_conflict = "resling"\n')
     cli.ok("up")
-    (b1, w1), (b2, w2) = sleeper_polecats(cli, 2)
+    (_b1, w1), (b2, w2) = sleeper_polecats(cli, 2)
     commit_in(w1, "shared.txt", "first\n")
     commit_in(w2, "shared.txt", "second\n")
     done_in(cli, w1)
