@@ -129,7 +129,17 @@ class Witness:
 
         folder = self.town.polecats_dir(self.rig)
         stop = trio.Event()
-        try:
+
+        async def stop_on_cancel() -> None:
+            # awatch waits in a thread that only a set stop event ends promptly: set it the
+            # moment this task is cancelled, or a SIGTERM waits out watchfiles' 5 s timeout.
+            try:
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_cancel)
             task_status.started()
             async for changes in watchfiles.awatch(folder, recursive=False, stop_event=stop,
                                                    debounce=50, step=20):
@@ -138,8 +148,6 @@ class Witness:
                     if change != watchfiles.Change.deleted and name.startswith(".") and \
                             name.endswith(".done"):
                         await self._marker(name[1:-len(".done")])
-        finally:
-            stop.set()
 
     async def _marker(self, name: str) -> None:
         """``gastown done`` ran in polecat ``name``: its MR is in the store; wake the queue."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 ENV_DUMP = ('[agents.envdump]\ncommand = ["{python}", "-c", "import json, os, sys; '
@@ -72,7 +72,9 @@ def town(cli: Cli, tmp_path: Path, backend: str) -> Iterator[Path]:
 
     subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
                    capture_output=True, check=False)
+    crashes = role_crashes(root)
     shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
 
 
 def polecats(cli: Cli) -> dict[str, dict[str, object]]:

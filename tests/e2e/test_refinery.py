@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 
@@ -50,7 +50,9 @@ def town(cli: Cli, remote: Path, tmp_path: Path) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    crashes = role_crashes(root)
     shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
 
 
 def configure(town: Path, text: str) -> None:

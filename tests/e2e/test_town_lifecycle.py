@@ -22,6 +22,7 @@ import pytest
 from tests.conftest import Cli, make_repo
 from tests.e2e.town_helpers import (
     feed_kinds,
+    role_crashes,
     role_processes,
     roles_by_name,
     status,
@@ -57,7 +58,9 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    crashes = role_crashes(root)
     shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
 
 
 def test_up_runs_five_role_processes_and_down_stops_them(cli: Cli, town: Path) -> None:

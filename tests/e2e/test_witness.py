@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
 
 AGENTS = (
     '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
@@ -54,7 +54,9 @@ def town(cli: Cli, remote: Path) -> Iterator[Path]:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    crashes = role_crashes(root)
     shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
 
 
 def beads(cli: Cli) -> dict[str, dict[str, object]]:

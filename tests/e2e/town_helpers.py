@@ -69,3 +69,13 @@ def roles_by_name(cli: Cli) -> dict[str, dict[str, Any]]:
 def feed_kinds(cli: Cli, role: str | None = None) -> list[str]:
     events = [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
     return [e["kind"] for e in events if role is None or e.get("role") == role]
+
+
+def role_crashes(town: Path) -> list[str]:
+    """Tracebacks that role processes wrote to their ``logs/*.out``: each one is a bug."""
+    found = []
+    for out in sorted((town / "logs").glob("*.out")):
+        text = out.read_text(errors="replace")
+        if "Traceback (most recent call last)" in text:
+            found.append(f"{out.name}:\n{text[text.index('Traceback'):][:3000]}")
+    return found
