@@ -7,7 +7,8 @@ Each entry is ``<process>@<point>=<action>``; ``*`` matches any process. Actions
 
 - ``exit:N`` -- leave at once with status N (``os._exit``: no clean-up, like a crash);
 - ``pause:S`` -- sleep S seconds (a window for a test to ``kill -9`` the process);
-- ``ignore-sigterm`` -- from now on SIGTERM does nothing (a stuck process).
+- ``ignore-sigterm`` -- from now on SIGTERM does nothing (a stuck process);
+- ``hang-while:PATH`` -- block (synchronously: a hung event loop) while PATH exists.
 
 An action ending in ``:once`` fires once per ``$GASTOWN_FAULT_STATE`` folder (a marker file
 records it), so a process restarted after a test killed it runs on normally. A fail point
@@ -76,5 +77,8 @@ def fault_point(process: str, point: str) -> None:
     elif kind == "pause":
         print(f"gastown fault: pause at {process}@{point}", file=sys.stderr, flush=True)
         time.sleep(float(arg or "3600"))
+    elif kind == "hang-while":
+        while os.path.exists(arg):
+            time.sleep(0.05)
     elif kind == "ignore-sigterm":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

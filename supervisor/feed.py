@@ -51,6 +51,8 @@ _TEMPLATES: Final = {
     "role_failed": "{role} FAILED: {reason}",
     "role_stopped": "{role} stopped",
     "supervisor_started": "supervisor started (pid {pid})",
+    "town_reloaded": "configuration reloaded ({reason}); restarted: {restarted}",
+    "reload_refused": "configuration reload REFUSED ({reason}): {error}",
     "supervisor_stopping": "supervisor stopping ({reason})",
 }
 

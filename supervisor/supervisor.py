@@ -24,7 +24,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -33,7 +33,9 @@ import trio
 
 from gastown.roles import log
 from gastown.roles.async_store import AsyncStore
+from gastown.roles.config import RigConfig, TownConfig
 from gastown.roles.errors import GastownError
+from gastown.roles.faults import fault_point
 from gastown.roles.role_process import bus_path
 from gastown.roles.store import Store
 from gastown.roles.town import Town
@@ -41,6 +43,7 @@ from gastown.supervisor import __version__
 from gastown.supervisor.children import Lifeline, start_child, stop_child
 from gastown.supervisor.feed import EventLog, describe_exit
 from gastown.supervisor.restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
+from gastown.supervisor.sd_notify import notify
 
 #: Roles whose loss the town cannot work around: giving up on one stops the supervisor
 #: with a non-zero status, so that systemd (Restart=on-failure) takes over.
@@ -51,6 +54,27 @@ CRITICAL_ROLES: Final = frozenset({"mayor"})
 OUTBOX_SAFETY_INTERVAL: Final = 30.0
 
 ReadyCallback = Callable[[dict[str, Any]], None]
+
+
+def policy_of(config: TownConfig) -> RestartPolicy:
+    sup = config.supervisor
+    return RestartPolicy(base_delay=sup.restart_delay, max_delay=sup.restart_max_delay,
+                         max_restarts=sup.max_restarts, period=sup.restart_period,
+                         stable_after=sup.stable_after)
+
+
+def watchdog_interval(env: Mapping[str, str], pid: int) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings (half of ``WATCHDOG_USEC``), or None if off.
+
+    ``WATCHDOG_PID``, when set, must name this process (systemd sets it for the main
+    process only).
+    """
+    usec = env.get("WATCHDOG_USEC")
+    if not usec or not usec.isdigit() or int(usec) == 0:
+        return None
+    if env.get("WATCHDOG_PID") not in (None, "", str(pid)):
+        return None
+    return int(usec) / 2 / 1_000_000
 
 
 def desired_roles(rigs: list[str]) -> list[str]:
@@ -107,11 +131,11 @@ class Supervisor:
         self._outbox_poked = trio.Event()
         self._stop_requested = trio.Event()
         self._reconcile_lock = trio.Lock()
+        self._last_status = ""
         self._log = log.get_logger()
-        sup = self.config.supervisor
-        self.policy = RestartPolicy(base_delay=sup.restart_delay, max_delay=sup.restart_max_delay,
-                                    max_restarts=sup.max_restarts, period=sup.restart_period,
-                                    stable_after=sup.stable_after)
+        self.policy = policy_of(self.config)
+        self.rig_configs: dict[str, RigConfig] = {}
+        self._reload_lock = trio.Lock()
 
     # -- the whole ---------------------------------------------------------------------
 
@@ -128,6 +152,9 @@ class Supervisor:
                     on_publish=self._on_publish))
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._drain_outbox, events)
+                watchdog = watchdog_interval(os.environ, os.getpid())
+                if watchdog is not None:
+                    nursery.start_soon(self._watchdog, watchdog)
                 await self._emit("supervisor_started", pid=os.getpid(), version=__version__)
                 await self._reconcile_roles()
                 nursery.start_soon(self._report_ready, on_ready)
@@ -142,6 +169,10 @@ class Supervisor:
     def request_stop(self, reason: str, *, exit_code: int = 0) -> None:
         if not self._stop_requested.is_set():
             self._log.info("supervisor_stopping", reason=reason)
+            # Roles stop one after another, each allowed its whole grace period.
+            budget = (len(self.roles) * self.config.supervisor.stop_timeout + 5) * 1_000_000
+            notify("STOPPING=1", f"STATUS=stopping: {reason}",
+                   f"EXTEND_TIMEOUT_USEC={int(budget)}")
             self.exit_code = exit_code
             self.state = "stopping"
             self._stop_requested.set()
@@ -152,11 +183,52 @@ class Supervisor:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    # SIGHUP's default action would kill the town; reloading is not built yet.
-                    self._log.warning("supervisor_sighup_ignored",
-                                      reason="configuration reload is not implemented yet")
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.reload, "SIGHUP")
                     continue
                 self.request_stop(signal.Signals(signum).name)
+
+    async def reload(self, reason: str) -> dict[str, Any]:
+        """Re-read town.toml and every rig.toml; restart only the roles that changed.
+
+        A configuration with an error is refused: the running one stays, the error is
+        returned (and logged, and in the feed).
+        """
+        from gastown.roles.town import read_rig_config, read_town_config
+        from gastown.supervisor.reload import roles_to_restart
+
+        async with self._reload_lock:
+            notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1_000_000)}",
+                   "STATUS=reloading configuration")
+            try:
+                rigs = [r.name for r in await self.store.call(self.store.store.rigs)]
+                new_town = await trio.to_thread.run_sync(read_town_config,
+                                                         self.town.config_path)
+                new_rigs = {rig: await trio.to_thread.run_sync(
+                    read_rig_config, self.town.rig_config_path(rig)) for rig in rigs}
+            except GastownError as exc:
+                self._log.error("reload_refused", reason=reason, error=exc.message)
+                await self._emit("reload_refused", reason=reason, error=exc.message)
+                notify("READY=1", f"STATUS={await self._status_line()}")
+                return {"ok": False, "error": exc.message}
+            old_rigs = {rig: self.rig_configs.get(rig, new_rigs[rig]) for rig in rigs}
+            restart = roles_to_restart(self.config, new_town, old_rigs, new_rigs)
+            self.config = new_town
+            self.rig_configs = new_rigs
+            self.policy = policy_of(new_town)
+            for name in restart:
+                old = self.roles.get(name)
+                if old is None:
+                    continue
+                await self._stop_role(old)
+                fresh = RoleRunner(name=name, critical=old.critical, restarts=old.restarts)
+                self.roles[name] = fresh
+                assert self._nursery is not None
+                self._nursery.start_soon(self._run_role, fresh)
+            self._log.info("town_reloaded", reason=reason, restarted=restart)
+            await self._emit("town_reloaded", reason=reason, restarted=restart)
+            notify("READY=1", f"STATUS={await self._status_line()}")
+            return {"ok": True, "restarted": restart}
 
     async def _stop_all(self) -> None:
         """Stop every role, in reverse start order, each with its own grace period."""
@@ -180,6 +252,8 @@ class Supervisor:
         if failed:
             outcome["error"] = "; ".join(f"{r.name} failed: {r.reason}" for r in failed)
         self._log.info("supervisor_ready", ok=not failed, roles=len(self.roles))
+        if not failed:
+            notify("READY=1", f"STATUS={await self._status_line()}", f"MAINPID={os.getpid()}")
         if on_ready is not None:
             on_ready(outcome)
 
@@ -191,6 +265,16 @@ class Supervisor:
             if self._stop_requested.is_set():
                 return
             rigs = [r.name for r in await self.store.call(Store.rigs, self.store.store)]
+            for rig in rigs:
+                if rig not in self.rig_configs:
+                    try:
+                        self.rig_configs[rig] = await trio.to_thread.run_sync(
+                            self.town.rig_config, rig)
+                    except GastownError as exc:
+                        self._log.warning("rig_config_unreadable", rig=rig, error=exc.message)
+            for rig in list(self.rig_configs):
+                if rig not in rigs:
+                    del self.rig_configs[rig]
             wanted = desired_roles(rigs)
             for name in reversed([n for n in self.roles if n not in wanted]):
                 runner = self.roles[name]
@@ -272,6 +356,55 @@ class Supervisor:
                               reason=runner.reason, event=event, **data)
         self._poke_outbox()
 
+    # -- systemd ---------------------------------------------------------------------------
+
+    async def _status_line(self) -> str:
+        """``STATUS=`` for systemd: roles up, polecats working, MRs queued."""
+        counts = await self.store.call(self.store.store.counts)
+        running = sum(r.state == "running" for r in self.roles.values())
+        failed = [r.name for r in self.roles.values() if r.state == "failed"]
+        polecats = counts["polecats"]
+        working = sum(polecats.get(s, 0) for s in ("spawning", "working", "stalled"))
+        mrs = counts["merge_requests"]
+        line = (f"{running}/{len(self.roles)} roles up, {working} polecats working, "
+                f"{mrs.get('queued', 0) + mrs.get('running', 0)} MRs queued")
+        return line + (f"; FAILED: {', '.join(failed)}" if failed else "")
+
+    async def _update_status(self) -> None:
+        line = await self._status_line()
+        if line != self._last_status:
+            self._last_status = line
+            notify(f"STATUS={line}")
+
+    async def _watchdog(self, interval: float) -> None:
+        """``WATCHDOG=1`` every ``interval`` while this loop runs and the roles answer.
+
+        Each tick pings every running role over the bus; one that does not answer within
+        half the interval withholds the ping, so systemd's watchdog sees a town that is
+        wedged as well as a supervisor that is.
+        """
+        from gastown.supervisor.bus.client import open_bus_client
+
+        async with open_bus_client(bus_path(self.town), "supervisor-watchdog") as client:
+            while True:
+                await trio.sleep(interval)
+                fault_point("supervisor", "watchdog.tick")
+                silent = []
+                for runner in list(self.roles.values()):
+                    if runner.state != "running":
+                        continue
+                    with trio.move_on_after(interval / 2):
+                        try:
+                            await client.request(runner.name, "ping", {}, timeout=interval / 2)
+                            continue
+                        except GastownError:
+                            pass
+                    silent.append(runner.name)
+                if silent:
+                    self._log.warning("watchdog_withheld", silent=silent)
+                    continue
+                notify("WATCHDOG=1")
+
     # -- bus ---------------------------------------------------------------------------
 
     async def _handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
@@ -292,6 +425,8 @@ class Supervisor:
         if method == "outbox":
             self._poke_outbox()
             return {"ok": True}
+        if method == "reload":
+            return await self.reload(f"requested by {sender}")
         if method == "shutdown":
             self.request_stop(f"shutdown requested by {sender}")
             return {"stopping": True, "pid": os.getpid()}
@@ -342,6 +477,8 @@ class Supervisor:
                 rigs_changed |= event["kind"] in ("rig_added", "rig_removed")
         if rigs_changed and self._nursery is not None and not self._stop_requested.is_set():
             self._nursery.start_soon(self._reconcile_roles)
+        if self.state == "running":
+            await self._update_status()
 
 
 async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None) -> int:

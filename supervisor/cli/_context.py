@@ -25,12 +25,21 @@ def town_of(args: argparse.Namespace) -> Town:
 
 
 def _configure_cli_logging(town: Town, *, verbose: bool) -> None:
+    """Log to ``logs/cli.log``. A broken town.toml does not stop the CLI here: commands
+    that need the configuration report it themselves, and the ones that do not (status,
+    down, reload, logs, feed) must keep working so that the town can be mended or stopped."""
+    from gastown.roles.errors import ConfigError
     from gastown.roles.log import configure_logging
 
-    config = town.config
+    try:
+        logging = town.config.logging
+        level, max_bytes, backups = logging.level, logging.max_bytes, logging.backups
+    except ConfigError as exc:
+        print(f"gastown: warning: {exc.message}", file=sys.stderr)
+        level, max_bytes, backups = "info", 10 * 1024 * 1024, 5
     configure_logging(town.logs_dir if town.logs_dir.is_dir() else None, role="cli",
-                      level="debug" if verbose else config.logging.level, console=verbose,
-                      max_bytes=config.logging.max_bytes, backups=config.logging.backups)
+                      level="debug" if verbose else level, console=verbose,
+                      max_bytes=max_bytes, backups=backups)
 
 
 @contextmanager

@@ -102,7 +102,6 @@ def _run_foreground(town: Town, ready_fd: int | None) -> int:
     import trio
 
     from gastown.roles import log
-    from gastown.supervisor.sd_notify import notify
     from gastown.supervisor.supervisor import run_supervisor
     from gastown.supervisor.town_lock import SupervisorRunning
 
@@ -112,8 +111,6 @@ def _run_foreground(town: Town, ready_fd: int | None) -> int:
                           max_bytes=config.logging.max_bytes, backups=config.logging.backups)
 
     def report(outcome: dict[str, Any]) -> None:
-        if outcome.get("ok"):
-            notify("READY=1", f"STATUS=town up, pid {os.getpid()}")
         if ready_fd is not None:
             try:
                 os.write(ready_fd, (json.dumps(outcome) + "\n").encode())
@@ -130,11 +127,11 @@ def _run_foreground(town: Town, ready_fd: int | None) -> int:
     except SupervisorRunning as exc:
         report({"ok": False, "already": exc.pid, "error": exc.message})
         return 0 if ready_fd is not None else exc.exit_code
-    notify("STOPPING=1")
     return code
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from gastown.roles.errors import GastownError
     from gastown.supervisor.bus.errors import BusError
     from gastown.supervisor.bus.sync_client import request_sync
     from gastown.supervisor.town_lock import read_supervisor, wait_supervisor_exit
@@ -149,7 +146,10 @@ def cmd_down(args: argparse.Namespace) -> int:
     except BusError:
         # The bus does not answer (hung or half-started supervisor): signal it instead.
         os.kill(running.pid, 15)
-    grace = town.config.supervisor.stop_timeout
+    try:
+        grace = town.config.supervisor.stop_timeout
+    except GastownError:
+        grace = 10.0  # a broken town.toml must not keep a town from stopping
     if not wait_supervisor_exit(town.runtime_dir, timeout=grace * 10 + 30):
         print(f"gastown: the supervisor (pid {running.pid}) is still running after "
               f"{grace * 10 + 30:g}s", file=sys.stderr)
@@ -264,3 +264,27 @@ def _counts(counts: dict[str, int]) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     return _print_status(town_of(args), as_json=args.json)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Re-read town.toml and the rigs' rig.toml; restart only the roles that changed."""
+    from pathlib import Path
+
+    from gastown.roles.errors import GastownError
+    from gastown.roles.town import find_town
+    from gastown.supervisor.bus.errors import BusError
+    from gastown.supervisor.bus.sync_client import request_sync
+
+    # Not town_of(): that loads town.toml, and a broken one is exactly what the supervisor
+    # must be the one to refuse (keeping the configuration it runs).
+    town = find_town(args.town, os.environ, Path.cwd())
+    try:
+        result: dict[str, Any] = request_sync(_bus(town), "bus", "reload", timeout=300)
+    except BusError as exc:
+        raise GastownError(f"the town is not running ({exc.message})") from None
+    if not result.get("ok"):
+        raise GastownError(f"reload refused, the running configuration stays: "
+                           f"{result.get('error')}")
+    restarted = result.get("restarted") or []
+    print("reloaded; restarted: " + (", ".join(restarted) if restarted else "nothing"))
+    return 0

@@ -114,6 +114,9 @@ def build_parser() -> _Parser:
                  "stop the roles, then the supervisor (agent sessions keep running)")
     p.add_argument("--all", action="store_true",
                    help="also stop every polecat's agent session (worktrees are kept)")
+    p = _command(sub, "reload", "gastown.supervisor.cli._lifecycle:cmd_reload",
+                 "re-read town.toml and every rig.toml; restart only the roles they concern "
+                 "(also: SIGHUP to the supervisor, systemctl reload)")
     p = _command(sub, "status", "gastown.supervisor.cli._lifecycle:cmd_status",
                  "the supervisor, each role, the rigs, polecats and merge requests")
     _json_flag(p)
@@ -203,6 +206,28 @@ def build_parser() -> _Parser:
                    help="repair what is safe to repair; work that has not landed is kept")
     p.add_argument("--rig", metavar="R", help="only this rig")
     _json_flag(p)
+
+    svc = sub.add_parser("service", help="install or remove a systemd unit for this town",
+                         description="A systemd unit (gastown-<town folder>.service) that "
+                                     "runs this town's supervisor.")
+    svc.set_defaults(handler=None, help_parser=svc)
+    svc_sub = svc.add_subparsers(title="service commands", metavar="COMMAND",
+                                 parser_class=_Parser)
+    for name, handler, help_text in (
+            ("install", "cmd_install", "write the unit and reload systemd (enables nothing; "
+                                       "prints the commands to run next)"),
+            ("uninstall", "cmd_uninstall", "remove the unit and its enablement links, "
+                                           "reload systemd (a running service keeps running)")):
+        p = _command(svc_sub, name, f"gastown.supervisor.cli._service:{handler}", help_text)
+        p.set_defaults(mode="user")
+        scope = p.add_mutually_exclusive_group()
+        scope.add_argument("--user", dest="mode", action="store_const", const="user",
+                           help="a unit of your user's systemd (default)")
+        scope.add_argument("--system", dest="mode", action="store_const", const="system",
+                           help="a system unit in /etc/systemd/system running as you (root)")
+        if name == "install":
+            p.add_argument("--dry-run", action="store_true",
+                           help="print the unit and where it would go; write nothing")
 
     config = sub.add_parser("config", help="show the effective configuration",
                             description="The configuration in force.")

@@ -1,0 +1,164 @@
+"""Running under systemd: sd_notify (readiness, status, watchdog, stopping) and reload.
+
+A test plays systemd's part: a datagram socket passed as ``NOTIFY_SOCKET`` collects
+what the supervisor says, as systemd would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, make_repo
+from tests.e2e.town_helpers import (
+    role_crashes,
+    role_processes,
+    roles_by_name,
+    town_processes,
+    wait_until,
+)
+
+
+@pytest.fixture
+def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text('[supervisor]\nstop_timeout = "3s"\n'
+                                    'restart_delay = "0.05s"\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web")))
+    cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
+    yield root
+    cli("down")
+    for pid in town_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    crashes = role_crashes(root)
+    shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
+
+
+class FakeSystemd:
+    """Collects sd_notify datagrams on a real AF_UNIX socket, with arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def lines(self, prefix: str) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in list(self.messages) if m.startswith(prefix)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def test_sd_notify_ready_status_watchdog_stopping(cli: Cli, town: Path, tmp_path: Path) -> None:
+    """READY after the roles are up, STATUS lines, WATCHDOG pings that stop when the
+    supervision loop hangs and resume after, STOPPING on SIGTERM; children see none of it."""
+    notify_path = Path(tempfile.mkdtemp(prefix="gn", dir="/tmp")) / "notify"
+    systemd = FakeSystemd(notify_path)
+    hang = tmp_path / "hang"
+    env = {**cli.env, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "600000",
+           "GASTOWN_FAULTS": f"supervisor@watchdog.tick=hang-while:{hang}"}
+    proc = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "up", "--foreground"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: systemd.lines("READY=1"), what="READY=1")
+        assert all(r["state"] == "running" for r in roles_by_name(cli).values())
+        status = [m for _, m in systemd.lines("STATUS=")]
+        assert any("5/5 roles up, 0 polecats working, 0 MRs queued" in m for m in status)
+        wait_until(lambda: len(systemd.lines("WATCHDOG=1")) >= 3, what="watchdog pings")
+        for pid in role_processes(town).values():
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_")) for v in environ)
+
+        hang.touch()  # the next tick blocks the supervisor's event loop
+        time.sleep(0.6)  # let a tick already under way finish
+        hung_from = time.monotonic()
+        time.sleep(2.0)
+        assert [t for t, _ in systemd.lines("WATCHDOG=1") if t > hung_from] == []
+        hang.unlink()
+        wait_until(lambda: [t for t, _ in systemd.lines("WATCHDOG=1") if t > hung_from],
+                   what="pings to resume")
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        stopping = systemd.lines("STOPPING=1")
+        assert stopping and systemd.lines("EXTEND_TIMEOUT_USEC=")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        systemd.close()
+        shutil.rmtree(notify_path.parent, ignore_errors=True)
+
+
+def test_reload_restarts_only_the_changed_rigs_refinery(cli: Cli, town: Path) -> None:
+    """A new gate command restarts refinery:web only; a broken town.toml is refused."""
+    cli.ok("up")
+    before = role_processes(town)
+    rig_toml = town / "web" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text() + '[[merge_queue.gates]]\nname = "test"\n'
+                        'command = "true"\n')
+    assert cli.ok("reload").strip() == "reloaded; restarted: refinery:web"
+    wait_until(lambda: roles_by_name(cli)["refinery:web"]["state"] == "running",
+               what="refinery:web to be back")
+    after = role_processes(town)
+    assert after["refinery:web"] != before["refinery:web"]
+    assert {n: p for n, p in after.items() if n != "refinery:web"} == {
+        n: p for n, p in before.items() if n != "refinery:web"}
+
+    good = (town / "town.toml").read_text()
+    (town / "town.toml").write_text(good + "max_polecat = 3\n")
+    result = cli("reload")
+    assert result.code == 1 and "reload refused" in result.err
+    assert "max_polecat" in result.err and str(town / "town.toml") in result.err
+    assert role_processes(town) == after
+    assert all(r["state"] == "running" for r in roles_by_name(cli).values())
+    (town / "town.toml").write_text(good)
+
+
+def test_sighup_reloads(cli: Cli, town: Path) -> None:
+    """SIGHUP to the supervisor (systemctl reload) reloads like 'gastown reload'."""
+    cli.ok("up")
+    before = role_processes(town)
+    rig_toml = town / "api" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax_respawns = 5\n")
+    supervisor = int(json.loads(cli.ok("status", "--json"))["supervisor"]["pid"])
+    os.kill(supervisor, signal.SIGHUP)
+    wait_until(lambda: role_processes(town).get("witness:api") not in (None,
+                                                                       before["witness:api"]),
+               what="witness:api to be restarted")
+    after = role_processes(town)
+    assert {n: p for n, p in after.items() if n != "witness:api"} == {
+        n: p for n, p in before.items() if n != "witness:api"}
+    assert "configuration reloaded" in cli.ok("feed")
