@@ -131,6 +131,7 @@ def _run_foreground(town: Town, ready_fd: int | None) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from gastown.roles.config import Seconds
     from gastown.roles.errors import GastownError
     from gastown.supervisor.bus.errors import BusError
     from gastown.supervisor.bus.sync_client import request_sync
@@ -149,7 +150,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     try:
         grace = town.config.supervisor.stop_timeout
     except GastownError:
-        grace = 10.0  # a broken town.toml must not keep a town from stopping
+        grace = Seconds(10.0)  # a broken town.toml must not keep a town from stopping
     if not wait_supervisor_exit(town.runtime_dir, timeout=grace * 10 + 30):
         print(f"gastown: the supervisor (pid {running.pid}) is still running after "
               f"{grace * 10 + 30:g}s", file=sys.stderr)
