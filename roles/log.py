@@ -12,8 +12,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import socket
 import sys
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -81,19 +82,95 @@ class RotatingLog:
         self._file.close()
 
 
+#: Where journald listens for its native protocol; tests point it elsewhere.
+JOURNAL_SOCKET_ENV: Final = "GASTOWN_JOURNAL_SOCKET"
+#: Set by the supervisor for its roles when it runs under journald (the roles cannot
+#: tell by themselves: ``JOURNAL_STREAM`` is scrubbed from every child's environment).
+JOURNAL_ENV: Final = "GASTOWN_JOURNAL"
+_SYSLOG_PRIORITY: Final = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2,
+                           "exception": 3}
+
+
+def under_journald(env: Mapping[str, str], stderr_fd: int = 2) -> bool:
+    """Whether stderr is journald's stream (``JOURNAL_STREAM`` names its device:inode)."""
+    if env.get(JOURNAL_ENV) == "1":
+        return True
+    stream = env.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(stderr_fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def journal_fields(event_dict: Mapping[str, Any], message: str) -> bytes:
+    """One native-protocol datagram: ``MESSAGE``, ``PRIORITY``, ``SYSLOG_IDENTIFIER`` and the
+    context as fields (``GASTOWN_ROLE``, ``GASTOWN_RIG``, ``GASTOWN_POLECAT``, ``GASTOWN_BEAD``,
+    ``GASTOWN_EVENT``), so ``journalctl GASTOWN_RIG=web`` filters and ``-o cat`` reads well."""
+    fields: dict[str, str] = {
+        "MESSAGE": message,
+        "PRIORITY": str(_SYSLOG_PRIORITY.get(str(event_dict.get("level", "info")), 6)),
+        "SYSLOG_IDENTIFIER": "gastown",
+        "GASTOWN_EVENT": str(event_dict.get("event", "")),
+    }
+    for key in CONTEXT_KEYS:
+        if event_dict.get(key) is not None:
+            fields[f"GASTOWN_{key.upper()}"] = str(event_dict[key])
+    out = bytearray()
+    for key, value in fields.items():
+        data = value.encode("utf-8", "replace")
+        if b"\n" in data:
+            out += key.encode() + b"\n" + len(data).to_bytes(8, "little") + data + b"\n"
+        else:
+            out += key.encode() + b"=" + data + b"\n"
+    return bytes(out)
+
+
+class JournalSink:
+    """Sends each log event to journald over its native datagram protocol."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+
+    def send(self, datagram: bytes) -> None:
+        try:
+            self.sock.sendto(datagram, self.path)
+        except OSError:
+            pass  # journald restarting or a datagram too large: the file log has it
+
+
+def readable(event_dict: Mapping[str, Any]) -> str:
+    """``role  event  key=value ...``: a line for ``journalctl -o cat``."""
+    rec = dict(event_dict)
+    for key in ("timestamp", "level"):
+        rec.pop(key, None)
+    head = " ".join(str(rec.pop(k)) for k in ("role", "event") if k in rec)
+    tail = " ".join(f"{k}={v}" for k, v in rec.items())
+    return f"{head}  {tail}".rstrip()
+
+
 class _Tee:
-    """Final processor: write the JSON line to the file, return the console line or drop."""
+    """Final processor: write the JSON line to the file (and the journal), return the
+    console line or drop."""
 
     def __init__(self, file: RotatingLog | None, console: structlog.dev.ConsoleRenderer | None,
-                 json_console: bool) -> None:
+                 json_console: bool, journal: JournalSink | None = None) -> None:
         self.file = file
         self.console = console
         self.json_console = json_console
+        self.journal = journal
 
     def __call__(self, logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
         line = json.dumps(event_dict, default=str, ensure_ascii=False)
         if self.file is not None:
             self.file.write_line(line)
+        if self.journal is not None:
+            self.journal.send(journal_fields(event_dict, readable(event_dict)))
+            raise structlog.DropEvent
         if self.json_console:
             return line
         if self.console is not None:
@@ -111,13 +188,20 @@ def _order_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 
 def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
                       console: bool | None = None, json_console: bool = False,
-                      max_bytes: int = 10 * 1024 * 1024, backups: int = 5) -> None:
+                      max_bytes: int = 10 * 1024 * 1024, backups: int = 5,
+                      journal: bool | None = None) -> None:
     """Route this process's structlog output to ``logs_dir/<role>.log`` and maybe stderr.
 
     ``console=None`` means: readable lines on stderr when it is a terminal.
+    ``journal=None`` means: to journald (native protocol, context as fields) when running
+    under it; stderr then carries nothing, so the journal gets each line once.
     """
+    if journal is None:
+        journal = under_journald(os.environ)
+    sink = (JournalSink(os.environ.get(JOURNAL_SOCKET_ENV, "/run/systemd/journal/socket"))
+            if journal else None)
     if console is None:
-        console = sys.stderr.isatty()
+        console = sys.stderr.isatty() and sink is None
     file = (RotatingLog(logs_dir / log_file_name(role), max_bytes, backups)
             if logs_dir is not None else None)
     renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console else None
@@ -128,7 +212,7 @@ def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             _order_context,
-            _Tee(file, renderer, json_console),
+            _Tee(file, renderer, json_console, sink),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, 20)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),

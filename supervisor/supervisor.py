@@ -136,6 +136,13 @@ class Supervisor:
         self.policy = policy_of(self.config)
         self.rig_configs: dict[str, RigConfig] = {}
         self._reload_lock = trio.Lock()
+        from gastown.roles.log import JOURNAL_ENV, under_journald
+
+        self._child_env = dict(os.environ)
+        if under_journald(os.environ):
+            # JOURNAL_STREAM is scrubbed from children (it names *our* stderr); tell the
+            # roles explicitly that their lines belong in the journal.
+            self._child_env[JOURNAL_ENV] = "1"
 
     # -- the whole ---------------------------------------------------------------------
 
@@ -299,7 +306,7 @@ class Supervisor:
                     runner.state = "starting"
                     runner.history = runner.history.record_start(trio.current_time())
                     try:
-                        proc = await start_child(argv, env=os.environ, cwd=self.town.root,
+                        proc = await start_child(argv, env=self._child_env, cwd=self.town.root,
                                                  lifeline=self.lifeline,
                                                  stdout_path=stdout_path)
                     except OSError as exc:

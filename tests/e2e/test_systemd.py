@@ -162,3 +162,80 @@ def test_sighup_reloads(cli: Cli, town: Path) -> None:
     assert {n: p for n, p in after.items() if n != "witness:api"} == {
         n: p for n, p in before.items() if n != "witness:api"}
     assert "configuration reloaded" in cli.ok("feed")
+
+
+def parse_journal(datagram: bytes) -> dict[str, str]:
+    """Decode one native-protocol datagram (``KEY=value`` lines and the binary form)."""
+    fields: dict[str, str] = {}
+    rest = datagram
+    while rest:
+        line, _, after = rest.partition(b"\n")
+        if b"=" in line:
+            key, _, value = line.partition(b"=")
+            fields[key.decode()] = value.decode()
+            rest = after
+        else:
+            size = int.from_bytes(after[:8], "little")
+            fields[line.decode()] = after[8:8 + size].decode()
+            rest = after[8 + size + 1:]
+    return fields
+
+
+def test_journald_gets_fields_for_role_rig_polecat_and_bead(cli: Cli, town: Path,
+                                                             tmp_path: Path) -> None:
+    """Under journald every process logs natively with role, rig, polecat and bead as
+    fields, and nothing twice on stderr."""
+    journal_path = Path(tempfile.mkdtemp(prefix="gj", dir="/tmp")) / "journal"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(journal_path))
+    sock.settimeout(0.2)
+    received: list[dict[str, str]] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            try:
+                received.append(parse_journal(sock.recv(1 << 20)))
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=collect, daemon=True)
+    thread.start()
+    (town / "town.toml").write_text((town / "town.toml").read_text() +
+                                    '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+                                    '[sessions]\nbackend = "process"\n')
+    stderr_path = tmp_path / "stderr"
+    with open(stderr_path, "wb") as stderr:
+        st = os.fstat(stderr.fileno())
+        env = {**cli.env, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}",
+               "GASTOWN_JOURNAL_SOCKET": str(journal_path)}
+        proc = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "up",
+                                 "--foreground"], env=env, stdout=subprocess.DEVNULL,
+                                stderr=stderr)
+    try:
+        wait_until(lambda: len(role_processes(town)) == 5 and all(
+            r["state"] == "running" for r in roles_by_name(cli).values()), what="the town")
+        bead = cli.ok("bead", "create", "j", "--rig", "web").strip()
+        name = cli.ok("sling", bead, "web", "--agent", "sleeper").split()[0]
+        wait_until(lambda: any(f.get("GASTOWN_EVENT") == "polecat_slung" for f in received),
+                   what="the mayor's sling line in the journal")
+        slung = next(f for f in received if f.get("GASTOWN_EVENT") == "polecat_slung")
+        assert slung["GASTOWN_ROLE"] == "mayor" and slung["GASTOWN_RIG"] == "web"
+        assert slung["GASTOWN_BEAD"] == bead and slung["GASTOWN_POLECAT"] == name
+        assert slung["SYSLOG_IDENTIFIER"] == "gastown" and slung["PRIORITY"] == "6"
+        assert slung["MESSAGE"].startswith("mayor polecat_slung") and bead in slung["MESSAGE"]
+        roles = {f.get("GASTOWN_ROLE") for f in received}
+        assert {"supervisor", "mayor", "witness:web", "refinery:api"} <= roles
+        witness = next(f for f in received if f.get("GASTOWN_ROLE") == "witness:web")
+        assert witness["GASTOWN_RIG"] == "web"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "role_ready" not in stderr_path.read_text()  # once, in the journal only
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cli("down", "--all")
+        stop.set()
+        thread.join(5)
+        sock.close()
+        shutil.rmtree(journal_path.parent, ignore_errors=True)
