@@ -855,6 +855,13 @@ class Store:
         with self.transaction() as conn:
             self._emit(conn, kind, rig=rig, polecat=polecat, bead=bead, **data)
 
+    def recent_events(self, kinds: Sequence[str], limit: int = 5) -> list[Event]:
+        """The newest ``limit`` events of these kinds, newest first."""
+        marks = ", ".join("?" * len(kinds))
+        rows = self._conn.execute(f"SELECT * FROM events WHERE kind IN ({marks}) "
+                                  "ORDER BY seq DESC LIMIT ?", (*kinds, limit)).fetchall()
+        return [_event(r) for r in rows]
+
     def last_event_seq(self) -> int:
         row = self._conn.execute("SELECT MAX(seq) AS seq FROM events").fetchone()
         return int(row["seq"] or 0)

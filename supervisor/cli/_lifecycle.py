@@ -17,6 +17,10 @@ from gastown.supervisor.cli._context import age, print_json, print_table, store_
 #: How long ``up`` waits for every role to report ready.
 UP_TIMEOUT = 60.0
 
+#: Events that ``status`` lists as recent failures.
+FAILURE_KINDS = ("role_failed", "mr_rejected", "polecat_escalated", "sling_failed",
+                 "reload_refused", "polecat_noted")
+
 
 def _bus(town: Town) -> Any:
     return town.runtime_dir / "bus.sock"
@@ -207,6 +211,9 @@ def gather_status(town: Town) -> dict[str, Any]:
         rigs = store.rigs()
         counts = store.counts()
         recorded = store.roles()
+        polecats = store.polecats()
+        queue = [m for m in store.merge_requests() if m.state in ("queued", "running")]
+        failures = store.recent_events(FAILURE_KINDS, limit=5)
     status: dict[str, Any] = {"town": str(town.root)}
     if live is not None:
         status["supervisor"] = live["supervisor"]
@@ -221,6 +228,12 @@ def gather_status(town: Town) -> dict[str, Any]:
                        "path": str(town.rig_dir(r.name))} for r in rigs]
     status["polecats"] = counts["polecats"]
     status["merge_requests"] = counts["merge_requests"]
+    status["polecat_list"] = [{"rig": p.rig, "name": p.name, "state": p.state, "bead": p.bead,
+                               "reason": p.reason, "created_at": p.created_at}
+                              for p in polecats]
+    status["merge_queue"] = [{"id": m.id, "rig": m.rig, "bead": m.bead, "state": m.state,
+                              "step": m.step, "gate": m.gate} for m in queue]
+    status["recent_failures"] = [e.as_json() for e in failures]
     return status
 
 
@@ -253,6 +266,25 @@ def _print_status(town: Town, *, as_json: bool) -> int:
     print(f"rigs:           {rigs}")
     print(f"polecats:       {_counts(status['polecats'])}")
     print(f"merge requests: {_counts(status['merge_requests'])}")
+    if status["polecat_list"]:
+        print()
+        print_table(["POLECAT", "STATE", "BEAD", "AGE"],
+                    [[f"{p['rig']}/{p['name']}", p["state"] + (f" ({p['reason']})"
+                                                              if p["reason"] else ""),
+                      p["bead"], age(p["created_at"])] for p in status["polecat_list"]])
+    if status["merge_queue"]:
+        print()
+        print_table(["MR", "RIG", "BEAD", "STATE"],
+                    [[m["id"], m["rig"], m["bead"], m["state"] + (
+                        f": {m['step']}" + (f" ({m['gate']})" if m["gate"] else "")
+                        if m["state"] == "running" else "")] for m in status["merge_queue"]])
+    if status["recent_failures"]:
+        from gastown.supervisor.feed import format_event
+
+        print()
+        print("recent failures:")
+        for event in status["recent_failures"]:
+            print(f"  {format_event(event)}")
     return 0
 
 
@@ -264,7 +296,23 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    return _print_status(town_of(args), as_json=args.json)
+    town = town_of(args)
+    if args.watch is None:
+        return _print_status(town, as_json=args.json)
+    if args.json:
+        from gastown.roles.errors import UsageError
+
+        raise UsageError("--watch shows the readable status; use --json without --watch")
+    interval = max(0.5, args.watch)
+    try:
+        while True:
+            # Home the cursor and clear below it: the screen is rewritten in place.
+            sys.stdout.write("\x1b[H\x1b[J")
+            _print_status(town, as_json=False)
+            print(f"\n(refreshing every {interval:g}s; Ctrl-C to quit)", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -118,8 +118,11 @@ def build_parser() -> _Parser:
                  "re-read town.toml and every rig.toml; restart only the roles they concern "
                  "(also: SIGHUP to the supervisor, systemctl reload)")
     p = _command(sub, "status", "gastown.supervisor.cli._lifecycle:cmd_status",
-                 "the supervisor, each role, the rigs, polecats and merge requests")
+                 "the supervisor, each role, the rigs, polecats, the merge queue and recent "
+                 "failures")
     _json_flag(p)
+    p.add_argument("--watch", nargs="?", type=float, const=2.0, default=None,
+                   metavar="SECONDS", help="refresh in place every SECONDS (default 2)")
     p = _command(sub, "logs", "gastown.supervisor.cli._observe:cmd_logs",
                  "the role log files merged by time")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")

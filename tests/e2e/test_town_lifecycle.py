@@ -237,3 +237,25 @@ def test_feed_follow_prints_new_events(cli: Cli, town: Path) -> None:
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_status_watch_refreshes_in_place(cli: Cli, town: Path) -> None:
+    """status --watch rewrites the screen (cursor home + clear) with fresh status."""
+    cli.ok("up")
+    watcher = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "status",
+                                "--watch", "0.5"], env=cli.env, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert watcher.stdout is not None
+        frames = 0
+        for line in watcher.stdout:
+            if line.startswith("\x1b[H\x1b[J"):
+                frames += 1
+                assert line.endswith(f"town:       {town}\n")
+            if frames == 2:
+                break
+    finally:
+        watcher.kill()
+        watcher.wait()
+    result = cli("status", "--watch", "--json")
+    assert result.code == 2
