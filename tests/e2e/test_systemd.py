@@ -224,6 +224,11 @@ def test_journald_gets_fields_for_role_rig_polecat_and_bead(cli: Cli, town: Path
         assert slung["GASTOWN_BEAD"] == bead and slung["GASTOWN_POLECAT"] == name
         assert slung["SYSLOG_IDENTIFIER"] == "gastown" and slung["PRIORITY"] == "6"
         assert slung["MESSAGE"].startswith("mayor polecat_slung") and bead in slung["MESSAGE"]
+        file_lines = [json.loads(line) for line in
+                      (town / "logs" / "mayor.log").read_text().splitlines()]
+        in_file = next(r for r in file_lines if r["event"] == "polecat_slung")
+        assert (in_file["role"], in_file["rig"], in_file["bead"], in_file["polecat"]) == (
+            "mayor", "web", bead, name)
         roles = {f.get("GASTOWN_ROLE") for f in received}
         assert {"supervisor", "mayor", "witness:web", "refinery:api"} <= roles
         witness = next(f for f in received if f.get("GASTOWN_ROLE") == "witness:web")
