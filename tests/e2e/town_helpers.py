@@ -43,7 +43,7 @@ def role_processes(town: Path) -> dict[str, int]:
     return out
 
 
-def wait_until(check: Callable[[], T | None], *, timeout: float = 30.0,
+def wait_until(check: Callable[[], T | None], *, timeout: float = 90.0,
                what: str = "condition") -> T:
     """Re-check ``check`` until it returns a truthy value. Used only to observe other
     processes (their death, their state in ``status``), which no event of ours reports."""
