@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,11 @@ import pytest
 
 from gastown.roles.processes import processes_with_env
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import feed_kinds, town_processes, wait_until
+from tests.e2e.town_helpers import (
+    feed_kinds,
+    tear_down_town,
+    wait_until,
+)
 
 TOWN_TOML = ('default_agent = "script"\n[sessions]\nbackend = "process"\n'
              '[supervisor]\nstop_timeout = "2s"\nrestart_delay = "0.05s"\n'
@@ -30,13 +32,7 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     cli.env["GASTOWN_TOWN"] = str(root)
     cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web", files={"app.py": "x = 1\n"})))
     yield root
-    cli("down", "--all")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    shutil.rmtree(root.parent, ignore_errors=True)
+    tear_down_town(cli, root)
 
 
 def polecats(cli: Cli) -> dict[str, dict[str, object]]:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +19,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import (
+    new_town_root,
+    role_processes,
+    tear_down_town,
+    wait_until,
+)
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 ENV_DUMP = ('[agents.envdump]\ncommand = ["{python}", "-c", "import json, os, sys; '
@@ -50,7 +54,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def town(cli: Cli, tmp_path: Path, backend: str) -> Iterator[Path]:
     """A town with rig ``web`` (script agent by default) in a short path; torn down hard."""
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     write_town_config(root, backend, SLEEPER + ENV_DUMP)
     cli.env["GASTOWN_TOWN"] = str(root)
@@ -62,19 +66,7 @@ def town(cli: Cli, tmp_path: Path, backend: str) -> Iterator[Path]:
                         f'command = "while [ ! -e {root}/release ]; do sleep 0.1; done"\n'
                         'timeout = "1h"\n')
     yield root
-    cli("down", "--all")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    from gastown.roles.sessions import tmux_socket_name
-
-    subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
-                   capture_output=True, check=False)
-    crashes = role_crashes(root)
-    shutil.rmtree(root.parent, ignore_errors=True)
-    assert not crashes, "\n".join(crashes)
+    tear_down_town(cli, root)
 
 
 def polecats(cli: Cli) -> dict[str, dict[str, object]]:

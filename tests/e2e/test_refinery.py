@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -19,7 +17,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import (
+    new_town_root,
+    role_processes,
+    tear_down_town,
+    wait_until,
+)
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 
@@ -35,7 +38,7 @@ def remote(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def town(cli: Cli, remote: Path, tmp_path: Path) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text(
         'default_agent = "script"\nmax_polecats = 40\n[sessions]\nbackend = "process"\n'
@@ -44,15 +47,7 @@ def town(cli: Cli, remote: Path, tmp_path: Path) -> Iterator[Path]:
     cli.env["GASTOWN_FAULT_STATE"] = str(tmp_path)
     cli.ok("rig", "add", "web", str(remote))
     yield root
-    cli("down", "--all")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    crashes = role_crashes(root)
-    shutil.rmtree(root.parent, ignore_errors=True)
-    assert not crashes, "\n".join(crashes)
+    tear_down_town(cli, root)
 
 
 def configure(town: Path, text: str) -> None:

@@ -23,17 +23,17 @@ import pytest
 
 from tests.conftest import Cli, make_repo
 from tests.e2e.town_helpers import (
-    role_crashes,
+    new_town_root,
     role_processes,
     roles_by_name,
-    town_processes,
+    tear_down_town,
     wait_until,
 )
 
 
 @pytest.fixture
 def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text('[supervisor]\nstop_timeout = "3s"\n'
                                     'restart_delay = "0.05s"\n')
@@ -41,15 +41,7 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web")))
     cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
     yield root
-    cli("down")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    crashes = role_crashes(root)
-    shutil.rmtree(root.parent, ignore_errors=True)
-    assert not crashes, "\n".join(crashes)
+    tear_down_town(cli, root)
 
 
 class FakeSystemd:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,10 +20,11 @@ import pytest
 from tests.conftest import Cli, make_repo
 from tests.e2e.town_helpers import (
     feed_kinds,
-    role_crashes,
+    new_town_root,
     role_processes,
     roles_by_name,
     status,
+    tear_down_town,
     town_processes,
     wait_until,
 )
@@ -45,22 +44,14 @@ stop_timeout = "2s"
 @pytest.fixture
 def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     """An installed town with rigs ``web`` and ``api`` in a short path; torn down hard."""
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text((root / "town.toml").read_text() + FAST_POLICY)
     cli.env["GASTOWN_TOWN"] = str(root)
     cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web")))
     cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
     yield root
-    cli("down")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    crashes = role_crashes(root)
-    shutil.rmtree(root.parent, ignore_errors=True)
-    assert not crashes, "\n".join(crashes)
+    tear_down_town(cli, root)
 
 
 def test_up_runs_five_role_processes_and_down_stops_them(cli: Cli, town: Path) -> None:

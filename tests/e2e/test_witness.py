@@ -10,14 +10,19 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import role_crashes, role_processes, town_processes, wait_until
+from tests.e2e.town_helpers import (
+    new_town_root,
+    role_processes,
+    tear_down_town,
+    town_processes,
+    wait_until,
+)
 
 AGENTS = (
     '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
@@ -37,7 +42,7 @@ def remote(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def town(cli: Cli, remote: Path) -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text(
         'default_agent = "script"\nmax_polecats = 60\n[sessions]\nbackend = "process"\n'
@@ -48,15 +53,7 @@ def town(cli: Cli, remote: Path) -> Iterator[Path]:
     rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 60\nmax_respawns = 2\n"
                         '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
     yield root
-    cli("down", "--all")
-    for pid in town_processes(root):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    crashes = role_crashes(root)
-    shutil.rmtree(root.parent, ignore_errors=True)
-    assert not crashes, "\n".join(crashes)
+    tear_down_town(cli, root)
 
 
 def beads(cli: Cli) -> dict[str, dict[str, object]]:
@@ -194,7 +191,7 @@ def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Pat
     """50 live polecats on a 5,000-file repository: the witness holds < 200 inotify watches."""
     files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
     big = make_repo(tmp_path / "big", files=files)
-    root = Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+    root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text('max_polecats = 60\n[sessions]\nbackend = "process"\n'
                                     + AGENTS)

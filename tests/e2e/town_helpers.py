@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,3 +83,26 @@ def role_crashes(town: Path) -> list[str]:
         if "Traceback (most recent call last)" in text:
             found.append(f"{out.name}:\n{text[text.index('Traceback'):][:3000]}")
     return found
+
+
+def new_town_root() -> Path:
+    """A fresh town path short enough for the bus socket (``sun_path`` is 108 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
+
+
+def tear_down_town(cli: Cli, root: Path) -> None:
+    """Stop the town and its agents, kill whatever is left, delete it; then fail the test
+    if any role process wrote a traceback while it ran."""
+    cli("down", "--all")
+    for pid in town_processes(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    from gastown.roles.sessions import tmux_socket_name
+
+    subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
+                   capture_output=True, check=False)
+    crashes = role_crashes(root)
+    shutil.rmtree(root.parent, ignore_errors=True)
+    assert not crashes, "\n".join(crashes)
