@@ -277,3 +277,20 @@ def test_kill_9_mayor_mid_sling_leaves_nothing_half_made(cli: Cli, town: Path,
         assert status == "hooked" and all(p["session_alive"] for p in mine)
     else:
         assert status == "open"
+
+
+def test_forced_rig_remove_stops_its_agents(cli: Cli, town: Path) -> None:
+    """rig remove --force takes the rig's live agent sessions down with its worktrees."""
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "doomed", "--rig", "web").strip()
+    name = cli.ok("sling", bead, "web", "--agent", "sleeper").split()[0]
+    assert polecats(cli)[name]["session_alive"] is True
+    result = cli("rig", "remove", "web")
+    assert result.code == 1 and "live polecat" in result.err
+    cli.ok("rig", "remove", "web", "--force")
+    assert not (town / "web").exists()
+    from gastown.roles.processes import processes_with_env
+
+    wait_until(lambda: processes_with_env({"GASTOWN_TOWN": str(town),
+                                           "GASTOWN_POLECAT": name}) == [],
+               what="the agent to be stopped")
