@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import restart, startup
+from bench import done_latency, restart, startup
 
 
 def main() -> None:
@@ -10,6 +10,8 @@ def main() -> None:
     startup.main()
     print("\n== role restart latency ==")
     restart.main()
+    print("\n== done -> merge queue ==")
+    done_latency.main()
 
 
 if __name__ == "__main__":
