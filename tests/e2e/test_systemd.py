@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import Cli, make_repo
 from tests.e2e.town_helpers import (
     new_town_root,
+    role_history,
     role_processes,
     roles_by_name,
     tear_down_town,
@@ -127,7 +128,7 @@ def test_reload_restarts_only_the_changed_rigs_refinery(cli: Cli, town: Path) ->
     after = role_processes(town)
     assert after["refinery:web"] != before["refinery:web"]
     assert {n: p for n, p in after.items() if n != "refinery:web"} == {
-        n: p for n, p in before.items() if n != "refinery:web"}
+        n: p for n, p in before.items() if n != "refinery:web"}, role_history(cli, "witness")
 
     good = (town / "town.toml").read_text()
     (town / "town.toml").write_text(good + "max_polecat = 3\n")

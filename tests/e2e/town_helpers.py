@@ -38,12 +38,24 @@ def town_processes(town: Path) -> dict[int, str]:
 
 
 def role_processes(town: Path) -> dict[str, int]:
-    """Role name -> pid for the town's live role processes."""
+    """Role name -> pid for the town's live role processes.
+
+    A role that forks (git through ``sh``) has, for an instant, a child with the same
+    command line; a process whose parent has its command line is that child, not a role.
+    """
+    found = town_processes(town)
     out: dict[str, int] = {}
-    for pid, cmd in town_processes(town).items():
+    for pid, cmd in found.items():
         parts = cmd.split()
-        if "gastown.roles" in parts:
-            out[parts[parts.index("gastown.roles") + 1]] = pid
+        if "gastown.roles" not in parts:
+            continue
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if found.get(ppid) == cmd:
+            continue
+        out[parts[parts.index("gastown.roles") + 1]] = pid
     return out
 
 
@@ -106,3 +118,8 @@ def tear_down_town(cli: Cli, root: Path) -> None:
     crashes = role_crashes(root)
     shutil.rmtree(root.parent, ignore_errors=True)
     assert not crashes, "\n".join(crashes)
+
+
+def role_history(cli: Cli, role: str) -> str:
+    """The feed's events about ``role``, for assertion messages."""
+    return "\n".join(line for line in cli.ok("feed").splitlines() if role in line)
