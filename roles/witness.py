@@ -141,8 +141,11 @@ class Witness:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_on_cancel)
             task_status.started()
+            # watchfiles' thread wakes every `step` ms to check the stop event: 20 ms cost
+            # 0.3 % of a core per idle witness (measured); the store event is the fast path
+            # for completion anyway, the marker a safety net.
             async for changes in watchfiles.awatch(folder, recursive=False, stop_event=stop,
-                                                   debounce=50, step=20):
+                                                   debounce=100, step=250):
                 for change, path in changes:
                     name = Path(path).name
                     if change != watchfiles.Change.deleted and name.startswith(".") and \
