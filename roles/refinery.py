@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -50,7 +49,6 @@ class BatchState:
 
     base: str
     tips: dict[tuple[str, ...], str] = field(default_factory=dict)
-    gate_runs: int = 0
 
 
 def short(commit: str | None) -> str:
@@ -271,7 +269,6 @@ class Refinery:
                 if not ok:
                     # The last red run holds the culprit (bisection only narrows onto it).
                     last_failure, last_tail = failure, tail
-                state.gate_runs += 1
                 tested = (tuple(action.mrs), candidate)
                 plan = record_test(plan, ok)
             elif isinstance(action, Land):
@@ -420,6 +417,3 @@ class Refinery:
                 self._log.warning("resling_failed", bead=mr.bead, error=exc.message)
         await self._announce()
 
-
-def refinery_log_path(town_root: Path, rig: str, mr_id: str) -> Path:
-    return town_root / "logs" / "mq" / f"{rig}-{mr_id}.log"
