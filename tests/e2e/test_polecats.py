@@ -26,7 +26,8 @@ from tests.e2e.town_helpers import (
     wait_until,
 )
 
-SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+SLEEPER = ('[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+           '[agents.talker]\ncommand = ["sh", "-c", "echo hello from {bead}; sleep 600"]\n')
 ENV_DUMP = ('[agents.envdump]\ncommand = ["{python}", "-c", "import json, os, sys; '
             'json.dump(dict(os.environ, _argv=sys.argv[1:], _cwd=os.getcwd()), '
             'open(os.environ[\'GASTOWN_WORKTREE\'] + \'.env.json\', \'w\')); '
@@ -294,3 +295,40 @@ def test_forced_rig_remove_stops_its_agents(cli: Cli, town: Path) -> None:
     wait_until(lambda: processes_with_env({"GASTOWN_TOWN": str(town),
                                            "GASTOWN_POLECAT": name}) == [],
                what="the agent to be stopped")
+
+
+def test_attach_reaches_the_agent(cli: Cli, town: Path, backend: str) -> None:
+    """attach joins the tmux session (tmux backend) or follows the agent's output (process)."""
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "talk", "--rig", "web").strip()
+    name = cli.ok("sling", bead, "web", "--agent", "talker").split()[0]
+    if backend == "tmux":
+        from gastown.roles.sessions import tmux_socket_name
+
+        # A terminal for attach: a tmux session of the test's own server runs it.
+        own = f"gt-test-{os.getpid()}"
+        subprocess.run(["tmux", "-L", own, "new-session", "-d", "-x", "200", "-y", "50",
+                        f"{sys.executable} -m gastown.supervisor attach web/{name}"],
+                       env=cli.env, check=True)
+        try:
+            def attached() -> bool:
+                out = subprocess.run(["tmux", "-L", tmux_socket_name(town), "list-clients"],
+                                     capture_output=True, text=True, check=False).stdout
+                return bool(out.strip())
+
+            wait_until(attached, what="a client attached to the polecat's session")
+            screen = subprocess.run(["tmux", "-L", own, "capture-pane", "-p"],
+                                    capture_output=True, text=True, check=True).stdout
+            assert f"hello from {bead}" in screen
+        finally:
+            subprocess.run(["tmux", "-L", own, "kill-server"], capture_output=True, check=False)
+        return
+    follower = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "attach",
+                                 f"web/{name}"], env=cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert f"hello from {bead}" in follower.stdout.readline()
+    finally:
+        follower.kill()
+        follower.wait()
