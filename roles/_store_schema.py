@@ -1,0 +1,107 @@
+"""The store's schema: migrations applied in order, ``PRAGMA user_version`` counting them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Schema migrations, applied in order; ``PRAGMA user_version`` is the number applied.
+#: Append only: a released migration is never edited.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE rigs (
+        name            TEXT PRIMARY KEY,
+        prefix          TEXT NOT NULL UNIQUE,
+        repo            TEXT NOT NULL,
+        default_branch  TEXT NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE TABLE beads (
+        id          TEXT PRIMARY KEY,
+        rig         TEXT,
+        title       TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        priority    INTEGER NOT NULL DEFAULT 2 CHECK (priority BETWEEN 0 AND 4),
+        status      TEXT NOT NULL DEFAULT 'open'
+                    CHECK (status IN ('open', 'hooked', 'in_review', 'closed', 'blocked')),
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX beads_by_rig_status ON beads (rig, status);
+    CREATE TABLE polecats (
+        rig         TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        bead        TEXT,
+        branch      TEXT NOT NULL,
+        worktree    TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (rig, name)
+    );
+    CREATE TABLE events (
+        seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts      REAL NOT NULL,
+        kind    TEXT NOT NULL,
+        rig     TEXT,
+        polecat TEXT,
+        bead    TEXT,
+        data    TEXT NOT NULL DEFAULT '{}'
+    );
+    """,
+    """
+    CREATE TABLE roles (
+        name        TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        pid         INTEGER,
+        started_at  REAL,
+        restarts    INTEGER NOT NULL DEFAULT 0,
+        last_exit   INTEGER,
+        reason      TEXT,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE merge_requests (
+        id          TEXT PRIMARY KEY,
+        rig         TEXT NOT NULL,
+        bead        TEXT NOT NULL,
+        polecat     TEXT NOT NULL,
+        branch      TEXT NOT NULL,
+        state       TEXT NOT NULL,
+        priority    INTEGER NOT NULL DEFAULT 2,
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX merge_requests_by_rig_state ON merge_requests (rig, state);
+    """,
+    """
+    ALTER TABLE polecats ADD COLUMN agent TEXT NOT NULL DEFAULT '';
+    ALTER TABLE polecats ADD COLUMN session TEXT;
+    ALTER TABLE polecats ADD COLUMN respawns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN reason TEXT;
+    ALTER TABLE polecats ADD COLUMN sling INTEGER;
+    ALTER TABLE merge_requests ADD COLUMN head TEXT;
+    ALTER TABLE merge_requests ADD COLUMN base TEXT;
+    CREATE TABLE slings (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        bead        TEXT NOT NULL,
+        rig         TEXT NOT NULL,
+        agent       TEXT,
+        force       INTEGER NOT NULL DEFAULT 0,
+        state       TEXT NOT NULL DEFAULT 'queued',
+        polecat     TEXT,
+        error       TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX slings_by_state ON slings (state, id);
+    """,
+    """
+    ALTER TABLE merge_requests ADD COLUMN step TEXT;
+    ALTER TABLE merge_requests ADD COLUMN gate TEXT;
+    ALTER TABLE merge_requests ADD COLUMN candidate TEXT;
+    ALTER TABLE merge_requests ADD COLUMN merged_commit TEXT;
+    ALTER TABLE merge_requests ADD COLUMN log_path TEXT;
+    ALTER TABLE slings ADD COLUMN note TEXT;
+    """,
+)
