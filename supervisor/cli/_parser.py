@@ -37,6 +37,15 @@ def _command(sub: argparse._SubParsersAction[_Parser], name: str, handler: str,
     return parser
 
 
+def _group(sub: argparse._SubParsersAction[_Parser], name: str, help_text: str,
+           description: str) -> argparse._SubParsersAction[_Parser]:
+    """A command with sub-commands (``rig add``...); alone it prints its own help."""
+    parser = sub.add_parser(name, help=help_text, description=description)
+    parser.set_defaults(handler=None, help_parser=parser)
+    return parser.add_subparsers(title=f"{name} commands", metavar="COMMAND",
+                                 parser_class=_Parser)
+
+
 def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -61,10 +70,8 @@ def build_parser() -> _Parser:
     p.add_argument("path", nargs="?", metavar="PATH",
                    help="where (default: $GASTOWN_TOWN, else ~/gt)")
 
-    rig = sub.add_parser("rig", help="add, list and remove rigs (projects)",
-                         description="Rigs: the repositories of this town.")
-    rig.set_defaults(handler=None, help_parser=rig)
-    rig_sub = rig.add_subparsers(title="rig commands", metavar="COMMAND", parser_class=_Parser)
+    rig_sub = _group(sub, "rig", "add, list and remove rigs (projects)",
+                     "Rigs: the repositories of this town.")
     p = _command(rig_sub, "add", "gastown.supervisor.cli._town:cmd_rig_add",
                  "clone a repository into the town as a rig")
     p.add_argument("name", metavar="NAME")
@@ -80,11 +87,8 @@ def build_parser() -> _Parser:
     p.add_argument("--force", action="store_true",
                    help="even with live polecats or crew workspaces (their work is lost)")
 
-    bead = sub.add_parser("bead", help="create, list and show beads (work items)",
-                          description="Beads: the town's work items.")
-    bead.set_defaults(handler=None, help_parser=bead)
-    bead_sub = bead.add_subparsers(title="bead commands", metavar="COMMAND",
-                                   parser_class=_Parser)
+    bead_sub = _group(sub, "bead", "create, list and show beads (work items)",
+                      "Beads: the town's work items.")
     p = _command(bead_sub, "create", "gastown.supervisor.cli._beads:cmd_create",
                  "create a bead; prints its id")
     p.add_argument("title", metavar="TITLE")
@@ -149,11 +153,8 @@ def build_parser() -> _Parser:
     p.add_argument("--status", choices=["completed", "escalated", "deferred"],
                    default="completed", help="completed (default): merge it; escalated: "
                    "needs a human; deferred: hand the bead back unfinished")
-    polecat = sub.add_parser("polecat", help="list and nuke polecats",
-                             description="Polecats: agents in their own worktrees.")
-    polecat.set_defaults(handler=None, help_parser=polecat)
-    polecat_sub = polecat.add_subparsers(title="polecat commands", metavar="COMMAND",
-                                         parser_class=_Parser)
+    polecat_sub = _group(sub, "polecat", "list and nuke polecats",
+                         "Polecats: agents in their own worktrees.")
     p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",
                  "the polecats: bead, branch, state, session alive, age")
     p.add_argument("rig", nargs="?", metavar="RIG")
@@ -167,19 +168,16 @@ def build_parser() -> _Parser:
                  "attach to a polecat's agent session (tmux), or follow its output")
     p.add_argument("target", metavar="RIG/NAME")
 
-    mq = sub.add_parser("mq", help="the merge queue", description="The refineries' queues.")
-    mq.set_defaults(handler=None, help_parser=mq)
-    mq_sub = mq.add_subparsers(title="mq commands", metavar="COMMAND", parser_class=_Parser)
+    mq_sub = _group(sub, "mq", "the merge queue",
+                    "The refineries' queues.")
     p = _command(mq_sub, "list", "gastown.supervisor.cli._mq:cmd_mq_list",
                  "queued and running merge requests (with the gate running), then recent "
                  "merges and rejections")
     p.add_argument("rig", nargs="?", metavar="RIG")
     _json_flag(p)
 
-    crew = sub.add_parser("crew", help="human workspaces in a rig (worktrees on crew/NAME)",
-                          description="Crew: long-lived workspaces at <rig>/crew/<name>.")
-    crew.set_defaults(handler=None, help_parser=crew)
-    crew_sub = crew.add_subparsers(title="crew commands", metavar="COMMAND", parser_class=_Parser)
+    crew_sub = _group(sub, "crew", "human workspaces in a rig (worktrees on crew/NAME)",
+                      "Crew: long-lived workspaces at <rig>/crew/<name>.")
     p = _command(crew_sub, "add", "gastown.supervisor.cli._crew:cmd_crew_add",
                  "create a crew workspace on its own branch crew/NAME")
     p.add_argument("name", metavar="NAME")
@@ -210,12 +208,9 @@ def build_parser() -> _Parser:
     p.add_argument("--rig", metavar="R", help="only this rig")
     _json_flag(p)
 
-    svc = sub.add_parser("service", help="install or remove a systemd unit for this town",
-                         description="A systemd unit (gastown-<town folder>.service) that "
+    svc_sub = _group(sub, "service", "install or remove a systemd unit for this town",
+                     "A systemd unit (gastown-<town folder>.service) that "
                                      "runs this town's supervisor.")
-    svc.set_defaults(handler=None, help_parser=svc)
-    svc_sub = svc.add_subparsers(title="service commands", metavar="COMMAND",
-                                 parser_class=_Parser)
     for name, handler, help_text in (
             ("install", "cmd_install", "write the unit and reload systemd (enables nothing; "
                                        "prints the commands to run next)"),
@@ -232,11 +227,8 @@ def build_parser() -> _Parser:
             p.add_argument("--dry-run", action="store_true",
                            help="print the unit and where it would go; write nothing")
 
-    config = sub.add_parser("config", help="show the effective configuration",
-                            description="The configuration in force.")
-    config.set_defaults(handler=None, help_parser=config)
-    config_sub = config.add_subparsers(title="config commands", metavar="COMMAND",
-                                       parser_class=_Parser)
+    config_sub = _group(sub, "config", "show the effective configuration",
+                        "The configuration in force.")
     p = _command(config_sub, "show", "gastown.supervisor.cli._town:cmd_config_show",
                  "print the town's (or a rig's) configuration with defaults filled in")
     p.add_argument("--rig", metavar="R", help="show this rig's configuration instead")
