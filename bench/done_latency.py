@@ -7,34 +7,15 @@ feed, the time between each ``mr_created`` and the matching ``mr_started``.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-
-def gastown(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "gastown.supervisor", *args], env=env,
-                          check=True, capture_output=True, text=True).stdout
+from bench._town import gastown, make_town
 
 
 def main(beads: int = 10) -> None:
-    base = Path(tempfile.mkdtemp(prefix="gtb", dir="/tmp"))
-    src = base / "src"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(src)], check=True)
-    subprocess.run(["git", "-C", str(src), "-c", "user.name=b", "-c", "user.email=b@b",
-                    "commit", "-q", "--allow-empty", "-m", "init"], check=True)
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(base / "remote.git")],
-                   check=True)
-    town = base / "town"
-    env = dict(os.environ, GASTOWN_TOWN=str(town))
-    gastown(env, "install", str(town))
-    with open(town / "town.toml", "a") as f:
-        f.write('default_agent = "script"\n[sessions]\nbackend = "process"\n')
-    gastown(env, "rig", "add", "web", str(base / "remote.git"))
+    env, _ = make_town(bare_remote=True, town_toml=(
+        'default_agent = "script"\n[sessions]\nbackend = "process"\n'))
     gastown(env, "up")
     try:
         for i in range(beads):

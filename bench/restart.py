@@ -11,29 +11,15 @@ import json
 import os
 import signal
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
-
-def gastown(env: dict[str, str], *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "gastown.supervisor", *args], env=env,
-                          check=True, capture_output=True, text=True).stdout
+from bench._town import gastown, make_town
 
 
 def main(kills: int = 10) -> None:
-    base = Path(tempfile.mkdtemp(prefix="gtb", dir="/tmp"))
-    repo = base / "repo"
-    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=b", "-c", "user.email=b@b",
-                    "commit", "-q", "--allow-empty", "-m", "init"], check=True)
-    env = dict(os.environ, GASTOWN_TOWN=str(base / "town"))
-    gastown(env, "install", str(base / "town"))
-    with open(base / "town" / "town.toml", "a") as f:  # room for N kills in one period
-        f.write(f"[supervisor]\nmax_restarts = {kills * 2}\nstable_after = \"0.3s\"\n")
-    gastown(env, "rig", "add", "web", str(repo))
+    # Room for N kills in one period, and each kill counted as after a stable run.
+    env, _ = make_town(bare_remote=False, town_toml=(
+        f"[supervisor]\nmax_restarts = {kills * 2}\nstable_after = \"0.3s\"\n"))
     gastown(env, "up")
     wall: list[float] = []
     try:

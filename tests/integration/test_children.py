@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from gastown.supervisor.children import (
     start_child,
     stop_child,
 )
+from tests.integration.conftest import Fifo
 
 #: Generous: these wait for real processes on a noisy 2-core box, never for a duration.
 TIMEOUT = 20.0
@@ -36,39 +37,6 @@ SYSTEMD_ENV = {
     "LISTEN_FDNAMES": "a:b",
     "JOURNAL_STREAM": "8:1234",
 }
-
-
-class Fifo:
-    """A named pipe the test reads lines from; children open it by path and write to it.
-
-    Opened read-write so that it always has a writer and reads wait for data rather
-    than returning EOF before a child has opened it.
-    """
-
-    def __init__(self, path: Path) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self._stream = trio.lowlevel.FdStream(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-        self._buffer = b""
-
-    async def receive_line(self) -> str:
-        while b"\n" not in self._buffer:
-            self._buffer += await self._stream.receive_some()
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-@pytest.fixture
-async def fifo(tmp_path: Path) -> AsyncIterator[Fifo]:
-    """A fresh named pipe for children to report on."""
-    channel = Fifo(tmp_path / "report.fifo")
-    try:
-        yield channel
-    finally:
-        await channel.aclose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import trio
 
 from gastown.roles.config import GateConfig, Seconds
 from gastown.roles.gates import TAIL_BYTES, TAIL_LINES, GateResult, run_gates
+from tests.integration.conftest import Fifo
 
 #: Generous: these wait for real processes on a noisy 2-core box, never for a duration.
 TIMEOUT = 20.0
@@ -53,39 +53,6 @@ async def wait_none_tagged(tag: str) -> None:
     with trio.fail_after(TIMEOUT):
         while tagged_pids(tag):
             await trio.sleep(0.02)
-
-
-class Fifo:
-    """A named pipe the test reads lines from; gates open it by path and write to it.
-
-    Opened read-write so that it always has a writer: a gate's write never blocks, and
-    reads wait for data rather than returning EOF.
-    """
-
-    def __init__(self, path: Path) -> None:
-        os.mkfifo(path)
-        self.path = path
-        self._stream = trio.lowlevel.FdStream(os.open(path, os.O_RDWR | os.O_CLOEXEC))
-        self._buffer = b""
-
-    async def receive_line(self) -> str:
-        while b"\n" not in self._buffer:
-            self._buffer += await self._stream.receive_some()
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
-
-
-@pytest.fixture
-async def fifo(tmp_path: Path) -> AsyncIterator[Fifo]:
-    """A fresh named pipe for gates to report on."""
-    channel = Fifo(tmp_path / "report.fifo")
-    try:
-        yield channel
-    finally:
-        await channel.aclose()
 
 
 @pytest.fixture
