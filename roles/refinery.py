@@ -410,8 +410,14 @@ class Refinery:
                     f"{config.default_branch} ({reason}). Start from the current "
                     f"{config.default_branch} and redo the change so that it applies.")
             try:
+                # The same agent as the attempt that conflicted, if its polecat is still known.
+                try:
+                    agent: str | None = (await self.store.call(
+                        self.store.store.polecat, self.rig, mr.polecat)).agent
+                except GastownError:
+                    agent = None
                 sling = await self.store.call(self.store.store.queue_sling, mr.bead, self.rig,
-                                              agent=None, force=True, note=note)
+                                              agent=agent, force=True, note=note)
                 self._log.info("bead_reslung", bead=mr.bead, sling=sling.id)
             except GastownError as exc:
                 self._log.warning("resling_failed", bead=mr.bead, error=exc.message)

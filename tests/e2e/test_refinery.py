@@ -286,6 +286,7 @@ def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path) 
                      and p["state"] == "working"), None)
 
     fresh = wait_until(new_polecat, what="the re-slung polecat")
+    assert fresh["agent"] == "sleeper"  # the same agent as the attempt that conflicted
     prompt = (town / "web" / "polecats" / f".{fresh['name']}.prompt").read_text()
     assert "conflicted" in prompt and "shared.txt" in prompt
     assert w2.is_dir()  # the first attempt's work is kept
