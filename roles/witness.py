@@ -262,8 +262,12 @@ class Witness:
             if polecat.state != "working" or session_alive(polecat):
                 return  # it ran `gastown done` (or was nuked, or respawned) first
             self._log.warning("session_died_without_done", respawns=polecat.respawns)
-            await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
-                                  SessionDied())
+            try:
+                await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
+                                      SessionDied())
+            except GastownError as exc:  # nuked or finished meanwhile
+                self._log.info("session_end_ignored", reason=exc.message)
+                return
             await self._announce()
             await self._after_death(name)
 
@@ -274,6 +278,10 @@ class Witness:
         self._reviving.add(name)
         try:
             await self._revive(name)
+        except GastownError as exc:
+            # The polecat changed under us (nuked, its rig removed, done after all): the
+            # store decides, and there is nothing left to revive.
+            self._log.info("revive_skipped", polecat=name, reason=exc.message)
         finally:
             self._reviving.discard(name)
 
@@ -313,26 +321,35 @@ class Witness:
     async def _watch_silence(self) -> None:
         """Every quarter of ``stall_timeout``: note live sessions that went silent."""
         while True:
-            timeout = self.town.rig_config(self.rig).polecats.stall_timeout
-            await trio.sleep(max(1.0, timeout / 4))
-            polecats = await self.store.call(self.store.store.polecats, self.rig,
-                                             {"working"})
-            now = trio.current_time()
-            for polecat in polecats:
-                mark = await trio.to_thread.run_sync(_activity_mark, self.town.root, polecat)
-                last = self._silence.get(polecat.name)
-                if last is None or last[0] != mark:
-                    self._silence[polecat.name] = (mark, now)
-                    if polecat.reason and polecat.reason.startswith("silent"):
-                        await self.store.call(self.store.store.note_polecat, self.rig,
-                                              polecat.name, None)
-                    continue
-                if now - last[1] >= timeout and not (polecat.reason or "").startswith("silent"):
-                    minutes = int((now - last[1]) // 60)
+            try:
+                await self._silence_pass()
+            except GastownError as exc:  # e.g. the rig is being removed
+                self._log.info("silence_check_skipped", reason=exc.message)
+                await trio.sleep(60)
+
+    async def _silence_pass(self) -> None:
+        """Sleep a quarter of ``stall_timeout``, then note the polecats that stayed silent."""
+        timeout = self.town.rig_config(self.rig).polecats.stall_timeout
+        await trio.sleep(max(1.0, timeout / 4))
+        polecats = await self.store.call(self.store.store.polecats, self.rig,
+                                         {"working"})
+        now = trio.current_time()
+        for polecat in polecats:
+            mark = await trio.to_thread.run_sync(_activity_mark, self.town.root, polecat)
+            last = self._silence.get(polecat.name)
+            if last is None or last[0] != mark:
+                self._silence[polecat.name] = (mark, now)
+                if polecat.reason and polecat.reason.startswith("silent"):
                     await self.store.call(self.store.store.note_polecat, self.rig,
-                                          polecat.name, f"silent for {minutes}m")
-                    self._log.warning("polecat_silent", polecat=polecat.name, minutes=minutes)
-                    await self._announce()
+                                          polecat.name, None)
+                continue
+            if now - last[1] >= timeout and not (polecat.reason or "").startswith("silent"):
+                quiet = int(now - last[1])
+                how_long = f"{quiet // 60}m" if quiet >= 120 else f"{quiet}s"
+                await self.store.call(self.store.store.note_polecat, self.rig,
+                                      polecat.name, f"silent for {how_long}")
+                self._log.warning("polecat_silent", polecat=polecat.name, seconds=quiet)
+                await self._announce()
 
 
 def _activity_mark(town_root: Path, polecat: Polecat) -> str:

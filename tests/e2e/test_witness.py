@@ -217,3 +217,19 @@ def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Pat
             except ProcessLookupError:
                 pass
         shutil.rmtree(root.parent, ignore_errors=True)
+
+
+def test_silent_session_is_noted_not_killed(cli: Cli, town: Path) -> None:
+    """A live agent with no commit, change or output past stall_timeout is reported, kept."""
+    rig_toml = town / "web" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text().replace("max_respawns = 2\n",
+                                                     'max_respawns = 2\nstall_timeout = "2s"\n'))
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "quiet", "--rig", "web").strip()
+    name = cli.ok("sling", bead, "web", "--agent", "sleeper").split()[0]
+    wait_until(lambda: str(polecats(cli)[name]["reason"] or "").startswith("silent"),
+               what="the silence note")
+    noted = polecats(cli)[name]
+    assert noted["state"] == "working" and noted["session_alive"] is True
+    assert "silent for" in cli.ok("status")
+    assert any(e["kind"] == "polecat_noted" and e.get("polecat") == name for e in events(cli))
