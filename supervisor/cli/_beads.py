@@ -10,6 +10,7 @@ from gastown.supervisor.cli._context import (
     poke_town,
     print_json,
     print_table,
+    require_rig,
     store_of,
     town_of,
 )
@@ -24,13 +25,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         raise UsageError("a bead needs a non-empty title")
     town = town_of(args)
     with store_of(town) as store:
-        if args.rig is not None:
-            from gastown.roles.names import validate_name
-
-            validate_name("rig", args.rig)
-            prefix = store.rig(args.rig).prefix
-        else:
-            prefix = town.config.prefix
+        rig = require_rig(store, args.rig) if args.rig is not None else None
+        prefix = rig.prefix if rig is not None else town.config.prefix
         bead = store.create_bead(prefix=prefix, rig=args.rig, title=title,
                                  description=args.description, priority=args.priority)
     with bound(bead=bead.id, rig=bead.rig):
@@ -54,7 +50,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         if args.rig is not None:
-            store.rig(args.rig)
+            require_rig(store, args.rig)
         beads = store.beads(rig=args.rig, statuses=statuses)
     if args.json:
         print_json(beads)

@@ -13,7 +13,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from gastown.roles.store import Store, open_store
+from gastown.roles.store import Rig, Store, open_store
 from gastown.roles.town import Town, find_town
 
 
@@ -49,6 +49,13 @@ def store_of(town: Town) -> Iterator[Store]:
         yield store
     finally:
         store.close()
+
+
+def require_rig(store: Store, rig: str) -> Rig:
+    """The rig named on the command line: a valid name (else exit 2) that exists (else 1)."""
+    from gastown.roles.names import validate_name
+
+    return store.rig(validate_name("rig", rig))
 
 
 def to_jsonable(value: Any) -> Any:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import argparse
 import time
 
-from gastown.supervisor.cli._context import age, print_json, print_table, store_of, town_of
+from gastown.supervisor.cli._context import (
+    age,
+    print_json,
+    print_table,
+    require_rig,
+    store_of,
+    town_of,
+)
 
 RECENT = 20
 
 
 def cmd_mq_list(args: argparse.Namespace) -> int:
-    from gastown.roles.names import validate_name
 
     town = town_of(args)
     with store_of(town) as store:
         if args.rig is not None:
-            validate_name("rig", args.rig)
-            store.rig(args.rig)
+            require_rig(store, args.rig)
         mrs = store.merge_requests(args.rig)
     active = [m for m in mrs if m.state in ("queued", "running")]
     done = sorted((m for m in mrs if m.state not in ("queued", "running")),

@@ -15,6 +15,7 @@ from gastown.supervisor.cli._context import (
     poke_town,
     print_json,
     print_table,
+    require_rig,
     store_of,
     town_of,
 )
@@ -88,14 +89,12 @@ def cmd_done(args: argparse.Namespace) -> int:
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> int:
-    from gastown.roles.names import validate_name
     from gastown.roles.polecats import session_alive
 
     town = town_of(args)
     with store_of(town) as store:
         if args.rig is not None:
-            validate_name("rig", args.rig)
-            store.rig(args.rig)
+            require_rig(store, args.rig)
         polecats = store.polecats(args.rig)
     alive = {(p.rig, p.name): session_alive(p) for p in polecats}
     if args.json:
