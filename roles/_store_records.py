@@ -21,6 +21,13 @@ class Rig:
     repo: str
     default_branch: str
     created_at: float
+    #: Why the merge queue is stopped (None while it runs), e.g. the remote diverged.
+    mq_paused: str | None = None
+    #: The default branch in the refinery's clone, and where it stands on the remote: work
+    #: that landed but is not pushed yet lies between the two.
+    landed_head: str | None = None
+    remote_head: str | None = None
+    push_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Bead:
     reason: str | None
     created_at: float
     updated_at: float
+    #: The commit a bead closed by hand was landed as (``bead close --commit``).
+    closed_commit: str | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,10 @@ class Polecat:
     sling: int | None
     created_at: float
     updated_at: float
+    #: Unique per life of the name (names are reused): keys the session log.
+    incarnation: str | None = None
+    #: The last lines of the session's output, kept when it escalated.
+    output_tail: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +100,12 @@ class MergeRequest:
     candidate: str | None = None
     merged_commit: str | None = None
     log_path: str | None = None
+    #: ``polecat`` (``polecat`` names the polecat) or ``crew`` (it names the crew workspace).
+    kind: str = "polecat"
+    #: The failing output tail of a rejection.
+    tail: str | None = None
+    #: The steps so far: ``[{"step", "gate", "at"}]`` (``mq show`` prints their timings).
+    steps: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -128,12 +147,15 @@ def bead_of(row: sqlite3.Row) -> Bead:
     return Bead(id=row["id"], rig=row["rig"], title=row["title"],
                 description=row["description"], priority=row["priority"],
                 status=cast(BeadStatus, row["status"]), reason=row["reason"],
-                created_at=row["created_at"], updated_at=row["updated_at"])
+                created_at=row["created_at"], updated_at=row["updated_at"],
+                closed_commit=row["closed_commit"])
 
 
 def rig_of(row: sqlite3.Row) -> Rig:
     return Rig(name=row["name"], prefix=row["prefix"], repo=row["repo"],
-               default_branch=row["default_branch"], created_at=row["created_at"])
+               default_branch=row["default_branch"], created_at=row["created_at"],
+               mq_paused=row["mq_paused"], landed_head=row["landed_head"],
+               remote_head=row["remote_head"], push_error=row["push_error"])
 
 
 def polecat_of(row: sqlite3.Row) -> Polecat:
@@ -142,7 +164,8 @@ def polecat_of(row: sqlite3.Row) -> Polecat:
                    agent=row["agent"],
                    session=json.loads(row["session"]) if row["session"] else None,
                    respawns=row["respawns"], reason=row["reason"], sling=row["sling"],
-                   created_at=row["created_at"], updated_at=row["updated_at"])
+                   created_at=row["created_at"], updated_at=row["updated_at"],
+                   incarnation=row["incarnation"], output_tail=row["output_tail"])
 
 
 def sling_of(row: sqlite3.Row) -> Sling:
@@ -158,7 +181,9 @@ def mr_of(row: sqlite3.Row) -> MergeRequest:
                         reason=row["reason"], head=row["head"], base=row["base"],
                         created_at=row["created_at"], updated_at=row["updated_at"],
                         step=row["step"], gate=row["gate"], candidate=row["candidate"],
-                        merged_commit=row["merged_commit"], log_path=row["log_path"])
+                        merged_commit=row["merged_commit"], log_path=row["log_path"],
+                        kind=row["kind"], tail=row["tail"],
+                        steps=tuple(json.loads(row["steps"] or "[]")))
 
 
 def event_of(row: sqlite3.Row) -> Event:

@@ -104,4 +104,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE merge_requests ADD COLUMN log_path TEXT;
     ALTER TABLE slings ADD COLUMN note TEXT;
     """,
+    """
+    ALTER TABLE polecats ADD COLUMN incarnation TEXT;
+    ALTER TABLE polecats ADD COLUMN output_tail TEXT;
+    ALTER TABLE beads ADD COLUMN closed_commit TEXT;
+    ALTER TABLE merge_requests ADD COLUMN kind TEXT NOT NULL DEFAULT 'polecat';
+    ALTER TABLE merge_requests ADD COLUMN tail TEXT;
+    ALTER TABLE merge_requests ADD COLUMN steps TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE rigs ADD COLUMN mq_paused TEXT;
+    ALTER TABLE rigs ADD COLUMN landed_head TEXT;
+    ALTER TABLE rigs ADD COLUMN remote_head TEXT;
+    ALTER TABLE rigs ADD COLUMN push_error TEXT;
+    """,
 )
