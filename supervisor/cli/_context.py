@@ -18,10 +18,38 @@ from gastown.roles.town import Town, find_town
 
 
 def town_of(args: argparse.Namespace) -> Town:
-    """The town named by ``--town``, ``$GASTOWN_TOWN`` or the cwd; sets up the CLI's log."""
-    town = find_town(args.town, os.environ, Path.cwd())
+    """The town named by ``--town``, ``$GASTOWN_TOWN`` or the cwd; sets up the CLI's log.
+
+    The cwd may be gone (the witness removed the worktree a person stood in): an explicit
+    town still works, and without one the user gets one line saying so.
+    """
+    town = find_town(args.town, os.environ, search_dir(args.town))
     _configure_cli_logging(town, verbose=bool(args.verbose))
     return town
+
+
+def current_dir() -> Path:
+    """The cwd, or one line for the user when it no longer exists."""
+    from gastown.roles.errors import GastownError
+
+    try:
+        return Path.cwd()
+    except FileNotFoundError:
+        raise GastownError("the current directory no longer exists (was it removed?); "
+                           "cd to an existing directory, or pass --town with an absolute "
+                           "path") from None
+
+
+def search_dir(explicit: str | None) -> Path:
+    """The cwd to search a town from; when an explicit town is given and the cwd is gone,
+    a stand-in that is never consulted (an absolute ``--town``/``$GASTOWN_TOWN`` wins)."""
+    chosen = explicit or os.environ.get("GASTOWN_TOWN")
+    if chosen and Path(chosen).expanduser().is_absolute():
+        try:
+            return Path.cwd()
+        except FileNotFoundError:
+            return Path("/")
+    return current_dir()
 
 
 def _configure_cli_logging(town: Town, *, verbose: bool) -> None:

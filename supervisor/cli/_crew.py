@@ -6,12 +6,17 @@ Creation prints only the path on stdout, so scripts can ``cd "$(gastown worktree
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gastown.roles.errors import UsageError
 from gastown.roles.names import validate_name
-from gastown.supervisor.cli._context import print_json, print_table, store_of, town_of
+from gastown.supervisor.cli._context import (
+    current_dir,
+    print_json,
+    print_table,
+    store_of,
+    town_of,
+)
 
 if TYPE_CHECKING:
     from gastown.roles.crew import CrewWorkspace
@@ -98,8 +103,8 @@ def _worktree_ensure(args: argparse.Namespace, rig: str) -> int:
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=rig):
-        path = ensure_cross_rig_worktree(town, store, Path.cwd(), rig)
-        who = crew_identity(town, store, Path.cwd())
+        path = ensure_cross_rig_worktree(town, store, current_dir(), rig)
+        who = crew_identity(town, store, current_dir())
         get_logger().info("cross_rig_worktree_ready", crew=str(who), path=str(path))
     if args.json:
         print_json({"rig": rig, "name": path.name, "path": str(path),
@@ -114,7 +119,7 @@ def _worktree_list(args: argparse.Namespace) -> int:
 
     town = town_of(args)
     with store_of(town) as store:
-        found = list_cross_rig_worktrees(town, store, Path.cwd())
+        found = list_cross_rig_worktrees(town, store, current_dir())
     if args.json:
         print_json([_json_row(ws) for ws in found])
         return 0
@@ -131,7 +136,7 @@ def _worktree_remove(args: argparse.Namespace, rig: str) -> int:
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=rig):
-        path = remove_cross_rig_worktree(town, store, Path.cwd(), rig, force=args.force)
+        path = remove_cross_rig_worktree(town, store, current_dir(), rig, force=args.force)
         get_logger().info("cross_rig_worktree_removed", path=str(path), force=args.force)
     print(f"removed {path}")
     return 0

@@ -317,7 +317,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     """Re-read town.toml and the rigs' rig.toml; restart only the roles that changed."""
-    from pathlib import Path
 
     from gastown.roles.errors import GastownError
     from gastown.roles.town import find_town
@@ -326,7 +325,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     # Not town_of(): that loads town.toml, and a broken one is exactly what the supervisor
     # must be the one to refuse (keeping the configuration it runs).
-    town = find_town(args.town, os.environ, Path.cwd())
+    from gastown.supervisor.cli._context import search_dir
+
+    town = find_town(args.town, os.environ, search_dir(args.town))
     try:
         result: dict[str, Any] = request_sync(_bus(town), "bus", "reload", timeout=300)
     except BusError as exc:

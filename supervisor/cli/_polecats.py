@@ -6,12 +6,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from gastown.roles.errors import GastownError, UsageError
 from gastown.supervisor.cli._context import (
     age,
+    current_dir,
     poke_town,
     print_json,
     print_table,
@@ -74,7 +74,7 @@ def cmd_done(args: argparse.Namespace) -> int:
     from gastown.roles.polecats import locate_polecat, record_done
 
     town = town_of(args)
-    rig, name = locate_polecat(town, os.environ, Path.cwd())
+    rig, name = locate_polecat(town, os.environ, current_dir())
     with store_of(town) as store, bound(rig=rig, polecat=name):
         result = record_done(town, store, rig, name, args.status)
         get_logger().info("polecat_done", outcome=args.status,

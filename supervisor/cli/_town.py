@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gastown.supervisor.cli._context import (
     age,
+    current_dir,
     poke_town,
     print_json,
     print_table,
@@ -24,6 +25,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     path = Path(args.path) if args.path else (
         Path(args.town) if args.town else default_town_path(os.environ))
+    if not path.expanduser().is_absolute():
+        path = current_dir() / path
     town, created = install_town(path)
     _configure_cli_logging(town, verbose=bool(args.verbose))
     get_logger().info("town_installed" if created else "town_checked", town=str(town.root))
@@ -37,7 +40,7 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.name):
-        rig = add_rig(town, store, args.name, args.repo, cwd=Path.cwd(), branch=args.branch,
+        rig = add_rig(town, store, args.name, args.repo, cwd=current_dir(), branch=args.branch,
                       prefix=args.prefix)
         get_logger().info("rig_added", repo=rig.repo, default_branch=rig.default_branch,
                           prefix=rig.prefix)
