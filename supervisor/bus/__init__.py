@@ -33,6 +33,7 @@ from gastown.supervisor.bus.errors import (
     BusTimeout,
     BusUnavailable,
     FrameError,
+    NameRefused,
     ProtocolError,
     RemoteError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "FrameDecoder",
     "FrameError",
     "MessageFollower",
+    "NameRefused",
     "ProtocolError",
     "RemoteError",
     "RequestHandler",

@@ -38,6 +38,7 @@ from gastown.supervisor.bus.errors import (
     BusDisconnected,
     BusUnavailable,
     FrameError,
+    NameRefused,
     ProtocolError,
     RemoteError,
 )
@@ -338,11 +339,14 @@ async def _connect(path: Path) -> trio.SocketStream:
 
 @asynccontextmanager
 async def open_bus_client(path: Path, name: str, *, handler: RequestHandler | None = None,
-                          max_frame: int = MAX_FRAME) -> AsyncIterator[BusClient]:
+                          max_frame: int = MAX_FRAME, token: str | None = None,
+                          ) -> AsyncIterator[BusClient]:
     """Connect to the bus at ``path`` as ``name``; yield the client once the bus knows the name.
 
     ``handler`` is the same as calling :meth:`BusClient.serve` first, without
-    the instant in which a request could arrive before it.
+    the instant in which a request could arrive before it. ``token`` is the per-spawn
+    secret that proves a role process is the one the supervisor started (a role's
+    name is refused without it).
 
     On a clean exit, what the body queued (publications, replies) is flushed
     (for up to 10 s) before the connection closes. An exception from the body
@@ -351,6 +355,7 @@ async def open_bus_client(path: Path, name: str, *, handler: RequestHandler | No
     Raises:
         BusUnavailable: the socket is missing, refuses, or the bus did not
             accept the hello (closed the connection or did not answer in 10 s).
+        NameRefused: the bus refused ``name`` (a role's name without its token).
     """
     stream = await _connect(Path(path))
     client = BusClient(stream, name, max_frame, handler)
@@ -360,10 +365,13 @@ async def open_bus_client(path: Path, name: str, *, handler: RequestHandler | No
             nursery.start_soon(client._run_io)
             try:
                 try:
-                    await client._round_trip(0, protocol.hello(name, 0), _HANDSHAKE_TIMEOUT)
+                    rep = await client._round_trip(0, protocol.hello(name, 0, token),
+                                                   _HANDSHAKE_TIMEOUT)
                 except (BusDisconnected, trio.TooSlowError) as exc:
                     raise BusUnavailable(f"the bus at {path} did not accept {name!r}: "
                                          f"{exc or 'no answer'}") from exc
+                if "error" in rep:
+                    raise NameRefused(f"the bus refused the name {name!r}: {rep['error']}")
                 yield client
                 # A clean exit: let the writer send what the body queued.
                 client._outgoing.close()

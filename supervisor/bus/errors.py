@@ -52,6 +52,15 @@ class BusUnavailable(BusError):
     """
 
 
+class NameRefused(BusError):
+    """The bus refused the name a client claimed in its ``hello``.
+
+    A role's name (``mayor``, ``witness:<rig>``, ``refinery:<rig>``) belongs to the
+    process the supervisor spawned for it; anyone else may connect only under another
+    name, as an anonymous client. The message carries the bus's reason.
+    """
+
+
 class BusDisconnected(BusError):
     """The connection to the bus dropped (or was closed) while, or before, a client waited on it.
 

@@ -6,11 +6,15 @@ a shape is defined once.
 
 What a peer sends to the bus (:data:`ClientMessage`):
 
-- ``{"op": "hello", "name": N, "id"?: I}`` first, once: the peer's name for
-  routing and for the ``from`` of what it publishes. A newer ``hello`` with a
-  held name takes the name over (the older holder is a stale role about to be
-  reaped). With an ``id`` the bus acknowledges, as for ``sub``, once requests
-  to ``N`` reach this peer.
+- ``{"op": "hello", "name": N, "id"?: I, "token"?: T}`` first, once: the peer's
+  name for routing and for the ``from`` of what it publishes. A role's name
+  (``mayor``, ``witness:<rig>``, ``refinery:<rig>``) is granted only to the
+  process the supervisor spawned for it, which presents its per-spawn token
+  ``T``; any other claim of such a name is refused with an error reply (when
+  the hello has an ``id``) and the connection is closed. A newer granted
+  ``hello`` with a held name takes the name over (the older holder is the same
+  role's stale connection). With an ``id`` the bus acknowledges, as for ``sub``,
+  once requests to ``N`` reach this peer.
 - ``{"op": "sub", "topics": [T, ...], "id"?: I}`` adds exact topic names to the
   peer's subscriptions; ``"*"`` means every topic. With an ``id`` the bus
   acknowledges with ``{"op": "rep", "id": I, "result": null}`` once the
@@ -62,6 +66,7 @@ class Hello(TypedDict):
     op: Literal["hello"]
     name: str
     id: NotRequired[RequestId]
+    token: NotRequired[str]
 
 
 class Sub(TypedDict):
@@ -119,10 +124,13 @@ class BusMessage:
 # -- builders ---------------------------------------------------------------------------------
 
 
-def hello(name: str, id: RequestId | None = None) -> Hello:  # noqa: A002 - wire name
+def hello(name: str, id: RequestId | None = None,  # noqa: A002 - wire name
+          token: str | None = None) -> Hello:
     message: Hello = {"op": "hello", "name": name}
     if id is not None:
         message["id"] = id
+    if token is not None:
+        message["token"] = token
     return message
 
 
@@ -227,7 +235,10 @@ def parse_client_message(raw: Mapping[str, Any]) -> ClientMessage:
         name = _name(raw, "name")
         if name == BUS_PEER:
             raise ProtocolError(f"the name {BUS_PEER!r} is reserved for the bus")
-        return hello(name, _request_id(raw) if "id" in raw else None)
+        token = raw.get("token")
+        if token is not None and not isinstance(token, str):
+            raise ProtocolError("'hello' message needs 'token' to be a string")
+        return hello(name, _request_id(raw) if "id" in raw else None, token)
     if op == "sub":
         return sub(_topics(raw), _request_id(raw) if "id" in raw else None)
     if op == "pub":

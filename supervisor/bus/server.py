@@ -15,6 +15,17 @@ it guarantees:
   (the ZeroMQ lesson: never drop silently). A request to a full peer is
   answered at once with ``"peer busy: NAME"``.
 - A malformed, oversized or truncated frame closes that connection only.
+- Nothing is held open forever by a sender that stalls: once a frame's first byte
+  has arrived, the whole frame must arrive within ``frame_timeout`` (10 s by
+  default), and a new connection must say ``hello`` within the same time;
+  otherwise that connection is dropped and logged, and the bus lives on. An idle
+  connection *between* frames (a ``feed -f`` follower) is never timed out.
+- A role's name belongs to the process the supervisor spawned for it: with an
+  ``authorize`` callback, every ``hello`` is checked (the claimed name, the peer's
+  pid from ``SO_PEERCRED`` and the per-spawn token it presents); a refused claim
+  gets an error reply and the connection is closed. Anyone else may connect only
+  as an anonymous client (``cli``, ``feed``, ...), and the holder of a role's name
+  is never displaced by such a claim.
 - Every request gets exactly one reply: the peer's, or the bus's own error
   (``"no such peer"``, ``"peer busy"``, ``"peer gone"``), unless the requester
   itself left or cancelled it.
@@ -26,6 +37,7 @@ The socket file's rules live in :mod:`.listener`, each peer's queue in :mod:`.ou
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -62,6 +74,18 @@ def _logger(**context: Any) -> Any:
 #: Bytes read per ``receive_some``.
 _CHUNK: Final = 1 << 16
 
+#: Default time a peer has to complete a frame once its first byte arrived (and to
+#: say ``hello`` after connecting).
+FRAME_TIMEOUT: Final = 10.0
+
+#: ``(claimed name, peer pid, token or None) -> None`` to grant the name, or the reason
+#: it is refused. Called for every ``hello``; names it does not protect it grants.
+Authorizer = Callable[[str, int, str | None], str | None]
+
+
+class _ClaimRefused(Exception):
+    """A ``hello`` claimed a name its sender may not hold; the connection ends."""
+
 
 @dataclass(eq=False)
 class _Peer:
@@ -81,6 +105,8 @@ class _Peer:
     #: Requests this peer sent to the bus itself, being answered by the handler.
     bus_requests: dict[RequestId, trio.CancelScope] = field(default_factory=dict)
     close_reason: str | None = None
+    #: Set when the connection must end as soon as what is queued has been written.
+    close_after_flush: str | None = None
 
     @property
     def label(self) -> str:
@@ -110,11 +136,14 @@ class BusServer:
 
     def __init__(self, *, handler: RequestHandler | None,
                  on_publish: Callable[[str, dict[str, Any]], None] | None,
-                 max_frame: int, queue_size: int) -> None:
+                 max_frame: int, queue_size: int, frame_timeout: float = FRAME_TIMEOUT,
+                 authorize: Authorizer | None = None) -> None:
         self._handler = handler
         self._on_publish = on_publish
         self._max_frame = max_frame
         self._queue_size = queue_size
+        self._frame_timeout = frame_timeout
+        self._authorize = authorize
         self._connections: set[_Peer] = set()
         self._names: dict[str, _Peer] = {}
         self._routed: dict[int, _Routed] = {}
@@ -181,23 +210,50 @@ class BusServer:
         nursery.cancel_scope.cancel()
 
     async def _read_loop(self, peer: _Peer, nursery: trio.Nursery) -> str:
-        """Read and handle frames until EOF or misbehaviour; return why it stopped."""
+        """Read and handle frames until EOF or misbehaviour; return why it stopped.
+
+        A frame must be complete ``frame_timeout`` after its first byte arrived, and the
+        ``hello`` that long after the connection opened; between frames a named peer
+        may stay silent as long as it likes.
+        """
         decoder = FrameDecoder(self._max_frame)
+        deadline: float | None = trio.current_time() + self._frame_timeout
         while True:
-            try:
-                data = await peer.stream.receive_some(_CHUNK)
-            except trio.BrokenResourceError as exc:
-                return f"read failed: {exc.__cause__ or exc}"
+            data: bytes | bytearray | None = None
+            with trio.move_on_at(deadline if deadline is not None else math.inf):
+                try:
+                    data = await peer.stream.receive_some(_CHUNK)
+                except trio.BrokenResourceError as exc:
+                    return f"read failed: {exc.__cause__ or exc}"
+            if data is None:
+                what = "an incomplete frame" if decoder.buffered else "no hello"
+                peer.log.warning("bus.peer_too_slow", buffered=decoder.buffered,
+                                 timeout=self._frame_timeout)
+                return f"{what} after {self._frame_timeout:g}s (stalled or slow sender)"
             if not data:
                 return "disconnected mid-frame" if decoder.buffered else "closed by peer"
+            handled = 0
             try:
                 for raw in decoder.feed(data):
                     # A peer that sends requests but never reads the replies is
                     # held back here, by its own backlog, and only it.
                     await peer.outbox.wait_below(2 * self._queue_size)
                     self._handle(peer, protocol.parse_client_message(raw), nursery)
+                    handled += 1
             except (FrameError, ProtocolError) as exc:
                 return f"{type(exc).__name__}: {exc}"
+            except _ClaimRefused as exc:
+                reason = f"name refused: {exc}"
+                if len(peer.outbox):
+                    # The refusal's reply is queued: the writer ends the connection once
+                    # it is out (or this bound passes, for a peer that does not read).
+                    peer.close_after_flush = reason
+                    await trio.sleep(self._frame_timeout)
+                return reason
+            if not decoder.buffered:
+                deadline = None if peer.name is not None else deadline
+            elif handled or deadline is None:
+                deadline = trio.current_time() + self._frame_timeout
 
     async def _write_loop(self, peer: _Peer, nursery: trio.Nursery) -> str:
         """Write queued frames until the peer stops accepting them; return why it stopped."""
@@ -207,6 +263,8 @@ class BusServer:
                 await peer.stream.send_all(b"".join(batch))
             except trio.BrokenResourceError as exc:
                 return f"write failed: {exc.__cause__ or exc}"
+            if peer.close_after_flush is not None and not len(peer.outbox):
+                return peer.close_after_flush
 
     def _forget(self, peer: _Peer) -> None:
         """Drop every trace of a closed connection; fail requests that were waiting on it."""
@@ -233,8 +291,12 @@ class BusServer:
 
         Raises:
             ProtocolError: the message is not allowed in this state.
+            _ClaimRefused: a ``hello`` claimed a name its sender may not hold.
         """
         if message["op"] == "hello":
+            if peer.name is not None:
+                raise ProtocolError("'hello' sent twice")
+            self._check_claim(peer, message)
             self._hello(peer, message["name"])
             if "id" in message:
                 self._reply(peer, protocol.rep_result(message["id"], None))
@@ -254,15 +316,36 @@ class BusServer:
         elif message["op"] == "cancel":
             self._cancel(peer, message["id"])
 
+    def _check_claim(self, peer: _Peer, message: protocol.Hello) -> None:
+        """Refuse a ``hello`` whose name its sender may not hold (see ``authorize``).
+
+        Raises:
+            _ClaimRefused: refused; the error reply is queued when the hello has an id.
+        """
+        if self._authorize is None:
+            return
+        name = message["name"]
+        try:
+            refusal = self._authorize(name, peer.pid, message.get("token"))
+        except Exception:
+            peer.log.exception("bus.authorize_failed", claimed=name)
+            refusal = "the claim could not be checked"
+        if refusal is None:
+            return
+        peer.log.warning("bus.name_refused", claimed=name, reason=refusal)
+        if "id" in message:
+            self._reply(peer, protocol.rep_error(message["id"], refusal))
+        raise _ClaimRefused(refusal)
+
     def _hello(self, peer: _Peer, name: str) -> None:
-        if peer.name is not None:
-            raise ProtocolError("'hello' sent twice")
         peer.name = name
         peer.log = peer.log.bind(name=name)
         peer.outbox.log = peer.log
         previous = self._names.get(name)
         if previous is not None and name != "cli":
-            # The older holder is a stale role about to be reaped; routing follows the new one.
+            # For a role's name (which the authorizer grants only to the role's own
+            # process) the older holder is a stale connection of that same role;
+            # routing follows the new one.
             peer.log.warning("bus.name_taken_over", previous_conn=previous.number,
                              previous_pid=previous.pid)
         self._names[name] = peer
@@ -395,6 +478,8 @@ class BusServer:
 async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
                     on_publish: Callable[[str, dict[str, Any]], None] | None = None,
                     max_frame: int = MAX_FRAME, queue_size: int = 1000,
+                    frame_timeout: float = FRAME_TIMEOUT,
+                    authorize: Authorizer | None = None,
                     task_status: trio.TaskStatus[BusServer] = trio.TASK_STATUS_IGNORED,
                     ) -> NoReturn:
     """Serve the bus on the Unix socket ``path`` until cancelled.
@@ -412,6 +497,12 @@ async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
         max_frame: the largest frame body accepted or sent.
         queue_size: per peer, the publications queued before drops begin, and
             the requests a peer may have in flight.
+        frame_timeout: seconds a peer has to complete a frame once its first byte
+            arrived, and to say ``hello`` once connected; a peer that takes longer is
+            disconnected (logged as ``bus.peer_too_slow``).
+        authorize: checks every ``hello`` (see :data:`Authorizer`); a refused one gets
+            an error reply and its connection is closed. Without it every name is
+            granted (tests of the bus alone); the supervisor always passes one.
 
     Raises:
         BusPathError: the path is too long, not a socket, or in an unsafe directory.
@@ -423,12 +514,15 @@ async def serve_bus(path: Path, *, handler: RequestHandler | None = None,
     path = Path(path)
     if queue_size < 1:
         raise ValueError(f"queue_size must be at least 1, got {queue_size}")
+    if frame_timeout <= 0:
+        raise ValueError(f"frame_timeout must be positive, got {frame_timeout}")
     check_path(path)
     await clear_stale_socket(path)
     sock, identity = bind_private(path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     server = BusServer(handler=handler, on_publish=on_publish, max_frame=max_frame,
-                       queue_size=queue_size)
+                       queue_size=queue_size, frame_timeout=frame_timeout,
+                       authorize=authorize)
     try:
         async with trio.open_nursery() as nursery:
             _logger().info("bus.listening", path=str(path))

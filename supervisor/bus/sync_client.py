@@ -19,12 +19,14 @@ from gastown.supervisor.bus.errors import (
     BusDisconnected,
     BusTimeout,
     BusUnavailable,
+    NameRefused,
     RemoteError,
 )
 from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
 from gastown.supervisor.bus.protocol import BusMessage
 
 _CHUNK: Final = 1 << 16
+_HELLO_ID: Final = 0
 _REQUEST_ID: Final = 1
 
 
@@ -65,6 +67,12 @@ def _receive(sock: socket.socket, decoder: FrameDecoder,
             yield protocol.parse_server_message(raw)
 
 
+def _check_hello(message: protocol.ServerMessage, name: str) -> None:
+    """Raise :class:`NameRefused` if ``message`` is the bus refusing our ``hello``."""
+    if message["op"] == "rep" and message["id"] == _HELLO_ID and "error" in message:
+        raise NameRefused(f"the bus refused the name {name!r}: {message['error']}")
+
+
 def _refuse(sock: socket.socket, request: protocol.Req, name: str) -> None:
     """Answer a request routed to this one-shot client, so its sender is not left waiting."""
     sock.sendall(encode_frame(protocol.rep_error(request["id"], f"{name} serves no requests")))
@@ -82,14 +90,16 @@ def request_sync(path: Path, to: str, method: str, params: Mapping[str, Any] | N
         RemoteError: the peer or the bus answered with an error.
         BusTimeout: no reply within ``timeout`` seconds.
         BusDisconnected: the bus closed the connection before replying.
+        NameRefused: ``name`` is a role's name, which only that role's process may hold.
         FrameError: the request is too large, or the bus sent a malformed frame.
     """
     deadline = time.monotonic() + timeout
     with _connect(path, timeout) as sock:
         try:
-            sock.sendall(encode_frame(protocol.hello(name))
+            sock.sendall(encode_frame(protocol.hello(name, _HELLO_ID))
                          + encode_frame(protocol.req(_REQUEST_ID, to, method, params)))
             for message in _receive(sock, FrameDecoder(max_frame), deadline):
+                _check_hello(message, name)
                 if message["op"] == "rep" and message["id"] == _REQUEST_ID:
                     if "error" in message:
                         raise RemoteError(message["error"])
@@ -157,6 +167,7 @@ def iter_messages_sync(path: Path, topics: list[str] | tuple[str, ...], *, name:
         BusUnavailable: no bus at ``path``.
         BusTimeout: the bus did not acknowledge within ``connect_timeout``.
         BusDisconnected: the bus closed the connection (here or while iterating).
+        NameRefused: ``name`` is a role's name, which only that role's process may hold.
     """
     if not topics:
         raise ValueError("iter_messages_sync needs at least one topic")
@@ -164,10 +175,11 @@ def iter_messages_sync(path: Path, topics: list[str] | tuple[str, ...], *, name:
     decoder = FrameDecoder(max_frame)
     early: list[BusMessage] = []
     try:
-        sock.sendall(encode_frame(protocol.hello(name))
+        sock.sendall(encode_frame(protocol.hello(name, _HELLO_ID))
                      + encode_frame(protocol.sub(list(topics), _REQUEST_ID)))
         deadline = time.monotonic() + connect_timeout
         for message in _receive(sock, decoder, deadline):
+            _check_hello(message, name)
             if message["op"] == "rep" and message["id"] == _REQUEST_ID:
                 break
             if message["op"] == "msg" or message["op"] == "dropped":

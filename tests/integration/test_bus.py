@@ -25,6 +25,7 @@ from gastown.supervisor.bus import (
     BusPathError,
     BusServer,
     BusUnavailable,
+    NameRefused,
     RemoteError,
     iter_messages_sync,
     open_bus_client,
@@ -333,6 +334,114 @@ async def test_bad_bytes_close_only_that_connection(bus: BusServer, sock_path: P
             assert await good.request("bus", "echo") == {"params": {}, "sender": "good"}
     reasons = [e.get("reason") or "" for e in logs if e["event"] == "bus.disconnected"]
     assert any(reason in r for r in reasons), reasons
+
+
+async def test_half_frame_is_dropped_after_the_frame_timeout(
+        nursery: trio.Nursery, sock_path: Path, recorder: Recorder) -> None:
+    """A peer that sends half a frame and stalls is disconnected; the bus lives on."""
+    await start_bus(nursery, sock_path, recorder, frame_timeout=0.5)
+    with trio.fail_after(20), capture_logs() as logs:
+        async with open_bus_client(sock_path, "good") as good:
+            stalled = await open_raw(sock_path, protocol.hello("stalled"))
+            await stalled.send_all(_frame_header(100) + b'{"op":')  # ...and nothing more
+            await assert_closed_by_bus(stalled)
+            await stalled.aclose()
+            assert await good.request("bus", "echo") == {"params": {}, "sender": "good"}
+    reasons = [e.get("reason") or "" for e in logs if e["event"] == "bus.disconnected"]
+    assert any("incomplete frame after 0.5s" in r for r in reasons), reasons
+    assert any(e["event"] == "bus.peer_too_slow" for e in logs)
+
+
+async def test_trickling_sender_is_dropped_and_a_silent_connection_too(
+        nursery: trio.Nursery, sock_path: Path, recorder: Recorder) -> None:
+    """The bound is per frame, not per chunk: a byte now and then does not keep a frame
+    open; a connection that never says hello is dropped as well. An idle named peer
+    between frames is left alone."""
+    await start_bus(nursery, sock_path, recorder, frame_timeout=0.5)
+    with trio.fail_after(20), capture_logs() as logs:
+        async with open_bus_client(sock_path, "idle") as idle:
+            silent = await trio.open_unix_socket(sock_path)
+            trickle = await open_raw(sock_path, protocol.hello("trickle"))
+            body = b'{"op":"pub","topic":"t","data":{"pad":"' + b"x" * 200 + b'"}}'
+            frame = _frame_header(len(body)) + body
+            closed = trio.Event()
+
+            async def drip() -> None:
+                for byte in frame:
+                    try:
+                        await trickle.send_all(bytes([byte]))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        break
+                    if closed.is_set():
+                        break
+                    await trio.sleep(0.05)  # the slow sender under test, not a wait
+
+            async with trio.open_nursery() as dripping:
+                dripping.start_soon(drip)
+                await assert_closed_by_bus(trickle)
+                closed.set()
+            await assert_closed_by_bus(silent)
+            await trickle.aclose()
+            await silent.aclose()
+            assert idle.connected
+            assert await idle.request("bus", "echo") == {"params": {}, "sender": "idle"}
+    reasons = [e.get("reason") or "" for e in logs if e["event"] == "bus.disconnected"]
+    assert any("incomplete frame" in r for r in reasons), reasons
+    assert any("no hello after 0.5s" in r for r in reasons), reasons
+    assert recorder.published == []
+
+
+# -- who may hold a role's name ---------------------------------------------------------------
+
+
+class Claims:
+    """The supervisor's side of name claims in these tests: ``mayor`` needs a token."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.checked: list[tuple[str, int, str | None]] = []
+
+    def authorize(self, name: str, pid: int, token: str | None) -> str | None:
+        self.checked.append((name, pid, token))
+        if name != "mayor" or token == self.token:
+            return None
+        return "the name 'mayor' belongs to the role process the supervisor started"
+
+
+async def test_a_role_name_needs_its_token(nursery: trio.Nursery, sock_path: Path,
+                                           recorder: Recorder) -> None:
+    """A claim of a role's name without the token is refused (error reply, connection
+    closed) and does not disturb the holder; the holder can always reclaim it."""
+    claims = Claims("s3cret")
+    await start_bus(nursery, sock_path, recorder, authorize=claims.authorize)
+
+    async def mayor(method: str, params: dict[str, Any], sender: str) -> Any:
+        return "real mayor"
+
+    with trio.fail_after(20), capture_logs() as logs:
+        async with open_bus_client(sock_path, "mayor", handler=mayor, token="s3cret"), \
+                open_bus_client(sock_path, "cli") as cli:
+            with pytest.raises(NameRefused, match="belongs to the role process"):
+                async with open_bus_client(sock_path, "mayor", token="guess"):
+                    pass  # pragma: no cover
+            raw = await open_raw(sock_path, protocol.hello("mayor", 7))
+            reply = await read_frames(raw, FrameDecoder(), lambda m: m["op"] == "rep")
+            assert reply[-1]["id"] == 7 and "belongs to the role process" in reply[-1]["error"]
+            await assert_closed_by_bus(raw)
+            await raw.aclose()
+            with pytest.raises(NameRefused):
+                await trio.to_thread.run_sync(
+                    partial(request_sync, sock_path, "bus", "echo", name="mayor"))
+            assert await cli.request("mayor", "sling") == "real mayor"
+            assert recorder.server is not None and recorder.server.peers() == ["cli", "mayor"]
+        # The role's own process (it has the token) reconnects and is reachable again.
+        async with open_bus_client(sock_path, "mayor", handler=mayor, token="s3cret"), \
+                open_bus_client(sock_path, "cli") as cli:
+            assert await cli.request("mayor", "sling") == "real mayor"
+    assert {pid for _, pid, _ in claims.checked} == {os.getpid()}  # SO_PEERCRED's pid
+    refused = [e for e in logs if e["event"] == "bus.name_refused"]
+    assert len(refused) == 3 and all(e["claimed"] == "mayor" for e in refused)
+    assert not any(e["event"] == "bus.name_taken_over" for e in logs)
 
 
 # -- binding, shutdown, restart ---------------------------------------------------------------
