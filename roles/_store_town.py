@@ -6,12 +6,47 @@ import secrets
 import sqlite3
 import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from gastown.roles._store_base import StoreBase
-from gastown.roles._store_records import Bead, BeadStatus, Rig, RoleRecord, bead_of, rig_of
+from gastown.roles._store_records import (
+    Bead,
+    BeadStatus,
+    MergeRequest,
+    Polecat,
+    Rig,
+    RoleRecord,
+    Sling,
+    bead_of,
+    mr_of,
+    polecat_of,
+    rig_of,
+    sling_of,
+)
 from gastown.roles.errors import GastownError, NotFound, Refused
 from gastown.roles.names import bead_id
+
+#: A polecat in these states is still being worked on by the town (agent, queue).
+LIVE_POLECAT_STATES: Final = ("spawning", "working", "stalled", "done", "merging")
+_LIVE_MARKS: Final = ", ".join("?" * len(LIVE_POLECAT_STATES))
+
+
+@dataclass(frozen=True)
+class QueuedSling:
+    """A queued sling and its place in the mayor's queue (1 = next)."""
+
+    position: int
+    sling: Sling
+
+
+@dataclass(frozen=True)
+class BeadWork:
+    """A bead's polecats (live or kept), merge requests, and queued slings."""
+
+    polecats: list[Polecat]
+    merge_requests: list[MergeRequest]
+    queued_slings: list[QueuedSling]
 
 
 class TownLedger(StoreBase):
@@ -117,6 +152,151 @@ class TownLedger(StoreBase):
             self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
                        old=row["status"], new=status, reason=reason)
         return self.bead(bead_id)
+
+    def update_bead(self, bead_id: str, *, title: str | None = None,
+                    description: str | None = None, priority: int | None = None,
+                    status: BeadStatus | None = None) -> Bead:
+        """Edit a bead by hand; emits ``bead_updated`` (and ``bead_status_changed``).
+
+        ``status`` may only move a bead between ``open`` and ``blocked``: a hooked or
+        in-review bead's status follows its polecat, and a closed one is reopened with
+        :meth:`reopen_bead`. A new priority also re-orders the bead's queued MRs.
+        """
+        with self.transaction() as conn:
+            row = self._bead_row(conn, bead_id)
+            changes: dict[str, Any] = {}
+            for key, value in (("title", title), ("description", description),
+                               ("priority", priority)):
+                if value is not None and value != row[key]:
+                    changes[key] = value
+            if status is not None and status != row["status"]:
+                if status not in ("open", "blocked"):
+                    raise Refused(f"a bead's status can be set to open or blocked, not "
+                                  f"{status!r}")
+                if row["status"] not in ("open", "blocked"):
+                    raise Refused(self._status_is_not_yours(conn, row))
+            now = time.time()
+            for key, value in changes.items():
+                conn.execute(f"UPDATE beads SET {key} = ?, updated_at = ? WHERE id = ?",
+                             (value, now, bead_id))
+            if "priority" in changes:
+                conn.execute("UPDATE merge_requests SET priority = ? WHERE bead = ? AND "
+                             "state = 'queued'", (changes["priority"], bead_id))
+            if changes:
+                self._emit(conn, "bead_updated", rig=row["rig"], bead=bead_id,
+                           fields=sorted(changes),
+                           **{k: v for k, v in changes.items() if k != "description"})
+            if status is not None and status != row["status"]:
+                conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? "
+                             "WHERE id = ?", (status, "set by hand", now, bead_id))
+                self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
+                           old=row["status"], new=status, reason="set by hand")
+        return self.bead(bead_id)
+
+    def close_bead(self, bead_id: str, *, reason: str | None = None,
+                   commit: str | None = None, force: bool = False) -> list[Polecat]:
+        """Close a bead by hand (``commit``: where its work landed by another route).
+
+        Refuses a bead with a live polecat, a queued or running merge request, or a
+        queued sling, unless ``force``: then, in this one transaction, the slings and
+        merge requests are cancelled and each live polecat is marked ``escalated`` with
+        the reason (its worktree and branch are kept; nothing is deleted). Returns the
+        polecats whose agent sessions the caller should stop. A polecat still being
+        created is refused even with ``force`` (the mayor is building it).
+        """
+        reason = reason or "closed by hand"
+        with self.transaction() as conn:
+            row = self._bead_row(conn, bead_id)
+            if row["status"] == "closed":
+                raise Refused(f"bead {bead_id} is already closed"
+                              + (f" ({row['reason']})" if row["reason"] else ""))
+            live = [polecat_of(r) for r in conn.execute(
+                f"SELECT * FROM polecats WHERE bead = ? AND state IN ({_LIVE_MARKS}) "
+                "ORDER BY rig, name", (bead_id, *LIVE_POLECAT_STATES))]
+            mrs = conn.execute("SELECT id, rig, polecat, state FROM merge_requests WHERE "
+                               "bead = ? AND state IN ('queued', 'running') ORDER BY "
+                               "created_at", (bead_id,)).fetchall()
+            slings = conn.execute("SELECT id, rig FROM slings WHERE bead = ? AND "
+                                  "state = 'queued' ORDER BY id", (bead_id,)).fetchall()
+            if not force and (live or mrs or slings):
+                what = ([f"polecat {p.rig}/{p.name} ({p.state})" for p in live]
+                        + [f"merge request {m['id']} ({m['state']})" for m in mrs]
+                        + [f"queued sling #{s['id']}" for s in slings])
+                raise Refused(f"bead {bead_id} has {', '.join(what)}; use --force to cancel "
+                              "them (worktrees and branches are kept)")
+            spawning = [p for p in live if p.state == "spawning"]
+            if spawning:
+                raise Refused(f"polecat {spawning[0].rig}/{spawning[0].name} is still being "
+                              f"created for {bead_id}; retry in a moment")
+            now = time.time()
+            note = f"bead {bead_id} closed by hand: {reason}"
+            for sling in slings:
+                conn.execute("UPDATE slings SET state = 'cancelled', error = ?, updated_at = ? "
+                             "WHERE id = ?", (note, now, sling["id"]))
+                self._emit(conn, "sling_cancelled", rig=sling["rig"], bead=bead_id,
+                           sling=sling["id"], reason=note)
+            for mr in mrs:
+                conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
+                             "updated_at = ? WHERE id = ?", (note, now, mr["id"]))
+                self._emit(conn, "mr_cancelled", rig=mr["rig"], polecat=mr["polecat"],
+                           bead=bead_id, mr=mr["id"], reason=note)
+            kept = f"{note}; worktree and branch kept"
+            for polecat in live:
+                conn.execute("UPDATE polecats SET state = 'escalated', reason = ?, "
+                             "updated_at = ? WHERE rig = ? AND name = ?",
+                             (kept, now, polecat.rig, polecat.name))
+                self._emit(conn, "polecat_escalated", rig=polecat.rig, polecat=polecat.name,
+                           bead=bead_id, old=polecat.state, reason=kept)
+            conn.execute("UPDATE beads SET status = 'closed', reason = ?, closed_commit = ?, "
+                         "updated_at = ? WHERE id = ?", (reason, commit, now, bead_id))
+            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
+                       old=row["status"], new="closed", reason=reason, commit=commit,
+                       by_hand=True)
+        return [p for p in live if p.state in ("working", "stalled")]
+
+    def reopen_bead(self, bead_id: str, *, reason: str | None = None) -> Bead:
+        """A closed (or blocked) bead back to ``open``; emits ``bead_status_changed``."""
+        reason = reason or "reopened by hand"
+        with self.transaction() as conn:
+            row = self._bead_row(conn, bead_id)
+            if row["status"] not in ("closed", "blocked"):
+                raise Refused(f"bead {bead_id} is {row['status']}, not closed or blocked")
+            conn.execute("UPDATE beads SET status = 'open', reason = ?, closed_commit = NULL, "
+                         "updated_at = ? WHERE id = ?", (reason, time.time(), bead_id))
+            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
+                       old=row["status"], new="open", reason=reason)
+        return self.bead(bead_id)
+
+    def bead_work(self, bead_id: str) -> BeadWork:
+        """Everything in flight or kept for a bead: polecats, MRs, queued slings."""
+        polecats = [polecat_of(r) for r in self._conn.execute(
+            "SELECT * FROM polecats WHERE bead = ? ORDER BY created_at", (bead_id,))]
+        mrs = [mr_of(r) for r in self._conn.execute(
+            "SELECT * FROM merge_requests WHERE bead = ? ORDER BY created_at", (bead_id,))]
+        slings = [q for q in self.sling_queue() if q.sling.bead == bead_id]
+        return BeadWork(polecats=polecats, merge_requests=mrs, queued_slings=slings)
+
+    def sling_queue(self) -> list[QueuedSling]:
+        """The queued slings in the mayor's order (oldest first), with their 1-based place."""
+        rows = self._conn.execute("SELECT * FROM slings WHERE state = 'queued' ORDER BY id")
+        return [QueuedSling(position=i, sling=sling_of(r))
+                for i, r in enumerate(rows.fetchall(), start=1)]
+
+    def _bead_row(self, conn: sqlite3.Connection, bead_id: str) -> sqlite3.Row:
+        row: sqlite3.Row | None = conn.execute("SELECT * FROM beads WHERE id = ?",
+                                               (bead_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no bead {bead_id!r}")
+        return row
+
+    def _status_is_not_yours(self, conn: sqlite3.Connection, row: sqlite3.Row) -> str:
+        if row["status"] == "closed":
+            return f"bead {row['id']} is closed; reopen it with 'gastown bead reopen'"
+        holder = conn.execute("SELECT rig, name FROM polecats WHERE bead = ? ORDER BY "
+                              "created_at DESC", (row["id"],)).fetchone()
+        who = f" by polecat {holder['rig']}/{holder['name']}" if holder else ""
+        return (f"bead {row['id']} is {row['status']}{who}; its status follows the work "
+                "(close it with --force, or nuke the polecat)")
 
     def record_role(self, name: str, *, state: str, pid: int | None, started_at: float | None,
                     restarts: int, last_exit: int | None, reason: str | None = None,

@@ -292,13 +292,21 @@ class WorkLedger(StoreBase):
 
     def set_merge_step(self, mr_ids: Sequence[str], step: str, *, gate: str | None = None,
                        candidate: str | None = None, log_path: str | None = None) -> None:
-        """Record what the refinery is about to do (crash recovery reads it back)."""
+        """Record what the refinery is about to do (crash recovery reads it back), and
+        append it with its start time to the MR's ``steps`` (``mq show`` prints timings)."""
+        now = time.time()
         with self.transaction() as conn:
             for mr_id in mr_ids:
+                row = conn.execute("SELECT steps FROM merge_requests WHERE id = ?",
+                                   (mr_id,)).fetchone()
+                steps = json.loads(row["steps"] or "[]") if row is not None else []
+                if not steps or (steps[-1].get("step"), steps[-1].get("gate")) != (step, gate):
+                    steps.append({"step": step, "gate": gate, "at": now})
                 conn.execute("UPDATE merge_requests SET step = ?, gate = ?, "
                              "candidate = COALESCE(?, candidate), "
-                             "log_path = COALESCE(?, log_path), updated_at = ? WHERE id = ?",
-                             (step, gate, candidate, log_path, time.time(), mr_id))
+                             "log_path = COALESCE(?, log_path), steps = ?, updated_at = ? "
+                             "WHERE id = ?",
+                             (step, gate, candidate, log_path, json.dumps(steps), now, mr_id))
 
     def merge_landed(self, mr_id: str, commit: str) -> None:
         """The MR's change is on the default branch (and the remote): merged, bead closed."""
@@ -321,8 +329,8 @@ class WorkLedger(StoreBase):
             if row is None or row["state"] in ("merged", "rejected"):
                 return
             conn.execute("UPDATE merge_requests SET state = 'rejected', step = NULL, "
-                         "gate = NULL, reason = ?, updated_at = ? WHERE id = ?",
-                         (reason, time.time(), mr_id))
+                         "gate = NULL, reason = ?, tail = ?, updated_at = ? WHERE id = ?",
+                         (reason, tail[-4000:] or None, time.time(), mr_id))
             self._emit(conn, "mr_rejected", rig=row["rig"], polecat=row["polecat"],
                        bead=row["bead"], mr=mr_id, reason=reason, tail=tail[-2000:])
             self._polecat_event_if_present(conn, row["rig"], row["polecat"], Rejected(reason))

@@ -28,6 +28,8 @@ _TEMPLATES: Final = {
     "bead_status_changed": "bead {bead} {old} -> {new}{because}",
     "sling_queued": "sling #{sling} queued: {bead} -> {rig}",
     "sling_failed": "sling #{sling} of {bead} to {rig} failed: {error}",
+    "sling_cancelled": "sling #{sling} of {bead} to {rig} cancelled: {reason}",
+    "bead_updated": "bead {bead} updated ({fields})",
     "polecat_spawning": "polecat {rig}/{polecat} spawning for {bead} on {branch} ({agent})",
     "polecat_working": "polecat {rig}/{polecat} working on {bead}",
     "polecat_done": "polecat {rig}/{polecat} done ({bead})",
@@ -136,7 +138,7 @@ def read_feed(path: Path, outbox: Iterable[dict[str, Any]] = ()) -> Iterator[dic
 def format_event(event: dict[str, Any]) -> str:
     """One readable line: ``HH:MM:SS  kind  text``."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("ts", 0)))
-    fields = dict(event)
+    fields = {k: _text(v) for k, v in event.items()}
     if "last_exit" in fields:
         fields["exit"] = describe_exit(fields["last_exit"])
     fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
@@ -147,8 +149,16 @@ def format_event(event: dict[str, Any]) -> str:
             return f"{stamp}  {template.format_map(_Missing(fields))}"
         except (ValueError, IndexError):
             pass
-    extra = " ".join(f"{k}={v}" for k, v in event.items() if k not in ("seq", "ts", "kind"))
+    extra = " ".join(f"{k}={_text(v)}" for k, v in event.items()
+                     if k not in ("seq", "ts", "kind"))
     return f"{stamp}  {event.get('kind')} {extra}".rstrip()
+
+
+def _text(value: Any) -> Any:
+    """Lists read as the CLI prints them: ``a, b`` (``nothing`` when empty)."""
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) if value else "nothing"
+    return value
 
 
 class _Missing(dict[str, Any]):

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from gastown.roles.log import CONTEXT_KEYS, log_file_name
 
@@ -28,15 +28,31 @@ class LogLine:
     raw: str
 
 
+#: The kinds of process that log; ``--role KIND`` means every one of that kind (all rigs).
+ROLE_KINDS: Final = ("mayor", "witness", "refinery", "supervisor", "cli")
+
+
 def role_log_files(logs_dir: Path, role: str | None) -> list[Path]:
-    """The current log file of ``role``, or of every process when None."""
-    if role is not None:
+    """The current log files of ``role``: one exact name (``refinery:web``), a kind
+    (``refinery``: every rig's), or every process when None."""
+    if role is not None and role not in ROLE_KINDS:
         return [logs_dir / log_file_name(role)]
     current = set(logs_dir.glob("*.log"))
     # A file that has just rotated exists only as ``<name>.log.1`` until its next line.
     current |= {p.with_name(p.name.rsplit(".", 1)[0]) for p in logs_dir.glob("*.log.*")
                 if p.suffix[1:].isdigit()}
+    if role is not None:
+        current = {p for p in current if p.stem == role or p.stem.startswith(role + "-")}
     return sorted(current)
+
+
+def role_names(logs_dir: Path) -> list[str]:
+    """What ``--role`` accepts here: the kinds, then each process that has a log."""
+    names = []
+    for path in role_log_files(logs_dir, None):
+        kind, sep, rest = path.stem.partition("-")
+        names.append(f"{kind}:{rest}" if sep and kind in ROLE_KINDS else path.stem)
+    return [*ROLE_KINDS, *(n for n in names if n not in ROLE_KINDS)]
 
 
 def _parse(raw: str, source: str) -> LogLine | None:

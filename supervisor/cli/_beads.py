@@ -1,12 +1,15 @@
-"""Commands of the bead ledger: ``bead create|list|show``."""
+"""Commands of the bead ledger: ``bead create|list|show|update|close|reopen``."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from gastown.supervisor.cli._context import (
     age,
     iso,
+    mr_json,
     poke_town,
     print_json,
     print_table,
@@ -14,6 +17,11 @@ from gastown.supervisor.cli._context import (
     store_of,
     town_of,
 )
+
+if TYPE_CHECKING:
+    from gastown.roles._store_town import QueuedSling
+    from gastown.roles.store import Bead, Polecat, Store
+    from gastown.roles.town import Town
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -64,15 +72,97 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from gastown.roles.errors import UsageError
+
+    title = args.title.strip() if args.title is not None else None
+    if title == "":
+        raise UsageError("a bead needs a non-empty title")
+    if title is None and args.description is None and args.priority is None and \
+            args.status is None:
+        raise UsageError("nothing to update: give --title, -d, -p or --status")
+    town = town_of(args)
+    with store_of(town) as store:
+        bead = store.update_bead(args.id, title=title, description=args.description,
+                                 priority=args.priority, status=args.status)
+    poke_town(town)
+    print(f"{bead.id} updated ({bead.status}, priority {bead.priority}): {bead.title}")
+    return 0
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.polecats import stop_polecat_session
+
+    town = town_of(args)
+    with store_of(town) as store:
+        bead = store.bead(args.id)
+        commit = _landed_commit(town, store, bead, args.commit) if args.commit else None
+        stop = store.close_bead(bead.id, reason=args.reason, commit=commit, force=args.force)
+    log = get_logger()
+    with bound(bead=bead.id, rig=bead.rig):
+        log.info("bead_closed_by_hand", reason=args.reason, commit=commit, force=args.force,
+                 stopped=[f"{p.rig}/{p.name}" for p in stop])
+        for polecat in stop:
+            # After the store commit: the witness sees `escalated` and respawns nothing.
+            try:
+                stop_polecat_session(town, polecat)
+            except OSError as exc:
+                log.warning("session_stop_failed", polecat=polecat.name, error=str(exc))
+    poke_town(town)
+    print(f"{bead.id} closed" + (f" (landed as {commit[:10]})" if commit else ""))
+    for polecat in stop:
+        print(f"  stopped polecat {polecat.rig}/{polecat.name}; its work is kept in "
+              f"{polecat.worktree} on {polecat.branch}")
+    return 0
+
+
+def _landed_commit(town: Town, store: Store, bead: Bead, commit: str) -> str:
+    """The full id of ``commit``, verified to be on the default branch of the bead's rig."""
+    import re
+
+    from gastown.roles import git
+    from gastown.roles.errors import Refused, UsageError
+
+    if not re.fullmatch(r"[0-9a-fA-F]{4,40}", commit):
+        raise UsageError(f"--commit wants a commit id (hex), not {commit!r}")
+    if bead.rig is None:
+        raise Refused(f"bead {bead.id} has no rig: --commit needs the rig whose default "
+                      "branch holds the commit")
+    branch = store.rig(bead.rig).default_branch
+    clone = town.refinery_clone(bead.rig)
+    full = git.rev(clone, commit) if clone.is_dir() else None
+    if full is None:
+        raise Refused(f"commit {commit} is not in rig {bead.rig}'s repository ({clone})")
+    if not git.is_ancestor(clone, full, branch):
+        raise Refused(f"commit {full[:10]} is not on {branch} of rig {bead.rig} ({clone})")
+    return full
+
+
+def cmd_reopen(args: argparse.Namespace) -> int:
+    town = town_of(args)
+    with store_of(town) as store:
+        bead = store.reopen_bead(args.id, reason=args.reason)
+    poke_town(town)
+    print(f"{bead.id} reopened")
+    return 0
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         bead = store.bead(args.id)
+        work = store.bead_work(bead.id)
     if args.json:
-        print_json(bead)
+        print_json({**asdict(bead),
+                    "polecats": [_polecat_json(p) for p in work.polecats],
+                    "merge_requests": [mr_json(m) for m in work.merge_requests],
+                    "queued_slings": [_sling_json(q) for q in work.queued_slings]})
         return 0
     print(f"{bead.id}  {bead.title}")
     print(f"  status:   {bead.status}" + (f" ({bead.reason})" if bead.reason else ""))
+    if bead.closed_commit:
+        print(f"  landed:   {bead.closed_commit}")
     print(f"  rig:      {bead.rig or '-'}")
     print(f"  priority: {bead.priority}")
     print(f"  created:  {iso(bead.created_at)} ({age(bead.created_at)} ago)")
@@ -81,4 +171,40 @@ def cmd_show(args: argparse.Namespace) -> int:
         print("  description:")
         for line in bead.description.splitlines():
             print(f"    {line}")
+    for queued in work.queued_slings:
+        sling = queued.sling
+        print(f"  queued sling #{sling.id} to {sling.rig}: position {queued.position} in "
+              f"the queue, waiting {age(sling.created_at)}")
+    for polecat in work.polecats:
+        print(f"  polecat {polecat.rig}/{polecat.name}: {polecat.state}"
+              + (f" ({polecat.reason})" if polecat.reason else ""))
+        print(f"    worktree {polecat.worktree} on {polecat.branch}")
+        _print_tail("session output", polecat.output_tail)
+    for mr in work.merge_requests:
+        print(f"  merge request {mr.id}: {mr.state}" + (f" ({mr.reason})" if mr.reason else "")
+              + (f", merged as {mr.merged_commit[:10]}" if mr.merged_commit else ""))
+        if mr.log_path:
+            print(f"    gate log: {mr.log_path}")
+        _print_tail("failing output", mr.tail)
     return 0
+
+
+def _print_tail(what: str, tail: str | None, lines: int = 20) -> None:
+    if not tail:
+        return
+    print(f"    {what} (last lines):")
+    for line in tail.splitlines()[-lines:]:
+        print(f"      | {line}")
+
+
+def _polecat_json(p: Polecat) -> dict[str, Any]:
+    return {"rig": p.rig, "name": p.name, "state": p.state, "reason": p.reason,
+            "branch": p.branch, "worktree": p.worktree, "agent": p.agent,
+            "respawns": p.respawns, "incarnation": p.incarnation,
+            "output_tail": p.output_tail, "created_at": p.created_at,
+            "updated_at": p.updated_at}
+
+
+def _sling_json(q: QueuedSling) -> dict[str, Any]:
+    return {"id": q.sling.id, "rig": q.sling.rig, "agent": q.sling.agent,
+            "position": q.position, "created_at": q.sling.created_at}

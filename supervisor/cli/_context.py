@@ -13,7 +13,7 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from gastown.roles.store import Rig, Store, open_store
+from gastown.roles.store import MergeRequest, Rig, Store, open_store
 from gastown.roles.town import Town, find_town
 
 
@@ -84,6 +84,17 @@ def require_rig(store: Store, rig: str) -> Rig:
     from gastown.roles.names import validate_name
 
     return store.rig(validate_name("rig", rig))
+
+
+def mr_json(m: MergeRequest) -> dict[str, Any]:
+    """A merge request as ``mq list --json``, ``mq show --json`` and ``bead show --json``
+    print it."""
+    return {"id": m.id, "rig": m.rig, "bead": m.bead, "polecat": m.polecat, "kind": m.kind,
+            "branch": m.branch, "state": m.state, "step": m.step, "gate": m.gate,
+            "priority": m.priority, "reason": m.reason, "head": m.head, "base": m.base,
+            "candidate": m.candidate, "merged_commit": m.merged_commit, "log": m.log_path,
+            "tail": m.tail, "steps": list(m.steps), "created_at": m.created_at,
+            "updated_at": m.updated_at, "age": round(time.time() - m.created_at, 1)}
 
 
 def to_jsonable(value: Any) -> Any:

@@ -214,6 +214,7 @@ def gather_status(town: Town) -> dict[str, Any]:
         polecats = store.polecats()
         queue = [m for m in store.merge_requests() if m.state in ("queued", "running")]
         failures = store.recent_events(FAILURE_KINDS, limit=5)
+        slings = store.sling_queue()
     status: dict[str, Any] = {"town": str(town.root)}
     if live is not None:
         status["supervisor"] = live["supervisor"]
@@ -233,6 +234,10 @@ def gather_status(town: Town) -> dict[str, Any]:
                               for p in polecats]
     status["merge_queue"] = [{"id": m.id, "rig": m.rig, "bead": m.bead, "state": m.state,
                               "step": m.step, "gate": m.gate} for m in queue]
+    status["queued_slings"] = [{"id": q.sling.id, "position": q.position,
+                                "bead": q.sling.bead, "rig": q.sling.rig,
+                                "agent": q.sling.agent, "created_at": q.sling.created_at}
+                               for q in slings]
     status["recent_failures"] = [e.as_json() for e in failures]
     return status
 
@@ -278,6 +283,11 @@ def _print_status(town: Town, *, as_json: bool) -> int:
                     [[m["id"], m["rig"], m["bead"], m["state"] + (
                         f": {m['step']}" + (f" ({m['gate']})" if m["gate"] else "")
                         if m["state"] == "running" else "")] for m in status["merge_queue"]])
+    if status["queued_slings"]:
+        print()
+        print_table(["QUEUED", "SLING", "BEAD", "RIG", "WAITING"],
+                    [[q["position"], f"#{q['id']}", q["bead"], q["rig"], age(q["created_at"])]
+                     for q in status["queued_slings"]])
     if status["recent_failures"]:
         from gastown.supervisor.feed import format_event
 

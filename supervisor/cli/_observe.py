@@ -11,11 +11,20 @@ from gastown.supervisor.cli._context import store_of, town_of
 
 def cmd_logs(args: argparse.Namespace) -> int:
     from gastown.roles.errors import UsageError
-    from gastown.supervisor.logview import follow, format_line, merged, role_log_files
+    from gastown.supervisor.logview import (
+        follow,
+        format_line,
+        merged,
+        role_log_files,
+        role_names,
+    )
 
     town = town_of(args)
-    if args.role is not None and not role_log_files(town.logs_dir, args.role)[0].exists():
-        raise UsageError(f"no log for role {args.role!r} in {town.logs_dir}")
+    if args.role is not None and not any(
+            p.exists() or any(p.parent.glob(p.name + ".*"))
+            for p in role_log_files(town.logs_dir, args.role)):
+        raise UsageError(f"no log for role {args.role!r} in {town.logs_dir} (roles: "
+                         f"{', '.join(role_names(town.logs_dir))})")
 
     def show(line: object) -> None:
         from gastown.supervisor.logview import LogLine

@@ -78,6 +78,8 @@ def build_parser() -> _Parser:
     p.add_argument("repo", metavar="REPO", help="URL or local path of the repository")
     p.add_argument("--branch", metavar="B", help="default branch (default: the remote's HEAD)")
     p.add_argument("--prefix", metavar="P", help="bead id prefix, 2-4 lowercase letters")
+    p.add_argument("--check", action="store_true",
+                   help="then run the rig's gates on its default branch (as 'mq check')")
     p = _command(rig_sub, "list", "gastown.supervisor.cli._town:cmd_rig_list",
                  "list the town's rigs")
     _json_flag(p)
@@ -103,9 +105,32 @@ def build_parser() -> _Parser:
                    help="only these statuses, comma-separated "
                         "(open, hooked, in_review, closed, blocked)")
     _json_flag(p)
-    p = _command(bead_sub, "show", "gastown.supervisor.cli._beads:cmd_show", "show one bead")
+    p = _command(bead_sub, "show", "gastown.supervisor.cli._beads:cmd_show",
+                 "show one bead: why it is where it is, its polecats (state, reason, output "
+                 "tail), merge requests (gate log, failing tail), queued slings")
     p.add_argument("id", metavar="ID")
     _json_flag(p)
+    p = _command(bead_sub, "update", "gastown.supervisor.cli._beads:cmd_update",
+                 "edit a bead's title, description, priority, or status (open/blocked)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--title", metavar="T")
+    p.add_argument("-d", "--description", metavar="TEXT")
+    p.add_argument("-p", "--priority", metavar="0-4", type=_priority)
+    p.add_argument("--status", choices=["open", "blocked"])
+    p = _command(bead_sub, "close", "gastown.supervisor.cli._beads:cmd_close",
+                 "close a bead by hand (refuses one with live work unless --force)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown by bead show and the feed)")
+    p.add_argument("--commit", metavar="SHA",
+                   help="its work landed by another route as this commit (must be on the "
+                        "rig's default branch)")
+    p.add_argument("--force", action="store_true",
+                   help="cancel its queued slings and merge requests and stop its polecats' "
+                        "agents; worktrees and branches are kept (polecats escalated)")
+    p = _command(bead_sub, "reopen", "gastown.supervisor.cli._beads:cmd_reopen",
+                 "reopen a closed (or blocked) bead")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--reason", metavar="TEXT", help="why (shown by bead show and the feed)")
 
     p = _command(sub, "up", "gastown.supervisor.cli._lifecycle:cmd_up",
                  "start the town (supervisor, mayor, a witness and a refinery per rig)")
@@ -174,6 +199,15 @@ def build_parser() -> _Parser:
                  "queued and running merge requests (with the gate running), then recent "
                  "merges and rejections")
     p.add_argument("rig", nargs="?", metavar="RIG")
+    _json_flag(p)
+    p = _command(mq_sub, "show", "gastown.supervisor.cli._mq:cmd_mq_show",
+                 "one merge request: state, steps with timings, gate output tail, log path")
+    p.add_argument("id", metavar="MR")
+    _json_flag(p)
+    p = _command(mq_sub, "check", "gastown.supervisor.cli._mq:cmd_mq_check",
+                 "run the rig's gates on its default branch in a scratch worktree; exit 1 "
+                 "if one fails")
+    p.add_argument("rig", metavar="RIG")
     _json_flag(p)
 
     crew_sub = _group(sub, "crew", "human workspaces in a rig (worktrees on crew/NAME)",

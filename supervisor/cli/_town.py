@@ -47,6 +47,10 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
     poke_town(town)
     print(f"added rig {rig.name} (branch {rig.default_branch}, bead prefix {rig.prefix}) "
           f"at {town.rig_dir(rig.name)}")
+    if args.check:
+        from gastown.supervisor.cli._mq import run_check
+
+        return run_check(town, rig.name)
     return 0
 
 
