@@ -86,6 +86,58 @@ class TownLedger(StoreBase):
             conn.execute("DELETE FROM polecats WHERE rig = ?", (name,))
             self._emit(conn, "rig_removed", rig=name)
 
+    def set_mq_paused(self, name: str, reason: str | None) -> bool:
+        """Stop the rig's merge queue for ``reason``, or resume it (None); True if it changed.
+
+        Emits ``mq_paused`` (with the reason) or ``mq_resumed`` once per change.
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT mq_paused FROM rigs WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no rig named {name!r} in this town")
+            if row["mq_paused"] == reason:
+                return False
+            conn.execute("UPDATE rigs SET mq_paused = ? WHERE name = ?", (reason, name))
+            if reason is None:
+                self._emit(conn, "mq_resumed", rig=name, was=row["mq_paused"])
+            else:
+                self._emit(conn, "mq_paused", rig=name, reason=reason)
+            return True
+
+    def record_unpushed(self, name: str, *, landed_head: str, remote_head: str | None,
+                        error: str, count: int) -> None:
+        """Merged work sits in the refinery's clone (``landed_head``), not on the remote.
+
+        Emits ``push_refused`` when the landed head or the error changed.
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT landed_head, remote_head, push_error FROM rigs "
+                               "WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise NotFound(f"no rig named {name!r} in this town")
+            if (row["landed_head"], row["remote_head"], row["push_error"]) == \
+                    (landed_head, remote_head, error):
+                return
+            conn.execute("UPDATE rigs SET landed_head = ?, remote_head = ?, push_error = ? "
+                         "WHERE name = ?", (landed_head, remote_head, error, name))
+            self._emit(conn, "push_refused", rig=name, landed_head=landed_head,
+                       remote_head=remote_head, reason=error, count=count)
+
+    def record_pushed(self, name: str, head: str) -> None:
+        """The remote's branch has everything that landed (``head``): forget the backlog.
+
+        Emits ``push_caught_up`` when there was a backlog.
+        """
+        with self.transaction() as conn:
+            row = conn.execute("SELECT push_error, landed_head FROM rigs WHERE name = ?",
+                               (name,)).fetchone()
+            if row is None or (row["push_error"] is None and row["landed_head"] is None):
+                return
+            conn.execute("UPDATE rigs SET landed_head = NULL, remote_head = NULL, "
+                         "push_error = NULL WHERE name = ?", (name,))
+            self._emit(conn, "push_caught_up", rig=name, head=head,
+                       was=row["push_error"])
+
     def live_polecats(self, rig: str) -> list[str]:
         """Names of the rig's polecats (a nuked polecat's row is deleted with it)."""
         rows = self._conn.execute("SELECT name FROM polecats WHERE rig = ? ORDER BY name",

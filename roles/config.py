@@ -100,6 +100,10 @@ class RigConfig:
     prefix: str
     polecats: PolecatsConfig
     merge_queue: MergeQueueConfig
+    #: ``repo`` is a local working copy with the default branch checked out, and the user
+    #: let gastown push to it (``receive.denyCurrentBranch = updateInstead``, set by
+    #: ``rig add --push-to-checkout``): pushes update that checkout when it is clean.
+    push_to_checkout: bool = False
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator, Mapping
@@ -377,12 +378,6 @@ def fast_forward(repo: Path, branch: str, commit: str) -> None:
     run_git(["merge", "--quiet", "--ff-only", commit], cwd=repo, op="merge --ff-only")
 
 
-def reset_branch(repo: Path, branch: str, commit: str) -> None:
-    """Point ``branch`` (checked out in ``repo``) at ``commit`` (used to follow the remote)."""
-    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
-    run_git(["reset", "--quiet", "--hard", commit], cwd=repo, op="reset")
-
-
 PushResult = Literal["pushed", "rejected", "checked-out"]
 
 
@@ -418,3 +413,78 @@ def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str |
         if ref.strip() == f"refs/heads/{branch}":
             return sha.strip()
     return None
+
+
+# -- pushing a tested commit, and where the default branch stands ----------------------
+
+#: ``! [remote rejected] HEAD -> main (Working directory has unstaged changes)``
+_REMOTE_REJECTED: Final = re.compile(r"\[remote rejected\][^(\n]*\(([^)\n]*)\)")
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """How a push of a commit to the remote's branch went.
+
+    ``pushed``: the remote's branch is now that commit. ``moved``: rejected because the
+    remote's branch moved (not a fast-forward): fetch and redo on it. ``refused``: the
+    remote answered but would not take it, for ``reason`` (a working copy with the branch
+    checked out, ``updateInstead`` on a dirty tree, a hook).
+    """
+
+    result: Literal["pushed", "moved", "refused"]
+    reason: str = ""
+
+
+def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") -> PushOutcome:
+    """Push ``commit`` to ``refs/heads/<branch>`` on ``remote`` (fast-forward only).
+
+    Nothing local moves: the caller fast-forwards its own branch after the remote took
+    the commit, so a refused push never has to be undone. An unreachable remote raises
+    :class:`GitError` (op ``push``).
+    """
+    try:
+        run_git(["push", "--quiet", remote, f"{commit}:refs/heads/{branch}"], cwd=repo,
+                op="push", timeout=NETWORK_TIMEOUT)
+    except GitError as exc:
+        refused = _REMOTE_REJECTED.search(exc.stderr)
+        if refused:
+            return PushOutcome("refused", refused.group(1).strip())
+        if "refusing to update checked out branch" in exc.stderr:
+            return PushOutcome("refused", "branch is currently checked out")
+        if "non-fast-forward" in exc.stderr or "fetch first" in exc.stderr or \
+                "[rejected]" in exc.stderr:
+            return PushOutcome("moved")
+        raise
+    return PushOutcome("pushed")
+
+
+def commits_between(repo: Path, base: str | None, tip: str) -> list[str]:
+    """The commits of ``base..tip`` (all of ``tip``'s history without ``base``), newest first."""
+    spec = f"{base}..{tip}" if base else tip
+    out = run_git(["rev-list", spec], cwd=repo, op="rev-list")
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def is_bare(repo: Path) -> bool:
+    """Whether ``repo`` is a bare repository."""
+    out = run_git(["rev-parse", "--is-bare-repository"], cwd=repo, op="rev-parse")
+    return out.strip() == "true"
+
+
+def is_repository(path: Path) -> bool:
+    """Whether ``path`` is the top of a git repository (bare or not)."""
+    try:
+        top = run_git(["rev-parse", "--git-dir"], cwd=path, op="rev-parse").strip()
+    except GitError:
+        return False
+    git_dir = (path / top).resolve()
+    return git_dir in (path.resolve(), (path / ".git").resolve())
+
+
+def checked_out_branches(repo: Path) -> list[str]:
+    """Branches checked out in ``repo``'s working trees (none for a bare repository's own)."""
+    return [w.branch for w in list_worktrees(repo) if w.branch]
+
+
+def set_config(repo: Path, key: str, value: str) -> None:
+    run_git(["config", key, value], cwd=repo, op="config")

@@ -1,20 +1,31 @@
 """The refinery: the rig's merge queue, in ``<rig>/refinery/rig``.
 
 It takes the rig's merge requests in queue order (priority, then age), a batch at a
-time, woken by events (``mr_created``, ``mr_requeued``), never by a timer. For a batch
-it follows a :mod:`~gastown.roles.merge_queue` plan: stack the MRs onto the default
-branch by rebasing detached copies of their heads (a polecat's branch is checked out in
-its worktree and is never touched), run the gates on the candidate, fast-forward the
-default branch to a candidate only after its gates passed, push, and verify that the
-remote's branch moved. A remote that moved meanwhile is fetched and rebased on, never
-overwritten (bounded by ``push_retries``).
+time, woken by events (``mr_created``, ``mr_requeued``, ``mq_resume_requested``), never
+by a timer. For a batch it follows a :mod:`~gastown.roles.merge_queue` plan: stack the
+MRs onto the default branch by rebasing detached copies of their heads (a polecat's
+branch is checked out in its worktree and is never touched), run the gates on the
+candidate, push the tested candidate to the remote's branch, verify that it moved, and
+only then fast-forward the local default branch to it. A remote that moved meanwhile is
+fetched and rebased on, never overwritten (bounded by ``push_retries``).
+
+The default branch only ever moves forward, in the clone and on the remote; nothing here
+resets it. Catching up with the remote is a fast-forward. Work that landed in the clone
+but that the remote refused (a working copy with the branch checked out, a dirty tree
+under ``updateInstead``, a hook) stays on the local branch, is recorded in the rig's row
+(``landed_head``, ``remote_head``, ``push_error``, shown by ``gastown status``) and is
+pushed again after every later batch, at start and on ``gastown mq resume``. If the
+remote's branch diverged from such work, the queue stops (``rigs.mq_paused``, event
+``mq_paused``) with the way out in the reason, queued MRs stay queued, and it starts
+again (``mq_resumed``) once the remote's branch holds that work.
 
 Crash safety: every MR is marked ``running`` and each step recorded before git is
-touched. On start the refinery cleans its checkout, re-pushes a tested default branch
-that never reached the remote, and settles ``running`` MRs: one whose change is on the
-remote's branch (patch equivalence, so rebased work counts) is ``merged`` (exactly once),
-any other goes back to the queue. The default branch only ever moves to a commit whose
-gates passed, so nothing a crash interrupts can leave untested code on it.
+touched. On start the refinery cleans its checkout, catches up with the remote by the
+rules above (re-pushing tested work that never reached it), and settles ``running``
+MRs: one whose change is on the default branch, here or on the remote (patch
+equivalence, so rebased work counts), is ``merged`` (exactly once), any other goes back
+to the queue. The default branch only ever moves to a commit whose gates passed, so
+nothing a crash interrupts can leave untested code on it.
 """
 
 from __future__ import annotations
@@ -32,15 +43,23 @@ from gastown.roles.config import RigConfig
 from gastown.roles.errors import GastownError, GitError
 from gastown.roles.faults import fault_point
 from gastown.roles.processes import processes_with_env, terminate_process_group
+from gastown.roles.rigs import is_url
 from gastown.roles.role_process import RoleContext
 from gastown.roles.store import MergeRequest
 
 #: Events after which there may be work for the queue.
-WAKE_TOPICS: Final = ("mr_created", "mr_requeued")
+WAKE_TOPICS: Final = ("mr_created", "mr_requeued", "mq_resume_requested")
+
+#: Git operations that talk to the remote: their failure means "unreachable, retry later".
+NETWORK_OPS: Final = ("fetch", "push", "ls-remote")
 
 
 class RemoteMoved(Exception):
     """The push was rejected because the remote's branch moved: fetch and redo."""
+
+
+class QueuePaused(Exception):
+    """The remote's branch diverged from landed work not pushed yet: the queue waits."""
 
 
 @dataclass
@@ -69,6 +88,9 @@ class Refinery:
         self._backoff = 1.0
         self.merged = 0
         self.rejected = 0
+        #: Mirrors of the rig's row: why the queue is stopped, whether work is unpushed.
+        self._paused: str | None = None
+        self._unpushed = False
 
     @property
     def store(self) -> AsyncStore:
@@ -76,7 +98,8 @@ class Refinery:
         return self._store
 
     def status(self) -> dict[str, Any]:
-        return {"merged": self.merged, "rejected": self.rejected, "current": self.current}
+        return {"merged": self.merged, "rejected": self.rejected, "current": self.current,
+                "paused": self._paused, "unpushed": self._unpushed}
 
     async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
         if method == "wake":
@@ -129,6 +152,9 @@ class Refinery:
     async def _recover(self) -> None:
         config = self._config()
         branch = config.default_branch
+        rig = await self.store.call(self.store.store.rig, self.rig)
+        self._paused = rig.mq_paused
+        self._unpushed = rig.push_error is not None
         # Gates of a refinery that was SIGKILLed run on, in this very checkout: end them.
         groups = set()
         for pid in await trio.to_thread.run_sync(processes_with_env, self._gate_tag()):
@@ -143,23 +169,13 @@ class Refinery:
         remote = await self._git(git.has_remote, self.clone)
         running = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                         ["running"])
-        if remote:
-            await self._git(git.fetch, self.clone)
-            local = await self._git(git.rev, self.clone, branch)
-            upstream = await self._git(git.rev, self.clone, f"origin/{branch}")
-            if local and upstream and local != upstream:
-                if await self._git(git.is_ancestor, self.clone, upstream, local):
-                    # Tested merges that never reached the remote (killed before the push).
-                    self._log.warning("refinery_repush", local=short(local))
-                    if await self._git(git.push, self.clone, branch) == "rejected":
-                        await self._git(git.fetch, self.clone)
-                        await self._git(git.reset_branch, self.clone, branch,
-                                        f"origin/{branch}")
-                else:
-                    await self._git(git.reset_branch, self.clone, branch, f"origin/{branch}")
-        target = f"origin/{branch}" if remote else branch
+        # Forward only, like every catch-up: tested merges that never reached the remote
+        # (killed before the push, or refused) are pushed again, never dropped.
+        await self._try_catch_up(branch)
+        targets = [branch] + ([f"origin/{branch}"] if remote else [])
         for mr in running:
-            if await self._landed(mr, target):
+            target = await self._landed_on(mr, targets)
+            if target is not None:
                 commit = await self._git(git.rev, self.clone, target)
                 await self.store.call(self.store.store.merge_landed, mr.id, commit)
                 self._log.info("mr_recovered_merged", mr=mr.id, bead=mr.bead)
@@ -169,6 +185,14 @@ class Refinery:
                 self._log.info("mr_recovered_requeued", mr=mr.id, bead=mr.bead)
         if running:
             await self._announce()
+
+    async def _landed_on(self, mr: MergeRequest, targets: list[str]) -> str | None:
+        """The first of ``targets`` that holds every commit of the MR, or None."""
+        for target in targets:
+            if await self._git(git.rev, self.clone, target) and \
+                    await self._landed(mr, target):
+                return target
+        return None
 
     async def _landed(self, mr: MergeRequest, target: str) -> bool:
         """Whether every commit of the MR is on ``target`` (by ancestry or by patch)."""
@@ -186,9 +210,15 @@ class Refinery:
         config = self._config()
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                        ["queued"])
+        if not queued or self._paused:
+            # Woken with a stopped queue or work the remote has not taken yet: look again
+            # (a resume, or the next MR); while it stays stopped, the MRs stay queued.
+            if (self._paused or self._unpushed) and \
+                    not await self._try_catch_up(config.default_branch):
+                return False
+            if not queued:
+                return False
         batch = next_batch(queued, config.merge_queue.batch_size)
-        if not batch:
-            return False
         ids = [mr.id for mr in batch]
         await self.store.call(self.store.store.start_merge_requests, ids)
         await self._announce()
@@ -198,8 +228,13 @@ class Refinery:
                 await self._run_plan(config, by_id)
                 self._backoff = 1.0
                 break
+            except QueuePaused:
+                for mr_id in list(by_id):
+                    await self.store.call(self.store.store.requeue_merge_request, mr_id,
+                                          "the merge queue is paused: " + (self._paused or ""))
+                break
             except GitError as exc:
-                if exc.op in ("fetch", "push", "ls-remote"):
+                if exc.op in NETWORK_OPS:
                     # The remote is unreachable: keep the MRs, retry after a back-off.
                     self._log.warning("remote_unreachable", error=exc.message,
                                       retry_in=self._backoff)
@@ -282,19 +317,121 @@ class Refinery:
                 plan = record_done(plan)
 
     async def _sync_base(self, branch: str) -> str:
-        """Bring the default branch up to the remote's (never the other way) and return it."""
+        """The base for a batch: the default branch, caught up with the remote (forward only).
+
+        Raises :class:`QueuePaused` when the remote diverged from unpushed landed work.
+        Known unpushed work is not pushed here: the batch's landing pushes it with the
+        candidate built on it.
+        """
+        return await self._catch_up(branch, push=not self._unpushed)
+
+    async def _try_catch_up(self, branch: str) -> bool:
+        """:meth:`_catch_up` for a wake-up or a start: False while the queue must wait."""
+        try:
+            await self._catch_up(branch)
+        except QueuePaused:
+            return False
+        except GastownError as exc:
+            self._log.warning("refinery_catch_up_failed", error=exc.message)
+            return False
+        return True
+
+    async def _catch_up(self, branch: str, *, push: bool = True) -> str:
+        """Bring the default branch up to the remote's, never backwards; return its commit.
+
+        - local is behind the remote: fast-forward;
+        - local is ahead (landed, not pushed yet): keep it and push it (unless ``push`` is
+          False); a refusal is recorded, the queue goes on;
+        - they diverged: stop the queue with the reason (:class:`QueuePaused`).
+        """
         await self._git(git.clean_checkout, self.clone, branch)
-        if await self._git(git.has_remote, self.clone):
+        local: str = await self._git(git.rev, self.clone, branch)
+        if not await self._git(git.has_remote, self.clone):
+            return local
+        retries = self._config().merge_queue.push_retries
+        for _ in range(retries + 1):
             await self._git(git.fetch, self.clone)
-            upstream = await self._git(git.rev, self.clone, f"origin/{branch}")
+            upstream: str | None = await self._git(git.rev, self.clone, f"origin/{branch}")
             local = await self._git(git.rev, self.clone, branch)
-            if upstream and upstream != local:
-                if local and not await self._git(git.is_ancestor, self.clone, local, upstream):
-                    self._log.warning("refinery_local_diverged", local=short(local),
-                                      upstream=short(upstream))
-                await self._git(git.reset_branch, self.clone, branch, upstream)
-        commit: str = await self._git(git.rev, self.clone, branch)
-        return commit
+            if upstream == local:
+                await self._caught_up(local)
+                return local
+            if upstream and await self._git(git.is_ancestor, self.clone, local, upstream):
+                await self._git(git.fast_forward, self.clone, branch, upstream)
+                self._log.info("refinery_fast_forwarded", old=short(local),
+                               new=short(upstream))
+                await self._caught_up(upstream)
+                return upstream
+            if upstream and not await self._git(git.is_ancestor, self.clone, upstream, local):
+                await self._pause_diverged(branch, local, upstream)
+                raise QueuePaused()
+            # Landed here and not on the remote yet: a refused push, or a crash before it.
+            await self._set_paused(None)
+            if not push:
+                return local
+            self._log.warning("refinery_repush", local=short(local), remote=short(upstream))
+            outcome = await self._git(git.push_commit, self.clone, local, branch)
+            if outcome.result == "pushed":
+                await self._caught_up(local)
+                return local
+            if outcome.result == "refused":
+                await self._record_unpushed(branch, local, upstream, outcome.reason)
+                return local
+            # The remote moved between the fetch and the push: look again.
+        return local
+
+    async def _caught_up(self, head: str) -> None:
+        """The remote's branch is the local one: no backlog, no reason to stop."""
+        await self._set_paused(None)
+        if self._unpushed:
+            await self.store.call(self.store.store.record_pushed, self.rig, head)
+            self._unpushed = False
+            self._log.info("push_caught_up", head=short(head))
+            await self._announce()
+
+    async def _record_unpushed(self, branch: str, landed: str, upstream: str | None,
+                               reason: str) -> None:
+        """Merged work is in the clone only: say where, and why the remote refused it."""
+        count = len(await self._git(git.commits_between, self.clone, upstream, landed))
+        error = f"the remote refused the push ({reason})"
+        self._log.warning("push_refused", branch=branch, reason=reason, unpushed=count,
+                          landed=short(landed), remote=short(upstream))
+        await self.store.call(self.store.store.record_unpushed, self.rig, landed_head=landed,
+                              remote_head=upstream, error=error, count=count)
+        self._unpushed = True
+        await self._announce()
+
+    async def _pause_diverged(self, branch: str, local: str, upstream: str) -> None:
+        """Stop the queue: the remote's branch and landed-but-unpushed work diverged."""
+        unpushed = await self._git(git.commits_between, self.clone, upstream, local)
+        shown = ", ".join(short(c) + "..." for c in reversed(unpushed[-5:]))
+        more = f" and {len(unpushed) - 5} more" if len(unpushed) > 5 else ""
+        repo = self._config().repo
+        if is_url(repo):
+            fix = (f"merge them with the remote's {branch} (git -C {self.clone} pull "
+                   f"--no-rebase origin {branch}; the refinery pushes the result)")
+        else:
+            fix = f"merge them into the remote's {branch} (git -C {repo} pull {self.clone} " \
+                  f"{branch})"
+        reason = (f"origin/{branch} diverged from {len(unpushed)} landed commit(s) not yet "
+                  f"pushed ({shown}{more}): {fix} then `gastown mq resume {self.rig}`")
+        if self._paused != reason:
+            self._log.error("mq_paused", reason=reason, local=short(local),
+                            remote=short(upstream))
+        await self.store.call(self.store.store.record_unpushed, self.rig, landed_head=local,
+                              remote_head=upstream, error=f"origin/{branch} diverged",
+                              count=len(unpushed))
+        self._unpushed = True
+        await self._set_paused(reason)
+
+    async def _set_paused(self, reason: str | None) -> None:
+        if self._paused == reason:
+            return
+        if reason is None:
+            self._log.info("mq_resumed", was=self._paused)
+        await self.store.call(self.store.store.set_mq_paused, self.rig, reason)
+        self._paused = reason
+        await self._announce()
 
     async def _stack(self, state: BatchState, mrs: tuple[str, ...] | list[str],
                      by_id: dict[str, MergeRequest],
@@ -363,27 +500,29 @@ class Refinery:
 
     async def _land(self, config: RigConfig, mrs: tuple[str, ...] | list[str], candidate: str,
                     by_id: dict[str, MergeRequest]) -> None:
-        """Fast-forward the default branch to the tested candidate, push, verify."""
+        """Push the tested candidate, verify, then fast-forward the default branch to it.
+
+        The remote first: a push rejected because the remote moved leaves nothing local
+        to undo. A push the remote refuses for another reason (a working copy) still
+        lands here: the MRs are gated and on the canonical clone's branch, recorded as
+        not pushed yet, and pushed again after every later batch.
+        """
         branch = config.default_branch
         await self.store.call(self.store.store.set_merge_step, list(mrs), "landing",
                               candidate=candidate)
         self.current = {"mrs": list(mrs), "step": "landing", "candidate": short(candidate)}
-        await self._git(git.fast_forward, self.clone, branch, candidate)
-        fault_point(self.ctx.name, "merge.after_ff")
-        if await self._git(git.has_remote, self.clone):
+        remote = await self._git(git.has_remote, self.clone)
+        refused: str | None = None
+        if remote:
             await self.store.call(self.store.store.set_merge_step, list(mrs), "pushing")
-            pushed = await self._git(git.push, self.clone, branch)
-            if pushed == "rejected":
-                # Someone else moved the remote: forget our fast-forward, redo on theirs.
-                await self._git(git.fetch, self.clone)
-                await self._git(git.reset_branch, self.clone, branch, f"origin/{branch}")
+            outcome = await self._git(git.push_commit, self.clone, candidate, branch)
+            if outcome.result == "moved":
+                # Someone else moved the remote: nothing moved here; redo on theirs.
                 for mr_id in mrs:
                     await self.store.call(self.store.store.set_merge_step, [mr_id], "queued")
                 raise RemoteMoved()
-            if pushed == "checked-out":
-                self._log.warning("push_skipped", branch=branch,
-                                  reason="the remote is a working copy with the branch "
-                                         "checked out; merged in the refinery's clone only")
+            if outcome.result == "refused":
+                refused = outcome.reason
             else:
                 remote_head = await self._git(git.remote_branch_head, self.clone, branch)
                 if remote_head != candidate:
@@ -391,6 +530,13 @@ class Refinery:
                                        f"(remote at {short(remote_head)}, expected "
                                        f"{short(candidate)})")
             fault_point(self.ctx.name, "merge.after_push")
+        await self._git(git.fast_forward, self.clone, branch, candidate)
+        fault_point(self.ctx.name, "merge.after_ff")
+        if refused is not None:
+            upstream = await self._git(git.rev, self.clone, f"origin/{branch}")
+            await self._record_unpushed(branch, candidate, upstream, refused)
+        elif remote:
+            await self._caught_up(candidate)
         for mr_id in mrs:
             await self.store.call(self.store.store.merge_landed, mr_id, candidate)
             by_id.pop(mr_id, None)

@@ -16,9 +16,10 @@ import secrets
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from gastown.roles import git
-from gastown.roles.errors import NotFound, Refused, UsageError
+from gastown.roles.errors import GastownError, NotFound, Refused, UsageError
 from gastown.roles.names import derive_prefix, prefix_problem, validate_name
 from gastown.roles.store import Rig, Store
 from gastown.roles.town import RIG_FILE, Town, read_rig_config
@@ -45,13 +46,47 @@ def _toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def render_rig_toml(name: str, repo: str, default_branch: str, prefix: str) -> str:
-    return (
+def render_rig_toml(name: str, repo: str, default_branch: str, prefix: str, *,
+                    push_to_checkout: bool = False) -> str:
+    text = (
         f"# Rig {name}. Keys left out take the shipped defaults (README: configuration).\n"
         f"repo = {_toml_string(repo)}\n"
         f"default_branch = {_toml_string(default_branch)}\n"
         f"prefix = {_toml_string(prefix)}\n"
     )
+    if push_to_checkout:
+        text += ("# The repository is a working copy with the branch checked out; pushes update\n"
+                 "# that checkout when it is clean (receive.denyCurrentBranch = updateInstead).\n"
+                 "push_to_checkout = true\n")
+    return text
+
+
+def working_copy_branch(source: str, branch: str | None) -> str | None:
+    """The default branch if ``source`` is a local working copy that has it checked out.
+
+    Git refuses pushes to a branch checked out in a non-bare repository (in any of its
+    working trees). ``branch`` is the rig's default branch when given; otherwise it will
+    be the repository's HEAD, i.e. the branch checked out in the main working tree.
+    Returns None for a URL, a bare repository, or a branch that is not checked out.
+    """
+    if is_url(source):
+        return None
+    path = Path(source)
+    if not git.is_repository(path) or git.is_bare(path):
+        return None
+    wanted = branch or git.current_branch(path)
+    if wanted is not None and wanted in git.checked_out_branches(path):
+        return wanted
+    return None
+
+
+def _refuse_working_copy(name: str, source: str, branch: str) -> Refused:
+    bare = source.rstrip("/") + ".git"
+    return Refused(
+        f"{source} is a working copy with {branch} checked out, which git refuses pushes "
+        f"to; use a bare repository (git clone --bare {source} {bare} && gastown rig add "
+        f"{name} {bare}) or pass --push-to-checkout to let gastown update that checkout "
+        "when it is clean")
 
 
 def _staging_dir(town: Town, what: str) -> Path:
@@ -61,13 +96,18 @@ def _staging_dir(town: Town, what: str) -> Path:
 
 
 def add_rig(town: Town, store: Store, name: str, repo: str, *, cwd: Path,
-            branch: str | None = None, prefix: str | None = None) -> Rig:
+            branch: str | None = None, prefix: str | None = None,
+            push_to_checkout: bool = False) -> Rig:
     """Clone ``repo`` as rig ``name`` and register it; returns the registered rig.
 
     The default branch is ``branch`` when given (it must exist in the repository),
     else the remote's HEAD, else ``main``. Raises :class:`UsageError` for bad names,
     :class:`Refused` for a taken name or prefix, :class:`GitError` when the clone fails;
     in every failure case nothing is left on disk or in the store.
+
+    A local working copy with the default branch checked out is refused (git refuses
+    pushes to it) unless ``push_to_checkout``: then the repository is set to
+    ``receive.denyCurrentBranch = updateInstead`` and ``rig.toml`` says so.
     """
     validate_name("rig", name)
     if branch is not None:
@@ -75,6 +115,11 @@ def add_rig(town: Town, store: Store, name: str, repo: str, *, cwd: Path,
     if prefix is not None and prefix_problem(prefix):
         raise UsageError(f"invalid prefix {prefix!r}: {prefix_problem(prefix)}")
     source = normalize_repo(repo, cwd)
+    checked_out = working_copy_branch(source, branch)
+    if push_to_checkout and checked_out is None:
+        raise UsageError(f"--push-to-checkout is for a local working copy with the rig's "
+                         f"default branch checked out; {repo} is not one (pushes to it "
+                         "work as they are)")
     existing = {r.name: r for r in store.rigs()}
     if name in existing:
         raise Refused(f"rig {name!r} already exists")
@@ -86,6 +131,8 @@ def add_rig(town: Town, store: Store, name: str, repo: str, *, cwd: Path,
         prefix = derive_prefix(name, taken)
     elif prefix in taken:
         raise Refused(f"bead prefix {prefix!r} is already used in this town")
+    if checked_out is not None and not push_to_checkout:
+        raise _refuse_working_copy(name, source, checked_out)
 
     staging = _staging_dir(town, f"rig-{name}")
     try:
@@ -98,11 +145,18 @@ def add_rig(town: Town, store: Store, name: str, repo: str, *, cwd: Path,
         default_branch = branch or git.remote_default_branch(clone_dir) or "main"
         if git.current_branch(clone_dir) != default_branch:
             git.switch_to(clone_dir, default_branch)
+        if checked_out is None and not push_to_checkout and not is_url(source) \
+                and working_copy_branch(source, default_branch) is not None:
+            raise _refuse_working_copy(name, source, default_branch)
         (staging / "polecats").mkdir()
         (staging / "crew").mkdir()
         (staging / RIG_FILE).write_text(
-            render_rig_toml(name, source, default_branch, prefix), encoding="utf-8")
+            render_rig_toml(name, source, default_branch, prefix,
+                            push_to_checkout=push_to_checkout), encoding="utf-8")
         read_rig_config(staging / RIG_FILE)  # what we wrote must load
+        if push_to_checkout:
+            # What the user asked for: pushes update the checkout when it is clean.
+            git.set_config(Path(source), "receive.denyCurrentBranch", "updateInstead")
         try:
             os.rename(staging, rig_dir)
         except OSError:
@@ -158,3 +212,24 @@ def remove_rig(town: Town, store: Store, name: str, *, force: bool = False) -> R
         raise
     shutil.rmtree(doomed, ignore_errors=True)
     return rig
+
+
+def merge_queue_notes(town: Town, rig: Rig) -> dict[str, Any]:
+    """Where the rig's merged work is, when it is not all on the remote, and why the
+    queue is stopped: ``{"unpushed": N, "notes": [one line each]}`` for ``status`` and
+    ``rig list``. Reads the rig's row and counts the commits in the refinery's clone."""
+    notes: list[str] = []
+    count = 0
+    if rig.push_error is not None and rig.landed_head is not None:
+        clone = town.refinery_clone(rig.name)
+        try:
+            count = len(git.commits_between(clone, rig.remote_head, rig.landed_head))
+        except GastownError:
+            count = -1
+        what = f"{count} merged commit(s)" if count >= 0 else "merged work"
+        notes.append(f"{rig.name}: {what} in {clone} not on the remote yet: "
+                     f"{rig.push_error}; pushed again after the next merge or "
+                     f"`gastown mq resume {rig.name}`")
+    if rig.mq_paused is not None:
+        notes.append(f"{rig.name}: merge queue paused: {rig.mq_paused}")
+    return {"unpushed": max(count, 0), "notes": notes}

@@ -226,7 +226,8 @@ def gather_status(town: Town) -> dict[str, Any]:
                             "restarts": r.restarts, "last_exit": r.last_exit,
                             "last_state": r.state, "reason": r.reason} for r in recorded]
     status["rigs"] = [{"name": r.name, "default_branch": r.default_branch, "prefix": r.prefix,
-                       "path": str(town.rig_dir(r.name))} for r in rigs]
+                       "path": str(town.rig_dir(r.name)), "mq_paused": r.mq_paused,
+                       "push_error": r.push_error, **merge_queue_notes(town, r)} for r in rigs]
     status["polecats"] = counts["polecats"]
     status["merge_requests"] = counts["merge_requests"]
     status["polecat_list"] = [{"rig": p.rig, "name": p.name, "state": p.state, "bead": p.bead,
@@ -277,6 +278,8 @@ def _print_status(town: Town, *, as_json: bool) -> int:
                     [[f"{p['rig']}/{p['name']}", p["state"] + (f" ({p['reason']})"
                                                               if p["reason"] else ""),
                       p["bead"], age(p["created_at"])] for p in status["polecat_list"]])
+    from gastown.roles.rigs import merge_queue_notes
+
     if status["merge_queue"]:
         print()
         print_table(["MR", "RIG", "BEAD", "STATE"],
@@ -321,6 +324,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_status(town, as_json=False)
             print(f"\n(refreshing every {interval:g}s; Ctrl-C to quit)", flush=True)
             time.sleep(interval)
+    for line in (note for r in status["rigs"] for note in r["notes"]):
+        print(f"  {line}")  # merged work not on the remote yet, a paused merge queue
     except KeyboardInterrupt:
         return 0
 

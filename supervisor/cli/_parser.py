@@ -78,6 +78,10 @@ def build_parser() -> _Parser:
     p.add_argument("repo", metavar="REPO", help="URL or local path of the repository")
     p.add_argument("--branch", metavar="B", help="default branch (default: the remote's HEAD)")
     p.add_argument("--prefix", metavar="P", help="bead id prefix, 2-4 lowercase letters")
+    p.add_argument("--push-to-checkout", action="store_true",
+                   help="REPO is a local working copy with the branch checked out: let "
+                        "pushes update that checkout when it is clean (sets "
+                        "receive.denyCurrentBranch=updateInstead there)")
     p.add_argument("--check", action="store_true",
                    help="then run the rig's gates on its default branch (as 'mq check')")
     p = _command(rig_sub, "list", "gastown.supervisor.cli._town:cmd_rig_list",
@@ -212,6 +216,10 @@ def build_parser() -> _Parser:
 
     crew_sub = _group(sub, "crew", "human workspaces in a rig (worktrees on crew/NAME)",
                       "Crew: long-lived workspaces at <rig>/crew/<name>.")
+    p = _command(mq_sub, "resume", "gastown.supervisor.cli._town:cmd_mq_resume",
+                 "have the rig's refinery check the remote again: resume a paused queue, "
+                 "push merged work the remote refused before")
+    p.add_argument("rig", metavar="RIG")
     p = _command(crew_sub, "add", "gastown.supervisor.cli._crew:cmd_crew_add",
                  "create a crew workspace on its own branch crew/NAME")
     p.add_argument("name", metavar="NAME")

@@ -1,4 +1,5 @@
-"""Commands about the town itself: ``install``, ``rig add|list|remove``, ``config show``."""
+"""Commands about the town itself: ``install``, ``rig add|list|remove``, ``mq resume``,
+``config show``."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.name):
         rig = add_rig(town, store, args.name, args.repo, cwd=current_dir(), branch=args.branch,
-                      prefix=args.prefix)
+                      prefix=args.prefix, push_to_checkout=args.push_to_checkout)
         get_logger().info("rig_added", repo=rig.repo, default_branch=rig.default_branch,
                           prefix=rig.prefix)
     poke_town(town)
@@ -55,13 +56,16 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
 
 
 def cmd_rig_list(args: argparse.Namespace) -> int:
+    from gastown.roles.rigs import merge_queue_notes
+
     town = town_of(args)
     with store_of(town) as store:
         rigs = store.rigs()
         live = {r.name: len(store.live_polecats(r.name)) for r in rigs}
+    notes = {r.name: merge_queue_notes(town, r) for r in rigs}
     if args.json:
         print_json([{**to_jsonable(r), "path": str(town.rig_dir(r.name)),
-                     "polecats": live[r.name]} for r in rigs])
+                     "polecats": live[r.name], **notes[r.name]} for r in rigs])
         return 0
     if not rigs:
         print("no rigs yet; add one with 'gastown rig add NAME REPO'")
@@ -69,6 +73,27 @@ def cmd_rig_list(args: argparse.Namespace) -> int:
     print_table(["NAME", "PREFIX", "BRANCH", "POLECATS", "AGE", "REPO"],
                 [[r.name, r.prefix, r.default_branch, live[r.name], age(r.created_at), r.repo]
                  for r in rigs])
+    for r in rigs:
+        for line in notes[r.name]["notes"]:
+            print(line)
+    return 0
+
+
+def cmd_mq_resume(args: argparse.Namespace) -> int:
+    """Ask the rig's refinery to look again: resume a paused queue, re-push unpushed work."""
+    from gastown.roles.log import bound, get_logger
+    from gastown.roles.names import validate_name
+
+    validate_name("rig", args.rig)
+    town = town_of(args)
+    with store_of(town) as store, bound(rig=args.rig):
+        rig = store.rig(args.rig)
+        store.emit("mq_resume_requested", rig=rig.name)
+        get_logger().info("mq_resume_requested")
+    poke_town(town)
+    state = f"paused: {rig.mq_paused}" if rig.mq_paused else "not paused"
+    print(f"asked refinery:{rig.name} to check the remote again (the queue was {state}); "
+          "'gastown status' shows the outcome")
     return 0
 
 
