@@ -33,6 +33,7 @@ def remote(tmp_path: Path) -> Path:
     src = make_repo(tmp_path / "src", files={"README.md": "hello\n", "shared.txt": "line\n"})
     bare = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
+    git("config", "core.logAllRefUpdates", "always", cwd=bare)  # a reflog for the checks
     return bare
 
 

@@ -37,6 +37,7 @@ def remote(tmp_path: Path) -> Path:
                                               "check.sh": "test ! -e broken\n"})
     bare = tmp_path / "remote.git"
     subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
+    git("config", "core.logAllRefUpdates", "always", cwd=bare)  # a reflog for the checks
     return bare
 
 

@@ -104,7 +104,8 @@ def new_town_root() -> Path:
 
 def tear_down_town(cli: Cli, root: Path) -> None:
     """Stop the town and its agents, kill whatever is left, delete it; then fail the test
-    if any role process wrote a traceback while it ran."""
+    if any role process wrote a traceback while it ran, or a rig broke an invariant of
+    its default branch (``tests/invariants.py``)."""
     cli("down", "--all")
     for pid in town_processes(root):
         try:
@@ -116,8 +117,13 @@ def tear_down_town(cli: Cli, root: Path) -> None:
     subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
                    capture_output=True, check=False)
     crashes = role_crashes(root)
+    from tests.invariants import check_town_invariants
+
+    # Main never moved backwards; every merged MR's patch is on it, once (tests/invariants.py).
+    broken = check_town_invariants(root)
     shutil.rmtree(root.parent, ignore_errors=True)
     assert not crashes, "\n".join(crashes)
+    assert not broken, "\n".join(broken)
 
 
 def role_history(cli: Cli, role: str) -> str:
