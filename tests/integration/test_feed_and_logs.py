@@ -109,3 +109,19 @@ def test_follow_survives_rotation(tmp_path: Path) -> None:
     thread.join(10)
     assert (tmp_path / "mayor.log.1").exists()
     assert seen == [f"line{i}" for i in range(8)]
+
+
+def test_role_kinds_select_every_rigs_log(tmp_path: Path) -> None:
+    """``refinery`` means every rig's refinery (a file that only exists rotated too);
+    ``refinery:web`` only that one; the names offered list kinds and the processes seen."""
+    from gastown.supervisor.logview import role_log_files, role_names
+
+    for name in ("mayor.log", "refinery-web.log", "refinery-my-rig.log.1", "witness-web.log"):
+        (tmp_path / name).write_text("{}\n")
+    assert [p.name for p in role_log_files(tmp_path, "refinery")] == [
+        "refinery-my-rig.log", "refinery-web.log"]
+    assert [p.name for p in role_log_files(tmp_path, "refinery:web")] == ["refinery-web.log"]
+    assert [p.name for p in role_log_files(tmp_path, "mayor")] == ["mayor.log"]
+    names = role_names(tmp_path)
+    assert names[:5] == ["mayor", "witness", "refinery", "supervisor", "cli"]
+    assert {"refinery:web", "refinery:my-rig", "witness:web"} <= set(names)
