@@ -4,12 +4,14 @@ So that a user learns that their test suite fails on a clean checkout before the
 merge request is rejected for it. The gates run in a scratch worktree of the refinery's
 clone, detached at the default branch's commit: never in the refinery's own checkout,
 which the running refinery owns. The worktree is removed afterwards whatever happened
-(a gate failing, timing out, or Ctrl-C). The gate processes do not carry the refinery's
-gate tag, so a refinery restart never mistakes them for its own strays.
+(a gate failing, timing out, or Ctrl-C; after a kill -9, by the next check). The gate
+processes do not carry the refinery's gate tag, so a refinery restart never mistakes
+them for its own strays.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 from dataclasses import dataclass
@@ -37,6 +39,40 @@ class GateCheck:
         return len(self.results) == len(self.gates) and all(r.ok for r in self.results)
 
 
+def _sweep_abandoned(clone: Path, folder: Path) -> None:
+    """Remove the scratch worktrees of checks that died (their lock is free)."""
+    for lock in folder.glob("*.lock"):
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a check is running there
+            _stop_gates(lock.with_suffix(""))
+            with git.repo_lock(clone):
+                git.remove_worktree(clone, lock.with_suffix(""))
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _stop_gates(scratch: Path) -> None:
+    """Stop the gate processes a killed check left running in ``scratch``."""
+    from gastown.roles.processes import processes_with_env, terminate_process_group
+
+    groups = set()
+    for pid in processes_with_env({"GASTOWN_CHECK": str(scratch)}):
+        try:
+            groups.add(os.getpgid(pid))
+        except ProcessLookupError:
+            continue
+    for pgid in groups:
+        terminate_process_group(pgid, 2.0)
+
+
 def check_log_path(town: Town, rig: str) -> Path:
     """One log per rig, rewritten by each check."""
     return town.logs_dir / "mq" / f"{rig}-check.log"
@@ -62,11 +98,17 @@ def check_gates(town: Town, rig: str) -> GateCheck:
     gates = config.merge_queue.gates
     if not gates:
         return GateCheck(rig, branch, commit, log_path, (), ())
-    scratch = town.rig_dir(rig) / ".check" / secrets.token_hex(4)
-    scratch.parent.mkdir(exist_ok=True)
+    folder = town.rig_dir(rig) / ".check"
+    folder.mkdir(exist_ok=True)
+    _sweep_abandoned(clone, folder)
+    scratch = folder / secrets.token_hex(4)
+    # Held for the whole check: a check killed with -9 leaves a lock nobody holds, and
+    # the next check removes what it left (a running check's lock is held).
+    held = os.open(scratch.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
     env = {k: v for k, v in os.environ.items() if k != "GASTOWN_GATE_OF"}
     env.update({"GASTOWN_RIG": rig, "GASTOWN_MRS": "", "GASTOWN_CANDIDATE": commit,
-                "GASTOWN_CHECK": "1"})
+                "GASTOWN_CHECK": str(scratch)})
     try:
         with git.repo_lock(clone):
             git.run_git(["worktree", "add", "--quiet", "--detach", str(scratch), commit],
@@ -77,11 +119,11 @@ def check_gates(town: Town, rig: str) -> GateCheck:
         except OSError as exc:
             raise GastownError(f"a gate of rig {rig} could not start: {exc}") from None
     finally:
-        with git.repo_lock(clone):
-            git.remove_worktree(clone, scratch)
         try:
-            scratch.parent.rmdir()
-        except OSError:
-            pass  # another check is running, or the folder is already gone
+            with git.repo_lock(clone):
+                git.remove_worktree(clone, scratch)
+            scratch.with_suffix(".lock").unlink(missing_ok=True)
+        finally:
+            os.close(held)
     return GateCheck(rig, branch, commit, log_path, tuple(g.name for g in gates),
                      tuple(results))

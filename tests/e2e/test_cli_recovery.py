@@ -263,7 +263,7 @@ def test_mq_check_runs_the_gates_on_the_default_branch_in_a_scratch_worktree(
     assert Path(ran_in) != clone(town) and not Path(ran_in).exists()
     assert commit == git("rev-parse", "main", cwd=clone(town)).strip()
     assert worktrees(town) == [str(clone(town))]
-    assert not (town / "web" / ".check").exists()
+    assert list((town / "web" / ".check").iterdir()) == []
     assert git("status", "--porcelain", cwd=clone(town)) == ""
     assert json.loads(cli.ok("mq", "check", "web", "--json"))["ok"] is True
 
@@ -284,8 +284,35 @@ def test_mq_check_fails_with_the_tail_and_cleans_up_after_a_failure_or_timeout(
     result = cli("mq", "check", "web")
     assert result.code == 1 and "timed out" in result.out
     assert worktrees(town) == [str(clone(town))]
-    assert not (town / "web" / ".check").exists()
+    assert list((town / "web" / ".check").iterdir()) == []
     one_line_error(cli("mq", "check", "nope"), 1, "no rig")
+
+
+def test_mq_check_killed_is_cleaned_up_by_the_next_check(cli: Cli, town: Path,
+                                                          tmp_path: Path) -> None:
+    """kill -9 of a check mid-gate leaves its worktree and gate; the next check stops the
+    gate and removes the worktree."""
+    from gastown.roles.processes import is_same_process, process_start_time
+
+    started = tmp_path / "started"
+    path = town / "web" / "rig.toml"
+    original = path.read_text()
+    path.write_text(original + gate("slow", f"echo $$ > {started}; exec sleep 300"))
+    check = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "mq", "check", "web"],
+                             env=cli.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid = int(wait_until(lambda: started.read_text().strip() if started.exists() else None,
+                             what="the gate to start"))
+    finally:
+        check.kill()
+        check.wait()
+    start_time = process_start_time(pid)
+    assert start_time is not None and len(worktrees(town)) == 2
+    path.write_text(original + gate("quick", "true"))
+    assert cli("mq", "check", "web").code == 0
+    assert worktrees(town) == [str(clone(town))]
+    assert list((town / "web" / ".check").iterdir()) == []
+    wait_until(lambda: not is_same_process(pid, start_time), what="the stray gate to stop")
 
 
 def test_rig_add_check_reports_gates_of_the_new_rig(cli: Cli, town: Path, remote: Path) -> None:
