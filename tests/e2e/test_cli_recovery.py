@@ -411,3 +411,22 @@ def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path) 
     kinds = [e["kind"] for e in events(cli) if e.get("bead") in (working, reviewed)]
     assert "mr_cancelled" in kinds and kinds.count("polecat_escalated") == 2
     assert os.path.isdir(path) and os.path.isdir(other_path)
+
+
+def test_bead_show_says_why_a_polecat_escalated_with_its_last_output(cli: Cli,
+                                                                      town: Path) -> None:
+    """An agent that exits without done, past max_respawns: bead show prints the polecat's
+    state, the reason it escalated and the last lines of its session output."""
+    (town / "town.toml").write_text((town / "town.toml").read_text() + (
+        '[agents.quitter]\ncommand = ["sh", "-c", "echo LAST-WORDS-99; exit 0"]\n'))
+    configure(town, "[polecats]\nmax_respawns = 0\n")
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "gives up", "--rig", "web").strip()
+    name, _ = cli.ok("sling", bead, "web", "--agent", "quitter").split()
+    wait_until(lambda: bead_json(cli, bead)["status"] == "blocked", what="the escalation")
+    shown = cli.ok("bead", "show", bead)
+    polecat = bead_json(cli, bead)["polecats"][0]
+    assert polecat["state"] == "escalated" and polecat["reason"]
+    assert f"polecat web/{name}: escalated ({polecat['reason']})" in shown
+    assert "LAST-WORDS-99" in str(polecat["output_tail"])
+    assert "| LAST-WORDS-99" in shown
