@@ -5,6 +5,19 @@ or ``refinery:<rig>``) until SIGTERM, a ``shutdown`` request, or the supervisor'
 (seen as EOF on the lifeline pipe, so no role outlives a SIGKILLed supervisor). A lost
 bus connection is not fatal: the role reconnects with back-off and reports ready again.
 
+What the kernel guarantees, not the event loop's good health:
+
+- one instance per role: before any work the process takes ``.runtime/roles/<role>.lock``
+  (an exclusive ``flock``) and holds it until it exits. A second instance waits for
+  the first to go (up to ``--lock-timeout``, logging the holder's pid), then gives up
+  with exit status 75, which the supervisor reports as a failed start;
+- no role outlives its supervisor by more than a few seconds: besides the loop's own
+  watcher, a thread blocked on the lifeline kills the role's process group if the
+  loop has not finished a clean exit :data:`~gastown.supervisor.children.LIFELINE_GRACE`
+  seconds after the supervisor died (a role hung in a call, or paused at a fail point);
+- a role's name on the bus belongs to this process: it proves it with the per-spawn
+  token the supervisor handed it on a pipe, and a claim without it is refused.
+
 What a role *does* (slinging, watching, merging) plugs in as its behaviour; the loop
 here owns the process's lifecycle and answers ``ping`` and ``status`` for every role.
 """
@@ -31,6 +44,10 @@ from gastown.roles.town import Town
 ROLE_KINDS = ("mayor", "witness", "refinery")
 LIFELINE_ENV = "GASTOWN_LIFELINE_FD"
 RECONNECT_MAX_DELAY = 2.0
+#: Overrides the default ``--lock-timeout`` (tests use a short one).
+LOCK_TIMEOUT_ENV = "GASTOWN_ROLE_LOCK_TIMEOUT"
+#: Exit status of a role whose name the bus refused (it is not the supervisor's child).
+NAME_REFUSED_EXIT = 78
 
 
 def parse_role_name(name: str) -> tuple[str, str | None]:
@@ -62,6 +79,9 @@ class RoleContext:
     town: Town
     started_at: float = field(default_factory=time.time)
     connected_at: float | None = None
+    #: The per-spawn secret that grants this process its name on the bus.
+    token: str | None = field(default=None, repr=False)
+    exit_code: int = 0
 
 
 class Behaviour(Protocol):
@@ -114,7 +134,7 @@ async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
 async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
                      cancel: trio.CancelScope) -> None:
     from gastown.supervisor.bus.client import open_bus_client
-    from gastown.supervisor.bus.errors import BusDisconnected, BusUnavailable
+    from gastown.supervisor.bus.errors import BusDisconnected, BusUnavailable, NameRefused
 
     logger = log.get_logger()
     delay = 0.05
@@ -136,13 +156,22 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
 
     while True:
         try:
-            async with open_bus_client(bus_path(ctx.town), ctx.name) as client:
+            async with open_bus_client(bus_path(ctx.town), ctx.name,
+                                       token=ctx.token) as client:
                 client.serve(handle)
                 await client.request("bus", "ready", {"pid": os.getpid()})
                 ctx.connected_at = time.time()
                 logger.info("role_ready", pid=os.getpid())
+                fault_point(ctx.name, "ready")
                 delay = 0.05
                 await behaviour.run(client)
+        except NameRefused as exc:
+            # Not the process the supervisor started for this name (started by hand, or
+            # its supervisor is gone): it has no business running.
+            logger.error("role_stopping", reason=exc.message)
+            ctx.exit_code = NAME_REFUSED_EXIT
+            cancel.cancel()
+            return
         except (BusUnavailable, BusDisconnected) as exc:
             logger.warning("bus_lost", error=str(exc), retry_in=delay)
         await trio.sleep(delay)
@@ -164,12 +193,51 @@ async def run_role(ctx: RoleContext, behaviour: Behaviour | None = None) -> None
     logger.info("role_stopped", pid=os.getpid())
 
 
+def _lock_timeout_default() -> float:
+    from gastown.supervisor.town_lock import ROLE_LOCK_TIMEOUT
+
+    try:
+        return float(os.environ.get(LOCK_TIMEOUT_ENV) or ROLE_LOCK_TIMEOUT)
+    except ValueError:
+        return ROLE_LOCK_TIMEOUT
+
+
+def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
+    """Hold the role's instance lock for the process's life; None if another kept it."""
+    from gastown.supervisor.town_lock import RoleLocked, acquire_role_lock
+
+    logger = log.get_logger()
+
+    def waiting(pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        logger.warning("role_waiting_for_lock", holder_pid=pid, timeout=timeout)
+        print(f"gastown {role}: another instance ({who}) holds the role's lock; waiting up "
+              f"to {timeout:g}s for it to exit", file=sys.stderr, flush=True)
+
+    try:
+        return acquire_role_lock(town.runtime_dir, role, timeout=timeout, on_wait=waiting)
+    except RoleLocked as exc:
+        logger.error("role_lock_timeout", holder_pid=exc.pid, error=exc.message)
+        print(f"gastown {role}: {exc.message}", file=sys.stderr, flush=True)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from gastown.supervisor.children import (
+        lifeline_fd_from_env,
+        read_token,
+        start_lifeline_backstop,
+    )
+    from gastown.supervisor.town_lock import ROLE_LOCKED_EXIT
+
     parser = argparse.ArgumentParser(prog="python -m gastown.roles",
                                      description="Run one gastown role process.")
     parser.add_argument("role", help="mayor, witness:<rig> or refinery:<rig>")
     parser.add_argument("--town", required=True, help="the town's root directory")
+    parser.add_argument("--lock-timeout", type=float, default=_lock_timeout_default(),
+                        help="seconds to wait for another instance of the role to exit")
     args = parser.parse_args(argv)
+    token = read_token(os.environ)  # at once: the pipe must not stay readable
     try:
         kind, rig = parse_role_name(args.role)
         town = Town(Path(args.town).absolute())
@@ -181,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
                           console=False, max_bytes=config.logging.max_bytes,
                           backups=config.logging.backups)
     log.bind(rig=rig)
+    lifeline = lifeline_fd_from_env(os.environ)
+    if lifeline is not None:
+        start_lifeline_backstop(lifeline, args.role)
+    lock = _take_role_lock(town, args.role, args.lock_timeout)
+    if lock is None:
+        return ROLE_LOCKED_EXIT
     fault_point(args.role, "start")
-    ctx = RoleContext(name=args.role, kind=kind, rig=rig, town=town)
+    ctx = RoleContext(name=args.role, kind=kind, rig=rig, town=town, token=token)
     trio.run(run_role, ctx)
-    return 0
+    return ctx.exit_code

@@ -10,7 +10,12 @@ restart is :mod:`gastown.supervisor.restart_policy`'s job). Every role process i
   role's whole group, grandchildren included;
 - given an environment scrubbed of systemd's handles (:func:`child_env`);
 - tied to the supervisor by a **lifeline** pipe (:class:`Lifeline`), so that it exits
-  when the supervisor dies, even by SIGKILL.
+  when the supervisor dies, even by SIGKILL; the role watches it from its event loop
+  *and* from a thread (:func:`start_lifeline_backstop`), so a role whose loop is hung
+  or blocked in a call still goes;
+- handed a per-spawn **token** on a pipe of its own (never in its environment, which
+  any same-uid process can read in ``/proc/<pid>/environ``): the proof, on the bus,
+  that it is the process the supervisor started for its role's name.
 
 It must never call ``waitpid(-1)`` or set SIGCHLD to ``SIG_IGN``: a foreign reaper
 steals trio's exit statuses, and a crash then reads as exit 0 (measured: status 3
@@ -20,9 +25,12 @@ became 0).
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -34,6 +42,13 @@ log = structlog.get_logger()
 
 #: The environment variable that tells a role which fd is its end of the lifeline.
 LIFELINE_ENV: Final = "GASTOWN_LIFELINE_FD"
+
+#: The environment variable that tells a role which fd holds its per-spawn token.
+TOKEN_ENV: Final = "GASTOWN_ROLE_TOKEN_FD"
+
+#: How long a role may take to stop cleanly once its lifeline closed, before the
+#: backstop kills it (and its process group).
+LIFELINE_GRACE: Final = 5.0
 
 #: Variables by which systemd hands a service its notify socket, watchdog, journal
 #: stream and sockets. A child that inherited them would talk to systemd as if it
@@ -181,6 +196,90 @@ async def wait_for_lifeline_eof(fd: int) -> None:
             return
 
 
+def read_token(environ: MutableMapping[str, str]) -> str | None:
+    """Read, once, the per-spawn token the supervisor handed this process (the child side).
+
+    Reads the pipe named by ``GASTOWN_ROLE_TOKEN_FD`` to its end, closes it and removes
+    the variable from ``environ`` (this process's children must not look for it).
+    Returns None when no token was given (a role started by hand).
+    """
+    raw = environ.pop(TOKEN_ENV, None)
+    if not raw:
+        return None
+    fd = int(raw)
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode() or None
+
+
+def _lifeline_closed(fd: int) -> bool:
+    """Block (no event loop) until the lifeline reports EOF; False if ``fd`` went invalid."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    while True:
+        events = poller.poll()
+        if any(mask & select.POLLNVAL for _, mask in events):
+            return False
+        try:
+            if not os.read(fd, 4096):
+                return True
+        except BlockingIOError:  # the event loop's watcher read it first: poll again
+            continue
+        except OSError:
+            return False
+
+
+def start_lifeline_backstop(fd: int, label: str, grace: float = LIFELINE_GRACE,
+                            ) -> threading.Thread:
+    """Kill this process if the lifeline closes and it has not exited ``grace`` s later.
+
+    The role's event loop watches the lifeline too (:func:`wait_for_lifeline_eof`) and
+    stops cleanly; this daemon thread is for when it cannot: a loop blocked in a
+    synchronous call (a paused fail point, a stuck library call) would otherwise keep
+    the role alive beside the next supervisor's. It blocks in ``poll`` on ``fd``, so it
+    needs nothing from the loop. When it fires it writes one line to stderr and sends
+    SIGKILL to its own process group (the role and the git or gate processes it
+    started) if this process leads that group, as the supervisor's roles do; otherwise
+    (a role started by hand) it ends only this process.
+    """
+    os.set_inheritable(fd, False)
+
+    def watch() -> None:
+        if not _lifeline_closed(fd):
+            return
+        time.sleep(grace)
+        message = (f"gastown {label}: the supervisor is gone and this role did not stop "
+                   f"within {grace:g}s; killing it\n")
+        try:
+            os.write(2, message.encode())
+        except OSError:
+            pass
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(70)
+
+    thread = threading.Thread(target=watch, name="lifeline-backstop", daemon=True)
+    thread.start()
+    return thread
+
+
+def _token_pipe(token: str) -> int:
+    """A pipe holding ``token`` with its write end already closed; returns the read end."""
+    read_fd, write_fd = os.pipe()  # both O_CLOEXEC; the read end goes through pass_fds
+    try:
+        os.write(write_fd, token.encode())  # far below the pipe's buffer: never blocks
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
 async def start_child(
     argv: Sequence[str],
     *,
@@ -188,6 +287,7 @@ async def start_child(
     cwd: Path | str,
     lifeline: Lifeline,
     stdout_path: Path,
+    token: str | None = None,
 ) -> trio.Process:
     """Start one role process and return it; the caller must await it (one task, always).
 
@@ -196,6 +296,8 @@ async def start_child(
     appended to ``stdout_path`` (created ``0600``, with its parent directories). Its
     environment is ``child_env(env, lifeline.env())``: systemd's variables scrubbed,
     ``GASTOWN_LIFELINE_FD`` added; the lifeline's read end is its only extra fd.
+    With ``token``, the child also gets a pipe holding it, named by
+    ``GASTOWN_ROLE_TOKEN_FD`` (see :func:`read_token`).
 
     Raises:
         OSError: the executable is missing or not executable, or ``cwd`` is missing;
@@ -211,7 +313,20 @@ async def start_child(
     if lifeline.closed:
         raise ValueError("cannot start a child on a closed lifeline")
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
-    out = os.open(stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    extra_env = lifeline.env()
+    fds = [lifeline.read_fd]
+    token_fd = None
+    if token is not None:
+        token_fd = _token_pipe(token)
+        extra_env[TOKEN_ENV] = str(token_fd)
+        fds.append(token_fd)
+    try:
+        out = os.open(stdout_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                      0o600)
+    except BaseException:
+        if token_fd is not None:
+            os.close(token_fd)
+        raise
     try:
         proc = await trio.lowlevel.open_process(
             list(argv),
@@ -219,15 +334,17 @@ async def start_child(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env=child_env(env, lifeline.env()),
+            env=child_env(env, extra_env),
             start_new_session=True,
-            pass_fds=(lifeline.read_fd,),
+            pass_fds=tuple(fds),
         )
     except OSError as exc:
         log.warning("child spawn failed", argv0=argv[0], error=str(exc))
         raise
     finally:
         os.close(out)
+        if token_fd is not None:
+            os.close(token_fd)
     log.info("child started", pid=proc.pid, argv0=argv[0], stdout=str(stdout_path))
     return proc
 

@@ -15,16 +15,25 @@ removed arrive the same way and start or stop that rig's roles alone.
 Shutdown (SIGTERM, SIGINT, ``shutdown`` request, or a critical role given up) stops the
 roles in reverse start order, each with its own SIGTERM -> grace -> SIGKILL, then closes
 the bus. If the supervisor itself is killed, its roles see the lifeline close and exit.
+SIGTERM is caught from before the town's lock is taken, so a ``down`` that finds the
+supervisor still starting stops it cleanly; whoever waits for readiness is then told
+that the start-up was stopped.
+
+Each spawn gets a fresh secret token (on a pipe, see :mod:`.children`); the bus grants
+a role's name only to a hello that presents the current token from the role's own pid
+(``SO_PEERCRED``), so no other process can take over a role's requests.
 """
 
 from __future__ import annotations
 
+import hmac
 import os
 import random
+import secrets
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
@@ -44,16 +53,28 @@ from gastown.supervisor.children import Lifeline, start_child, stop_child
 from gastown.supervisor.feed import EventLog, describe_exit
 from gastown.supervisor.restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
 from gastown.supervisor.sd_notify import notify
+from gastown.supervisor.town_lock import ROLE_LOCKED_EXIT, role_lock_holder
 
 #: Roles whose loss the town cannot work around: giving up on one stops the supervisor
 #: with a non-zero status, so that systemd (Restart=on-failure) takes over.
 CRITICAL_ROLES: Final = frozenset({"mayor"})
+
+#: Signals the supervisor handles: SIGTERM/SIGINT stop the town, SIGHUP reloads it.
+SUPERVISOR_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 #: The outbox is drained on every poke; this slow timer only catches a poke lost to a
 #: process that died between its commit and its poke.
 OUTBOX_SAFETY_INTERVAL: Final = 30.0
 
 ReadyCallback = Callable[[dict[str, Any]], None]
+
+#: Name kinds the bus reserves for the supervisor's role processes.
+ROLE_NAME_KINDS: Final = frozenset({"mayor", "witness", "refinery"})
+
+
+def is_role_name(name: str) -> bool:
+    """Whether ``name`` is in the roles' namespace (``mayor``, ``witness:*``, ``refinery:*``)."""
+    return name.partition(":")[0] in ROLE_NAME_KINDS
 
 
 def policy_of(config: TownConfig) -> RestartPolicy:
@@ -102,6 +123,8 @@ class RoleRunner:
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
+    #: The secret of the current spawn (None between spawns): the role's claim to its name.
+    token: str | None = field(default=None, repr=False)
 
     def as_status(self, now: float) -> dict[str, Any]:
         running = self.state == "running" and self.started_at is not None
@@ -130,6 +153,8 @@ class Supervisor:
         self._bus: Any = None
         self._outbox_poked = trio.Event()
         self._stop_requested = trio.Event()
+        self._stop_reason = ""
+        self._reported = False
         self._reconcile_lock = trio.Lock()
         self._last_status = ""
         self._log = log.get_logger()
@@ -146,18 +171,23 @@ class Supervisor:
 
     # -- the whole ---------------------------------------------------------------------
 
-    async def run(self, on_ready: ReadyCallback | None = None) -> int:
-        """Run until asked to stop; returns the process exit status (non-zero: gave up)."""
+    async def run(self, on_ready: ReadyCallback | None = None,
+                  signals: AsyncIterator[int] | None = None) -> int:
+        """Run until asked to stop; returns the process exit status (non-zero: gave up).
+
+        ``signals`` is a receiver already open (so that signals sent before this runs are
+        not lost); without one, one is opened here.
+        """
         from gastown.supervisor.bus.server import serve_bus
 
         events = EventLog(self.town.events_path)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._watch_signals, signals)
                 self._bus = await nursery.start(partial(
                     serve_bus, bus_path(self.town), handler=self._handle,
-                    on_publish=self._on_publish))
-                nursery.start_soon(self._watch_signals)
+                    on_publish=self._on_publish, authorize=self._authorize))
                 nursery.start_soon(self._drain_outbox, events)
                 watchdog = watchdog_interval(os.environ, os.getpid())
                 if watchdog is not None:
@@ -167,11 +197,21 @@ class Supervisor:
                 nursery.start_soon(self._report_ready, on_ready)
                 await self._stop_requested.wait()
                 await self._stop_all()
+                self._report_stopped(on_ready)
                 await self._drain_once(events)
                 nursery.cancel_scope.cancel()
         finally:
             events.close()
         return self.exit_code
+
+    def _report_stopped(self, on_ready: ReadyCallback | None) -> None:
+        """Tell whoever waits for readiness that the start-up was stopped (if it was)."""
+        if self._reported:
+            return
+        self._reported = True
+        if on_ready is not None:
+            on_ready({"ok": False, "stopped": True, "pid": os.getpid(),
+                      "error": f"the town was stopped during start-up ({self._stop_reason})"})
 
     def request_stop(self, reason: str, *, exit_code: int = 0) -> None:
         if not self._stop_requested.is_set():
@@ -182,18 +222,22 @@ class Supervisor:
                    f"EXTEND_TIMEOUT_USEC={int(budget)}")
             self.exit_code = exit_code
             self.state = "stopping"
+            self._stop_reason = reason
             self._stop_requested.set()
             assert self._nursery is not None
             self._nursery.start_soon(partial(self._emit, "supervisor_stopping", reason=reason))
 
-    async def _watch_signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self.reload, "SIGHUP")
-                    continue
-                self.request_stop(signal.Signals(signum).name)
+    async def _watch_signals(self, signals: AsyncIterator[int] | None) -> None:
+        if signals is None:
+            with trio.open_signal_receiver(*SUPERVISOR_SIGNALS) as receiver:
+                await self._watch_signals(receiver)
+            return
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                assert self._nursery is not None
+                self._nursery.start_soon(self.reload, "SIGHUP")
+                continue
+            self.request_stop(signal.Signals(signum).name)
 
     async def reload(self, reason: str) -> dict[str, Any]:
         """Re-read town.toml and every rig.toml; restart only the roles that changed.
@@ -252,6 +296,9 @@ class Supervisor:
         """Tell whoever started us once every role is ready or has been given up on."""
         for runner in list(self.roles.values()):
             await runner.first_outcome.wait()
+        if self._stop_requested.is_set() or self._reported:
+            return  # run() reports the stop once the roles are down
+        self._reported = True
         failed = [r for r in self.roles.values() if r.state == "failed"]
         if self.state == "starting":
             self.state = "running"
@@ -305,10 +352,11 @@ class Supervisor:
                 while not runner.stopping:
                     runner.state = "starting"
                     runner.history = runner.history.record_start(trio.current_time())
+                    runner.token = secrets.token_urlsafe(32)
                     try:
                         proc = await start_child(argv, env=self._child_env, cwd=self.town.root,
                                                  lifeline=self.lifeline,
-                                                 stdout_path=stdout_path)
+                                                 stdout_path=stdout_path, token=runner.token)
                     except OSError as exc:
                         runner.history = runner.history.record_exit(self.policy,
                                                                     trio.current_time())
@@ -321,15 +369,19 @@ class Supervisor:
                         proc = None
                         runner.history = runner.history.record_exit(self.policy,
                                                                     trio.current_time())
+                        if code == ROLE_LOCKED_EXIT:
+                            runner.reason = self._lock_refusal(runner.name)
                     runner.last_exit = code
                     runner.pid = None
+                    runner.token = None
                     if runner.stopping:
                         break
                     decision = decide_restart(self.policy, runner.history, trio.current_time(),
                                               random.random())
                     if isinstance(decision, GiveUp):
-                        runner.state, runner.reason = "failed", (
-                            f"{decision.reason}; last {describe_exit(code)}")
+                        last = (runner.reason if code == ROLE_LOCKED_EXIT and runner.reason
+                                else describe_exit(code))
+                        runner.state, runner.reason = "failed", f"{decision.reason}; last {last}"
                         await self._record(runner, "role_failed")
                         runner.first_outcome.set()
                         if runner.critical:
@@ -348,11 +400,17 @@ class Supervisor:
                         grace = self.config.supervisor.stop_timeout
                         runner.last_exit = await stop_child(proc, grace)
                         runner.pid = None
+                    runner.token = None
                     if runner.state != "failed":
                         runner.state = "stopped"
                         await self._record(runner, "role_stopped")
                     runner.first_outcome.set()
                     runner.done.set()
+
+    def _lock_refusal(self, role: str) -> str:
+        holder = role_lock_holder(self.town.runtime_dir, role)
+        who = f"pid {holder}" if holder is not None else "a process that has exited since"
+        return f"could not start: another instance ({who}) held the role's lock"
 
     async def _record(self, runner: RoleRunner, event: str, **data: Any) -> None:
         self._log.info(event, role_name=runner.name, pid=runner.pid, restarts=runner.restarts,
@@ -413,6 +471,22 @@ class Supervisor:
                 notify("WATCHDOG=1")
 
     # -- bus ---------------------------------------------------------------------------
+
+    def _authorize(self, name: str, pid: int, token: str | None) -> str | None:
+        """Grant a role's name only to the process spawned for it (token and pid); any
+        other name is an anonymous client's and is granted to anyone."""
+        if not is_role_name(name):
+            return None
+        refusal = (f"the name {name!r} belongs to the role process this town's supervisor "
+                   "started; connect under another name")
+        runner = self.roles.get(name)
+        if runner is None or runner.token is None or token is None:
+            return refusal
+        if not hmac.compare_digest(token.encode(), runner.token.encode()):
+            return refusal
+        if runner.pid is not None and pid != runner.pid:
+            return f"{refusal} (pid {pid} is not the role's pid {runner.pid})"
+        return None
 
     async def _handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
         if method == "ready":
@@ -488,8 +562,12 @@ class Supervisor:
             await self._update_status()
 
 
-async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None) -> int:
+async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None,
+                         on_locked: Callable[[], None] | None = None) -> int:
     """Take the town's supervisor lock and supervise until stopped; returns the exit status.
+
+    ``on_locked`` is called once the lock is taken and the pid file written, or the lock
+    was refused (``up`` then releases its start-up lock: ``down`` can see the town).
 
     Raises :class:`~gastown.supervisor.town_lock.SupervisorRunning` when another
     supervisor holds the town.
@@ -497,13 +575,21 @@ async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None) -> i
     from gastown.supervisor.children import open_lifeline
     from gastown.supervisor.town_lock import acquire_supervisor_lock
 
-    lock = acquire_supervisor_lock(town.runtime_dir)
-    try:
-        store = await AsyncStore.open(town.db_path)
+    # Open before the lock: once `down` can see this supervisor, a SIGTERM from it is
+    # handled as a clean stop (no default action killing a half-started town).
+    with trio.open_signal_receiver(*SUPERVISOR_SIGNALS) as signals:
         try:
-            with open_lifeline() as lifeline:
-                return await Supervisor(town, store, lifeline).run(on_ready)
+            lock = acquire_supervisor_lock(town.runtime_dir)
         finally:
-            store.close()
-    finally:
-        lock.release()
+            if on_locked is not None:
+                on_locked()
+        try:
+            fault_point("supervisor", "start.locked")
+            store = await AsyncStore.open(town.db_path)
+            try:
+                with open_lifeline() as lifeline:
+                    return await Supervisor(town, store, lifeline).run(on_ready, signals)
+            finally:
+                store.close()
+        finally:
+            lock.release()

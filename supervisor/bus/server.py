@@ -219,7 +219,7 @@ class BusServer:
         decoder = FrameDecoder(self._max_frame)
         deadline: float | None = trio.current_time() + self._frame_timeout
         while True:
-            data: bytes | bytearray | None = None
+            data: bytes | None = None
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 try:
                     data = await peer.stream.receive_some(_CHUNK)

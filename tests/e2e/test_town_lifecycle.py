@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, make_repo
+from tests.conftest import Cli, git, make_repo
 from tests.e2e.town_helpers import (
     feed_kinds,
     new_town_root,
@@ -41,6 +41,14 @@ stop_timeout = "2s"
 """
 
 
+def bare_repo(path: Path) -> Path:
+    """A bare repository (what a rig pushes to) cloned from a fresh one-commit repo."""
+    make_repo(path.with_name(path.name + "-src"))
+    git("clone", "-q", "--bare", str(path.with_name(path.name + "-src")), str(path),
+        cwd=path.parent)
+    return path
+
+
 @pytest.fixture
 def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     """An installed town with rigs ``web`` and ``api`` in a short path; torn down hard."""
@@ -48,8 +56,8 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     cli.ok("install", str(root))
     (root / "town.toml").write_text((root / "town.toml").read_text() + FAST_POLICY)
     cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web")))
-    cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
+    cli.ok("rig", "add", "web", str(bare_repo(tmp_path / "web.git")))
+    cli.ok("rig", "add", "api", str(bare_repo(tmp_path / "api.git")))
     yield root
     tear_down_town(cli, root)
 
@@ -142,7 +150,7 @@ def test_rigs_added_and_removed_while_up(cli: Cli, town: Path, tmp_path: Path) -
     """A new rig gets its roles, a removed rig loses them, and nobody else restarts."""
     cli.ok("up")
     before = role_processes(town)
-    cli.ok("rig", "add", "docs", str(make_repo(tmp_path / "docs")))
+    cli.ok("rig", "add", "docs", str(bare_repo(tmp_path / "docs.git")))
     wait_until(lambda: {"witness:docs", "refinery:docs"} <= {
         n for n, r in roles_by_name(cli).items() if r["state"] == "running"},
         what="the docs roles")

@@ -16,6 +16,7 @@ import trio.testing
 
 from gastown.supervisor.children import (
     LIFELINE_ENV,
+    TOKEN_ENV,
     Lifeline,
     child_env,
     lifeline_fd_from_env,
@@ -422,3 +423,61 @@ class TestLifeline:
                 await stop_child(supervisor, grace=1.0)
                 if supervisor.stdout is not None:
                     await supervisor.stdout.aclose()
+
+
+# A role whose event loop is hung in a synchronous call, with the backstop armed, and a
+# child in its process group (git, a gate): reports both pids, then hangs.
+HUNG_WITH_BACKSTOP = """
+import os, subprocess, sys, time
+from gastown.supervisor.children import lifeline_fd_from_env, start_lifeline_backstop
+start_lifeline_backstop(lifeline_fd_from_env(os.environ), "test-role", grace=0.2)
+helper = subprocess.Popen(["sleep", "3600"])
+with open(sys.argv[1], "w") as report:
+    report.write(f"{os.getpid()} {helper.pid}\\n")
+time.sleep(3600)  # the hung loop: nothing here ever looks at the lifeline again
+"""
+
+READS_TOKEN = """
+import os, sys
+from gastown.supervisor.children import TOKEN_ENV, read_token
+fd = os.environ[TOKEN_ENV]
+token = read_token(os.environ)
+environ = open(f"/proc/{os.getpid()}/environ", "rb").read()
+print(f"token={token} fd={fd} in-environ={token.encode() in environ} "
+      f"fd-open={os.path.exists(f'/proc/self/fd/{fd}')} env-left={TOKEN_ENV in os.environ}",
+      flush=True)
+"""
+
+
+class TestBackstopAndToken:
+    async def test_backstop_kills_a_hung_role_and_its_group(
+            self, tmp_path: Path, fifo: Fifo) -> None:
+        """A role whose loop never looks at the lifeline again still dies with its group
+        once the lifeline closes (here: the supervisor's end is closed)."""
+        line = open_lifeline()
+        try:
+            proc = await spawn(HUNG_WITH_BACKSTOP, tmp_path, line, str(fifo.path))
+            with trio.fail_after(TIMEOUT):
+                role, helper = map(int, (await fifo.receive_line()).split())
+            assert role == proc.pid and state(helper) not in (None, "Z")
+        finally:
+            line.close()
+        with trio.fail_after(TIMEOUT):
+            assert await proc.wait() == -signal.SIGKILL
+        await wait_dead(helper)
+        assert "supervisor is gone and this role did not stop" in (
+            tmp_path / "out.log").read_text()
+
+    async def test_token_comes_on_a_pipe_not_in_the_environment(
+            self, tmp_path: Path, lifeline: Lifeline) -> None:
+        """The child reads its token once from an inherited pipe; /proc/<pid>/environ
+        never holds it, and the pipe is closed after the read."""
+        proc = await start_child(python(READS_TOKEN), env=os.environ, cwd=tmp_path,
+                                 lifeline=lifeline, stdout_path=tmp_path / "out.log",
+                                 token="s3cret-token")
+        with trio.fail_after(TIMEOUT):
+            assert await proc.wait() == 0
+        out = (tmp_path / "out.log").read_text()
+        assert "token=s3cret-token" in out, out
+        assert "in-environ=False fd-open=False env-left=False" in out, out
+        assert TOKEN_ENV not in os.environ

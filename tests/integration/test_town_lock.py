@@ -18,10 +18,17 @@ from gastown.roles.errors import GastownError, Refused
 from gastown.roles.processes import process_start_time
 from gastown.supervisor.town_lock import (
     PID_NAME,
+    RoleLocked,
     SupervisorInfo,
     SupervisorRunning,
+    acquire_role_lock,
     acquire_supervisor_lock,
+    hold_start_lock,
     read_supervisor,
+    role_lock_holder,
+    role_lock_path,
+    start_in_progress,
+    wait_start_settled,
 )
 
 # Takes the lock, says so, and holds it until stdin closes.
@@ -216,3 +223,117 @@ class TestReadSupervisor:
     def test_malformed_pid_file(self, text: str) -> None:
         """A pid file that is not a complete, well-typed record parses to None."""
         assert SupervisorInfo.from_json(text) is None
+
+
+# Takes a role's lock (or the start-up lock), says so, holds it until stdin closes.
+ROLE_HOLDER = """
+import sys
+from pathlib import Path
+from gastown.supervisor.town_lock import acquire_role_lock, hold_start_lock
+if sys.argv[2] == "start":
+    assert hold_start_lock(Path(sys.argv[1]), timeout=10) is not None
+else:
+    lock = acquire_role_lock(Path(sys.argv[1]), sys.argv[2], timeout=10)
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def role_holder(runtime_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process holding ``refinery:web``'s instance lock."""
+    yield from _holding(runtime_dir, "refinery:web")
+
+
+@pytest.fixture
+def start_holder(runtime_dir: Path) -> Iterator[subprocess.Popen[str]]:
+    """Another process in the middle of a start-up (holding ``start.lock``)."""
+    yield from _holding(runtime_dir, "start")
+
+
+def _holding(runtime_dir: Path, what: str) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-c", ROLE_HOLDER, str(runtime_dir), what],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "locked\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+
+
+class TestRoleLock:
+    def test_holder_is_named_in_its_lock_file(self, runtime_dir: Path) -> None:
+        """The lock lives in .runtime/roles/, names its holder, and is close-on-exec."""
+        lock = acquire_role_lock(runtime_dir, "witness:web", timeout=1)
+        try:
+            assert lock.path == role_lock_path(runtime_dir, "witness:web")
+            assert lock.path == runtime_dir / "roles" / "witness-web.lock"
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+            assert fcntl.fcntl(lock.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+            assert role_lock_holder(runtime_dir, "witness:web") == os.getpid()
+        finally:
+            lock.release()
+        assert role_lock_holder(runtime_dir, "witness:web") is None
+
+    def test_second_instance_waits_then_gives_up(
+            self, runtime_dir: Path, role_holder: subprocess.Popen[str]) -> None:
+        """A second instance is told who holds the lock, waits, and is refused in time."""
+        waited_for: list[int | None] = []
+        with pytest.raises(RoleLocked) as caught:
+            acquire_role_lock(runtime_dir, "refinery:web", timeout=0.2,
+                              on_wait=waited_for.append)
+        assert waited_for == [role_holder.pid]
+        assert caught.value.pid == role_holder.pid
+        assert f"pid {role_holder.pid}" in caught.value.message
+        assert role_lock_holder(runtime_dir, "refinery:web") == role_holder.pid
+        other = acquire_role_lock(runtime_dir, "refinery:api", timeout=1)  # another role
+        other.release()
+
+    def test_second_instance_gets_the_lock_when_the_first_dies(
+            self, runtime_dir: Path, role_holder: subprocess.Popen[str]) -> None:
+        """The wait ends when the holder exits, even by SIGKILL (the kernel releases it)."""
+        import threading
+
+        got: list[object] = []
+        waiting = threading.Event()
+
+        def second() -> None:
+            got.append(acquire_role_lock(runtime_dir, "refinery:web", timeout=60,
+                                         on_wait=lambda pid: waiting.set()))
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waiting.wait(30)
+        assert not got
+        role_holder.kill()
+        thread.join(60)
+        assert len(got) == 1
+        assert role_lock_holder(runtime_dir, "refinery:web") == os.getpid()
+        lock = got[0]
+        assert hasattr(lock, "release")
+        lock.release()
+
+
+class TestStartLock:
+    def test_start_in_progress_until_released(
+            self, runtime_dir: Path, start_holder: subprocess.Popen[str]) -> None:
+        """While an `up` holds start.lock a start-up is in progress; `down` can wait it out."""
+        assert start_in_progress(runtime_dir)
+        assert not wait_start_settled(runtime_dir, timeout=0.1)
+        assert hold_start_lock(runtime_dir, timeout=0.1) is None
+        assert start_holder.stdin is not None
+        start_holder.stdin.close()
+        assert wait_start_settled(runtime_dir, timeout=30)
+        assert not start_in_progress(runtime_dir)
+        fd = hold_start_lock(runtime_dir, timeout=1)
+        assert fd is not None
+        os.close(fd)
+
+    def test_no_start_ever(self, runtime_dir: Path) -> None:
+        assert not start_in_progress(runtime_dir)
+        assert wait_start_settled(runtime_dir, timeout=0.1)
