@@ -1,4 +1,11 @@
-"""Commands that start, stop and inspect the running town: ``up``, ``down``, ``status``."""
+"""Commands that start, stop and inspect the running town: ``up``, ``down``, ``status``.
+
+``up`` and ``down`` agree on the town's state through locks, never through timing:
+``up`` holds ``.runtime/start.lock`` from before it spawns the supervisor until that
+supervisor holds the town's lock (or died), so a ``down`` issued during a start-up
+waits for the supervisor to exist and stops it; the ``up`` then reports that the
+start-up was stopped (exit 1) instead of a running town.
+"""
 
 from __future__ import annotations
 
@@ -35,17 +42,25 @@ def _check_config(town: Town) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gastown.supervisor.town_lock import read_supervisor
+    from gastown.supervisor.town_lock import hold_start_lock, read_supervisor
 
     town = town_of(args)
-    _check_config(town)
     if args.foreground:
-        return _run_foreground(town, args.ready_fd)
-    running = read_supervisor(town.runtime_dir)
-    if running is not None:
-        print(f"town already up (supervisor pid {running.pid})")
-        return _print_status(town, as_json=False)
-    outcome = _start_daemon(town, timeout=args.timeout)
+        _check_config(town)
+        return _run_foreground(town, args.ready_fd, args.start_lock_fd)
+    # First of all: from here on a `down` knows that a start-up is under way.
+    start_fd = hold_start_lock(town.runtime_dir, timeout=UP_TIMEOUT)
+    try:
+        _check_config(town)
+        running = read_supervisor(town.runtime_dir)
+        if running is not None:
+            print(f"town already up (supervisor pid {running.pid})")
+            return _print_status(town, as_json=False)
+        fd, start_fd = start_fd, None
+        outcome = _start_daemon(town, timeout=args.timeout, start_fd=fd)
+    finally:
+        if start_fd is not None:
+            os.close(start_fd)
     if outcome.get("already"):
         print(f"town already up (supervisor pid {outcome['already']})")
         return _print_status(town, as_json=False)
@@ -56,22 +71,31 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
-def _start_daemon(town: Town, *, timeout: float) -> dict[str, Any]:
+def _start_daemon(town: Town, *, timeout: float, start_fd: int | None) -> dict[str, Any]:
     """Start a detached supervisor and wait on a pipe until it reports every role ready.
 
     The supervisor writes one JSON line to the pipe; EOF without a line means it died,
-    and the tail of its output explains why.
+    and the tail of its output explains why. ``start_fd`` (the held start-up lock) is
+    handed to the supervisor, which releases it once it holds the town; it is closed
+    here in any case.
     """
     read_fd, write_fd = os.pipe()
     out_path = town.logs_dir / "supervisor.out"
-    town.logs_dir.mkdir(exist_ok=True)
-    with open(out_path, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, "-m", "gastown.supervisor", "--town", str(town.root), "up",
-             "--foreground", "--ready-fd", str(write_fd)],
-            pass_fds=(write_fd,), start_new_session=True, stdin=subprocess.DEVNULL,
-            stdout=out, stderr=out, cwd=town.root)
-    os.close(write_fd)
+    argv = [sys.executable, "-m", "gastown.supervisor", "--town", str(town.root), "up",
+            "--foreground", "--ready-fd", str(write_fd)]
+    fds = [write_fd]
+    if start_fd is not None:
+        argv += ["--start-lock-fd", str(start_fd)]
+        fds.append(start_fd)
+    try:
+        town.logs_dir.mkdir(exist_ok=True)
+        with open(out_path, "ab") as out:
+            subprocess.Popen(argv, pass_fds=fds, start_new_session=True,
+                             stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=town.root)
+    finally:
+        os.close(write_fd)
+        if start_fd is not None:
+            os.close(start_fd)
     data = b""
     deadline = time.monotonic() + timeout
     try:
@@ -102,12 +126,24 @@ def _tail(path: Any) -> str:
     return lines[-1] if lines else ""
 
 
-def _run_foreground(town: Town, ready_fd: int | None) -> int:
+def _run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> int:
     import trio
 
     from gastown.roles import log
+    from gastown.roles.faults import fault_point
     from gastown.supervisor.supervisor import run_supervisor
-    from gastown.supervisor.town_lock import SupervisorRunning
+    from gastown.supervisor.town_lock import SupervisorRunning, hold_start_lock
+
+    if start_fd is None:
+        start_fd = hold_start_lock(town.runtime_dir, timeout=UP_TIMEOUT)
+    else:
+        os.set_inheritable(start_fd, False)  # no role may inherit it
+
+    def release_start_lock() -> None:
+        nonlocal start_fd
+        if start_fd is not None:
+            os.close(start_fd)
+            start_fd = None
 
     config = town.config
     log.configure_logging(town.logs_dir, role="supervisor", level=config.logging.level,
@@ -127,10 +163,13 @@ def _run_foreground(town: Town, ready_fd: int | None) -> int:
             print(f"gastown: {outcome.get('error')}", file=sys.stderr, flush=True)
 
     try:
-        code = trio.run(run_supervisor, town, report)
+        fault_point("supervisor", "start")
+        code = trio.run(run_supervisor, town, report, release_start_lock)
     except SupervisorRunning as exc:
         report({"ok": False, "already": exc.pid, "error": exc.message})
         return 0 if ready_fd is not None else exc.exit_code
+    finally:
+        release_start_lock()
     return code
 
 
@@ -139,10 +178,23 @@ def cmd_down(args: argparse.Namespace) -> int:
     from gastown.roles.errors import GastownError
     from gastown.supervisor.bus.errors import BusError
     from gastown.supervisor.bus.sync_client import request_sync
-    from gastown.supervisor.town_lock import read_supervisor, wait_supervisor_exit
+    from gastown.supervisor.town_lock import (
+        read_supervisor,
+        start_in_progress,
+        wait_start_settled,
+        wait_supervisor_exit,
+    )
 
     town = town_of(args)
     running = read_supervisor(town.runtime_dir)
+    if running is None and start_in_progress(town.runtime_dir):
+        # `up` is starting a supervisor that does not hold the town yet: stop that one.
+        print("the town is starting; waiting for its supervisor, to stop it", flush=True)
+        if not wait_start_settled(town.runtime_dir, timeout=UP_TIMEOUT + 30):
+            print(f"gastown: the town's start-up did not settle within {UP_TIMEOUT + 30:g}s; "
+                  "try again", file=sys.stderr)
+            return 1
+        running = read_supervisor(town.runtime_dir)
     if running is None:
         print("town is already down")
         return _stop_sessions(town) if args.all else 0
@@ -225,6 +277,8 @@ def gather_status(town: Town) -> dict[str, Any]:
         status["roles"] = [{"name": r.name, "pid": None, "state": "down", "uptime": None,
                             "restarts": r.restarts, "last_exit": r.last_exit,
                             "last_state": r.state, "reason": r.reason} for r in recorded]
+    from gastown.roles.rigs import merge_queue_notes
+
     status["rigs"] = [{"name": r.name, "default_branch": r.default_branch, "prefix": r.prefix,
                        "path": str(town.rig_dir(r.name)), "mq_paused": r.mq_paused,
                        "push_error": r.push_error, **merge_queue_notes(town, r)} for r in rigs]
@@ -270,6 +324,8 @@ def _print_status(town: Town, *, as_json: bool) -> int:
     print()
     rigs = ", ".join(f"{r['name']} ({r['default_branch']})" for r in status["rigs"]) or "none"
     print(f"rigs:           {rigs}")
+    for line in (note for r in status["rigs"] for note in r["notes"]):
+        print(f"  {line}")  # merged work not on the remote yet, a paused merge queue
     print(f"polecats:       {_counts(status['polecats'])}")
     print(f"merge requests: {_counts(status['merge_requests'])}")
     if status["polecat_list"]:
@@ -278,8 +334,6 @@ def _print_status(town: Town, *, as_json: bool) -> int:
                     [[f"{p['rig']}/{p['name']}", p["state"] + (f" ({p['reason']})"
                                                               if p["reason"] else ""),
                       p["bead"], age(p["created_at"])] for p in status["polecat_list"]])
-    from gastown.roles.rigs import merge_queue_notes
-
     if status["merge_queue"]:
         print()
         print_table(["MR", "RIG", "BEAD", "STATE"],
@@ -324,8 +378,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_status(town, as_json=False)
             print(f"\n(refreshing every {interval:g}s; Ctrl-C to quit)", flush=True)
             time.sleep(interval)
-    for line in (note for r in status["rigs"] for note in r["notes"]):
-        print(f"  {line}")  # merged work not on the remote yet, a paused merge queue
     except KeyboardInterrupt:
         return 0
 

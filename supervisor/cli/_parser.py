@@ -143,6 +143,7 @@ def build_parser() -> _Parser:
     p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long to wait for every role to report ready (default 60)")
     p.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--start-lock-fd", type=int, default=None, help=argparse.SUPPRESS)
     p = _command(sub, "down", "gastown.supervisor.cli._lifecycle:cmd_down",
                  "stop the roles, then the supervisor (agent sessions keep running)")
     p.add_argument("--all", action="store_true",
