@@ -51,6 +51,28 @@ class ConfigError(GastownError):
         self.key = key
 
 
+class StoreError(GastownError):
+    """The town's store (``state.db``) cannot be used: unwritable, full, locked too long,
+    missing, or not this town's. The message names the file and says what to do;
+    ``reason`` is the short cause alone (for ``gastown doctor``)."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+class StoreMissing(StoreError):
+    """The town recorded a store identity, but its store file is gone."""
+
+
+class StoreReplaced(StoreError):
+    """The file at the store's path is not the store this town recorded."""
+
+
+class StoreLost(StoreError):
+    """The store this process opened was deleted or replaced while it was open."""
+
+
 class GitError(GastownError):
     """A git command failed; carries the operation, the repository and stderr's tail."""
 

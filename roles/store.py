@@ -5,6 +5,8 @@ in that same transaction (the ``events`` table is an outbox), so a process kille
 any instant leaves either both or neither. The feed (``events.jsonl``) is filled from
 this outbox by a single writer. Callers get frozen dataclasses, never rows.
 
+Identity: a town's store is never silently re-created (see :mod:`._store_base`).
+
 Concurrency: many processes (CLI invocations, roles) open the same file. Writers use
 ``BEGIN IMMEDIATE`` and a generous busy timeout, so contention waits instead of failing.
 """
@@ -13,7 +15,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gastown.roles._store_base import BUSY_TIMEOUT_MS, SchemaTooNew, open_connection
+from gastown.roles._store_base import (
+    BUSY_TIMEOUT_MS,
+    IDENTITY_FILE,
+    SchemaTooNew,
+    open_connection,
+    recorded_identity,
+)
 from gastown.roles._store_records import (
     BEAD_STATUSES,
     Bead,
@@ -32,6 +40,7 @@ from gastown.roles._store_work import WorkLedger
 __all__ = [
     "BEAD_STATUSES",
     "BUSY_TIMEOUT_MS",
+    "IDENTITY_FILE",
     "MIGRATIONS",
     "Bead",
     "BeadStatus",
@@ -44,6 +53,7 @@ __all__ = [
     "Sling",
     "Store",
     "open_store",
+    "recorded_identity",
 ]
 
 
@@ -57,10 +67,14 @@ class Store(WorkLedger, TownLedger):
         self.close()
 
 
-def open_store(path: Path) -> Store:
+def open_store(path: Path, *, new_store: bool = False, adopt: bool = False) -> Store:
     """Open (creating and migrating if needed) the store at ``path``.
 
-    Safe to call from many processes at once: migrations run under an exclusive lock
-    and re-check the version inside it, so each runs exactly once.
+    A town that recorded its store's identity gets :class:`StoreMissing` when the file
+    is gone and :class:`StoreReplaced` when another file stands there, never a fresh
+    empty store; ``new_store`` and ``adopt`` are the explicit ways out (``gastown
+    doctor --fix --new-store`` / ``--adopt-store``). Safe to call from many processes
+    at once: migrations run under an exclusive lock and re-check the version inside it,
+    so each runs exactly once.
     """
-    return Store(open_connection(path), path)
+    return Store(open_connection(path, new_store=new_store, adopt=adopt), path)

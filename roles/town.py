@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 
 from gastown.roles.config import RigConfig, TownConfig, load_rig_config, load_town_config
-from gastown.roles.errors import ConfigError, NotFound, Refused
+from gastown.roles.errors import ConfigError, GastownError, NotFound, Refused
 
 TOWN_FILE = "town.toml"
 RIG_FILE = "rig.toml"
@@ -143,6 +143,24 @@ def install_town(path: Path) -> tuple[Town, bool]:
 
     root = path.expanduser().absolute()
     town = Town(root)
+    try:
+        created = _lay_out(town)
+    except OSError as exc:
+        raise GastownError(f"cannot create a town at {root}: {_os_reason(exc, root)}") from None
+    open_store(town.db_path).close()
+    return town, created
+
+
+def _os_reason(exc: OSError, root: Path) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.filename and str(exc.filename) != str(root):
+        return f"{exc.filename}: {reason}"
+    return reason
+
+
+def _lay_out(town: Town) -> bool:
+    """Create what is missing of ``town``'s folders and ``town.toml``; True when new."""
+    root = town.root
     created = False
     if root.exists() and not root.is_dir():
         raise Refused(f"{root} exists and is not a directory")
@@ -160,5 +178,4 @@ def install_town(path: Path) -> tuple[Town, bool]:
     town.runtime_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(town.runtime_dir, 0o700)
     town.logs_dir.mkdir(exist_ok=True)
-    open_store(town.db_path).close()
-    return town, created
+    return created

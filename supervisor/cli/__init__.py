@@ -37,3 +37,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (``gastown bead list | head``): not an error worth a line.
         sys.stderr.close()
         return 0
+    except Exception as exc:
+        message = _environment_failure(exc)
+        if message is None:
+            raise  # a bug: keep its traceback
+        print(f"gastown: {message}", file=sys.stderr)
+        return 1
+
+
+#: OS errors that say the machine, not gastown, is in trouble: a full disk or quota, a
+#: file over the size limit, a read-only filesystem, an I/O error.
+_ENVIRONMENT_ERRNOS = frozenset({"ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO"})
+
+
+def _environment_failure(exc: Exception) -> str | None:
+    """One line for a failure of the disk or of SQLite that no handler turned into a
+    :class:`~gastown.roles.errors.GastownError` (the store names its file itself)."""
+    import errno
+
+    if isinstance(exc, OSError) and errno.errorcode.get(exc.errno or 0) in _ENVIRONMENT_ERRNOS:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc.strerror)
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.OperationalError):
+        return f"the town's store could not be used: {exc}"
+    return None

@@ -2,24 +2,46 @@
 
 Exit 0 when nothing is wrong or everything found was fixed, 1 when problems remain
 (kept work, failed repairs, or simply not ``--fix``), so scripts and CI can use it.
+
+A store that is missing or not this town's is reported first, with the ways back:
+restore the file, or (town down) ``--fix --new-store`` / ``--fix --adopt-store``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from gastown.supervisor.cli._context import poke_town, print_json, store_of, town_of
+from gastown.roles.town import Town
+from gastown.supervisor.cli._context import poke_town, print_json, town_of
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from gastown.roles.errors import StoreMissing, StoreReplaced, UsageError
     from gastown.roles.names import validate_name
-    from gastown.roles.reconcile import reconcile
+    from gastown.roles.reconcile import Finding, reconcile
+    from gastown.roles.store import open_store
 
     if args.rig is not None:
         validate_name("rig", args.rig)
+    if (args.new_store or args.adopt_store) and not args.fix:
+        raise UsageError("--new-store and --adopt-store repair the store: add --fix")
     town = town_of(args)
-    with store_of(town) as store:
-        findings = reconcile(town, store, rig=args.rig, fix=args.fix)
+    if args.new_store or args.adopt_store:
+        _recover_store(town, adopt=args.adopt_store)
+    try:
+        store = open_store(town.db_path)
+    except (StoreMissing, StoreReplaced) as exc:
+        if isinstance(exc, StoreMissing):
+            kind, way = "store_missing", "start an empty one: 'gastown doctor --fix --new-store'"
+        else:
+            kind, way = "store_replaced", ("keep this file as the town's store: "
+                                           "'gastown doctor --fix --adopt-store'")
+        findings = [Finding("-", kind, str(town.db_path), exc.reason,
+                            f"with the town down, restore the town's store from a backup, "
+                            f"or {way}", False)]
+    else:
+        with store:
+            findings = reconcile(town, store, rig=args.rig, fix=args.fix)
     if any(f.fixed for f in findings):
         poke_town(town)
     if args.json:
@@ -32,3 +54,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"{finding.rig}  {finding.kind}  {finding.subject}: {finding.detail}"
                   f"{action}")
     return 0 if all(f.fixed for f in findings) else 1
+
+
+def _recover_store(town: Town, *, adopt: bool) -> None:
+    """``--new-store``: an empty store where the town's is missing; ``--adopt-store``: the
+    file now at the store's path becomes the town's store. Only with the town down."""
+    from gastown.roles.errors import Refused
+    from gastown.roles.log import get_logger
+    from gastown.roles.store import open_store
+    from gastown.supervisor.town_lock import read_supervisor
+
+    running = read_supervisor(town.runtime_dir)
+    if running is not None:
+        raise Refused(f"the town is up (supervisor pid {running.pid}) and its processes "
+                      "still have the old store open: stop it with 'gastown down' first")
+    with open_store(town.db_path, new_store=not adopt, adopt=adopt) as store:
+        kind = "store_adopted" if adopt else "store_created"
+        store.emit(kind, path=str(town.db_path))
+    get_logger().warning(kind, path=str(town.db_path))
+    print(f"adopted {town.db_path} as the town's store" if adopt
+          else f"created an empty store at {town.db_path}")

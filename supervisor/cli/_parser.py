@@ -249,6 +249,12 @@ def build_parser() -> _Parser:
     p.add_argument("--fix", action="store_true",
                    help="repair what is safe to repair; work that has not landed is kept")
     p.add_argument("--rig", metavar="R", help="only this rig")
+    p.add_argument("--new-store", action="store_true",
+                   help="with --fix, town down: start an empty store where the town's is "
+                        "missing (restore a backup instead if you have one)")
+    p.add_argument("--adopt-store", action="store_true",
+                   help="with --fix, town down: make the file now at state.db the town's "
+                        "store")
     _json_flag(p)
 
     svc_sub = _group(sub, "service", "install or remove a systemd unit for this town",

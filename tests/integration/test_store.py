@@ -8,8 +8,22 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.errors import NotFound, Refused
-from gastown.roles.store import MIGRATIONS, Rig, SchemaTooNew, open_store
+from gastown.roles.errors import (
+    NotFound,
+    Refused,
+    StoreError,
+    StoreLost,
+    StoreMissing,
+    StoreReplaced,
+)
+from gastown.roles.store import (
+    IDENTITY_FILE,
+    MIGRATIONS,
+    Rig,
+    SchemaTooNew,
+    open_store,
+    recorded_identity,
+)
 
 
 def test_open_creates_wal_database_at_latest_schema(tmp_path: Path) -> None:
@@ -88,3 +102,139 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
     with ctx.Pool(6) as pool:
         batches = pool.starmap(_create_beads, [(str(path), 3)] * 6)
     assert len({i for b in batches for i in b}) == 18
+
+
+# -- identity: a town's store is never silently re-created ---------------------------------
+
+@pytest.fixture
+def town_dir(tmp_path: Path) -> Path:
+    """A folder laid out like a town's (the store beside a ``.runtime``), with one bead."""
+    root = tmp_path / "town"
+    (root / ".runtime").mkdir(parents=True)
+    with open_store(root / "state.db") as store:
+        store.create_bead(prefix="gt", rig=None, title="keep me")
+    return root
+
+
+def _app_id(path: Path) -> int:
+    conn = sqlite3.connect(path)
+    try:
+        return int(conn.execute("PRAGMA application_id").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_town_records_its_store_identity(town_dir: Path) -> None:
+    """The id in the database header and the one in .runtime/store-id agree."""
+    recorded = recorded_identity(town_dir / "state.db")
+    assert recorded is not None and recorded == _app_id(town_dir / "state.db")
+    assert (town_dir / IDENTITY_FILE).read_text().strip() == str(recorded)
+
+
+def test_a_deleted_store_is_missing_not_recreated(town_dir: Path) -> None:
+    """Deleting state.db makes every open an error naming the way back; no file appears."""
+    db = town_dir / "state.db"
+    db.unlink()
+    for _ in range(2):
+        with pytest.raises(StoreMissing, match=r"is missing .*--new-store"):
+            open_store(db)
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("kind", ["another town's", "empty file", "empty database", "garbage"])
+def test_a_replaced_store_is_refused_before_anything_is_written(
+        town_dir: Path, tmp_path: Path, kind: str) -> None:
+    """Another file at the store's path is refused, and left byte for byte as it was."""
+    db = town_dir / "state.db"
+    db.unlink()
+    if kind == "another town's":
+        (tmp_path / "other" / ".runtime").mkdir(parents=True)
+        open_store(tmp_path / "other" / "state.db").close()
+        db.write_bytes((tmp_path / "other" / "state.db").read_bytes())
+    elif kind == "empty file":
+        db.write_bytes(b"")
+    elif kind == "empty database":
+        sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
+    else:
+        db.write_bytes(b"not a database at all" * 100)
+    before = db.read_bytes()
+    with pytest.raises(StoreReplaced, match="--adopt-store"):
+        open_store(db)
+    assert db.read_bytes() == before
+    assert not Path(f"{db}-wal").exists()
+
+
+def test_recovery_is_explicit(town_dir: Path) -> None:
+    """new_store starts an empty store with the town's identity (setting aside the old
+    -wal/-shm, which SQLite would replay into it); adopt takes the file as it is."""
+    db = town_dir / "state.db"
+    recorded = recorded_identity(db)
+    Path(f"{db}-wal").write_bytes(b"stale")
+    db.unlink()
+    with open_store(db, new_store=True) as store:
+        assert store.beads() == []
+    assert _app_id(db) == recorded
+    assert list(town_dir.glob("state.db-wal.orphaned-*"))
+    with pytest.raises(StoreError, match="only replaces a missing one"):
+        open_store(db, new_store=True)
+    db.unlink()
+    sqlite3.connect(db).execute("CREATE TABLE t (x)").connection.close()
+    with pytest.raises(StoreReplaced):
+        open_store(db)
+    open_store(db, adopt=True).close()
+    assert _app_id(db) == recorded
+    open_store(db).close()
+
+
+def test_a_town_without_a_recorded_identity_keeps_working(town_dir: Path) -> None:
+    """A town made by an older gastown (no store-id) adopts the store it has; one that
+    never had a store gets one, as before."""
+    db = town_dir / "state.db"
+    identity = _app_id(db)
+    (town_dir / IDENTITY_FILE).unlink()
+    with open_store(db) as store:
+        assert [b.title for b in store.beads()] == ["keep me"]
+    assert recorded_identity(db) == identity
+    (town_dir / IDENTITY_FILE).unlink()
+    conn = sqlite3.connect(db)
+    conn.execute("PRAGMA application_id = 0")
+    conn.close()
+    open_store(db).close()
+    assert recorded_identity(db) == _app_id(db) != 0
+    fresh = town_dir.parent / "old-town"
+    (fresh / ".runtime").mkdir(parents=True)
+    open_store(fresh / "state.db").close()
+    assert recorded_identity(fresh / "state.db") == _app_id(fresh / "state.db")
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_an_open_store_stops_writing_once_its_file_is_gone(
+        town_dir: Path, tmp_path: Path, how: str) -> None:
+    """A process holding the store (a running role) refuses to write once the path no
+    longer names the file it opened, and creates nothing there."""
+    db = town_dir / "state.db"
+    with open_store(db) as store:
+        db.unlink()
+        if how == "replaced":
+            open_store(tmp_path / "elsewhere.db").close()
+            db.write_bytes((tmp_path / "elsewhere.db").read_bytes())
+        for _ in range(2):
+            with pytest.raises(StoreLost, match=f"was {how} while this process had it open"):
+                store.create_bead(prefix="gt", rig=None, title="lost")
+    assert db.exists() == (how == "replaced")
+
+
+def test_a_store_locked_beyond_the_busy_timeout_is_one_store_error(tmp_path: Path) -> None:
+    """A writer that waits out the busy timeout gets a StoreError naming the file."""
+    db = tmp_path / "s.db"
+    with open_store(db) as store:
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        store._conn.execute("PRAGMA busy_timeout = 50")
+        with pytest.raises(StoreError, match=r"store at .*s\.db could not be written: "
+                                             r"database is locked \(another process"):
+            store.create_bead(prefix="gt", rig=None, title="blocked")
+        other.execute("ROLLBACK")
+        other.close()
+        store.create_bead(prefix="gt", rig=None, title="fine now")
+
