@@ -24,8 +24,17 @@ def town_of(args: argparse.Namespace) -> Town:
     town still works, and without one the user gets one line saying so.
     """
     town = find_town(args.town, os.environ, search_dir(args.town))
-    _configure_cli_logging(town, verbose=bool(args.verbose))
+    _configure_cli_logging(town, verbose=bool(args.verbose),
+                           config_optional=getattr(args, "handler", None) in CONFIG_OPTIONAL)
     return town
+
+
+#: The commands that work on a town whose town.toml is broken, so that it can be looked
+#: at and stopped (``reload`` asks the supervisor, which refuses the broken file itself).
+#: They print one warning line; every other command stops with the error, on one line.
+CONFIG_OPTIONAL = frozenset(f"gastown.supervisor.cli.{handler}" for handler in (
+    "_lifecycle:cmd_status", "_lifecycle:cmd_down", "_observe:cmd_logs", "_observe:cmd_feed",
+    "_doctor:cmd_doctor"))
 
 
 def current_dir() -> Path:
@@ -52,10 +61,10 @@ def search_dir(explicit: str | None) -> Path:
     return current_dir()
 
 
-def _configure_cli_logging(town: Town, *, verbose: bool) -> None:
-    """Log to ``logs/cli.log``. A broken town.toml does not stop the CLI here: commands
-    that need the configuration report it themselves, and the ones that do not (status,
-    down, reload, logs, feed) must keep working so that the town can be mended or stopped."""
+def _configure_cli_logging(town: Town, *, verbose: bool, config_optional: bool = False) -> None:
+    """Log to ``logs/cli.log``. A broken town.toml raises its one-line error, unless the
+    command is one of :data:`CONFIG_OPTIONAL`: then it is one warning line and the
+    shipped logging defaults."""
     from gastown.roles.errors import ConfigError
     from gastown.roles.log import configure_logging
 
@@ -63,6 +72,8 @@ def _configure_cli_logging(town: Town, *, verbose: bool) -> None:
         logging = town.config.logging
         level, max_bytes, backups = logging.level, logging.max_bytes, logging.backups
     except ConfigError as exc:
+        if not config_optional:
+            raise
         print(f"gastown: warning: {exc.message}", file=sys.stderr)
         level, max_bytes, backups = "info", 10 * 1024 * 1024, 5
     configure_logging(town.logs_dir if town.logs_dir.is_dir() else None, role="cli",

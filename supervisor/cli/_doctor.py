@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from gastown.roles.reconcile import Finding
 from gastown.roles.town import Town
 from gastown.supervisor.cli._context import poke_town, print_json, town_of
 
@@ -18,7 +19,7 @@ from gastown.supervisor.cli._context import poke_town, print_json, town_of
 def cmd_doctor(args: argparse.Namespace) -> int:
     from gastown.roles.errors import StoreMissing, StoreReplaced, UsageError
     from gastown.roles.names import validate_name
-    from gastown.roles.reconcile import Finding, reconcile
+    from gastown.roles.reconcile import reconcile
     from gastown.roles.store import open_store
 
     if args.rig is not None:
@@ -42,6 +43,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         with store:
             findings = reconcile(town, store, rig=args.rig, fix=args.fix)
+    findings = _config_findings(town) + findings
     if any(f.fixed for f in findings):
         poke_town(town)
     if args.json:
@@ -54,6 +56,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"{finding.rig}  {finding.kind}  {finding.subject}: {finding.detail}"
                   f"{action}")
     return 0 if all(f.fixed for f in findings) else 1
+
+
+def _config_findings(town: Town) -> list[Finding]:
+    """A broken town.toml (the rigs' rig.toml are checked with each rig)."""
+    from gastown.roles.errors import ConfigError
+
+    try:
+        town.config  # noqa: B018 - validation
+    except ConfigError as exc:
+        return [Finding("-", "config_error", str(town.config_path), exc.message,
+                        "fix the file ('gastown config show' checks it); until then only "
+                        "status, down, logs, feed and doctor work", False)]
+    return []
 
 
 def _recover_store(town: Town, *, adopt: bool) -> None:
