@@ -99,6 +99,9 @@ def cmd_close(args: argparse.Namespace) -> int:
         bead = store.bead(args.id)
         commit = _landed_commit(town, store, bead, args.commit) if args.commit else None
         stop = store.close_bead(bead.id, reason=args.reason, commit=commit, force=args.force)
+        stopped = {(p.rig, p.name) for p in stop}
+        kept = [p for p in store.bead_work(bead.id).polecats
+                if (p.rig, p.name) not in stopped]
     log = get_logger()
     with bound(bead=bead.id, rig=bead.rig):
         log.info("bead_closed_by_hand", reason=args.reason, commit=commit, force=args.force,
@@ -113,6 +116,9 @@ def cmd_close(args: argparse.Namespace) -> int:
     print(f"{bead.id} closed" + (f" (landed as {commit[:10]})" if commit else ""))
     for polecat in stop:
         print(f"  stopped polecat {polecat.rig}/{polecat.name}; its work is kept in "
+              f"{polecat.worktree} on {polecat.branch}")
+    for polecat in kept:
+        print(f"  polecat {polecat.rig}/{polecat.name} ({polecat.state}) keeps its work in "
               f"{polecat.worktree} on {polecat.branch}")
     return 0
 

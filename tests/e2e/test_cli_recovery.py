@@ -395,7 +395,8 @@ def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path) 
     mr = json.loads(cli.ok("mq", "list", "--json"))[0]
     assert mr["state"] == "queued"
     one_line_error(cli("bead", "close", reviewed), 1, f"merge request {mr['id']} (queued)")
-    cli.ok("bead", "close", reviewed, "--force")
+    out = cli.ok("bead", "close", reviewed, "--force")
+    assert f"polecat web/{other} (escalated) keeps its work in {other_path}" in out
     assert json.loads(cli.ok("mq", "show", mr["id"], "--json"))["state"] == "cancelled"
     assert {p["name"]: p["state"] for p in json.loads(cli.ok("polecat", "list", "--json"))
             }[other] == "escalated"
