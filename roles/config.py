@@ -10,16 +10,17 @@ callers pass text and a path used only in messages.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
 
 from gastown.roles.errors import ConfigError
-from gastown.roles.names import name_problem, prefix_problem
+from gastown.roles.names import DEFAULT_POLECAT_NAMES, name_problem, prefix_problem
 
 Seconds = NewType("Seconds", float)
 """A duration: written ``"10m"``, ``"1.5s"``, ``"2h"`` or a number of seconds."""
@@ -115,7 +116,7 @@ def parse_duration(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
+        return float(value) if math.isfinite(value) and value >= 0 else None
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
         if m:
@@ -255,8 +256,19 @@ def _check_positive(v: _Validator, where: tuple[str, ...], value: int, *,
         v.fail(where, f"'{'.'.join(where)}' must be at least {minimum}, not {value}")
 
 
-def load_town_config(text: str, path: str, defaults: str) -> TownConfig:
-    """Validate a town's ``town.toml`` (``text``) laid over the shipped ``defaults``."""
+def _check_duration(v: _Validator, where: tuple[str, ...], value: float, *,
+                    positive: bool = True) -> None:
+    if positive and value <= 0:
+        v.fail(where, f"'{'.'.join(where)}' must be longer than 0s")
+
+
+def load_town_config(text: str, path: str, defaults: str,
+                     presets: Collection[str] | None = None) -> TownConfig:
+    """Validate a town's ``town.toml`` (``text``) laid over the shipped ``defaults``.
+
+    With ``presets`` (the shipped agent names), ``default_agent`` must name one of them
+    or an ``[agents.NAME]`` table of the file.
+    """
     data = merge_over(parse_toml(defaults, "<shipped town.toml>"), parse_toml(text, path))
     v = _Validator(path, text)
     config = v.build(TownConfig, data, ())
@@ -267,6 +279,17 @@ def load_town_config(text: str, path: str, defaults: str) -> TownConfig:
                     minimum=0)
     _check_positive(v, ("logging", "max_bytes"), config.logging.max_bytes, minimum=1024)
     _check_positive(v, ("logging", "backups"), config.logging.backups, minimum=0)
+    sup = config.supervisor
+    for key in ("stop_timeout", "restart_period"):
+        _check_duration(v, ("supervisor", key), getattr(sup, key))
+    if sup.restart_max_delay < sup.restart_delay:
+        v.fail(("supervisor", "restart_max_delay"),
+               f"'supervisor.restart_max_delay' ({sup.restart_max_delay:g}s) must not be "
+               f"shorter than 'supervisor.restart_delay' ({sup.restart_delay:g}s)")
+    if presets is not None and config.default_agent not in {*presets, *config.agents}:
+        known = ", ".join(sorted({*presets, *config.agents}))
+        v.fail(("default_agent",), f"'default_agent' {config.default_agent!r} is neither a "
+                                   f"preset nor an [agents.NAME] table (known: {known})")
     for name, agent in config.agents.items():
         problem = name_problem("agent", name)
         if problem:
@@ -276,11 +299,33 @@ def load_town_config(text: str, path: str, defaults: str) -> TownConfig:
     return config
 
 
+def _check_branch_template(v: _Validator, config: RigConfig) -> None:
+    """``{name}`` in it, and a valid branch, apart from the default branch, for every name
+    of the pool: a bad template is found here, not when the first sling fails."""
+    where = ("polecats", "branch_template")
+    template = config.polecats.branch_template
+    if "{name}" not in template:
+        v.fail(where, "'polecats.branch_template' must contain {name}")
+    main = config.default_branch
+    for name in config.polecats.names or DEFAULT_POLECAT_NAMES:
+        branch = template.replace("{name}", name)
+        problem = name_problem("branch", branch)
+        if problem:
+            v.fail(where, f"'polecats.branch_template' {template!r} gives the branch "
+                          f"{branch!r} for polecat {name!r}, which {problem}")
+        if branch == main or branch.startswith(main + "/") or main.startswith(branch + "/"):
+            v.fail(where, f"'polecats.branch_template' {template!r} gives the branch "
+                          f"{branch!r} for polecat {name!r}, which collides with the "
+                          f"default branch {main!r}")
+
+
 def load_rig_config(text: str, path: str, defaults: str) -> RigConfig:
     """Validate a rig's ``rig.toml`` (``text``) laid over the shipped ``defaults``."""
     data = merge_over(parse_toml(defaults, "<shipped rig.toml>"), parse_toml(text, path))
     v = _Validator(path, text)
     config = v.build(RigConfig, data, ())
+    if not config.repo.strip():
+        v.fail(("repo",), "'repo' must not be empty")
     if prefix_problem(config.prefix):
         v.fail(("prefix",), f"'prefix' {prefix_problem(config.prefix)}, not {config.prefix!r}")
     problem = name_problem("branch", config.default_branch)
@@ -288,19 +333,27 @@ def load_rig_config(text: str, path: str, defaults: str) -> RigConfig:
         v.fail(("default_branch",), f"'default_branch' {problem}")
     _check_positive(v, ("polecats", "max"), config.polecats.max)
     _check_positive(v, ("polecats", "max_respawns"), config.polecats.max_respawns, minimum=0)
-    if "{name}" not in config.polecats.branch_template:
-        v.fail(("polecats", "branch_template"),
-               "'polecats.branch_template' must contain {name}")
     for name in config.polecats.names:
         problem = name_problem("polecat", name)
         if problem:
             v.fail(("polecats", "names"), f"polecat name {name!r} {problem}")
+    if len(set(config.polecats.names)) != len(config.polecats.names):
+        v.fail(("polecats", "names"), "'polecats.names' lists a name twice")
+    _check_branch_template(v, config)
+    _check_duration(v, ("polecats", "stall_timeout"), config.polecats.stall_timeout)
     mq = config.merge_queue
     _check_positive(v, ("merge_queue", "batch_size"), mq.batch_size)
     _check_positive(v, ("merge_queue", "retry_flaky"), mq.retry_flaky, minimum=0)
     _check_positive(v, ("merge_queue", "push_retries"), mq.push_retries, minimum=0)
     seen: set[str] = set()
     for gate in mq.gates:
+        if not gate.name.strip() or any(ord(c) < 0x20 for c in gate.name):
+            v.fail(("merge_queue", "gates", "name"), f"gate name {gate.name!r} must be "
+                                                     "a non-empty line of text")
+        if not gate.command.strip():
+            v.fail(("merge_queue", "gates", "command"),
+                   f"gate {gate.name!r} has an empty 'command'")
+        _check_duration(v, ("merge_queue", "gates", "timeout"), gate.timeout)
         if gate.name in seen:
             v.fail(("merge_queue", "gates", "name"), f"gate name {gate.name!r} is repeated")
         seen.add(gate.name)

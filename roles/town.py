@@ -90,8 +90,11 @@ def _read_text(path: Path) -> str:
 
 def read_town_config(path: Path) -> TownConfig:
     from gastown.config import default_text
+    from gastown.roles.config import parse_toml
 
-    return load_town_config(_read_text(path), str(path), default_text(TOWN_FILE))
+    presets = parse_toml(default_text("agents.toml"), "<shipped agents.toml>")
+    return load_town_config(_read_text(path), str(path), default_text(TOWN_FILE),
+                            presets=list(presets))
 
 
 def read_rig_config(path: Path) -> RigConfig:

@@ -22,8 +22,11 @@ RIG_DEFAULTS = default_text("rig.toml")
 RIG_REQUIRED = 'repo = "/srv/web"\ndefault_branch = "main"\nprefix = "web"\n'
 
 
+PRESETS = ("claude", "codex", "gemini", "aider", "script")
+
+
 def town(text: str) -> object:
-    return load_town_config(text, "/t/town.toml", TOWN_DEFAULTS)
+    return load_town_config(text, "/t/town.toml", TOWN_DEFAULTS, presets=PRESETS)
 
 
 def rig(text: str) -> object:
@@ -171,3 +174,66 @@ def test_merge_over_keeps_every_override(defaults: dict[str, object],
             assert merged[key] == value
     for key in defaults.keys() - override.keys():
         assert merged[key] == defaults[key]
+
+
+class TestValuesCheckedAtLoad:
+    """Values that used to get through to sling or merge time are refused at load, with
+    the file, the key and why."""
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        ("[polecats]\nbranch_template = '../{name}'",
+         "'polecats.branch_template' '../{name}' gives the branch '../toast' for polecat "
+         "'toast', which must not contain '..'"),
+        ("[polecats]\nbranch_template = '-{name}'", "which must not start with '-'"),
+        ("[polecats]\nbranch_template = '/{name}'", "which has a component that"),
+        ("[polecats]\nbranch_template = 'pc/{name}.lock'", "gives the branch 'pc/toast.lock'"),
+        ("[polecats]\nbranch_template = 'a b/{name}'", "must not contain whitespace"),
+        ("[polecats]\nbranch_template = 'main/{name}'",
+         "collides with the default branch 'main'"),
+        ("[polecats]\nnames = ['main']\nbranch_template = '{name}'",
+         "gives the branch 'main' for polecat 'main', which collides"),
+        ("[polecats]\nnames = ['a', 'a']", "'polecats.names' lists a name twice"),
+        ("[polecats]\nmax = -3", "'polecats.max' must be at least 1, not -3"),
+        ("[polecats]\nmax_respawns = -1", "'polecats.max_respawns' must be at least 0"),
+        ("[polecats]\nstall_timeout = '0s'", "'polecats.stall_timeout' must be longer than 0s"),
+        ("[polecats]\nstall_timeout = -5", "'polecats.stall_timeout' must be a duration"),
+        ("[merge_queue]\nretry_flaky = -1", "'merge_queue.retry_flaky' must be at least 0"),
+        ("[[merge_queue.gates]]\nname = 't'\ncommand = '  '", "gate 't' has an empty 'command'"),
+        ("[[merge_queue.gates]]\nname = ''\ncommand = 'x'", "gate name '' must be"),
+        ("[[merge_queue.gates]]\nname = 't'\ncommand = 'x'\ntimeout = '0s'",
+         "'merge_queue.gates.timeout' must be longer than 0s"),
+        ("repo = ''", "'repo' must not be empty"),
+    ])
+    def test_rig_values(self, text: str, expected: str) -> None:
+        body = text if text.startswith("[") else ""
+        if text.startswith("repo"):
+            err = error_of(lambda t: load_rig_config(t, "/t/web/rig.toml", RIG_DEFAULTS),
+                           'repo = ""\ndefault_branch = "main"\nprefix = "web"\n')
+        else:
+            err = error_of(rig, body)
+        assert err.message.startswith("/t/web/rig.toml:"), err.message
+        assert expected in err.message, err.message
+
+    def test_a_good_template_and_pool_load(self) -> None:
+        config = rig("[polecats]\nbranch_template = 'work/{name}'\nnames = ['ada', 'bob']")
+        assert config.polecats.branch_template == "work/{name}"  # type: ignore[attr-defined]
+
+    @pytest.mark.parametrize(("text", "expected"), [
+        ("default_agent = 'claud'", "/t/town.toml:1: 'default_agent' 'claud' is neither a "
+                                    "preset nor an [agents.NAME] table (known: aider, claude"),
+        ("[supervisor]\nstop_timeout = 0", "'supervisor.stop_timeout' must be longer than 0s"),
+        ("[supervisor]\nrestart_period = '0s'", "'supervisor.restart_period' must be longer"),
+        ("[supervisor]\nstop_timeout = inf", "'supervisor.stop_timeout' must be a duration"),
+        ("[supervisor]\nrestart_delay = '2m'\nrestart_max_delay = '1m'",
+         "'supervisor.restart_max_delay' (60s) must not be shorter than "
+         "'supervisor.restart_delay' (120s)"),
+        ("max_polecats = -1", "'max_polecats' must be at least 1, not -1"),
+        ("[logging]\nbackups = -2", "'logging.backups' must be at least 0"),
+    ])
+    def test_town_values(self, text: str, expected: str) -> None:
+        assert expected in error_of(town, text).message
+
+    def test_default_agent_may_name_a_table_of_the_file(self) -> None:
+        config = town("default_agent = 'bot'\n[agents.bot]\ncommand = ['bot']\n")
+        assert config.default_agent == "bot"  # type: ignore[attr-defined]
+        assert town("default_agent = 'script'").default_agent == "script"  # type: ignore[attr-defined]
