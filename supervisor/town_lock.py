@@ -437,6 +437,35 @@ def role_lock_holder(runtime_dir: Path, role: str) -> int | None:
         os.close(fd)
 
 
+def wait_roles_exit(runtime_dir: Path, timeout: float) -> dict[str, int | None]:
+    """Wait until no role process holds its lock, at most ``timeout`` s in all.
+
+    For ``down``: once the supervisor is gone its roles follow within the lifeline's
+    grace; this waits for that (event-driven, on each lock) and returns the roles
+    still running after ``timeout``, role name -> pid (None if unknown): a role that
+    has no supervisor, e.g. one started by hand.
+    """
+    deadline = time.monotonic() + timeout
+    left: dict[str, int | None] = {}
+    folder = runtime_dir / ROLES_DIR
+    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
+        if _wait_lock_free(path, max(deadline - time.monotonic(), 0.0)):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            data = json.loads(os.pread(fd, 4096, 0) or b"null")
+            role = data["role"] if isinstance(data.get("role"), str) else path.stem
+        except (OSError, ValueError, TypeError, AttributeError, KeyError):
+            role = path.stem
+        finally:
+            os.close(fd)
+        left[role] = role_lock_holder(runtime_dir, role)
+    return left
+
+
 def _lock_file_pid(fd: int) -> int | None:
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"null")
@@ -472,7 +501,8 @@ def acquire_role_lock(runtime_dir: Path, role: str, *, timeout: float = ROLE_LOC
             raise RoleLocked(role, role_lock_holder(runtime_dir, role) or holder, timeout)
     try:
         start_time = process_start_time(os.getpid())
-        identity = json.dumps({"pid": os.getpid(), "start_time": start_time}).encode()
+        identity = json.dumps({"pid": os.getpid(), "start_time": start_time,
+                               "role": role}).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, identity + b"\n", 0)
     except BaseException:

@@ -24,6 +24,10 @@ from gastown.supervisor.cli._context import age, print_json, print_table, store_
 #: How long ``up`` waits for every role to report ready.
 UP_TIMEOUT = 60.0
 
+#: How long ``down`` waits for role processes to follow a supervisor that is gone: they
+#: exit at once, or by their lifeline backstop 5 s later (a role blocked in a call).
+ROLES_EXIT_TIMEOUT = 15.0
+
 #: Events that ``status`` lists as recent failures.
 FAILURE_KINDS = ("role_failed", "mr_rejected", "polecat_escalated", "sling_failed",
                  "reload_refused", "polecat_noted")
@@ -197,6 +201,8 @@ def cmd_down(args: argparse.Namespace) -> int:
         running = read_supervisor(town.runtime_dir)
     if running is None:
         print("town is already down")
+        if not _roles_gone(town):
+            return 1
         return _stop_sessions(town) if args.all else 0
     try:
         request_sync(_bus(town), "bus", "shutdown", timeout=10)
@@ -213,7 +219,22 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 1
     _wait_pid_exit(running.pid, running.start_time, timeout=10)
     print("town stopped")
+    if not _roles_gone(town):
+        return 1
     return _stop_sessions(town) if args.all else 0
+
+
+def _roles_gone(town: Town) -> bool:
+    """Wait for every role process to have released its lock; say which one has not."""
+    from gastown.supervisor.town_lock import wait_roles_exit
+
+    left = wait_roles_exit(town.runtime_dir, timeout=ROLES_EXIT_TIMEOUT)
+    if left:
+        names = ", ".join(f"{role} (pid {pid if pid is not None else 'unknown'})"
+                          for role, pid in left.items())
+        print(f"gastown: role process still running without this town's supervisor: {names}",
+              file=sys.stderr)
+    return not left
 
 
 def _stop_sessions(town: Town) -> int:

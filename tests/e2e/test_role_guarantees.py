@@ -91,8 +91,12 @@ def test_hung_role_dies_with_its_killed_supervisor(cli: Cli, town: Path,
     refinery = role_processes(town)["refinery:web"]
     supervisor = status(cli)["supervisor"]["pid"]
     os.kill(supervisor, signal.SIGKILL)
-    # The hang would last as long as the file exists; the role must go long before.
-    wait_until(lambda: not alive(refinery), timeout=60, what="the hung refinery to die")
+    # `down --all` at once: the supervisor is gone, and down returns once its roles are,
+    # the hung one included (the hang would last as long as the file exists).
+    result = cli("down", "--all")
+    assert result.code == 0, result.err
+    assert "already down" in result.out
+    assert not alive(refinery)
     assert hang.exists()
     wait_until(lambda: town_processes(town) == {}, what="every role to follow")
     out = (town / "logs" / "refinery-web.out").read_text()
@@ -138,6 +142,27 @@ def test_waiting_second_instance_gets_the_lock_but_not_the_name(cli: Cli, town: 
     assert role_processes(town)["refinery:web"] == new["pid"]
     log = (town / "logs" / "refinery-web.log").read_text()
     assert "belongs to the role process this town's supervisor started" in log
+
+
+def test_down_names_a_role_running_without_a_supervisor(cli: Cli, town: Path) -> None:
+    """A role process that no supervisor owns (started by hand) keeps its lock; `down`
+    does not pretend the town is down: it names it and exits 1."""
+    stray = by_hand(town, "refinery:web")
+    try:
+        assert stray.stderr is not None
+        wait_until(lambda: role_processes(town).get("refinery:web") == stray.pid,
+                   what="the stray refinery")
+        wait_until(lambda: (town / ".runtime" / "roles" / "refinery-web.lock").exists()
+                   and f'"pid": {stray.pid}' in (
+                       town / ".runtime" / "roles" / "refinery-web.lock").read_text(),
+                   what="the stray refinery to hold its lock")
+        result = cli("down")
+        assert result.code == 1
+        assert (f"role process still running without this town's supervisor: refinery:web "
+                f"(pid {stray.pid})") in result.err
+    finally:
+        stray.kill()
+        stray.communicate()
 
 
 def test_role_whose_lock_is_held_fails_to_start(cli: Cli, town: Path) -> None:

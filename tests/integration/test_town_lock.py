@@ -28,6 +28,7 @@ from gastown.supervisor.town_lock import (
     role_lock_holder,
     role_lock_path,
     start_in_progress,
+    wait_roles_exit,
     wait_start_settled,
 )
 
@@ -317,6 +318,17 @@ class TestRoleLock:
         lock = got[0]
         assert hasattr(lock, "release")
         lock.release()
+
+
+    def test_down_waits_for_roles_and_names_those_left(
+            self, runtime_dir: Path, role_holder: subprocess.Popen[str]) -> None:
+        """wait_roles_exit names a role still holding its lock, and returns empty once
+        the holder is gone."""
+        free = acquire_role_lock(runtime_dir, "mayor", timeout=1)
+        free.release()  # a lock file nobody holds any more
+        assert wait_roles_exit(runtime_dir, timeout=0.2) == {"refinery:web": role_holder.pid}
+        role_holder.kill()
+        assert wait_roles_exit(runtime_dir, timeout=30) == {}
 
 
 class TestStartLock:
