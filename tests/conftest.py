@@ -53,10 +53,23 @@ def make_repo(path: Path, *, branch: str = "main", files: Mapping[str, str] | No
     return path
 
 
+def make_remote(path: Path, *, branch: str = "main",
+                files: Mapping[str, str] | None = None) -> Path:
+    """A bare repository at ``path`` with one commit on ``branch``: what a rig pushes to.
+
+    (``rig add`` refuses a working copy with the branch checked out.) Its reflog records
+    every update, for ``tests/invariants.py``.
+    """
+    src = make_repo(path.with_name(path.name + "-src"), branch=branch, files=files)
+    git("clone", "-q", "--bare", str(src), str(path), cwd=path.parent)
+    git("config", "core.logAllRefUpdates", "always", cwd=path)
+    return path
+
+
 @pytest.fixture
 def git_repo(tmp_path: Path) -> Path:
-    """A small repository on ``main`` with one commit."""
-    return make_repo(tmp_path / "repo")
+    """A small bare repository on ``main`` with one commit (a rig's remote)."""
+    return make_remote(tmp_path / "repo.git")
 
 
 @dataclass

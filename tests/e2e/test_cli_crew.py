@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli, git, make_remote
 
 
 @pytest.fixture
 def rigs(cli: Cli, town: Path, tmp_path: Path) -> Path:
     """Rigs ``web`` (default branch main) and ``api`` (default branch trunk); returns town."""
-    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "src-web")))
-    cli.ok("rig", "add", "api", str(make_repo(tmp_path / "src-api", branch="trunk",
+    cli.ok("rig", "add", "web", str(make_remote(tmp_path / "src-web")))
+    cli.ok("rig", "add", "api", str(make_remote(tmp_path / "src-api", branch="trunk",
                                               files={"api.txt": "v1\n"})))
     return town
 

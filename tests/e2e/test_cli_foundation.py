@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli, git, make_remote
 from tests.unit.test_names import BAD_NAMES
 
 
@@ -69,7 +69,7 @@ def test_town_discovery(cli: Cli, town: Path, tmp_path: Path) -> None:
 
 def test_rig_add_and_list_json(cli: Cli, town: Path, tmp_path: Path) -> None:
     """The acceptance path: rig add of a local repository, then rig list --json."""
-    repo = make_repo(tmp_path / "src", branch="trunk")
+    repo = make_remote(tmp_path / "src", branch="trunk")
     cli.ok("rig", "add", "web", str(repo))
     clone = town / "web" / "refinery" / "rig"
     assert git("symbolic-ref", "--short", "HEAD", cwd=clone).strip() == "trunk"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gastown.roles.processes import processes_with_env
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli, git, make_remote
 from tests.e2e.town_helpers import (
     feed_kinds,
     tear_down_town,
@@ -30,7 +30,7 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     cli.ok("install", str(root))
     (root / "town.toml").write_text(TOWN_TOML)
     cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web", files={"app.py": "x = 1\n"})))
+    cli.ok("rig", "add", "web", str(make_remote(tmp_path / "web", files={"app.py": "x = 1\n"})))
     yield root
     tear_down_town(cli, root)
 
@@ -120,7 +120,7 @@ def test_json_shape_and_rig_filter(cli: Cli, town: Path, tmp_path: Path) -> None
                          "subject": str(town / "web" / "polecats" / "ghost"),
                          "detail": findings[0]["detail"], "action": "remove the folder",
                          "fixed": False}]
-    cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
+    cli.ok("rig", "add", "api", str(make_remote(tmp_path / "api")))
     assert cli("doctor", "--rig", "api").code == 0
     assert cli("doctor", "--rig", "nope").code == 1
     fixed = json.loads(cli("doctor", "--fix", "--json", "--rig", "web").out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, make_repo
+from tests.conftest import Cli, make_remote
 from tests.e2e.town_helpers import (
     new_town_root,
     role_history,
@@ -39,8 +39,8 @@ def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     (root / "town.toml").write_text('[supervisor]\nstop_timeout = "3s"\n'
                                     'restart_delay = "0.05s"\n')
     cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web")))
-    cli.ok("rig", "add", "api", str(make_repo(tmp_path / "api")))
+    cli.ok("rig", "add", "web", str(make_remote(tmp_path / "web")))
+    cli.ok("rig", "add", "api", str(make_remote(tmp_path / "api")))
     yield root
     tear_down_town(cli, root)
 

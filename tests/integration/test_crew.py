@@ -31,9 +31,12 @@ def town(tmp_path: Path) -> Town:
     """A town with rig ``web`` (default branch ``main``) and ``api`` (``trunk``)."""
     town = install_town(tmp_path / "town")[0]
     with open_store(town.db_path) as store:
-        add_rig(town, store, "web", str(make_repo(tmp_path / "src-web")), cwd=tmp_path)
+        # Working copies the tests commit in: pushes update them (rig add --push-to-checkout).
+        add_rig(town, store, "web", str(make_repo(tmp_path / "src-web")), cwd=tmp_path,
+                push_to_checkout=True)
         add_rig(town, store, "api", str(make_repo(tmp_path / "src-api", branch="trunk",
-                                                  files={"api.txt": "v1\n"})), cwd=tmp_path)
+                                                  files={"api.txt": "v1\n"})), cwd=tmp_path,
+                push_to_checkout=True)
     return town
 
 

@@ -21,7 +21,7 @@ from gastown.roles.reconcile import Finding, reconcile
 from gastown.roles.rigs import add_rig
 from gastown.roles.store import Polecat, Store, open_store
 from gastown.roles.town import Town, install_town
-from tests.conftest import git, make_repo
+from tests.conftest import git, make_remote, make_repo
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def town(tmp_path: Path) -> Iterator[Town]:
     root = Path(tempfile.mkdtemp(prefix="gtr", dir="/tmp")) / "t"
     town = install_town(root)[0]
     with open_store(town.db_path) as store:
-        add_rig(town, store, "web", str(make_repo(tmp_path / "src-web",
+        add_rig(town, store, "web", str(make_remote(tmp_path / "src-web",
                                                   files={"app.py": "x = 1\n"})), cwd=tmp_path)
     yield town
     from gastown.roles.sessions import tmux_socket_name
@@ -472,7 +472,7 @@ def test_fixes_are_domain_events(town: Town, store: Store) -> None:
 
 def test_rig_filter(town: Town, store: Store, tmp_path: Path) -> None:
     """``rig=`` limits the checks to that rig."""
-    add_rig(town, store, "api", str(make_repo(tmp_path / "src-api")), cwd=tmp_path)
+    add_rig(town, store, "api", str(make_remote(tmp_path / "src-api")), cwd=tmp_path)
     (town.polecats_dir("web") / "ghost").mkdir()
     assert down(town, store, rig="api") == []
     assert [f.rig for f in down(town, store, rig="web")] == ["web"]

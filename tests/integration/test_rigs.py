@@ -11,7 +11,7 @@ from gastown.roles.errors import GitError, NotFound, Refused, UsageError
 from gastown.roles.rigs import add_rig, remove_rig
 from gastown.roles.store import open_store
 from gastown.roles.town import Town, install_town
-from tests.conftest import git, make_repo
+from tests.conftest import git, make_remote, make_repo
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def leftovers(town: Town) -> list[str]:
 
 def test_add_clones_on_the_remote_default_branch(town: Town, tmp_path: Path) -> None:
     """The clone sits at <rig>/refinery/rig on the repository's HEAD branch."""
-    repo = make_repo(tmp_path / "src", branch="trunk")
+    repo = make_remote(tmp_path / "src", branch="trunk")
     with open_store(town.db_path) as store:
         rig = add_rig(town, store, "web", str(repo), cwd=tmp_path)
         assert store.rigs() == [rig]
@@ -57,7 +57,7 @@ def test_add_with_branch_checks_it_out(town: Town, tmp_path: Path) -> None:
 
 def test_relative_repo_path_is_recorded_absolute(town: Town, tmp_path: Path) -> None:
     """A relative local path is stored absolute, so the rig works from any cwd."""
-    make_repo(tmp_path / "src")
+    make_remote(tmp_path / "src")
     with open_store(town.db_path) as store:
         rig = add_rig(town, store, "web", "src", cwd=tmp_path)
     assert rig.repo == str((tmp_path / "src").resolve())
@@ -100,7 +100,7 @@ def test_missing_branch_and_empty_repo_leave_nothing(town: Town, tmp_path: Path)
 
 def test_names_prefixes_and_collisions(town: Town, tmp_path: Path) -> None:
     """Bad names are usage errors; taken names and prefixes are refused; prefixes stay unique."""
-    repo = make_repo(tmp_path / "src")
+    repo = make_remote(tmp_path / "src")
     with open_store(town.db_path) as store:
         with pytest.raises(UsageError):
             add_rig(town, store, "../x", str(repo), cwd=tmp_path)
@@ -120,7 +120,7 @@ def test_names_prefixes_and_collisions(town: Town, tmp_path: Path) -> None:
 
 def test_remove_refuses_live_polecats_unless_forced(town: Town, tmp_path: Path) -> None:
     """A rig with a live polecat is kept unless --force; then folder and row are gone."""
-    repo = make_repo(tmp_path / "src")
+    repo = make_remote(tmp_path / "src")
     with open_store(town.db_path) as store:
         add_rig(town, store, "web", str(repo), cwd=tmp_path)
         with store.transaction() as conn:
@@ -137,7 +137,7 @@ def test_remove_refuses_live_polecats_unless_forced(town: Town, tmp_path: Path) 
 
 def test_remove_refuses_crew_workspaces(town: Town, tmp_path: Path) -> None:
     """Crew workspaces hold a human's work: removing their rig needs --force."""
-    repo = make_repo(tmp_path / "src")
+    repo = make_remote(tmp_path / "src")
     with open_store(town.db_path) as store:
         add_rig(town, store, "web", str(repo), cwd=tmp_path)
         (town.crew_dir("web") / "alice").mkdir()

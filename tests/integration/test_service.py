@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from gastown.supervisor.service import Mode, render_unit, town_of_unit, unit_name
-from tests.conftest import Cli, CliResult, make_repo
+from tests.conftest import Cli, CliResult, make_remote
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 needs_analyze = pytest.mark.skipif(
@@ -199,7 +199,7 @@ def test_stop_timeout_covers_every_role(cli: Cli, town: Path, tmp_path: Path) ->
     """With 2 rigs (5 roles) and a 10 s stop_timeout, TimeoutStopSec is at least 5 x 10 s."""
     (town / "town.toml").write_text('[supervisor]\nstop_timeout = "10s"\n')
     for rig in ("web", "api"):
-        repo = make_repo(tmp_path / f"{rig}-repo")
+        repo = make_remote(tmp_path / f"{rig}-repo")
         cli.ok("rig", "add", rig, str(repo))
     text = cli.ok("service", "install", "--dry-run")
     timeout = setting(text, "TimeoutStopSec")
