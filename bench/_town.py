@@ -26,6 +26,8 @@ def make_town(*, bare_remote: bool, town_toml: str = "") -> tuple[dict[str, str]
     subprocess.run(["git", "-C", str(src), "-c", "user.name=b", "-c", "user.email=b@b",
                     "commit", "-q", "--allow-empty", "-m", "init"], check=True)
     repo = src
+    # A working copy with main checked out refuses pushes (and rig add refuses it): detach.
+    subprocess.run(["git", "-C", str(src), "checkout", "-q", "--detach"], check=True)
     if bare_remote:
         repo = base / "remote.git"
         subprocess.run(["git", "clone", "-q", "--bare", str(src), str(repo)], check=True)
