@@ -205,3 +205,33 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
     every_merged_patch_on_main(town, "web", repo=working_copy)
     main_never_moved_backwards(clone(town), "main")
     main_never_moved_backwards(working_copy, "main")
+
+
+def test_branch_checked_out_later_keeps_the_work_and_start_pushes_it(
+        cli: Cli, town: Path, working_copy: Path) -> None:
+    """A copy on another branch is accepted and pushed to; when the user checks main out,
+    merges stay in the clone; after they switch away, the refinery's start pushes them."""
+    git("switch", "-q", "-c", "dev", cwd=working_copy)
+    cli.ok("rig", "add", "web", str(working_copy), "--branch", "main")
+    cli.ok("up")
+    sling_files(cli, ["one", "two"])
+    wait_until(partial(settled, cli, 2), timeout=120, what="2 MRs to land")
+    assert head(working_copy) == head(clone(town))
+
+    git("switch", "-q", "main", cwd=working_copy)
+    pushed = head(working_copy)
+    sling_files(cli, ["three", "four"])
+    found = wait_until(partial(settled, cli, 4), timeout=120, what="2 more MRs to land")
+    assert {m["state"] for m in found} == {"merged"}
+    assert head(working_copy) == pushed
+    row = rig_row(cli)
+    assert row["unpushed"] == 2 and "branch is currently checked out" in str(row["push_error"])
+    every_merged_patch_on_main(town, "web")
+
+    cli.ok("down")
+    git("switch", "-q", "dev", cwd=working_copy)
+    cli.ok("up")
+    wait_until(lambda: head(working_copy) == head(clone(town)), timeout=120,
+               what="the refinery's start to push the waiting merges")
+    wait_until(lambda: rig_row(cli)["push_error"] is None, what="the backlog to clear")
+    assert {"one.txt", "two.txt", "three.txt", "four.txt"} <= files_on_main(working_copy)
