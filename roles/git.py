@@ -378,32 +378,6 @@ def fast_forward(repo: Path, branch: str, commit: str) -> None:
     run_git(["merge", "--quiet", "--ff-only", commit], cwd=repo, op="merge --ff-only")
 
 
-PushResult = Literal["pushed", "rejected", "checked-out"]
-
-
-def push(repo: Path, branch: str, remote: str = "origin") -> PushResult:
-    """Push ``branch`` to the same name on ``remote``.
-
-    Returns ``"rejected"`` when the remote's branch moved (non-fast-forward), and
-    ``"checked-out"`` when the remote is a working copy with that branch checked out
-    (git refuses to update it; the rig then lands locally only). The explicit
-    ``branch:branch`` refspec matters (upstream bug G20: a bare push followed the
-    tracking configuration somewhere else). Other failures raise :class:`GitError`.
-    """
-    try:
-        run_git(["push", "--porcelain", remote, f"refs/heads/{branch}:refs/heads/{branch}"],
-                cwd=repo, op="push", timeout=NETWORK_TIMEOUT)
-    except GitError as exc:
-        if "refusing to update checked out branch" in exc.stderr or \
-                "branch is currently checked out" in exc.stderr:
-            return "checked-out"
-        if "non-fast-forward" in exc.stderr or "fetch first" in exc.stderr or \
-                "[rejected]" in exc.stderr:
-            return "rejected"
-        raise
-    return "pushed"
-
-
 def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str | None:
     """What ``remote`` says its ``branch`` is, asked over the wire (``ls-remote``)."""
     out = run_git(["ls-remote", remote, f"refs/heads/{branch}"], cwd=repo, op="ls-remote",
@@ -439,8 +413,9 @@ def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") ->
     """Push ``commit`` to ``refs/heads/<branch>`` on ``remote`` (fast-forward only).
 
     Nothing local moves: the caller fast-forwards its own branch after the remote took
-    the commit, so a refused push never has to be undone. An unreachable remote raises
-    :class:`GitError` (op ``push``).
+    the commit, so a refused push never has to be undone. The explicit refspec matters
+    (upstream bug G20: a bare push followed the tracking configuration somewhere else).
+    An unreachable remote raises :class:`GitError` (op ``push``).
     """
     try:
         run_git(["push", "--quiet", remote, f"{commit}:refs/heads/{branch}"], cwd=repo,
