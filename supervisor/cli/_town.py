@@ -91,7 +91,13 @@ def cmd_mq_resume(args: argparse.Namespace) -> int:
         store.emit("mq_resume_requested", rig=rig.name)
         get_logger().info("mq_resume_requested")
     poke_town(town)
+    from gastown.supervisor.town_lock import read_supervisor
+
     state = f"paused: {rig.mq_paused}" if rig.mq_paused else "not paused"
+    if read_supervisor(town.runtime_dir) is None:
+        print(f"the town is down; refinery:{rig.name} checks the remote when it starts "
+              f"('gastown up'). The queue is {state}")
+        return 0
     print(f"asked refinery:{rig.name} to check the remote again (the queue was {state}); "
           "'gastown status' shows the outcome")
     return 0

@@ -149,6 +149,9 @@ def test_rig_add_refuses_a_working_copy_with_the_branch_checked_out(
     result = cli("rig", "add", "web", str(bare), "--push-to-checkout")
     assert result.code == 2 and "--push-to-checkout is for a local working copy" in result.err
     cli.ok("rig", "add", "web", str(bare))
+    assert "the town is down" in cli.ok("mq", "resume", "web")
+    result = cli("mq", "resume", "nope")
+    assert result.code == 1 and result.err.startswith("gastown: no rig named 'nope'")
 
     # A working copy on another branch: pushes to main work, so it is accepted.
     git("switch", "-q", "-c", "dev", cwd=working_copy)
