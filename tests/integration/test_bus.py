@@ -429,6 +429,9 @@ async def test_a_role_name_needs_its_token(nursery: trio.Nursery, sock_path: Pat
             assert reply[-1]["id"] == 7 and "belongs to the role process" in reply[-1]["error"]
             await assert_closed_by_bus(raw)
             await raw.aclose()
+            silent_claim = await open_raw(sock_path, protocol.hello("mayor"))  # no id: no reply
+            await assert_closed_by_bus(silent_claim)
+            await silent_claim.aclose()
             with pytest.raises(NameRefused):
                 await trio.to_thread.run_sync(
                     partial(request_sync, sock_path, "bus", "echo", name="mayor"))
@@ -440,7 +443,7 @@ async def test_a_role_name_needs_its_token(nursery: trio.Nursery, sock_path: Pat
             assert await cli.request("mayor", "sling") == "real mayor"
     assert {pid for _, pid, _ in claims.checked} == {os.getpid()}  # SO_PEERCRED's pid
     refused = [e for e in logs if e["event"] == "bus.name_refused"]
-    assert len(refused) == 3 and all(e["claimed"] == "mayor" for e in refused)
+    assert len(refused) == 4 and all(e["claimed"] == "mayor" for e in refused)
     assert not any(e["event"] == "bus.name_taken_over" for e in logs)
 
 
