@@ -209,9 +209,12 @@ class Supervisor:
         if self._reported:
             return
         self._reported = True
+        failed = "".join(f"; {r.name} failed: {r.reason}" for r in self.roles.values()
+                         if r.state == "failed")
         if on_ready is not None:
             on_ready({"ok": False, "stopped": True, "pid": os.getpid(),
-                      "error": f"the town was stopped during start-up ({self._stop_reason})"})
+                      "error": f"the town was stopped during start-up ({self._stop_reason})"
+                               + failed})
 
     def request_stop(self, reason: str, *, exit_code: int = 0) -> None:
         if not self._stop_requested.is_set():
