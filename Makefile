@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean bench
+.PHONY: demo test lint typecheck unit install clean bench chaos
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gastown needs Python >= 3.11")'
@@ -41,6 +41,12 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## chaos: the long run of the chaos test (tests/chaos/README.md), e.g. make chaos RUNS=200 SEED=1
+RUNS ?= 20
+SEED ?= 1
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos --runs $(RUNS) --seed $(SEED)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

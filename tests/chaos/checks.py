@@ -27,7 +27,7 @@ CLASSES = (
     "closed_not_landed",  # a closed bead none of whose agent commits is on main
     "stranded_bead",      # an open bead with no kept work and no rejected MR
     "orphan",             # worktree/branch/folder/file/session/process nobody accounts for
-    "duplicate_role",     # two live processes of one role at once
+    "duplicate_role",     # two processes acting as one role, or one outliving its supervisor
     "supervisor_died",    # the supervisor went away without being killed
     "doctor",             # `gastown doctor` exit status not 0
     "traceback",          # a traceback in a log

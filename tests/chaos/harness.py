@@ -28,6 +28,7 @@ from tests.chaos.world import (
     ROLES,
     Census,
     World,
+    acting_role_processes,
     build_world,
     census,
     kill,
@@ -43,6 +44,9 @@ CONVERGE_TIMEOUT = 150.0
 TARGET_WAIT = 3.0
 #: How long processes get to go away once the town settled or was stopped.
 GRACE = 15.0
+#: How long a role may outlive its SIGKILLed supervisor (the product promises "a few
+#: seconds"; a loaded machine gets slack).
+OUTLIVE = 20.0
 
 PAUSE_LINE = re.compile(r"gastown fault: pause at (\S+)@(\S+)")
 
@@ -110,6 +114,7 @@ class Run:
         self.supervisor_killed = False  # ... and no `up` was started since
         self.out_offsets: dict[Path, int] = {}
         self.duplicates_seen: set[str] = set()
+        self.orphaned: dict[int, tuple[str, float]] = {}  # role pid -> (role, supervisor killed)
         self.t0 = 0.0
 
     # -- the CLI in the background ------------------------------------------------------
@@ -173,6 +178,8 @@ class Run:
         if not seen.supervisors:
             return False
         kill(seen.supervisors)
+        for role, pids in seen.roles.items():
+            self.orphaned.update({p: (role, time.monotonic()) for p in pids})
         self.record.kills["supervisor"] += 1
         self.log(f"  kill -9 supervisor {seen.supervisors} ({why})")
         self._wait_gone(seen.supervisors)
@@ -263,11 +270,23 @@ class Run:
             self.pending.pop(0)
 
     def _duplicates(self, seen: Census) -> None:
-        for role, pids in seen.roles.items():
+        """Two processes acting as one role, or a role outliving its killed supervisor
+        by more than :data:`OUTLIVE`."""
+        for role, pids in acting_role_processes(self.world, seen).items():
             if len(pids) > 1 and role not in self.duplicates_seen:
                 self.duplicates_seen.add(role)
                 self.record.add("duplicate_role", [f"{role}: {len(pids)} live processes "
                                                    f"{pids} at {time.monotonic() - self.t0:.1f}s"])
+        now = time.monotonic()
+        alive = {p for pids in seen.roles.values() for p in pids} | set(seen.supervisors)
+        for pid, (what, since) in list(self.orphaned.items()):
+            if pid not in alive:
+                del self.orphaned[pid]
+            elif now - since > OUTLIVE:
+                del self.orphaned[pid]
+                self.record.add("duplicate_role", [
+                    f"{what} (pid {pid}) still alive {now - since:.0f}s after its "
+                    "supervisor was killed"])
 
     # -- convergence ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from tests.conftest import GIT_IDENTITY, Cli, git
 ROLES = ("mayor", f"witness:{RIG}", f"refinery:{RIG}")
 
 #: How long a fail point pauses; the harness kills the paused process long before.
-PAUSE_SECONDS = 15
+PAUSE_SECONDS = 60
 
 POLICY = """
 [supervisor]
@@ -260,6 +260,35 @@ def census(world: World) -> Census:
 
     others = {pid: cmd for pid, cmd in candidates.items() if not descends(parents.get(pid, 0))}
     return Census(supervisors, dict(roles), agents, gates, others)
+
+
+def lock_holders(path: Path) -> set[int] | None:
+    """Pids holding a lock on ``path`` (``/proc/locks``; waiters excluded), or None when
+    the file does not exist."""
+    try:
+        inode = path.stat().st_ino
+    except OSError:
+        return None
+    holders = set()
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] == "->":
+            continue
+        if fields[5].rpartition(":")[2] == str(inode) and fields[4].isdigit():
+            holders.add(int(fields[4]))
+    return holders
+
+
+def acting_role_processes(world: World, seen: Census) -> dict[str, list[int]]:
+    """The processes acting as each role: with role locks (``.runtime/roles/*.lock``)
+    those holding it, a second instance waiting for the lock is not acting yet; without
+    them, every process of the role."""
+    out = {}
+    for role, pids in seen.roles.items():
+        lock = world.town / ".runtime" / "roles" / (role.replace(":", "-") + ".lock")
+        holders = lock_holders(lock)
+        out[role] = pids if holders is None else [p for p in pids if p in holders]
+    return out
 
 
 def kill(pids: list[int]) -> int:
