@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import trio
 
 from gastown.roles import log
-from gastown.roles.errors import GastownError, UsageError
+from gastown.roles.errors import GastownError, StoreError, UsageError
 from gastown.roles.faults import fault_action, fault_point
 from gastown.roles.names import validate_name
 from gastown.roles.town import Town
@@ -257,5 +257,18 @@ def main(argv: list[str] | None = None) -> int:
         return ROLE_LOCKED_EXIT
     fault_point(args.role, "start")
     ctx = RoleContext(name=args.role, kind=kind, rig=rig, town=town, token=token)
-    trio.run(run_role, ctx)
+    failure: str | None = None
+    try:
+        trio.run(run_role, ctx)
+    except* StoreError as group:
+        # The town's store is missing, replaced or unwritable: nothing a restart of this
+        # role can mend. One line (the supervisor's restart budget then marks it failed).
+        exc: BaseException = group
+        while isinstance(exc, BaseExceptionGroup):
+            exc = exc.exceptions[0]
+        failure = exc.message if isinstance(exc, StoreError) else str(exc)
+    if failure is not None:
+        log.get_logger().error("role_store_failed", error=failure)
+        print(f"gastown {args.role}: {failure}", file=sys.stderr, flush=True)
+        return 1
     return ctx.exit_code

@@ -43,7 +43,7 @@ import trio
 from gastown.roles import log
 from gastown.roles.async_store import AsyncStore
 from gastown.roles.config import RigConfig, TownConfig
-from gastown.roles.errors import GastownError
+from gastown.roles.errors import GastownError, StoreError
 from gastown.roles.faults import fault_point
 from gastown.roles.role_process import bus_path
 from gastown.roles.store import Store
@@ -418,10 +418,19 @@ class Supervisor:
     async def _record(self, runner: RoleRunner, event: str, **data: Any) -> None:
         self._log.info(event, role_name=runner.name, pid=runner.pid, restarts=runner.restarts,
                        last_exit=runner.last_exit, reason=runner.reason, **data)
-        await self.store.call(self.store.store.record_role, runner.name, state=runner.state,
-                              pid=runner.pid, started_at=runner.started_at,
-                              restarts=runner.restarts, last_exit=runner.last_exit,
-                              reason=runner.reason, event=event, **data)
+        try:
+            await self.store.call(self.store.store.record_role, runner.name,
+                                  state=runner.state, pid=runner.pid,
+                                  started_at=runner.started_at, restarts=runner.restarts,
+                                  last_exit=runner.last_exit, reason=runner.reason,
+                                  event=event, **data)
+        except StoreError as exc:
+            # The store is gone or unwritable (deleted, disk full): supervising the roles
+            # (and stopping them) must go on regardless; the log line says why the store
+            # missed this change.
+            self._log.error("store_unwritable", role_name=runner.name, event_kind=event,
+                            error=exc.message)
+            return
         self._poke_outbox()
 
     # -- systemd ---------------------------------------------------------------------------
@@ -536,7 +545,11 @@ class Supervisor:
 
     async def _emit(self, kind: str, **data: Any) -> None:
         with trio.CancelScope(shield=True):
-            await self.store.call(self.store.store.emit, kind, **data)
+            try:
+                await self.store.call(self.store.store.emit, kind, **data)
+            except StoreError as exc:
+                self._log.error("store_unwritable", event_kind=kind, error=exc.message)
+                return
         self._poke_outbox()
 
     async def _drain_outbox(self, events: EventLog) -> None:
