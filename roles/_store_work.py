@@ -91,8 +91,11 @@ class WorkLedger(StoreBase):
                        requeued=True)
 
     def fail_sling(self, sling_id: int, error: str) -> None:
+        """Mark the sling ``failed`` (gone from the queue); idempotent: one event."""
         with self.transaction() as conn:
             row = conn.execute("SELECT * FROM slings WHERE id = ?", (sling_id,)).fetchone()
+            if row is not None and row["state"] == "failed":
+                return
             conn.execute("UPDATE slings SET state = 'failed', error = ?, updated_at = ? "
                          "WHERE id = ?", (error, time.time(), sling_id))
             if row is not None:
@@ -131,11 +134,13 @@ class WorkLedger(StoreBase):
             branch = branch_template.replace("{name}", name)
             worktree = f"{polecats_dir}/{name}"
             now = time.time()
+            incarnation = secrets.token_hex(4)  # names are reused; this life is not
             conn.execute(
                 "INSERT INTO polecats (rig, name, bead, branch, worktree, state, agent, sling, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'spawning', ?, ?, ?, ?)",
-                (sling["rig"], name, sling["bead"], branch, worktree, agent, sling_id, now,
-                 now))
+                "incarnation, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'spawning', ?, ?, ?, ?, ?)",
+                (sling["rig"], name, sling["bead"], branch, worktree, agent, sling_id,
+                 incarnation, now, now))
             conn.execute("UPDATE slings SET state = 'dispatched', polecat = ?, updated_at = ? "
                          "WHERE id = ?", (name, now, sling_id))
             conn.execute("UPDATE beads SET status = 'hooked', reason = NULL, updated_at = ? "
@@ -143,7 +148,8 @@ class WorkLedger(StoreBase):
             self._emit(conn, "bead_status_changed", rig=sling["rig"], bead=sling["bead"],
                        polecat=name, old=bead["status"], new="hooked", reason=None)
             self._emit(conn, "polecat_spawning", rig=sling["rig"], polecat=name,
-                       bead=sling["bead"], branch=branch, agent=agent, sling=sling_id)
+                       bead=sling["bead"], branch=branch, agent=agent, sling=sling_id,
+                       incarnation=incarnation)
         return self.polecat(sling["rig"], name)
 
     def polecat(self, rig: str, name: str) -> Polecat:
@@ -182,20 +188,24 @@ class WorkLedger(StoreBase):
                          (json.dumps(session) if session else None, int(respawned),
                           time.time(), rig, name))
 
-    def apply_polecat_event(self, rig: str, name: str, event: PolecatEvent,
-                            **data: Any) -> Transition:
+    def apply_polecat_event(self, rig: str, name: str, event: PolecatEvent, *,
+                            output_tail: str | None = None, **data: Any) -> Transition:
         """Apply a lifecycle event to the polecat's row, its bead, and the feed, atomically.
 
         The decision is :func:`gastown.roles.lifecycle.transition`'s; a refusal raises
-        :class:`Refused` with its reason and changes nothing. Reaching ``nuked`` deletes
-        the row, which releases the name. Git and session effects are the caller's, and
-        happen before (nuke) or after (spawn) as the lifecycle requires.
+        :class:`Refused` with its reason and changes nothing, and so does a transition
+        that changes nothing (no event either). Reaching ``nuked`` deletes the row, which
+        releases the name. Git and session effects are the caller's, and happen before
+        (nuke) or after (spawn) as the lifecycle requires. ``output_tail`` (the session's
+        last lines, kept on escalation) is stored on the row and carried by the event.
         """
         with self.transaction() as conn:
-            return self._apply_polecat_event(conn, rig, name, event, **data)
+            return self._apply_polecat_event(conn, rig, name, event, output_tail=output_tail,
+                                             **data)
 
     def _apply_polecat_event(self, conn: sqlite3.Connection, rig: str, name: str,
-                             event: PolecatEvent, **data: Any) -> Transition:
+                             event: PolecatEvent, *, output_tail: str | None = None,
+                             **data: Any) -> Transition:
         from gastown.roles.lifecycle import Refusal
 
         row = conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
@@ -205,13 +215,19 @@ class WorkLedger(StoreBase):
         result = transition(row["state"], event)
         if isinstance(result, Refusal):
             raise Refused(f"polecat {rig}/{name} ({row['state']}): {result.reason}")
+        if result.state == row["state"] and not result.effects:
+            return result  # e.g. SessionStarted after the agent already ran `done`
         now = time.time()
         reason = next((e.reason for e in result.effects if isinstance(e, SetBead)), None)
         if result.state == "nuked":
             conn.execute("DELETE FROM polecats WHERE rig = ? AND name = ?", (rig, name))
         else:
-            conn.execute("UPDATE polecats SET state = ?, reason = ?, updated_at = ? "
-                         "WHERE rig = ? AND name = ?", (result.state, reason, now, rig, name))
+            conn.execute("UPDATE polecats SET state = ?, reason = ?, "
+                         "output_tail = COALESCE(?, output_tail), updated_at = ? "
+                         "WHERE rig = ? AND name = ?",
+                         (result.state, reason, output_tail, now, rig, name))
+        if output_tail is not None:
+            data["tail"] = output_tail
         for effect in result.effects:
             if isinstance(effect, SetBead) and row["bead"]:
                 self._set_bead(conn, row["bead"], effect.status, effect.reason, polecat=name)
@@ -220,12 +236,14 @@ class WorkLedger(StoreBase):
         return result
 
     def record_done(self, rig: str, name: str, event: PolecatEvent, *, head: str, base: str,
-                    with_mr: bool) -> MergeRequest | None:
+                    with_mr: bool, output_tail: str | None = None,
+                    **data: Any) -> MergeRequest | None:
         """``gastown done``, atomically: the polecat's transition and, for completed work,
         its merge request (``queued``), so the refinery never sees one without the other."""
         mr_id = f"mr-{secrets.token_hex(3)}" if with_mr else None
         with self.transaction() as conn:
-            self._apply_polecat_event(conn, rig, name, event, head=head, mr=mr_id)
+            self._apply_polecat_event(conn, rig, name, event, output_tail=output_tail,
+                                      head=head, mr=mr_id, **data)
             if mr_id is not None:
                 row = conn.execute(
                     "SELECT p.bead, p.branch, b.priority FROM polecats p LEFT JOIN beads b "

@@ -6,6 +6,11 @@ refinery holds it, ``stalled`` when its session died without ``done``, ``escalat
 when it asked for (or needs) a human, ``rejected`` when the merge queue refused its
 branch. ``nuked`` is the end: worktree, branch and name gone.
 
+``done`` is accepted whatever the interleaving: a fast agent may report before the mayor
+marks it ``working`` (``spawning``), and a ``SessionStarted`` arriving after that is a
+no-op. A person who fixed an ``escalated`` or ``rejected`` polecat's work by hand
+re-submits it with ``done`` (completed work only): a new merge request.
+
 :func:`transition` returns the new state and the effects to carry out, in order; the
 caller (an adapter) performs them. The one invariant this module exists to protect:
 no sequence of events reaches ``nuked`` unless the work landed (``merged``, or a nuke
@@ -56,6 +61,8 @@ class GaveUp:
 @dataclass(frozen=True)
 class Done:
     outcome: Outcome
+    #: The agent's own words (``gastown done --reason``), kept on the bead and the polecat.
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,20 +143,29 @@ def transition(state: PolecatState, event: Event) -> Transition | Refusal:
     match event:
         case SessionStarted() if state == "spawning":
             return Transition("working")
+        case SessionStarted():
+            # The agent ran `done` (or more) before its spawn was marked finished.
+            return Transition(state)
         case SpawnFailed(reason) if state == "spawning":
             return Transition("nuked", (*_NUKE_EFFECTS, SetBead("open", reason)))
         case SessionDied() if state == "working":
             return Transition("stalled")
         case Respawned() if state == "stalled":
             return Transition("working")
-        case GaveUp(reason) if state in ("stalled", "working"):
+        case GaveUp(reason) if state in ("spawning", "stalled", "working"):
             return Transition("escalated", (SetBead("blocked", reason),))
-        case Done(outcome) if state in ("working", "stalled"):
+        case Done(outcome, reason) if state in ("spawning", "working", "stalled"):
             if outcome == "completed":
                 return Transition("done", (SetBead("in_review"),))
             if outcome == "escalated":
-                return Transition("escalated", (SetBead("blocked", "escalated by polecat"),))
-            return Transition("done", (SetBead("open", "deferred by polecat"),))
+                return Transition("escalated",
+                                  (SetBead("blocked", _by_polecat("escalated", reason)),))
+            return Transition("done", (SetBead("open", _by_polecat("deferred", reason)),))
+        case Done(outcome) if state in ("escalated", "rejected"):
+            if outcome == "completed":  # fixed by hand: a new merge request
+                return Transition("done", (SetBead("in_review"),))
+            return Refusal(f"it is already {state}; to re-submit work fixed by hand, commit "
+                           "it and run 'gastown done' (completed)")
         case MergeStarted() if state in ("done", "rejected"):
             return Transition("merging")
         case Merged() if state in ("done", "merging"):
@@ -166,3 +182,7 @@ def transition(state: PolecatState, event: Event) -> Transition | Refusal:
                                             SetBead("open", "its polecat was nuked")))
             return Transition("nuked", _NUKE_EFFECTS)
     return Refusal(f"{type(event).__name__} is not expected while {state}")
+
+
+def _by_polecat(what: str, reason: str | None) -> str:
+    return f"{what} by polecat: {reason}" if reason else f"{what} by polecat"

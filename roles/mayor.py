@@ -110,16 +110,28 @@ class Mayor:
                                                 sling)
             except GastownError as exc:
                 self._log.warning("sling_failed", sling=sling.id, error=exc.message)
+                await self._fail_if_queued(sling, exc.message)
                 return {"state": "failed", "error": exc.message}
             except Exception as exc:  # a bug or an OS error: the sling fails, the mayor lives
                 self._log.exception("sling_failed", sling=sling.id)
-                return {"state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                error = f"{type(exc).__name__}: {exc}"
+                await self._fail_if_queued(sling, error)
+                return {"state": "failed", "error": error}
             if polecat is None:
                 return {"state": "queued"}
             self.dispatched += 1
             self._log.info("polecat_slung", polecat=polecat.name, worktree=polecat.worktree)
             return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
                     "worktree": polecat.worktree, "branch": polecat.branch}
+
+    async def _fail_if_queued(self, sling: Sling, error: str) -> None:
+        """A sling reported as failed leaves the queue (spawn_polecat usually did that)."""
+        try:
+            current = await self.store.call(self.store.store.sling, sling.id)
+            if current.state == "queued":
+                await self.store.call(self.store.store.fail_sling, sling.id, error)
+        except GastownError as exc:
+            self._log.warning("sling_not_marked_failed", sling=sling.id, error=exc.message)
 
     def _answer(self, sling_id: int, result: dict[str, Any]) -> None:
         waiter = self._waiters.pop(sling_id, None)

@@ -10,7 +10,15 @@ the polecat ``working``. A failure at any step rolls all of it back; a process k
 any step leaves a ``spawning`` row, which :func:`recover_spawning` rolls back (or
 completes, if the session did start) when the mayor starts again. Git and the session
 are always undone *before* the store forgets the polecat, so nothing on disk is ever
-left without a row pointing at it.
+left without a row pointing at it. A rollback never deletes work: a branch with
+commits that have not landed is kept and submitted (or escalated), not removed.
+
+A failure before the polecat is reserved (an unknown agent, a bad rig) fails the sling:
+a sling is either queued or failed, never both.
+
+Each polecat row has an ``incarnation`` (names are reused): its session log is
+``logs/sessions/<rig>-<name>-<incarnation>.log``, so ``attach`` and the output tail
+kept on escalation show this polecat's output and nobody else's.
 
 Files that must never be committed live beside the worktrees, not in them:
 ``<rig>/polecats/.<name>.prompt`` (what the agent was told) and
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +46,15 @@ from gastown.roles.agents import (
 )
 from gastown.roles.errors import GastownError, NotFound, Refused, UsageError
 from gastown.roles.faults import fault_point
-from gastown.roles.lifecycle import Done, Nuke, Outcome, Refusal, SessionStarted, SpawnFailed
+from gastown.roles.lifecycle import (
+    Done,
+    GaveUp,
+    Nuke,
+    Outcome,
+    Refusal,
+    SessionStarted,
+    SpawnFailed,
+)
 from gastown.roles.lifecycle import transition as lifecycle_transition
 from gastown.roles.names import DEFAULT_POLECAT_NAMES, validate_name
 from gastown.roles.processes import processes_with_env, terminate_process_group
@@ -55,6 +72,36 @@ def done_marker_path(town: Town, rig: str, name: str) -> Path:
 
 def session_name(rig: str, name: str) -> str:
     return f"gt-{rig}-{name}"
+
+
+def session_log_path(town: Town, polecat: Polecat) -> Path:
+    """Where this incarnation of ``polecat`` writes its session output."""
+    life = f"-{polecat.incarnation}" if polecat.incarnation else ""
+    return town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}{life}.log"
+
+
+#: How many lines of session output an escalation keeps.
+TAIL_LINES = 20
+
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def session_output_tail(town: Town, polecat: Polecat, lines: int = TAIL_LINES) -> str | None:
+    """The last ``lines`` lines of the polecat's session output (escapes removed), or None."""
+    recorded = (polecat.session or {}).get("log_path")
+    path = Path(recorded) if isinstance(recorded, str) else session_log_path(town, polecat)
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError:
+        return None
+    text = _ANSI.sub("", data.decode("utf-8", errors="replace")).replace("\r\n", "\n")
+    kept = [line.rstrip() for line in text.replace("\r", "\n").splitlines()]
+    while kept and not kept[-1]:
+        kept.pop()
+    return "\n".join(kept[-lines:]) or None
 
 
 def session_info(polecat: Polecat) -> Any:
@@ -90,20 +137,25 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
     Raises on failure after rolling everything back: no folder, no branch, no row,
     the bead ``open`` again with the reason, the sling ``failed``.
     """
-    rig_config = town.rig_config(sling.rig)
-    town_config = town.config
-    agent_name, _ = resolve_agent(sling.agent, town_config, load_presets())
-    polecats_dir = town.polecats_dir(sling.rig)
-    # A name is also held while its folder or its branch exists (an orphan, or work a
-    # failed nuke left): a rollback may then delete the branch it made, and only that.
-    on_disk = {p.name for p in polecats_dir.iterdir() if not p.name.startswith(".")}
-    on_disk |= names_with_branches(town.refinery_clone(sling.rig),
-                                   rig_config.polecats.branch_template)
-    polecat = store.reserve_polecat(
-        sling.id, pool=rig_config.polecats.names or DEFAULT_POLECAT_NAMES,
-        branch_template=rig_config.polecats.branch_template, polecats_dir=str(polecats_dir),
-        agent=agent_name, rig_cap=rig_config.polecats.max, town_cap=town_config.max_polecats,
-        also_held=on_disk)
+    try:
+        rig_config = town.rig_config(sling.rig)
+        town_config = town.config
+        agent_name, _ = resolve_agent(sling.agent, town_config, load_presets())
+        polecats_dir = town.polecats_dir(sling.rig)
+        # A name is also held while its folder or its branch exists (an orphan, or work a
+        # failed nuke left): a rollback may then delete the branch it made, and only that.
+        on_disk = {p.name for p in polecats_dir.iterdir() if not p.name.startswith(".")}
+        on_disk |= names_with_branches(town.refinery_clone(sling.rig),
+                                       rig_config.polecats.branch_template)
+        polecat = store.reserve_polecat(
+            sling.id, pool=rig_config.polecats.names or DEFAULT_POLECAT_NAMES,
+            branch_template=rig_config.polecats.branch_template,
+            polecats_dir=str(polecats_dir), agent=agent_name, rig_cap=rig_config.polecats.max,
+            town_cap=town_config.max_polecats, also_held=on_disk)
+    except Exception as exc:  # nothing was made yet: the sling fails, once, and leaves the queue
+        store.fail_sling(sling.id, exc.message if isinstance(exc, GastownError) else
+                         f"{type(exc).__name__}: {exc}")
+        raise
     if polecat is None:
         return None
     fault_point(process, "sling.after_reserve")
@@ -115,13 +167,24 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
         fault_point(process, "sling.after_worktree")
         start_agent_session(town, store, polecat, note=sling.note)
         fault_point(process, "sling.after_session")
-        store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
+        _mark_working(store, polecat)
     except BaseException as exc:
         reason = f"sling failed: {exc}"
-        rollback_spawn(town, store, store.polecat(polecat.rig, polecat.name), reason)
-        store.fail_sling(sling.id, str(exc))
+        if rollback_spawn(town, store, polecat, reason) is None:
+            store.fail_sling(sling.id, str(exc))
         raise
-    return store.polecat(polecat.rig, polecat.name)
+    try:
+        return store.polecat(polecat.rig, polecat.name)
+    except NotFound:  # its agent was done, merged and nuked before we looked again
+        return polecat
+
+
+def _mark_working(store: Store, polecat: Polecat) -> None:
+    """The spawn's last step; a no-op when the agent was faster (``done`` already ran)."""
+    try:
+        store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
+    except NotFound:
+        pass  # done, merged and nuked already: nothing left to mark
 
 
 def names_with_branches(clone: Path, template: str) -> set[str]:
@@ -161,7 +224,7 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
         env["TERM"] = "tmux-256color"  # the pane is a terminal whatever started the role
     spec = SessionSpec(backend=backend, name=name,
                        argv=argv, cwd=worktree, env=env,
-                       log_path=town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}.log",
+                       log_path=session_log_path(town, polecat),
                        town_root=town.root)
     info = start_session(spec)
     store.set_polecat_session(polecat.rig, polecat.name, json.loads(info.to_json()),
@@ -201,11 +264,60 @@ def _remove_sandbox(town: Town, polecat: Polecat) -> None:
         path.unlink(missing_ok=True)
 
 
-def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> None:
-    """Undo a spawn completely: session, worktree, branch, files, then the row."""
-    stop_polecat_session(town, polecat, grace=2.0)
-    _remove_sandbox(town, polecat)
-    store.apply_polecat_event(polecat.rig, polecat.name, SpawnFailed(reason))
+def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> str | None:
+    """Undo a spawn completely: session, worktree, branch, files, then the row.
+
+    Returns None when it did. Work is never deleted: if the agent already committed
+    something that has not landed (or the state of the worktree cannot be read), the
+    branch and worktree stay and the polecat is submitted as done with a merge request
+    (clean tree, commits ahead) or escalated with the reason; a polecat that is no
+    longer ``spawning`` (its agent ran ``done`` meanwhile) is left alone. Then it
+    returns what it kept, one line.
+    """
+    current = _still_spawning(store, polecat)
+    if isinstance(current, str):
+        return current
+    stop_polecat_session(town, current, grace=2.0)
+    current = _still_spawning(store, polecat)  # its agent may have run `done` meanwhile
+    if isinstance(current, str):
+        return current
+    try:
+        problems = unlanded_work(town, current)
+    except GastownError as exc:
+        problems = [f"its worktree could not be checked ({exc.message})"]
+    if problems:
+        return _keep_spawned_work(town, store, current, reason, problems)
+    _remove_sandbox(town, current)
+    store.apply_polecat_event(current.rig, current.name, SpawnFailed(reason))
+    return None
+
+
+def _still_spawning(store: Store, polecat: Polecat) -> Polecat | str:
+    """The polecat's row while this spawn still owns it, else why not (one phrase)."""
+    try:
+        current = store.polecat(polecat.rig, polecat.name)
+    except NotFound:
+        return "already gone"
+    if current.incarnation != polecat.incarnation:
+        return "already gone (its name was reused)"
+    if current.state != "spawning":
+        return f"already {current.state}"
+    return current
+
+
+def _keep_spawned_work(town: Town, store: Store, polecat: Polecat, reason: str,
+                       problems: list[str]) -> str:
+    """A spawn that cannot be undone without losing work: submit it, or escalate it."""
+    what = "; ".join(problems)
+    try:
+        result = record_done(town, store, polecat.rig, polecat.name, "completed")
+    except GastownError as exc:
+        why = f"{reason}; kept, not rolled back: {what}"
+        store.apply_polecat_event(polecat.rig, polecat.name, GaveUp(why),
+                                  output_tail=session_output_tail(town, polecat))
+        return f"escalated, work kept ({what}; not submitted: {exc.message})"
+    mr = result.merge_request.id if result.merge_request else "-"
+    return f"its committed work was kept and submitted as {mr} ({what})"
 
 
 def recover_spawning(town: Town, store: Store) -> list[str]:
@@ -213,15 +325,19 @@ def recover_spawning(town: Town, store: Store) -> list[str]:
 
     A ``spawning`` polecat whose session is alive only missed its last step: it becomes
     ``working``. Any other is rolled back and its sling queued again, so the user's
-    request still happens.
+    request still happens, unless its agent already committed work: that is kept and
+    submitted (see :func:`rollback_spawn`), and the sling stays dispatched.
     """
     done: list[str] = []
     for polecat in store.polecats(states={"spawning"}):
         if session_alive(polecat):
-            store.apply_polecat_event(polecat.rig, polecat.name, SessionStarted())
+            _mark_working(store, polecat)
             done.append(f"{polecat.rig}/{polecat.name}: session alive, now working")
             continue
-        rollback_spawn(town, store, polecat, "interrupted while spawning")
+        kept = rollback_spawn(town, store, polecat, "interrupted while spawning")
+        if kept is not None:
+            done.append(f"{polecat.rig}/{polecat.name}: not rolled back: {kept}")
+            continue
         if polecat.sling is not None:
             store.requeue_sling(polecat.sling)
         done.append(f"{polecat.rig}/{polecat.name}: half-created, rolled back")
@@ -253,12 +369,15 @@ def locate_polecat(town: Town, env: Mapping[str, str], cwd: Path) -> tuple[str, 
                      "<town>/<rig>/polecats/<name>, or set GASTOWN_RIG and GASTOWN_POLECAT)")
 
 
-def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome) -> DoneResult:
+def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome,
+                reason: str | None = None) -> DoneResult:
     """``gastown done``: check the work, record the outcome (and MR), drop the marker.
 
     For ``completed`` it refuses a dirty tree and a branch with nothing ahead of the
     default branch, and records nothing then. The marker file is written after the
-    store commit, so a witness that sees it always finds the MR.
+    store commit, so a witness that sees it always finds the MR. In an ``escalated``
+    or ``rejected`` polecat (work a person fixed by hand) ``completed`` re-submits it: a
+    new merge request. ``escalated`` keeps ``reason`` and the session's last lines.
     """
     validate_name("rig", rig)
     validate_name("polecat", name)
@@ -269,6 +388,7 @@ def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome)
         raise NotFound(f"polecat {rig}/{name} has no worktree at {worktree}")
     head = git.head_commit(worktree)
     base = git.head_commit(worktree, rig_config.default_branch)
+    kept = polecat.state in ("escalated", "rejected")
     if outcome == "completed":
         dirty = git.dirty_files(worktree)
         if dirty:
@@ -276,10 +396,14 @@ def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome)
                           f"({dirty[0].strip()}{', ...' if len(dirty) > 1 else ''}); "
                           "commit or discard them, then run 'gastown done' again")
         if git.commits_ahead(worktree, rig_config.default_branch, "HEAD") == 0:
+            hint = (f"; commit the fix on {polecat.branch} and run 'gastown done' again, or "
+                    f"drop it with 'gastown polecat nuke {rig}/{name} --force'") if kept else ""
             raise Refused(f"branch {polecat.branch} has no commits ahead of "
-                          f"{rig_config.default_branch}: nothing to merge")
-    mr = store.record_done(rig, name, Done(outcome), head=head, base=base,
-                           with_mr=outcome == "completed")
+                          f"{rig_config.default_branch}: nothing to merge{hint}")
+    tail = session_output_tail(town, polecat) if outcome == "escalated" else None
+    extra = {"resubmitted": polecat.state} if kept else {}
+    mr = store.record_done(rig, name, Done(outcome, reason), head=head, base=base,
+                           with_mr=outcome == "completed", output_tail=tail, **extra)
     marker = {"outcome": outcome, "mr": mr.id if mr else None, "head": head}
     _write_atomic(done_marker_path(town, rig, name), json.dumps(marker) + "\n")
     return DoneResult(store.polecat(rig, name), outcome, mr)

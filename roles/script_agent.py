@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 
-def _done(status: str) -> int:
-    return subprocess.run([sys.executable, "-m", "gastown.supervisor", "done", "--status",
-                           status], check=False).returncode
+def _done(status: str, reason: str | None = None) -> int:
+    argv = [sys.executable, "-m", "gastown.supervisor", "done", "--status", status]
+    if reason is not None:
+        argv += ["--reason", reason]
+    return subprocess.run(argv, check=False).returncode
 
 
 def main() -> int:
@@ -33,15 +35,15 @@ def main() -> int:
     if result.returncode != 0:
         print(f"[script agent] script failed with exit {result.returncode}; escalating",
               flush=True)
-        return _done("escalated")
+        return _done("escalated", f"the script failed with exit {result.returncode}")
     try:
         committed = git.commit_all(Path.cwd(), f"{bead.id}: {bead.title}")
     except GastownError as exc:
         print(f"[script agent] commit failed: {exc}; escalating", flush=True)
-        return _done("escalated")
+        return _done("escalated", f"commit failed: {exc}")
     if not committed:
         print("[script agent] the script changed nothing; escalating", flush=True)
-        return _done("escalated")
+        return _done("escalated", "the script changed nothing")
     return _done("completed")
 
 

@@ -37,6 +37,8 @@ from gastown.roles.polecats import (
     respawn_session,
     session_alive,
     session_info,
+    session_output_tail,
+    stop_polecat_session,
 )
 from gastown.roles.role_process import RoleContext
 from gastown.roles.store import Polecat
@@ -292,10 +294,7 @@ class Witness:
             if polecat.respawns >= limit:
                 reason = (f"session died {polecat.respawns + 1} time(s) without "
                           "`gastown done`; worktree kept")
-                await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
-                                      GaveUp(reason))
-                self._log.warning("polecat_escalated", reason=reason)
-                await self._announce()
+                await self._escalate(polecat, reason)
                 return
             delay = min(RESPAWN_MAX, RESPAWN_BASE * 2 ** polecat.respawns)
             await trio.sleep(delay)
@@ -306,15 +305,23 @@ class Witness:
                 await self.store.call(respawn_session, self.town, self.store.store,
                                       self.rig, name)
             except GastownError as exc:
-                await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
-                                      GaveUp(f"respawn failed: {exc.message}"))
-                await self._announce()
+                await self._escalate(current, f"respawn failed: {exc.message}")
                 return
             self.respawned += 1
             self._log.info("polecat_respawned", respawns=current.respawns + 1)
             await self._announce()
             self._ensure_watched(await self.store.call(self.store.store.polecat, self.rig,
                                                        name))
+
+    async def _escalate(self, polecat: Polecat, reason: str) -> None:
+        """Give up on a stalled polecat: what is left of its session stopped (tools it
+        forked), its last output kept, the worktree kept for a human."""
+        await trio.to_thread.run_sync(stop_polecat_session, self.town, polecat, 2.0)
+        tail = await trio.to_thread.run_sync(session_output_tail, self.town, polecat)
+        await self.store.call(self.store.store.apply_polecat_event, self.rig, polecat.name,
+                              GaveUp(reason), output_tail=tail)
+        self._log.warning("polecat_escalated", reason=reason)
+        await self._announce()
 
     # -- silence -----------------------------------------------------------------------
 

@@ -183,6 +183,8 @@ def build_parser() -> _Parser:
     p.add_argument("--status", choices=["completed", "escalated", "deferred"],
                    default="completed", help="completed (default): merge it; escalated: "
                    "needs a human; deferred: hand the bead back unfinished")
+    p.add_argument("--reason", metavar="TEXT",
+                   help="why (kept on the bead and the polecat, shown by polecat list)")
     polecat_sub = _group(sub, "polecat", "list and nuke polecats",
                          "Polecats: agents in their own worktrees.")
     p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",

@@ -76,7 +76,7 @@ def cmd_done(args: argparse.Namespace) -> int:
     town = town_of(args)
     rig, name = locate_polecat(town, os.environ, current_dir())
     with store_of(town) as store, bound(rig=rig, polecat=name):
-        result = record_done(town, store, rig, name, args.status)
+        result = record_done(town, store, rig, name, args.status, reason=args.reason)
         get_logger().info("polecat_done", outcome=args.status,
                           mr=result.merge_request.id if result.merge_request else None)
     poke_town(town)
@@ -101,7 +101,8 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
         print_json([{"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
                      "state": p.state, "session_alive": alive[p.rig, p.name],
                      "agent": p.agent, "worktree": p.worktree, "respawns": p.respawns,
-                     "reason": p.reason, "created_at": p.created_at,
+                     "reason": p.reason, "output_tail": p.output_tail,
+                     "incarnation": p.incarnation, "created_at": p.created_at,
                      "age": round(time.time() - p.created_at, 1)} for p in polecats])
         return 0
     if not polecats:
@@ -111,6 +112,11 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
                 [[p.rig, p.name, p.bead, p.state + (f" ({p.reason})" if p.reason else ""),
                   "alive" if alive[p.rig, p.name] else "dead", age(p.created_at), p.branch]
                  for p in polecats])
+    for p in polecats:
+        if p.state == "escalated" and p.output_tail:
+            print(f"\n{p.rig}/{p.name} escalated: {p.reason or '-'}; last output:")
+            for line in p.output_tail.splitlines():
+                print(f"  | {line}")
     return 0
 
 

@@ -59,7 +59,10 @@ def town(cli: Cli, tmp_path: Path, backend: str) -> Iterator[Path]:
     cli.ok("install", str(root))
     write_town_config(root, backend, SLEEPER + ENV_DUMP)
     cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(make_repo(tmp_path / "web", files={"app.py": "x = 1\n"})))
+    src = make_repo(tmp_path / "web", files={"app.py": "x = 1\n"})
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(tmp_path / "web.git")],
+                   check=True)
+    cli.ok("rig", "add", "web", str(tmp_path / "web.git"))
     # These tests look at polecats before the merge queue lands them: a gate holds every
     # MR until teardown (the refinery's own tests cover what happens next).
     rig_toml = root / "web" / "rig.toml"
@@ -332,3 +335,33 @@ def test_attach_reaches_the_agent(cli: Cli, town: Path, backend: str) -> None:
     finally:
         follower.kill()
         follower.wait()
+
+
+def test_session_logs_are_per_incarnation(cli: Cli, town: Path, backend: str) -> None:
+    """Two polecats in turn with the same name: the second's attach (process backend)
+    follows only its own output, from a log file of its own."""
+    if backend != "process":
+        pytest.skip("attach follows the session log on the process backend only")
+    cli.ok("up")
+    first = cli.ok("bead", "create", "first", "--rig", "web").strip()
+    name = cli.ok("sling", first, "web", "--agent", "talker").split()[0]
+    logs = town / "logs" / "sessions"
+    wait_until(lambda: any(f"hello from {first}" in log.read_text() for log in logs.iterdir()),
+               what="the first agent's output")
+    earlier = polecats(cli)[name].get("incarnation")
+    cli.ok("polecat", "nuke", f"web/{name}", "--force")
+    second = cli.ok("bead", "create", "second", "--rig", "web").strip()
+    assert cli.ok("sling", second, "web", "--agent", "talker").split()[0] == name
+    follower = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "attach",
+                                 f"web/{name}"], env=cli.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline().strip() == f"hello from {second}"
+    finally:
+        follower.kill()
+        follower.wait()
+    current = polecats(cli)[name]["incarnation"]
+    assert current and earlier and current != earlier
+    log = logs / f"web-{name}-{current}.log"
+    assert f"hello from {first}" not in log.read_text()

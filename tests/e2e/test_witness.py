@@ -191,7 +191,9 @@ def _inotify_watches(pid: int) -> int:
 def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Path) -> None:
     """50 live polecats on a 5,000-file repository: the witness holds < 200 inotify watches."""
     files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
-    big = make_repo(tmp_path / "big", files=files)
+    src = make_repo(tmp_path / "src-big", files=files)
+    big = tmp_path / "big.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(big)], check=True)
     root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text('max_polecats = 60\n[sessions]\nbackend = "process"\n'

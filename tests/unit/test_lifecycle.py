@@ -30,7 +30,8 @@ from gastown.roles.names import DEFAULT_POLECAT_NAMES, RESERVED_POLECAT_NAMES, n
 EVENTS = st.one_of(
     st.just(SessionStarted()), st.just(SpawnFailed("x")), st.just(SessionDied()),
     st.just(Respawned()), st.just(GaveUp("x")),
-    st.sampled_from([Done("completed"), Done("escalated"), Done("deferred")]),
+    st.sampled_from([Done("completed"), Done("escalated"), Done("deferred"),
+                     Done("escalated", "tests fail")]),
     st.just(MergeStarted()), st.just(Merged()), st.just(Rejected("conflict")),
     st.builds(Nuke, force=st.booleans(), landed=st.booleans()),
 )
@@ -76,6 +77,18 @@ HISTORIES: dict[str, tuple[list[object], PolecatState, SetBead | None]] = {
     "deferred": ([SessionStarted(), Done("deferred")], "done",
                  SetBead("open", "deferred by polecat")),
     "unmerged nuke refused": ([SessionStarted(), Nuke()], "working", None),
+    "done before the spawn finished": ([Done("completed"), SessionStarted()], "done",
+                                       SetBead("in_review")),
+    "escalated with a reason": (
+        [SessionStarted(), Done("escalated", "tests fail")], "escalated",
+        SetBead("blocked", "escalated by polecat: tests fail")),
+    "escalated, fixed by hand, re-submitted": (
+        [SessionStarted(), Done("escalated"), Done("completed")], "done", SetBead("in_review")),
+    "conflict resolved by hand, re-submitted": (
+        [SessionStarted(), Done("completed"), MergeStarted(), Rejected("conflict"),
+         Done("completed")], "done", SetBead("in_review")),
+    "kept at spawn recovery": ([GaveUp("interrupted; kept")], "escalated",
+                               SetBead("blocked", "interrupted; kept")),
     "forced nuke": ([SessionStarted(), Nuke(force=True)], "nuked", None),
 }
 
@@ -94,6 +107,24 @@ def test_named_histories(name: str) -> None:
     assert state == final
     if bead is not None:
         assert last_bead == bead
+
+
+@pytest.mark.parametrize("state", ["working", "done", "merging", "escalated", "rejected"])
+def test_session_started_late_is_a_no_op(state: PolecatState) -> None:
+    """The mayor's last spawn step after the agent's `done` changes nothing, refuses nothing."""
+    assert transition(state, SessionStarted()) == Transition(state)
+
+
+@pytest.mark.parametrize("state", ["spawning", "working", "stalled", "escalated", "rejected"])
+def test_done_is_accepted_whenever_work_can_be_submitted(state: PolecatState) -> None:
+    """`gastown done` (completed) is never refused by the state machine in these states."""
+    assert transition(state, Done("completed")) == Transition("done", (SetBead("in_review"),))
+
+
+def test_kept_work_only_resubmits_completed() -> None:
+    """Escalating an escalated polecat again is refused, with what to do instead."""
+    result = transition("escalated", Done("escalated"))
+    assert isinstance(result, Refusal) and "gastown done" in result.reason
 
 
 def test_nuke_stops_the_session_first() -> None:
