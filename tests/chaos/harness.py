@@ -114,6 +114,7 @@ class Run:
         self.supervisor_killed = False  # ... and no `up` was started since
         self.out_offsets: dict[Path, int] = {}
         self.duplicates_seen: set[str] = set()
+        self.reactions: list[tuple[float, str, str]] = []  # (when, process, point)
         self.orphaned: dict[int, tuple[str, float]] = {}  # role pid -> (role, supervisor killed)
         self.t0 = 0.0
 
@@ -243,16 +244,28 @@ class Run:
         return found
 
     def _react(self, process: str, point: str) -> None:
+        """A fail point paused: kill the paused process (or the supervisor) after the
+        fault's delay, during which everything else runs on."""
         fault = next((f for f in self.plan.faults
                       if f.process == process and f.point == point), None)
         self.record.faults_fired.append(f"{process}@{point}")
-        seen = census(self.world)
-        if fault is None or fault.reaction == "kill-supervisor":
-            self._kill_supervisor(seen, f"while {process} paused at {point}")
-            return
-        target = process.partition(":")[0]
-        if not self._kill_target(target, seen, f"paused at {point}"):
-            self.record.skipped[target] += 1
+        delay = fault.delay if fault is not None else 0.0
+        self.reactions.append((time.monotonic() + delay, process, point))
+
+    def _due_reactions(self, now: float) -> bool:
+        due = [r for r in self.reactions if r[0] <= now]
+        self.reactions = [r for r in self.reactions if r[0] > now]
+        for _, process, point in due:
+            fault = next((f for f in self.plan.faults
+                          if f.process == process and f.point == point), None)
+            seen = census(self.world)
+            if fault is None or fault.reaction == "kill-supervisor":
+                self._kill_supervisor(seen, f"while {process} paused at {point}")
+                continue
+            target = process.partition(":")[0]
+            if not self._kill_target(target, seen, f"paused at {point}"):
+                self.record.skipped[target] += 1
+        return bool(due)
 
     def _due_kills(self, now: float, settled: bool) -> None:
         """Carry out the kills whose time came (all of them once the town settled)."""
@@ -314,6 +327,7 @@ class Run:
             self._reap_up()
             for process, point in self._pauses():
                 self._react(process, point)
+            if self._due_reactions(now):
                 last_fault = time.monotonic()
             if now >= next_census:
                 next_census = now + 0.5
@@ -328,7 +342,8 @@ class Run:
                 last_fault = time.monotonic()
                 calm_since = None
                 continue
-            if not busy and not self.pending and self._town_up(census(self.world)):
+            if not busy and not self.pending and not self.reactions and \
+                    self._town_up(census(self.world)):
                 if calm_since is None:
                     calm_since = now
                 elif now - calm_since >= 1.0:

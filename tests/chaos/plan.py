@@ -70,6 +70,7 @@ class ArmedFault:
     process: str
     point: str
     reaction: Reaction
+    delay: float  # seconds between the pause and the kill: others run on meanwhile
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class Plan:
     def describe(self) -> str:
         kinds = [b.kind[0] for b in self.beads]
         faults = ",".join(f"{f.process}@{f.point}{'!' if f.reaction != 'kill-process' else ''}"
-                          for f in self.faults) or "-"
+                          f"{f'+{f.delay:g}s' if f.delay else ''}" for f in self.faults) or "-"
         kills = ",".join(f"{k.target}@{k.at:.1f}" for k in self.kills) or "-"
         return (f"seed={self.seed} backend={self.backend} on_conflict={self.on_conflict} "
                 f"beads={''.join(kinds)} kills={kills} faults={faults}")
@@ -98,19 +99,23 @@ def _script(rng: random.Random, body: str) -> str:
     return f"sleep {delay}\n{body}" if delay else body
 
 
+def _nonce(rng: random.Random) -> str:
+    """Most scripts write something new each time they run: a redo is then a different
+    patch, and lost work cannot hide behind an identical redo that landed."""
+    return " $(date +%s%N)" if rng.random() < 0.8 else ""
+
+
 def _beads(rng: random.Random) -> tuple[BeadSpec, ...]:
     beads: list[BeadSpec] = []
     for i in range(rng.randint(4, 6)):
-        # A nonce makes a redo a different patch, so lost work cannot hide behind it.
-        content = f"independent {i} $(date +%s%N)" if rng.random() < 0.5 else f"independent {i}"
-        beads.append(BeadSpec(f"ind{i}", "independent",
-                              _script(rng, f'echo "{content}" > file{i}.txt')))
+        beads.append(BeadSpec(f"ind{i}", "independent", _script(
+            rng, f'echo "independent {i}{_nonce(rng)}" > file{i}.txt')))
     for side in ("a", "b"):
         beads.append(BeadSpec(f"conflict-{side}", "conflict", _script(
-            rng, f"sed -i 's/^line 2$/conflict {side}/' shared.txt && "
+            rng, f"sed -i \"s/^line 2$/conflict {side}{_nonce(rng)}/\" shared.txt && "
                  f"grep -q 'conflict {side}' shared.txt")))
-    beads.append(BeadSpec("broken", "broken",
-                          _script(rng, 'touch BROKEN && echo "broken" > broken.txt')))
+    beads.append(BeadSpec("broken", "broken", _script(
+        rng, f'touch BROKEN && echo "broken{_nonce(rng)}" > broken.txt')))
     rng.shuffle(beads)
     return tuple(beads)
 
@@ -136,7 +141,8 @@ def make_plan(seed: int, *, tmux_fraction: float = 0.0, max_kills: int = 5,
         kills.append(Kill(_kill_time(rng, target), target))
     points = rng.sample(FAIL_POINTS, rng.randint(0, max_faults))
     faults = tuple(ArmedFault(process, point,
-                              "kill-supervisor" if rng.random() < 0.25 else "kill-process")
+                              "kill-supervisor" if rng.random() < 0.25 else "kill-process",
+                              rng.choice([0.0, 0.0, 0.5, 1.5, 3.0]))
                    for process, point in points)
     return Plan(
         seed=seed,
