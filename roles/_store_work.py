@@ -263,7 +263,8 @@ class WorkLedger(StoreBase):
         """Mark the polecat's unfinished merge requests cancelled (its branch is going away)."""
         with self.transaction() as conn:
             rows = conn.execute("SELECT id FROM merge_requests WHERE rig = ? AND polecat = ? "
-                                "AND state IN ('queued', 'running')", (rig, polecat)).fetchall()
+                                "AND kind = 'polecat' AND state IN ('queued', 'running')",
+                                (rig, polecat)).fetchall()
             for row in rows:
                 conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
                              "updated_at = ? WHERE id = ?", (reason, time.time(), row["id"]))
@@ -297,8 +298,9 @@ class WorkLedger(StoreBase):
                              "updated_at = ? WHERE id = ?", (time.time(), mr_id))
                 self._emit(conn, "mr_started", rig=row["rig"], polecat=row["polecat"],
                            bead=row["bead"], mr=mr_id)
-                self._polecat_event_if_present(conn, row["rig"], row["polecat"],
-                                               MergeStarted())
+                if row["kind"] == "polecat":  # a crew MR names a workspace, not a polecat
+                    self._polecat_event_if_present(conn, row["rig"], row["polecat"],
+                                                   MergeStarted())
 
     def _polecat_event_if_present(self, conn: sqlite3.Connection, rig: str, name: str,
                                   event: PolecatEvent, **data: Any) -> None:
@@ -338,7 +340,8 @@ class WorkLedger(StoreBase):
             self._set_bead(conn, row["bead"], "closed", f"merged in {mr_id}",
                            polecat=row["polecat"])
             self._emit(conn, "mr_merged", rig=row["rig"], polecat=row["polecat"],
-                       bead=row["bead"], mr=mr_id, commit=commit, branch=row["branch"])
+                       bead=row["bead"], mr=mr_id, commit=commit, branch=row["branch"],
+                       mr_kind=row["kind"])
 
     def merge_rejected(self, mr_id: str, reason: str, *, tail: str = "") -> None:
         """The MR will not land: rejected with ``reason``; its polecat and bead are told."""
@@ -351,9 +354,12 @@ class WorkLedger(StoreBase):
                          (reason, tail[-4000:] or None, time.time(), mr_id))
             self._emit(conn, "mr_rejected", rig=row["rig"], polecat=row["polecat"],
                        bead=row["bead"], mr=mr_id, reason=reason, tail=tail[-2000:])
-            self._polecat_event_if_present(conn, row["rig"], row["polecat"], Rejected(reason))
-            polecat = conn.execute("SELECT 1 FROM polecats WHERE rig = ? AND name = ?",
-                                   (row["rig"], row["polecat"])).fetchone()
+            polecat = None
+            if row["kind"] == "polecat":  # a crew MR names a workspace, not a polecat
+                self._polecat_event_if_present(conn, row["rig"], row["polecat"],
+                                               Rejected(reason))
+                polecat = conn.execute("SELECT 1 FROM polecats WHERE rig = ? AND name = ?",
+                                       (row["rig"], row["polecat"])).fetchone()
             if polecat is None:
                 self._set_bead(conn, row["bead"], "open", reason, polecat=row["polecat"])
 
@@ -374,3 +380,47 @@ class WorkLedger(StoreBase):
             sql, params = sql + " WHERE rig = ?", [rig]
         rows = self._conn.execute(sql + " ORDER BY priority, created_at", params).fetchall()
         return [mr_of(r) for r in rows]
+
+    def record_crew_merge_request(self, rig: str, crew: str, *, branch: str, head: str,
+                                  base: str, bead: str | None, title: str,
+                                  prefix: str) -> MergeRequest:
+        """A crew workspace's branch submitted to the merge queue, atomically: an MR of
+        kind ``crew`` (its ``polecat`` field names the workspace) and its bead
+        ``in_review`` (a new bead titled ``title`` unless ``bead`` names one).
+
+        Refuses while the branch already has a queued or running MR, and a bead that is
+        closed or whose work is with someone else (hooked, in review).
+        """
+        from gastown.roles.names import bead_id
+
+        mr_id = f"mr-{secrets.token_hex(3)}"
+        with self.transaction() as conn:
+            pending = conn.execute(
+                "SELECT id FROM merge_requests WHERE rig = ? AND branch = ? AND kind = 'crew' "
+                "AND state IN ('queued', 'running')", (rig, branch)).fetchone()
+            if pending is not None:
+                raise Refused(f"{branch} is already in the merge queue as {pending['id']}")
+            now = time.time()
+            if bead is None:
+                bead = bead_id(prefix, secrets.randbelow(36**5))
+                while conn.execute("SELECT 1 FROM beads WHERE id = ?", (bead,)).fetchone():
+                    bead = bead_id(prefix, secrets.randbelow(36**5))
+                conn.execute("INSERT INTO beads (id, rig, title, description, priority, status, "
+                             "created_at, updated_at) VALUES (?, ?, ?, '', 2, 'open', ?, ?)",
+                             (bead, rig, title, now, now))
+                self._emit(conn, "bead_created", rig=rig, bead=bead, title=title, priority=2)
+            row = conn.execute("SELECT * FROM beads WHERE id = ?", (bead,)).fetchone()
+            if row is None:
+                raise NotFound(f"no bead {bead!r}")
+            if row["status"] in ("closed", "hooked", "in_review"):
+                raise Refused(f"bead {bead} is {row['status']}; submit without --bead, or "
+                              "with another bead")
+            conn.execute(
+                "INSERT INTO merge_requests (id, rig, bead, polecat, branch, state, priority, "
+                "head, base, kind, created_at, updated_at) VALUES "
+                "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, 'crew', ?, ?)",
+                (mr_id, rig, bead, crew, branch, row["priority"], head, base, now, now))
+            self._set_bead(conn, bead, "in_review", None, crew=crew)
+            self._emit(conn, "mr_created", rig=rig, polecat=crew, bead=bead, mr=mr_id,
+                       branch=branch, head=head, mr_kind="crew")
+        return self.merge_request(mr_id)

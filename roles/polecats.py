@@ -473,7 +473,8 @@ def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
     from gastown.roles.lifecycle import Merged
 
     polecat = store.polecat(rig, name)
-    if not any(mr.polecat == name and mr.created_at >= polecat.created_at
+    if not any(mr.kind == "polecat" and mr.polecat == name
+               and mr.created_at >= polecat.created_at
                for mr in store.merge_requests_in(rig, ["merged"])):
         # Names are reused: a merged MR of an earlier polecat with this name is not ours.
         return "its merge request has not landed"

@@ -551,7 +551,8 @@ class Refinery:
         await self.store.call(self.store.store.merge_rejected, mr_id, reason, tail=tail)
         self.rejected += 1
         self._log.info("mr_rejected", mr=mr_id, bead=mr.bead, reason=reason)
-        if reason.startswith("conflict") and config.merge_queue.on_conflict == "resling":
+        if reason.startswith("conflict") and config.merge_queue.on_conflict == "resling" \
+                and mr.kind == "polecat":  # a crew conflict is for its person to resolve
             note = (f"A previous attempt at this bead ({mr.branch}) conflicted with "
                     f"{config.default_branch} ({reason}). Start from the current "
                     f"{config.default_branch} and redo the change so that it applies.")

@@ -120,7 +120,9 @@ class Witness:
         async for message in events:
             if message.data.get("rig") != self.rig:
                 continue
-            if message.topic == "mr_merged":
+            if message.topic == "mr_merged" and message.data.get("mr_kind") == "crew":
+                await self._update_crew(str(message.data.get("polecat")))
+            elif message.topic == "mr_merged":
                 await self._nuke(str(message.data.get("polecat")))
             else:
                 self._pass_needed.set()
@@ -190,8 +192,8 @@ class Witness:
         for polecat in polecats:
             # An MR belongs to this polecat only if it is younger (names are reused).
             if polecat.state == "merging" and any(
-                    mr.polecat == polecat.name and mr.created_at >= polecat.created_at
-                    for mr in merged):
+                    mr.kind == "polecat" and mr.polecat == polecat.name
+                    and mr.created_at >= polecat.created_at for mr in merged):
                 await self._nuke(polecat.name)
             elif polecat.state == "working":
                 self._ensure_watched(polecat)
@@ -219,6 +221,23 @@ class Witness:
                 self._log.info("polecat_nuked_after_merge")
             if name in self._watched:
                 self._watched.pop(name)[1].cancel()
+            await self._announce()
+
+    async def _update_crew(self, name: str) -> None:
+        """A crew workspace's MR merged: nothing is nuked; the workspace is brought up to
+        date when that loses nothing (see :mod:`gastown.roles.crew_submit`)."""
+        from gastown.roles.crew_submit import update_crew_after_merge
+
+        with log.bound(crew=name):
+            try:
+                detail = await self.store.call(update_crew_after_merge, self.town,
+                                               self.store.store, self.rig, name)
+                await self.store.call(self.store.store.emit, "crew_updated", rig=self.rig,
+                                      crew=name, detail=detail)
+            except GastownError as exc:
+                self._log.warning("crew_update_failed", error=exc.message)
+                return
+            self._log.info("crew_updated", detail=detail)
             await self._announce()
 
     # -- sessions ----------------------------------------------------------------------

@@ -179,12 +179,15 @@ def build_parser() -> _Parser:
                    help="claude, codex, gemini, aider, script, or an [agents.NAME] of town.toml")
     p.add_argument("--force", action="store_true", help="sling a bead that is already hooked")
     p = _command(sub, "done", "gastown.supervisor.cli._polecats:cmd_done",
-                 "inside a polecat worktree: the work is ready (records a merge request)")
+                 "inside a polecat worktree or a crew workspace: the work is ready "
+                 "(records a merge request)")
     p.add_argument("--status", choices=["completed", "escalated", "deferred"],
                    default="completed", help="completed (default): merge it; escalated: "
                    "needs a human; deferred: hand the bead back unfinished")
     p.add_argument("--reason", metavar="TEXT",
                    help="why (kept on the bead and the polecat, shown by polecat list)")
+    p.add_argument("--bead", metavar="ID",
+                   help="in a crew workspace: the bead this work is for (default: a new one)")
     polecat_sub = _group(sub, "polecat", "list and nuke polecats",
                          "Polecats: agents in their own worktrees.")
     p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",

@@ -70,11 +70,18 @@ def cmd_sling(args: argparse.Namespace) -> int:
 
 
 def cmd_done(args: argparse.Namespace) -> int:
+    from gastown.roles.crew_submit import locate_crew
     from gastown.roles.log import bound, get_logger
     from gastown.roles.polecats import locate_polecat, record_done
 
     town = town_of(args)
-    rig, name = locate_polecat(town, os.environ, current_dir())
+    cwd = current_dir()
+    crew = None if os.environ.get("GASTOWN_POLECAT") else locate_crew(town, cwd)
+    if crew is not None:
+        return _crew_done(args, town, *crew)
+    if args.bead is not None:
+        raise UsageError("--bead is for a crew workspace; a polecat's bead is its hook")
+    rig, name = locate_polecat(town, os.environ, cwd)
     with store_of(town) as store, bound(rig=rig, polecat=name):
         result = record_done(town, store, rig, name, args.status, reason=args.reason)
         get_logger().info("polecat_done", outcome=args.status,
@@ -85,6 +92,23 @@ def cmd_done(args: argparse.Namespace) -> int:
               f"{result.merge_request.branch}")
     else:
         print(f"done: {rig}/{name} recorded as {args.status}")
+    return 0
+
+
+def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
+    """``gastown done`` in a crew workspace: its branch into the merge queue."""
+    from gastown.roles.crew_submit import submit_crew
+    from gastown.roles.log import bound, get_logger
+
+    if args.status != "completed" or args.reason is not None:
+        raise UsageError("--status and --reason are for polecats; in a crew workspace "
+                         "'gastown done' submits the branch")
+    with store_of(town) as store, bound(rig=rig, crew=name):
+        mr = submit_crew(town, store, rig, name, bead=args.bead)
+        get_logger().info("crew_submitted", mr=mr.id, bead=mr.bead)
+    poke_town(town)
+    print(f"done: merge request {mr.id} queued for {mr.branch} (bead {mr.bead}); the "
+          "workspace stays and is brought up to date after the merge")
     return 0
 
 
