@@ -21,9 +21,11 @@ from tests.chaos.plan import FAIL_POINTS, RIG, UNREACHED_POINTS, make_plan
 from tests.chaos.world import build_world, census, remove_world
 from tests.conftest import git
 
-#: Seeds of the CI runs, chosen so that together they kill every kind of target and
-#: pass five different fail points (``python -m tests.chaos`` prints what a seed does).
-SEEDS = (12, 20, 23)
+#: Seeds of the CI runs, chosen so that together they kill every kind of target and arm
+#: six fail points: the spawn race (mayor paused after starting the session, killed 3 s
+#: later), the supervisor's start, four merge steps, one of them with the supervisor
+#: killed while the refinery is paused (``python -m tests.chaos`` prints what a seed does).
+SEEDS = (17, 36, 49)
 
 ROOT = Path(__file__).resolve().parents[2]
 
