@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.chaos.harness import as_dict, run_once, summary
+from tests.chaos.harness import as_dict, from_dict, run_once, summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,10 +32,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a run may take to settle after its last fault")
     parser.add_argument("--json", type=Path, help="also write the records to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each kill")
+    parser.add_argument("--summarize", type=Path, metavar="FILE",
+                        help="only print the figures of the records in FILE (from --json)")
     args = parser.parse_args(argv)
+    if args.summarize:
+        loaded = [from_dict(r) for r in json.loads(args.summarize.read_text())]
+        print(summary(loaded))
+        return 0 if all(r.ok for r in loaded) else 1
     # Like the test suite: an empty HOME, so no user git or gastown config leaks in.
-    home = tempfile.mkdtemp(prefix="gtc-home")
-    os.environ["HOME"] = home
+    with tempfile.TemporaryDirectory(prefix="gtc-home") as home:
+        os.environ["HOME"] = home
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     records = []
     for i in range(args.runs):
         record = run_once(args.seed + i, keep=args.keep, tmux_fraction=args.tmux,

@@ -525,3 +525,11 @@ def as_dict(record: RunRecord) -> dict[str, Any]:
             "stats": record.stats,
             "kept": str(record.kept) if record.kept else None}
 
+
+def from_dict(data: dict[str, Any]) -> RunRecord:
+    """The inverse of :func:`as_dict` (for summaries of a saved long run)."""
+    return RunRecord(seed=data["seed"], plan=data["plan"], kills=Counter(data["kills"]),
+                     skipped=Counter(data["skipped"]), faults_fired=data["faults_fired"],
+                     violations=data["violations"], duration=data["duration"],
+                     kept=Path(data["kept"]) if data["kept"] else None,
+                     stats=data.get("stats", {}))
