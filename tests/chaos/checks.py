@@ -24,7 +24,7 @@ CLASSES = (
     "double_patch",       # one patch twice on the remote's main
     "untested_on_main",   # main (remote or clone) set to a commit whose tree no gate passed
     "main_backwards",     # a reflog entry of main that is not a fast-forward
-    "closed_not_landed",  # a closed bead none of whose agent commits is on main
+    "merged_not_on_main", # a closed bead or merged MR whose work is not on the remote's main
     "stranded_bead",      # an open bead with no kept work and no rejected MR
     "orphan",             # worktree/branch/folder/file/session/process nobody accounts for
     "duplicate_role",     # two processes acting as one role, or one outliving its supervisor
@@ -115,10 +115,11 @@ def stats(world: World, beads: dict[str, dict[str, Any]]) -> dict[str, int]:
             "closed": status["closed"], "open": status["open"], "blocked": status["blocked"]}
 
 
-def check_work(world: World, beads: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
-    """lost_work, double_patch, closed_not_landed."""
+def check_work(world: World, beads: dict[str, dict[str, Any]],
+               mrs: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """lost_work, double_patch, merged_not_on_main."""
     found: dict[str, list[str]] = {"lost_work": [], "double_patch": [],
-                                   "closed_not_landed": []}
+                                   "merged_not_on_main": []}
     on_main = main_patches(world)
     patches = Counter(p for p, _ in on_main)
     for patch, count in patches.items():
@@ -140,9 +141,34 @@ def check_work(world: World, beads: dict[str, dict[str, Any]]) -> dict[str, list
                                   f"(polecat {record.polecat}) is neither on main nor kept")
     for bead_id, bead in beads.items():
         if bead["status"] == "closed" and bead_id not in landed_beads:
-            found["closed_not_landed"].append(f"{bead_id} ({bead['title']}) is closed but "
-                                              "none of its commits is on main")
+            found["merged_not_on_main"].append(f"{bead_id} ({bead['title']}) is closed but "
+                                               "none of its commits is on main")
+    main = _git(world.remote, "rev-parse", "main").strip()
+    for mr in mrs:
+        if mr["state"] != "merged":
+            continue
+        found["merged_not_on_main"].extend(_mr_not_on_main(world, mr, main))
     return found
+
+
+def _mr_not_on_main(world: World, mr: dict[str, Any], main: str) -> list[str]:
+    """Why merged ``mr`` is not on the remote's ``main`` (its head's commits by patch, its
+    merged commit by ancestry), or nothing."""
+    out = []
+    head, merged = mr.get("head"), mr.get("merged_commit")
+    if head:
+        try:
+            cherry = _git(world.clone, "cherry", main, head)
+        except RuntimeError as exc:
+            return [f"MR {mr['id']} of {mr['bead']}: head {head[:10]} unreadable ({exc})"]
+        missing = [line[2:12] for line in cherry.splitlines() if line.startswith("+ ")]
+        if missing:
+            out.append(f"MR {mr['id']} of {mr['bead']} is merged but commit(s) "
+                       f"{', '.join(missing)} of its head are not on main")
+    if merged and not _is_ancestor(world.remote, merged, main):
+        out.append(f"MR {mr['id']} of {mr['bead']} merged as {merged[:10]}, which is not "
+                   "on main")
+    return out
 
 
 def check_main(world: World) -> dict[str, list[str]]:

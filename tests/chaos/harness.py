@@ -383,7 +383,7 @@ class Run:
         polecats = json.loads(world.cli.ok("polecat", "list", "--json"))
         mrs = json.loads(world.cli.ok("mq", "list", "--json"))
         self.record.stats = checks.stats(world, beads)
-        for kind, lines in checks.check_work(world, beads).items():
+        for kind, lines in checks.check_work(world, beads, mrs).items():
             self.record.add(kind, lines)
         for kind, lines in checks.check_main(world).items():
             self.record.add(kind, lines)

@@ -97,10 +97,13 @@ def test_checks_catch_each_kind_of_damage() -> None:
         git("branch", "polecat/stray", "main", cwd=clone)
         (world.polecats_dir / "ghost").mkdir()
 
-        work = checks.check_work(world, {"web-lost": {"status": "closed", "title": "x"}})
+        kept = git("rev-parse", "polecat/kept", cwd=clone).strip()
+        work = checks.check_work(world, {"web-lost": {"status": "closed", "title": "x"}},
+                                 [{"id": "mr-1", "bead": "web-kept", "state": "merged",
+                                   "head": kept, "merged_commit": lost}])
         assert [line.split()[1] for line in work["lost_work"]] == [lost[:10]]
         assert len(work["double_patch"]) == 1
-        assert work["closed_not_landed"]
+        assert len(work["merged_not_on_main"]) == 3
         main = checks.check_main(world)
         assert any("not a fast-forward" in line for line in main["main_backwards"])
         assert main["untested_on_main"]
