@@ -219,13 +219,13 @@ def build_parser() -> _Parser:
                  "if one fails")
     p.add_argument("rig", metavar="RIG")
     _json_flag(p)
-
-    crew_sub = _group(sub, "crew", "human workspaces in a rig (worktrees on crew/NAME)",
-                      "Crew: long-lived workspaces at <rig>/crew/<name>.")
     p = _command(mq_sub, "resume", "gastown.supervisor.cli._town:cmd_mq_resume",
                  "have the rig's refinery check the remote again: resume a paused queue, "
                  "push merged work the remote refused before")
     p.add_argument("rig", metavar="RIG")
+
+    crew_sub = _group(sub, "crew", "human workspaces in a rig (worktrees on crew/NAME)",
+                      "Crew: long-lived workspaces at <rig>/crew/<name>.")
     p = _command(crew_sub, "add", "gastown.supervisor.cli._crew:cmd_crew_add",
                  "create a crew workspace on its own branch crew/NAME")
     p.add_argument("name", metavar="NAME")
