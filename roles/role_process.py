@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     except* StoreError as group:
         # The town's store is missing, replaced or unwritable: nothing a restart of this
         # role can mend. One line (the supervisor's restart budget then marks it failed).
-        exc: BaseException = group
-        while isinstance(exc, BaseExceptionGroup):
-            exc = exc.exceptions[0]
-        failure = exc.message if isinstance(exc, StoreError) else str(exc)
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        failure = leaf.message if isinstance(leaf, StoreError) else str(leaf)
     if failure is not None:
         log.get_logger().error("role_store_failed", error=failure)
         print(f"gastown {args.role}: {failure}", file=sys.stderr, flush=True)
