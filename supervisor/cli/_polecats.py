@@ -44,6 +44,9 @@ def cmd_sling(args: argparse.Namespace) -> int:
     town = town_of(args)
     if args.agent is not None:
         resolve_agent(args.agent, town.config, load_presets())
+    if town.rig_config_path(args.rig).is_file():
+        # A broken rig.toml is the user's to mend now, not the mayor's to find at dispatch.
+        town.rig_config(args.rig)
     with store_of(town) as store:
         sling = store.queue_sling(args.bead, args.rig, agent=args.agent, force=args.force)
     poke_town(town)
