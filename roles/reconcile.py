@@ -408,7 +408,7 @@ def check_stale_registrations(ctx: _Ctx, rig: _Rig) -> list[Finding]:
             continue
         if Path(polecat.worktree).exists():
             continue
-        mrs = [m for m in open_mrs if m.polecat == polecat.name]
+        mrs = [m for m in open_mrs if m.kind == "polecat" and m.polecat == polecat.name]
         if ctx.town_up and any(m.state == "running" for m in mrs):
             continue
         detail = f"{polecat.state} polecat's worktree {polecat.worktree} is gone"
