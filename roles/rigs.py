@@ -72,8 +72,8 @@ def working_copy_branch(source: str, branch: str | None) -> str | None:
     if is_url(source):
         return None
     path = Path(source)
-    if not git.is_repository(path) or git.is_bare(path):
-        return None
+    if not git.is_repository(path) or git.is_bare(path) or not git.has_commits(path):
+        return None  # not ours to judge: the clone refuses what it cannot use
     wanted = branch or git.current_branch(path)
     if wanted is not None and wanted in git.checked_out_branches(path):
         return wanted
