@@ -46,6 +46,15 @@ _TEMPLATES: Final = {
     "mr_requeued": "merge request {mr} queued again: {reason}",
     "polecat_noted": "polecat {rig}/{polecat}: {reason}",
     "doctor_fixed": "doctor fixed {rig}: {detail}",
+    "mq_paused": "merge queue of {rig} PAUSED: {reason}",
+    "mq_resumed": "merge queue of {rig} running again",
+    "mq_resume_requested": "merge queue of {rig}: resume requested",
+    "push_refused": "{rig}: {count} merged commit(s) kept in the refinery's clone, not on "
+                    "the remote: {reason}",
+    "push_caught_up": "{rig}: the remote has every merged commit again (at {short_head})",
+    "crew_updated": "crew {rig}/{crew}: {detail}",
+    "store_created": "an empty store was created at {path}",
+    "store_adopted": "{path} was adopted as the town's store",
     "role_started": "{role} started (pid {pid})",
     "role_ready": "{role} ready (pid {pid})",
     "role_exited": "{role} exited ({exit}), restarts so far {restarts}",
@@ -143,6 +152,7 @@ def format_event(event: dict[str, Any]) -> str:
         fields["exit"] = describe_exit(fields["last_exit"])
     fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
     fields["short_commit"] = str(fields.get("commit", ""))[:10]
+    fields["short_head"] = str(fields.get("head", ""))[:10]
     template = _TEMPLATES.get(event.get("kind", ""))
     if template is not None:
         try:
