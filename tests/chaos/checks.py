@@ -52,20 +52,50 @@ def _is_ancestor(repo: Path, old: str, new: str) -> bool:
 @dataclass(frozen=True)
 class AgentCommit:
     commit: str
-    patch: str
+    patch: str  # "none" for a commit without a diff
     bead: str
     polecat: str
 
 
+#: The subject the ``script`` agent gives its commit: ``<bead id>: <bead title>``.
+AGENT_SUBJECT = re.compile(r"^([a-z]{2,4}-[0-9a-z]{5}): chaos ")
+
+
+def _patch_ids(repo: Path, commits: list[str]) -> dict[str, str]:
+    """commit -> patch id (``git patch-id --stable``) for ``commits`` that have a diff."""
+    if not commits:
+        return {}
+    log = _git(repo, "log", "--no-walk=unsorted", "-p", "--format=commit %H", "--stdin",
+               stdin="\n".join(commits) + "\n")
+    out = _git(repo, "patch-id", "--stable", stdin=log)
+    return {line.split()[1]: line.split()[0] for line in out.splitlines() if line.strip()}
+
+
 def agent_commits(world: World) -> list[AgentCommit]:
-    if not world.commit_record.exists():
-        return []
-    out = []
-    for line in world.commit_record.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 4:
-            out.append(AgentCommit(*parts))
-    return out
+    """Every commit an agent made: the post-commit hook's records, and (should a hook have
+    been killed before it wrote its line) every commit object of the clone, reachable or
+    not, that carries a script agent's subject. Rebased copies of an agent commit have the
+    same patch, so counting them too changes nothing."""
+    found: dict[str, tuple[str, str]] = {}  # commit -> (bead, polecat)
+    if world.commit_record.exists():
+        for line in world.commit_record.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3:
+                found[parts[0]] = (parts[1], parts[2])
+    objects = _git(world.clone, "cat-file", "--batch-all-objects",
+                   "--batch-check=%(objecttype) %(objectname)")
+    commits = [line.split()[1] for line in objects.splitlines() if line.startswith("commit ")]
+    if commits:
+        subjects = _git(world.clone, "log", "--no-walk=unsorted", "--format=%H%x00%an%x00%s",
+                        "--stdin", stdin="\n".join(commits) + "\n")
+        for line in subjects.splitlines():
+            commit, author, subject = [*line.split("\0", 2), "", ""][:3]
+            match = AGENT_SUBJECT.match(subject)
+            if match and commit not in found:
+                found[commit] = (match.group(1), author)
+    patches = _patch_ids(world.clone, sorted(found))
+    return [AgentCommit(commit, patches.get(commit, "none"), bead, polecat)
+            for commit, (bead, polecat) in sorted(found.items())]
 
 
 def main_patches(world: World) -> list[tuple[str, str]]:
@@ -96,20 +126,23 @@ def reflog(git_dir: Path, branch: str = "main") -> list[tuple[str, str, str]]:
     return entries
 
 
-def _kept_refs(world: World) -> list[str]:
-    """Commits that keep work alive: every polecat branch and every worktree's HEAD."""
+def _kept_patches(world: World) -> set[str]:
+    """Patch ids of the commits that kept work holds: every branch of the clone and every
+    worktree's HEAD (commits since the initial one)."""
     refs = _git(world.clone, "for-each-ref", "--format=%(objectname)",
                 "refs/heads/").split()
     for line in _git(world.clone, "worktree", "list", "--porcelain").splitlines():
         if line.startswith("HEAD "):
             refs.append(line.split()[1])
-    return refs
+    commits = _git(world.clone, "rev-list", *sorted(set(refs)), f"^{world.initial}").split()
+    return set(_patch_ids(world.clone, commits).values())
 
 
 def stats(world: World, beads: dict[str, dict[str, Any]]) -> dict[str, int]:
     """What the run did, to show that the checks had something to check."""
     status = Counter(b["status"] for b in beads.values())
-    return {"commits": len(agent_commits(world)), "on_main": len(main_patches(world)),
+    return {"patches": len({c.patch for c in agent_commits(world) if c.patch != "none"}),
+            "on_main": len(main_patches(world)),
             "gated": len(world.gate_record.read_text().splitlines())
             if world.gate_record.exists() else 0,
             "closed": status["closed"], "open": status["open"], "blocked": status["blocked"]}
@@ -127,16 +160,14 @@ def check_work(world: World, beads: dict[str, dict[str, Any]],
             commits = [c[:10] for p, c in on_main if p == patch]
             found["double_patch"].append(f"patch {patch[:10]} {count} times on main: "
                                          f"{', '.join(commits)}")
-    kept = _kept_refs(world)
+    kept = _kept_patches(world)
     landed_beads = set()
     for record in agent_commits(world):
         if record.patch in patches:
             landed_beads.add(record.bead)
             continue
-        if record.patch == "none":
-            continue  # an empty commit carries no work
-        if any(_is_ancestor(world.clone, record.commit, ref) for ref in kept):
-            continue
+        if record.patch == "none" or record.patch in kept:
+            continue  # no work in it, or kept on a branch or in a worktree
         found["lost_work"].append(f"commit {record.commit[:10]} of {record.bead} "
                                   f"(polecat {record.polecat}) is neither on main nor kept")
     for bead_id, bead in beads.items():

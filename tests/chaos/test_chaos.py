@@ -62,27 +62,34 @@ def test_every_fail_point_of_the_code_is_known_to_the_plan() -> None:
     assert in_code - armed - UNREACHED_POINTS == set()
 
 
-def _agent_commit(world_clone: Path, worktree: Path, name: str, text: str) -> str:
+def _agent_commit(world_clone: Path, worktree: Path, name: str, text: str, *,
+                  hook: bool = True, subject: str | None = None) -> str:
+    """A commit as an agent makes it; ``hook=False``: as if its hook had been killed."""
     git("worktree", "add", "-q", str(worktree), "-b", f"polecat/{name}", "main",
         cwd=world_clone)
     (worktree / f"{name}.txt").write_text(text)
-    env = {"GASTOWN_ROLE": "polecat", "GASTOWN_BEAD": f"web-{name}", "GASTOWN_POLECAT": name}
+    env = {"GASTOWN_ROLE": "polecat" if hook else "", "GASTOWN_BEAD": f"web-{name}",
+           "GASTOWN_POLECAT": name}
     subprocess.run(["git", "add", "-A"], cwd=worktree, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", name], cwd=worktree, check=True,
+    subprocess.run(["git", "commit", "-q", "-m", subject or name], cwd=worktree, check=True,
                    env={**os.environ, **env})
     return git("rev-parse", "HEAD", cwd=worktree).strip()
 
 
 def test_checks_catch_each_kind_of_damage() -> None:
     """Each check fires on the damage it exists for (a check that cannot fail proves
-    nothing): a deleted agent commit, a patch landed twice, an ungated main, a main
-    moved backwards, a stray worktree, branch and folder."""
+    nothing): deleted agent commits (one its hook recorded, one it did not), a patch
+    landed twice, an ungated main, a main moved backwards, a stray worktree, branch and
+    folder."""
     world = build_world(make_plan(1))
     try:
         clone = world.clone
         lost = _agent_commit(clone, world.polecats_dir / "lost", "lost", "lost work\n")
-        git("worktree", "remove", "--force", str(world.polecats_dir / "lost"), cwd=clone)
-        git("branch", "-D", "polecat/lost", cwd=clone)
+        unrecorded = _agent_commit(clone, world.polecats_dir / "hidden", "hidden", "hidden\n",
+                                   hook=False, subject="web-hid01: chaos hidden")
+        for name in ("lost", "hidden"):
+            git("worktree", "remove", "--force", str(world.polecats_dir / name), cwd=clone)
+            git("branch", "-D", f"polecat/{name}", cwd=clone)
         _agent_commit(clone, world.polecats_dir / "kept", "kept", "kept work\n")
         # Main: a change, its revert and the change again (one patch twice), pushed
         # without any gate; then pushed backwards.
@@ -101,7 +108,8 @@ def test_checks_catch_each_kind_of_damage() -> None:
         work = checks.check_work(world, {"web-lost": {"status": "closed", "title": "x"}},
                                  [{"id": "mr-1", "bead": "web-kept", "state": "merged",
                                    "head": kept, "merged_commit": lost}])
-        assert [line.split()[1] for line in work["lost_work"]] == [lost[:10]]
+        assert sorted(line.split()[1] for line in work["lost_work"]) == sorted(
+            [lost[:10], unrecorded[:10]])
         assert len(work["double_patch"]) == 1
         assert len(work["merged_not_on_main"]) == 3
         main = checks.check_main(world)

@@ -5,7 +5,7 @@ Everything is real: the ``gastown`` CLI (``tests.conftest.Cli``), git, processes
 harness writes two files of its own beside the town, never inside a repository:
 
 - ``gate.txt``: one line ``<tree> pass|fail`` per gate run that got to its verdict;
-- ``commits.txt``: one line ``<commit> <patch-id> <bead> <polecat>`` per commit an agent
+- ``commits.txt``: one line ``<commit> <bead> <polecat>`` per commit an agent
   made (a post-commit hook in the refinery clone, shared by every polecat worktree,
   recording only processes with ``GASTOWN_ROLE=polecat``).
 """
@@ -43,11 +43,9 @@ restart_period = "10s"
 """
 
 HOOK = """#!/bin/sh
-# chaos harness: record every commit an agent makes, with its patch id
+# chaos harness: record every commit an agent makes (first thing: the agent may be killed)
 [ "$GASTOWN_ROLE" = polecat ] || exit 0
-commit=$(git rev-parse HEAD)
-patch=$(git show --format= HEAD | git patch-id --stable | cut -d' ' -f1)
-echo "$commit ${patch:-none} ${GASTOWN_BEAD:--} ${GASTOWN_POLECAT:--}" >> %(log)s
+echo "$(git rev-parse HEAD) ${GASTOWN_BEAD:--} ${GASTOWN_POLECAT:--}" >> %(log)s
 """
 
 
