@@ -76,7 +76,8 @@ def render_prompt(*, rig: str, polecat: str, bead: str, title: str, description:
 
 def polecat_env(*, base: Mapping[str, str], town_root: Path, rig: str, polecat: str,
                 bead: str, branch: str, worktree: Path, prompt_file: Path, agent: str,
-                session: str, extra: Mapping[str, str]) -> dict[str, str]:
+                session: str, extra: Mapping[str, str],
+                incarnation: str = "") -> dict[str, str]:
     """The agent's environment (DESIGN.md §4), built on ``base`` (the caller's).
 
     ``PATH`` starts with the folder of this interpreter, so ``gastown done`` inside the
@@ -99,6 +100,9 @@ def polecat_env(*, base: Mapping[str, str], town_root: Path, rig: str, polecat: 
         "GASTOWN_PROMPT_FILE": str(prompt_file),
         "GASTOWN_AGENT": agent,
         "GASTOWN_SESSION": session,
+        # Which life of the (reused) name this is: lets a restarted mayor find a session
+        # it started but never recorded, and tell it from an earlier polecat's leftovers.
+        "GASTOWN_INCARNATION": incarnation,
         "GIT_CEILING_DIRECTORIES": str(town_root),
         "GIT_AUTHOR_NAME": polecat,
         "GIT_AUTHOR_EMAIL": f"{polecat}@{rig}.gastown.invalid",

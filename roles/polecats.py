@@ -165,7 +165,7 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
             git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
                              rig_config.default_branch)
         fault_point(process, "sling.after_worktree")
-        start_agent_session(town, store, polecat, note=sling.note)
+        start_agent_session(town, store, polecat, note=sling.note, process=process)
         fault_point(process, "sling.after_session")
         _mark_working(store, polecat)
     except BaseException as exc:
@@ -198,7 +198,8 @@ def names_with_branches(clone: Path, template: str) -> set[str]:
 
 
 def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
-                        note: str | None = None, respawn: bool = False) -> Any:
+                        note: str | None = None, respawn: bool = False,
+                        process: str | None = None) -> Any:
     """Start ``polecat``'s agent session in its worktree and record it; returns its info."""
     from gastown.roles.sessions import SessionSpec, resolve_backend, start_session
 
@@ -216,7 +217,7 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     env = polecat_env(base=os.environ, town_root=town.root, rig=polecat.rig,
                       polecat=polecat.name, bead=polecat.bead or "", branch=polecat.branch,
                       worktree=worktree, prompt_file=prompt_file, agent=polecat.agent,
-                      session=name, extra=agent.env)
+                      session=name, extra=agent.env, incarnation=polecat.incarnation or "")
     argv = render_command(agent, prompt=prompt, prompt_file=prompt_file,
                           bead=polecat.bead or "", worktree=worktree)
     backend = resolve_backend(town_config.sessions.backend)
@@ -227,9 +228,54 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                        log_path=session_log_path(town, polecat),
                        town_root=town.root)
     info = start_session(spec)
+    if process is not None:
+        fault_point(process, "sling.before_session_recorded")
     store.set_polecat_session(polecat.rig, polecat.name, json.loads(info.to_json()),
                               respawned=respawn)
     return info
+
+
+def adopt_unrecorded_session(town: Town, store: Store, polecat: Polecat) -> Polecat | None:
+    """Record a live session that was started for ``polecat`` but never recorded.
+
+    A mayor killed between starting an agent and saving its session leaves a running
+    agent the store knows nothing of. Killing it would throw away a turn of work (and
+    what it committed would be submitted unfinished); instead its session leader -- the
+    process that leads its own group and carries this polecat's identity, incarnation
+    included -- is recorded as the session, so the agent finishes and the witness
+    watches it like any other. Returns the updated row, or None when no such process
+    lives.
+    """
+    from gastown.roles.processes import process_start_time
+    from gastown.roles.sessions import (
+        SessionInfo,
+        resolve_backend,
+        sanitize_name,
+        tmux_socket_name,
+    )
+
+    if not polecat.incarnation:
+        return None  # a row from before incarnations: no way to tell lives apart
+    match = {"GASTOWN_TOWN": str(town.root), "GASTOWN_RIG": polecat.rig,
+             "GASTOWN_POLECAT": polecat.name, "GASTOWN_INCARNATION": polecat.incarnation}
+    for pid in sorted(processes_with_env(match)):
+        try:
+            if os.getpgid(pid) != pid:
+                continue
+        except ProcessLookupError:
+            continue
+        start_time = process_start_time(pid)
+        if start_time is None:
+            continue
+        backend = resolve_backend(town.config.sessions.backend)
+        info = SessionInfo(
+            backend=backend, name=sanitize_name(session_name(polecat.rig, polecat.name)),
+            pid=pid, start_time=start_time, log_path=str(session_log_path(town, polecat)),
+            tmux_socket=tmux_socket_name(town.root) if backend == "tmux" else None)
+        store.set_polecat_session(polecat.rig, polecat.name, json.loads(info.to_json()))
+        adopted = store.polecat(polecat.rig, polecat.name)
+        return adopted if session_alive(adopted) else None
+    return None
 
 
 def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0) -> None:
@@ -333,6 +379,13 @@ def recover_spawning(town: Town, store: Store) -> list[str]:
         if session_alive(polecat):
             _mark_working(store, polecat)
             done.append(f"{polecat.rig}/{polecat.name}: session alive, now working")
+            continue
+        adopted = adopt_unrecorded_session(town, store, polecat)
+        if adopted is not None:
+            _mark_working(store, adopted)
+            done.append(f"{polecat.rig}/{polecat.name}: session alive (pid "
+                        f"{adopted.session['pid'] if adopted.session else '?'}) but never "
+                        "recorded: adopted, now working")
             continue
         kept = rollback_spawn(town, store, polecat, "interrupted while spawning")
         if kept is not None:

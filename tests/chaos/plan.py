@@ -31,6 +31,7 @@ FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
     ("mayor", "sling.after_reserve"),
     ("mayor", "sling.after_worktree"),
     ("mayor", "sling.after_session"),
+    ("mayor", "sling.before_session_recorded"),
     (f"refinery:{RIG}", "merge.before_rebase"),
     (f"refinery:{RIG}", "merge.before_gates"),
     (f"refinery:{RIG}", "merge.after_gates"),

@@ -23,8 +23,9 @@ from tests.conftest import git
 
 #: Seeds of the CI runs, chosen so that together they kill every kind of target and arm
 #: six fail points: the spawn race (mayor paused after starting the session, killed 3 s
-#: later), the supervisor's start, four merge steps, one of them with the supervisor
-#: killed while the refinery is paused (``python -m tests.chaos`` prints what a seed does).
+#: later), the supervisor's start, the witness's readiness, three merge steps, one of them
+#: with the supervisor killed while the refinery is paused (``python -m tests.chaos``
+#: prints what a seed does).
 SEEDS = (17, 36, 49)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -271,3 +271,48 @@ def test_undispatchable_sling_fails_once_and_leaves_the_queue(cli: Cli, town: Pa
     assert polecats(cli)[name]["bead"] == bead
     assert len(failed()) == 1
     assert [p["bead"] for p in polecats(cli).values()].count(bead) == 1
+
+
+def test_a_session_started_but_never_recorded_is_adopted(cli: Cli, town: Path,
+                                                         remote: Path) -> None:
+    """kill -9 of the mayor between starting an agent and recording its session: the
+    restarted mayor finds the live agent by its identity (incarnation included) and adopts
+    it instead of killing it; the agent finishes its turn and its own `done` lands."""
+    from gastown.roles.processes import processes_with_env
+
+    hold_mayor, hold_agent = town.parent / "hold-mayor", town.parent / "hold-agent"
+    hold_mayor.touch()
+    hold_agent.touch()
+    cli.env["GASTOWN_FAULTS"] = f"mayor@sling.before_session_recorded=hang-while:{hold_mayor}"
+    cli.ok("up")
+    del cli.env["GASTOWN_FAULTS"]
+    bead = cli.ok("bead", "create", "slow agent", "--rig", "web", "-d",
+                  f"while [ -e {hold_agent} ]; do sleep 0.1; done; echo adopted > adopted.txt"
+                  ).strip()
+    slinger = sling_in_background(cli, bead, "web")
+
+    def agent_leader() -> int | None:
+        for pid in processes_with_env({"GASTOWN_TOWN": str(town), "GASTOWN_BEAD": bead}):
+            try:
+                if os.getpgid(pid) == pid:
+                    return pid
+            except ProcessLookupError:
+                continue
+        return None
+
+    agent = wait_until(agent_leader, what="the agent's session to start")
+    polecat = polecat_of(cli, bead)
+    assert polecat is not None and polecat["state"] == "spawning", polecat
+    os.kill(role_processes(town)["mayor"], signal.SIGKILL)
+    hold_mayor.unlink()
+    wait_until(lambda: (polecat_of(cli, bead) or {}).get("state") == "working",
+               what="the restarted mayor to adopt the session")
+    os.kill(agent, 0)  # the very agent it started lives on: adopted, not killed
+    assert (polecat_of(cli, bead) or {}).get("session_alive") is True
+    hold_agent.unlink()
+    slinger.communicate(timeout=120)
+    assert settled(cli, bead) == "closed"
+    assert never_blocked(cli, bead)
+    assert git("show", "main:adopted.txt", cwd=remote) == "adopted\n"
+    kinds = [e["kind"] for e in events(cli) if e.get("bead") == bead]
+    assert kinds.count("polecat_spawning") == 1, kinds  # no rollback, no second polecat
