@@ -17,30 +17,21 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import new_town_root, tear_down_town, wait_until
+from tests.conftest import Cli, git, make_remote
+from tests.e2e.town_helpers import script_town, tear_down_town, wait_until
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
-    src = make_repo(tmp_path / "src", files={"README.md": "hello\n", "ok.txt": "yes\n"})
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    return bare
+    return make_remote(tmp_path / "remote.git", files={"README.md": "hello\n", "ok.txt": "yes\n"})
 
 
 @pytest.fixture
 def town(cli: Cli, remote: Path) -> Iterator[Path]:
     """A town with rig ``web`` on a bare remote (not started: tests ``up`` when needed)."""
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "script"\nmax_polecats = 10\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n' + SLEEPER)
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
+    root = script_town(cli, remote, town_toml="max_polecats = 10\n" + SLEEPER)
     yield root
     tear_down_town(cli, root)
 

@@ -8,35 +8,24 @@ brought up to date when its tree is clean, else left as it is with the reason in
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import new_town_root, tear_down_town, wait_until
+from tests.conftest import Cli, git, make_remote
+from tests.e2e.town_helpers import script_town, tear_down_town, wait_until
 
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
-    src = make_repo(tmp_path / "src", files={"README.md": "hello\n",
-                                              "check.sh": "test ! -e broken\n"})
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    return bare
+    return make_remote(tmp_path / "remote.git", files={"README.md": "hello\n",
+                                                       "check.sh": "test ! -e broken\n"})
 
 
 @pytest.fixture
 def town(cli: Cli, remote: Path) -> Iterator[Path]:
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "script"\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
-        '[agents.sleeper]\ncommand = ["sleep", "600"]\n')
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
+    root = script_town(cli, remote, town_toml='[agents.sleeper]\ncommand = ["sleep", "600"]\n')
     hold = root.parent / "hold-gate"
     rig_toml = root / "web" / "rig.toml"
     rig_toml.write_text(rig_toml.read_text() + '[[merge_queue.gates]]\nname = "test"\n'

@@ -21,8 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
-from tests.e2e.town_helpers import new_town_root, role_processes, tear_down_town, wait_until
+from tests.conftest import Cli, git, make_remote
+from tests.e2e.town_helpers import (
+    role_processes,
+    script_town,
+    tear_down_town,
+    wait_until,
+)
 
 AGENTS = (
     '[agents.quitter]\ncommand = ["sh", "-c", "echo wip >> wip.txt; git add -A; '
@@ -35,25 +40,15 @@ AGENTS = (
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
-    src = make_repo(tmp_path / "src", files={"README.md": "hello\n",
-                                              "check.sh": "test ! -e broken\n"})
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    return bare
+    return make_remote(tmp_path / "remote.git", files={"README.md": "hello\n",
+                                                       "check.sh": "test ! -e broken\n"})
 
 
 @pytest.fixture
 def town(cli: Cli, remote: Path) -> Iterator[Path]:
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "script"\nmax_polecats = 20\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n' + AGENTS)
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
-    rig_toml = root / "web" / "rig.toml"
-    rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 20\nmax_respawns = 2\n"
-                        '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
+    root = script_town(cli, remote, town_toml="max_polecats = 20\n" + AGENTS,
+                       rig_toml="[polecats]\nmax = 20\nmax_respawns = 2\n"
+                                '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
     yield root
     tear_down_town(cli, root)
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli, git, make_remote
 from tests.e2e.town_helpers import (
-    new_town_root,
     role_processes,
+    script_town,
     tear_down_town,
     wait_until,
 )
@@ -30,23 +30,14 @@ SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
     """A bare repository standing for the rig's remote, with one commit on main."""
-    src = make_repo(tmp_path / "src", files={"README.md": "hello\n", "shared.txt": "line\n"})
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    git("config", "core.logAllRefUpdates", "always", cwd=bare)  # a reflog for the checks
-    return bare
+    return make_remote(tmp_path / "remote.git",
+                       files={"README.md": "hello\n", "shared.txt": "line\n"})
 
 
 @pytest.fixture
 def town(cli: Cli, remote: Path, tmp_path: Path) -> Iterator[Path]:
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "script"\nmax_polecats = 40\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n' + SLEEPER)
-    cli.env["GASTOWN_TOWN"] = str(root)
     cli.env["GASTOWN_FAULT_STATE"] = str(tmp_path)
-    cli.ok("rig", "add", "web", str(remote))
+    root = script_town(cli, remote, town_toml="max_polecats = 40\n" + SLEEPER)
     yield root
     tear_down_town(cli, root)
 

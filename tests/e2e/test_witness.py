@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli, git, make_remote, make_repo
 from tests.e2e.town_helpers import (
     new_town_root,
     role_processes,
+    script_town,
     tear_down_town,
     town_processes,
     wait_until,
@@ -33,26 +34,15 @@ AGENTS = (
 
 @pytest.fixture
 def remote(tmp_path: Path) -> Path:
-    src = make_repo(tmp_path / "src", files={"README.md": "hello\n",
-                                              "check.sh": "test ! -e broken\n"})
-    bare = tmp_path / "remote.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(bare)], check=True)
-    git("config", "core.logAllRefUpdates", "always", cwd=bare)  # a reflog for the checks
-    return bare
+    return make_remote(tmp_path / "remote.git", files={"README.md": "hello\n",
+                                                       "check.sh": "test ! -e broken\n"})
 
 
 @pytest.fixture
 def town(cli: Cli, remote: Path) -> Iterator[Path]:
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "script"\nmax_polecats = 60\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n' + AGENTS)
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
-    rig_toml = root / "web" / "rig.toml"
-    rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 60\nmax_respawns = 2\n"
-                        '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
+    root = script_town(cli, remote, town_toml="max_polecats = 60\n" + AGENTS,
+                       rig_toml="[polecats]\nmax = 60\nmax_respawns = 2\n"
+                                '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
     yield root
     tear_down_town(cli, root)
 

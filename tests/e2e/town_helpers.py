@@ -102,6 +102,23 @@ def new_town_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
 
 
+def script_town(cli: Cli, remote: Path, *, town_toml: str = "", rig_toml: str = "") -> Path:
+    """A town (not started) whose ``script`` agents run detached (process backend), with
+    rig ``web`` on ``remote``; ``cli`` is pointed at it. ``town_toml`` and ``rig_toml``
+    are appended to the two files (caps, agents, gates). Tear it down with
+    :func:`tear_down_town`."""
+    root = new_town_root()
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(
+        'default_agent = "script"\n' + town_toml + '[sessions]\nbackend = "process"\n'
+        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    rig_file = root / "web" / "rig.toml"
+    rig_file.write_text(rig_file.read_text() + rig_toml)
+    return root
+
+
 def tear_down_town(cli: Cli, root: Path) -> None:
     """Stop the town and its agents, kill whatever is left, delete it; then fail the test
     if any role process wrote a traceback while it ran, or a rig broke an invariant of
