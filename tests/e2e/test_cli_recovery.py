@@ -18,7 +18,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli, git, make_remote
-from tests.e2e.town_helpers import script_town, tear_down_town, wait_until
+from tests.e2e.town_helpers import (
+    clone,
+    configure,
+    events,
+    gate,
+    script_town,
+    tear_down_town,
+    wait_until,
+)
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
 
@@ -34,24 +42,6 @@ def town(cli: Cli, remote: Path) -> Iterator[Path]:
     root = script_town(cli, remote, town_toml="max_polecats = 10\n" + SLEEPER)
     yield root
     tear_down_town(cli, root)
-
-
-def configure(town: Path, text: str) -> None:
-    path = town / "web" / "rig.toml"
-    path.write_text(path.read_text() + text)
-
-
-def gate(name: str, command: str, timeout: str = "60s") -> str:
-    return (f'[[merge_queue.gates]]\nname = "{name}"\ncommand = {json.dumps(command)}\n'
-            f'timeout = "{timeout}"\n')
-
-
-def clone(town: Path) -> Path:
-    return town / "web" / "refinery" / "rig"
-
-
-def events(cli: Cli) -> list[dict[str, object]]:
-    return [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
 
 
 def bead_json(cli: Cli, bead: str) -> dict[str, Any]:

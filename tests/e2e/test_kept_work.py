@@ -23,6 +23,10 @@ import pytest
 
 from tests.conftest import Cli, git, make_remote
 from tests.e2e.town_helpers import (
+    beads,
+    clone,
+    events,
+    polecats,
     role_processes,
     script_town,
     tear_down_town,
@@ -53,24 +57,8 @@ def town(cli: Cli, remote: Path) -> Iterator[Path]:
     tear_down_town(cli, root)
 
 
-def beads(cli: Cli) -> dict[str, dict[str, object]]:
-    return {b["id"]: b for b in json.loads(cli.ok("bead", "list", "--json"))}
-
-
-def polecats(cli: Cli) -> dict[str, dict[str, object]]:
-    return {p["name"]: p for p in json.loads(cli.ok("polecat", "list", "--json"))}
-
-
 def polecat_of(cli: Cli, bead: str) -> dict[str, object] | None:
     return next((p for p in polecats(cli).values() if p["bead"] == bead), None)
-
-
-def events(cli: Cli) -> list[dict[str, object]]:
-    return [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
-
-
-def clone(town: Path) -> Path:
-    return town / "web" / "refinery" / "rig"
 
 
 def settled(cli: Cli, bead: str) -> str:

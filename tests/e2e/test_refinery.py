@@ -18,6 +18,9 @@ import pytest
 
 from tests.conftest import Cli, git, make_remote
 from tests.e2e.town_helpers import (
+    clone,
+    configure,
+    gate,
     role_processes,
     script_town,
     tear_down_town,
@@ -42,16 +45,6 @@ def town(cli: Cli, remote: Path, tmp_path: Path) -> Iterator[Path]:
     tear_down_town(cli, root)
 
 
-def configure(town: Path, text: str) -> None:
-    path = town / "web" / "rig.toml"
-    path.write_text(path.read_text() + text)
-
-
-def gate(name: str, command: str, timeout: str = "60s") -> str:
-    return (f'[[merge_queue.gates]]\nname = "{name}"\ncommand = {json.dumps(command)}\n'
-            f'timeout = "{timeout}"\n')
-
-
 def mrs(cli: Cli) -> list[dict[str, object]]:
     return list(json.loads(cli.ok("mq", "list", "--json")))
 
@@ -62,10 +55,6 @@ def settled(cli: Cli, count: int) -> list[dict[str, object]] | None:
     if len(found) == count and all(m["state"] not in ("queued", "running") for m in found):
         return found
     return None
-
-
-def clone(town: Path) -> Path:
-    return town / "web" / "refinery" / "rig"
 
 
 def main_log(repo: Path) -> list[str]:

@@ -17,7 +17,11 @@ import pytest
 
 from tests.conftest import Cli, git, make_remote, make_repo
 from tests.e2e.town_helpers import (
+    beads,
+    clone,
+    events,
     new_town_root,
+    polecats,
     role_processes,
     script_town,
     tear_down_town,
@@ -45,22 +49,6 @@ def town(cli: Cli, remote: Path) -> Iterator[Path]:
                                 '[[merge_queue.gates]]\nname = "test"\ncommand = "sh check.sh"\n')
     yield root
     tear_down_town(cli, root)
-
-
-def beads(cli: Cli) -> dict[str, dict[str, object]]:
-    return {b["id"]: b for b in json.loads(cli.ok("bead", "list", "--json"))}
-
-
-def polecats(cli: Cli) -> dict[str, dict[str, object]]:
-    return {p["name"]: p for p in json.loads(cli.ok("polecat", "list", "--json"))}
-
-
-def events(cli: Cli) -> list[dict[str, object]]:
-    return [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
-
-
-def clone(town: Path) -> Path:
-    return town / "web" / "refinery" / "rig"
 
 
 def all_closed(cli: Cli, ids: list[str]) -> bool:

@@ -146,3 +146,35 @@ def tear_down_town(cli: Cli, root: Path) -> None:
 def role_history(cli: Cli, role: str) -> str:
     """The feed's events about ``role``, for assertion messages."""
     return "\n".join(line for line in cli.ok("feed").splitlines() if role in line)
+
+
+# -- what the e2e tests read back (the real CLI's JSON) ----------------------------------
+
+
+def beads(cli: Cli) -> dict[str, dict[str, object]]:
+    return {b["id"]: b for b in json.loads(cli.ok("bead", "list", "--json"))}
+
+
+def polecats(cli: Cli) -> dict[str, dict[str, object]]:
+    return {p["name"]: p for p in json.loads(cli.ok("polecat", "list", "--json"))}
+
+
+def events(cli: Cli) -> list[dict[str, object]]:
+    return [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
+
+
+def clone(town: Path, rig: str = "web") -> Path:
+    """The rig's canonical clone (where the refinery merges)."""
+    return town / rig / "refinery" / "rig"
+
+
+def configure(town: Path, text: str, rig: str = "web") -> None:
+    """Append ``text`` to the rig's rig.toml."""
+    path = town / rig / "rig.toml"
+    path.write_text(path.read_text() + text)
+
+
+def gate(name: str, command: str, timeout: str = "60s") -> str:
+    """A ``[[merge_queue.gates]]`` entry for :func:`configure`."""
+    return (f'[[merge_queue.gates]]\nname = "{name}"\ncommand = {json.dumps(command)}\n'
+            f'timeout = "{timeout}"\n')
