@@ -56,6 +56,8 @@ def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path
 
     nothing = cli("done", cwd=workspace)
     assert nothing.code == 1 and "nothing to merge" in nothing.err
+    hold = town.parent / "hold-gate"
+    hold.touch()  # the MR stays in the queue until the second `done` has been refused
     (workspace / "crew.txt").write_text("by hand\n")
     git("add", "crew.txt", cwd=workspace)
     git("commit", "-qm", "crew change", cwd=workspace)
@@ -64,6 +66,7 @@ def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path
     assert out.startswith("done: merge request mr-") and "crew/toast" in out
     again = cli("done", cwd=workspace)
     assert again.code == 1 and "already in the merge queue" in again.err
+    hold.unlink()
 
     wait_until(lambda: any(e.get("crew") == "toast" for e in events(cli, "crew_updated")),
                what="the crew workspace to be updated after the merge")
@@ -77,7 +80,6 @@ def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path
         [(polecat, "working", True)]
 
     bead = cli.ok("bead", "create", "second crew change", "--rig", "web").strip()
-    hold = town.parent / "hold-gate"
     hold.touch()
     (workspace / "more.txt").write_text("more\n")
     git("add", "more.txt", cwd=workspace)

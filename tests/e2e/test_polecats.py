@@ -262,11 +262,12 @@ def test_kill_9_mayor_mid_sling_leaves_nothing_half_made(cli: Cli, town: Path,
     cli.ok("down")
     cli.ok("up")
 
-    def settled() -> list[dict[str, object]] | None:
+    def settled() -> tuple[list[dict[str, object]]] | None:
+        # A tuple, so that "no polecat at all" (rolled back: a valid outcome) is truthy.
         mine = [p for p in polecats(cli).values() if p["bead"] == bead]
-        return mine if all(p["state"] == "working" for p in mine) else None
+        return (mine,) if all(p["state"] == "working" for p in mine) else None
 
-    mine = wait_until(settled, what="recovery to settle")
+    (mine,) = wait_until(settled, what="recovery to settle")
     status = bead_status(cli, bead)
     clone = clone_of(town)
     worktrees = git("worktree", "list", "--porcelain", cwd=clone)
