@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -341,8 +342,13 @@ class TestStartLock:
         assert start_holder.stdin is not None
         start_holder.stdin.close()
         assert wait_start_settled(runtime_dir, timeout=30)
+        # The timed-out hold_start_lock above left a waiter thread that takes the lock
+        # for an instant when it is freed, then closes it: wait that instant out.
+        deadline = time.monotonic() + 30
+        while start_in_progress(runtime_dir) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not start_in_progress(runtime_dir)
-        fd = hold_start_lock(runtime_dir, timeout=1)
+        fd = hold_start_lock(runtime_dir, timeout=5)
         assert fd is not None
         os.close(fd)
 
