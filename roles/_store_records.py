@@ -43,6 +43,10 @@ class Bead:
     updated_at: float
     #: The commit a bead closed by hand was landed as (``bead close --commit``).
     closed_commit: str | None = None
+    #: What its agents reported spending on it, over every polecat that worked on it.
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,15 @@ class Polecat:
     incarnation: str | None = None
     #: The last lines of the session's output, kept when it escalated.
     output_tail: str | None = None
+    #: How many times the witness nudged it since its last `gastown done` chance.
+    nudges: int = 0
+    #: Turns its agent reported ending (Stop hook, notify, print-mode exit).
+    turns: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    #: The agent CLI's own conversation id, for resuming it (claude/codex session id).
+    agent_session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +119,9 @@ class MergeRequest:
     tail: str | None = None
     #: The steps so far: ``[{"step", "gate", "at"}]`` (``mq show`` prints their timings).
     steps: tuple[dict[str, Any], ...] = ()
+    #: Who recorded it: ``agent`` (`gastown done`), ``witness`` (work committed, the agent
+    #: stopped without `done`), ``human`` (re-submitted by hand).
+    done_by: str = "agent"
 
 
 @dataclass(frozen=True)
@@ -148,7 +164,8 @@ def bead_of(row: sqlite3.Row) -> Bead:
                 description=row["description"], priority=row["priority"],
                 status=cast(BeadStatus, row["status"]), reason=row["reason"],
                 created_at=row["created_at"], updated_at=row["updated_at"],
-                closed_commit=row["closed_commit"])
+                closed_commit=row["closed_commit"], tokens_in=row["tokens_in"],
+                tokens_out=row["tokens_out"], cost_usd=row["cost_usd"])
 
 
 def rig_of(row: sqlite3.Row) -> Rig:
@@ -165,7 +182,10 @@ def polecat_of(row: sqlite3.Row) -> Polecat:
                    session=json.loads(row["session"]) if row["session"] else None,
                    respawns=row["respawns"], reason=row["reason"], sling=row["sling"],
                    created_at=row["created_at"], updated_at=row["updated_at"],
-                   incarnation=row["incarnation"], output_tail=row["output_tail"])
+                   incarnation=row["incarnation"], output_tail=row["output_tail"],
+                   nudges=row["nudges"], turns=row["turns"], tokens_in=row["tokens_in"],
+                   tokens_out=row["tokens_out"], cost_usd=row["cost_usd"],
+                   agent_session=row["agent_session"])
 
 
 def sling_of(row: sqlite3.Row) -> Sling:
@@ -183,7 +203,8 @@ def mr_of(row: sqlite3.Row) -> MergeRequest:
                         step=row["step"], gate=row["gate"], candidate=row["candidate"],
                         merged_commit=row["merged_commit"], log_path=row["log_path"],
                         kind=row["kind"], tail=row["tail"],
-                        steps=tuple(json.loads(row["steps"] or "[]")))
+                        steps=tuple(json.loads(row["steps"] or "[]")),
+                        done_by=row["done_by"])
 
 
 def event_of(row: sqlite3.Row) -> Event:

@@ -116,4 +116,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE rigs ADD COLUMN remote_head TEXT;
     ALTER TABLE rigs ADD COLUMN push_error TEXT;
     """,
+    """
+    ALTER TABLE polecats ADD COLUMN nudges INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN turns INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN tokens_in INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN tokens_out INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    ALTER TABLE polecats ADD COLUMN agent_session TEXT;
+    ALTER TABLE beads ADD COLUMN tokens_in INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE beads ADD COLUMN tokens_out INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE beads ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
+    ALTER TABLE merge_requests ADD COLUMN done_by TEXT NOT NULL DEFAULT 'agent';
+    """,
 )
