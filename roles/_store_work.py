@@ -188,6 +188,50 @@ class WorkLedger(StoreBase):
                          (json.dumps(session) if session else None, int(respawned),
                           time.time(), rig, name))
 
+    def record_turn(self, rig: str, name: str, *, tokens_in: int = 0, tokens_out: int = 0,
+                    cost_usd: float = 0.0, agent_session: str | None = None) -> Polecat:
+        """One turn of the polecat's agent ended, having spent these deltas: in one
+        transaction they are added to the polecat's and its bead's totals, the turn is
+        counted, ``agent_session`` (the CLI's conversation id) kept when given, and an
+        ``agent_turn_ended`` event carries the deltas, the turn number and the totals.
+        Negative deltas count as 0."""
+        tokens_in, tokens_out = max(0, int(tokens_in)), max(0, int(tokens_out))
+        cost_usd = max(0.0, float(cost_usd))
+        with self.transaction() as conn:
+            row = conn.execute("SELECT bead FROM polecats WHERE rig = ? AND name = ?",
+                               (rig, name)).fetchone()
+            if row is None:
+                raise NotFound(f"no polecat {rig}/{name}")
+            conn.execute(
+                "UPDATE polecats SET turns = turns + 1, tokens_in = tokens_in + ?, "
+                "tokens_out = tokens_out + ?, cost_usd = cost_usd + ?, "
+                "agent_session = COALESCE(?, agent_session), updated_at = ? "
+                "WHERE rig = ? AND name = ?",
+                (tokens_in, tokens_out, cost_usd, agent_session, time.time(), rig, name))
+            if row["bead"]:
+                conn.execute("UPDATE beads SET tokens_in = tokens_in + ?, "
+                             "tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
+                             "WHERE id = ?", (tokens_in, tokens_out, cost_usd, row["bead"]))
+            after = polecat_of(conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
+                                            (rig, name)).fetchone())
+            self._emit(conn, "agent_turn_ended", rig=rig, polecat=name, bead=row["bead"],
+                       turn=after.turns, tokens_in=tokens_in, tokens_out=tokens_out,
+                       cost_usd=cost_usd, agent_session=after.agent_session,
+                       total_tokens_in=after.tokens_in, total_tokens_out=after.tokens_out,
+                       total_cost_usd=after.cost_usd)
+        return after
+
+    def usage_totals(self) -> dict[str, float]:
+        """The town's agent usage: turns (every ``agent_turn_ended``) and tokens and cost
+        (summed over beads, which keep every turn's deltas after their polecats are gone)."""
+        turns = self._conn.execute("SELECT COUNT(*) FROM events WHERE kind = "
+                                   "'agent_turn_ended'").fetchone()[0]
+        row = self._conn.execute("SELECT COALESCE(SUM(tokens_in), 0), "
+                                 "COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost_usd), 0) "
+                                 "FROM beads").fetchone()
+        return {"turns": int(turns), "tokens_in": int(row[0]), "tokens_out": int(row[1]),
+                "cost_usd": float(row[2])}
+
     def apply_polecat_event(self, rig: str, name: str, event: PolecatEvent, *,
                             output_tail: str | None = None, **data: Any) -> Transition:
         """Apply a lifecycle event to the polecat's row, its bead, and the feed, atomically.
