@@ -1,0 +1,78 @@
+"""Pure: what the witness does when an agent's turn ends without ``gastown done``.
+
+Real agent CLIs stop in two ways that are not a crash: an interactive Claude or Codex
+finishes its turn and sits at its prompt (the process never exits), and a print-mode run
+finishes its one turn and exits. Upstream Gas Town's most common complaint is polecats
+that stop like this without landing their work. So a turn that ends while the polecat is
+still ``working`` gets, in order:
+
+1. one nudge: the agent is told to run ``gastown done`` (its work is committed and the
+   tree clean), or to finish, commit and run it, or to escalate with a reason;
+2. if its next turn ends the same way: the witness records the merge request itself
+   (``done_by = "witness"``) when the branch has commits and a clean tree — the work is
+   there and checked by the gates anyway — and otherwise escalates, worktree kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+#: Nudges the witness sends before it decides for the agent.
+MAX_NUDGES: Final = 1
+
+COMMITTED_NUDGE: Final = (
+    "Your branch has commits and a clean worktree, but you have not run `gastown done`. "
+    "If the work is finished, run `gastown done` now. If it is not, finish it, commit, "
+    "then run `gastown done`.")
+
+UNFINISHED_NUDGE: Final = (
+    "Your turn ended without `gastown done`. Finish the work, commit it, then run "
+    "`gastown done`. If you cannot finish it, run "
+    "`gastown done --status escalated --reason \"<why>\"`.")
+
+
+@dataclass(frozen=True)
+class TurnFacts:
+    """What the witness knows when a turn ended."""
+
+    working: bool          #: the polecat is still ``working`` (no ``done`` yet)
+    nudges: int            #: nudges the witness already sent it
+    commits_ahead: int     #: commits on its branch not on the default branch
+    dirty: bool            #: uncommitted changes in its worktree
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """It ran ``done`` (or was stopped): the turn end needs nothing."""
+
+
+@dataclass(frozen=True)
+class Nudge:
+    text: str
+
+
+@dataclass(frozen=True)
+class RecordDone:
+    """Record its merge request on its behalf (``done_by = "witness"``)."""
+
+
+@dataclass(frozen=True)
+class Escalate:
+    reason: str
+
+
+AfterTurn = Nothing | Nudge | RecordDone | Escalate
+
+
+def after_turn(facts: TurnFacts, *, max_nudges: int = MAX_NUDGES) -> AfterTurn:
+    if not facts.working:
+        return Nothing()
+    ready = facts.commits_ahead > 0 and not facts.dirty
+    if facts.nudges < max_nudges:
+        return Nudge(COMMITTED_NUDGE if ready else UNFINISHED_NUDGE)
+    if ready:
+        return RecordDone()
+    what = "uncommitted changes" if facts.dirty else "no commits"
+    return Escalate(f"the agent ended its turn without `gastown done` after "
+                    f"{facts.nudges} nudge(s), with {what}; worktree kept")
