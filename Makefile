@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean bench chaos
+.PHONY: demo test lint typecheck unit install clean bench chaos agent-clis
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "gastown needs Python >= 3.11")'
@@ -23,8 +23,19 @@ demo: $(STAMP)
 	$(BIN)/python -m gastown.supervisor.demo
 
 ## test: lint, type-check and the whole test suite
-test: $(STAMP) lint typecheck
+test: $(STAMP) lint typecheck agent-clis
 	$(BIN)/python -m pytest -q tests
+
+## agent-clis: the pinned real agent CLIs the agent_cli tests drive (npm, cached outside
+## the repo); without npm only a warning, except under CI where the tests must run
+agent-clis: $(STAMP)
+	@if command -v npm >/dev/null 2>&1; then \
+		$(BIN)/python -m tests.scripted_model.clis install; \
+	elif [ "$${CI:-}" = true ]; then \
+		echo "error: npm is missing; CI must run the agent CLI tests" >&2; exit 1; \
+	else \
+		echo "warning: npm is missing; the agent CLI tests will be skipped" >&2; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
