@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.scripted_model import ModelServer
+from tests.scripted_model import clis as agent_clis_install
+from tests.scripted_model.clis import AgentClis
+
 # Commits in tests need an identity, whatever the machine's git config says.
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test Author",
@@ -112,3 +116,24 @@ def town(tmp_path: Path, cli: Cli) -> Path:
     cli.ok("install", str(root))
     cli.env["GASTOWN_TOWN"] = str(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def agent_clis() -> AgentClis:
+    """The pinned real agent CLIs (``make agent-clis``); skipped when not installed, except
+    under CI=true, where the agent CLI tests must run."""
+    found = agent_clis_install.find()
+    if found is None:
+        why = agent_clis_install.problem(agent_clis_install.install_dir())
+        reason = f"the pinned agent CLIs are not installed ({why}); run `make agent-clis`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def model_server(tmp_path: Path) -> Iterator[ModelServer]:
+    """A scripted model server on loopback (tests/scripted_model), logging under tmp_path."""
+    with ModelServer(tmp_path / "model-server.jsonl") as server:
+        yield server

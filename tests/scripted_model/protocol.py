@@ -25,7 +25,7 @@ import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 SCRIPT_BEGIN, SCRIPT_END = "SCRIPT-BEGIN", "SCRIPT-END"
@@ -273,11 +273,22 @@ def responses_has_shell(body: Mapping[str, Any]) -> bool:
     return any(isinstance(t, Mapping) and t.get("name") == RESPONSES_SHELL_TOOL for t in tools)
 
 
+# Codex's newer default models get their tools in an ``additional_tools`` input item, behind
+# a JavaScript "exec" tool, and are offered no plain ``exec_command``: say so in the answer.
+CODE_MODE_TEXT = ('Scripted model: no exec_command tool offered; run codex with '
+                  '-c model="gpt-5-codex"')
+
+
 def responses_decide(body: Mapping[str, Any]) -> Decision:
     items = body.get("input") or []
     if isinstance(items, str):
         items = [{"type": "message", "role": "user", "content": items}]
-    return decide(responses_turns(items), has_shell_tool=responses_has_shell(body))
+    decision = decide(responses_turns(items), has_shell_tool=responses_has_shell(body))
+    code_mode = any(isinstance(i, Mapping) and i.get("type") == "additional_tools"
+                    for i in items)
+    if decision.kind == "no-tool" and code_mode:
+        return replace(decision, text=CODE_MODE_TEXT)
+    return decision
 
 
 def responses_events(decision: Decision) -> list[tuple[str, dict[str, Any]]]:
