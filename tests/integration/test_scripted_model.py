@@ -242,6 +242,7 @@ def test_the_server_answers_both_apis_and_logs_every_request(
     assert (status, ctype) == (200, "text/event-stream")
     status, _, payload = post(url + "/v1/chat/completions", {"messages": []})
     assert status == 404 and json.loads(payload)["type"] == "error"
+    assert model_server.wait_for(lambda e: e["api"] == "other")["status"] == 404
     log = model_server.requests()
     assert [(e["api"], e["status"]) for e in log] == [
         ("probe", 200), ("anthropic", 200), ("anthropic", 200), ("anthropic", 200),
@@ -249,6 +250,12 @@ def test_the_server_answers_both_apis_and_logs_every_request(
     assert log[1]["command"] == "echo hi > hi.txt" and log[1]["tool_call"]
     assert (log[2]["step"], log[2]["text"], log[2]["n_input"]) == (2, "Done.", 6)
     assert log[4]["prompt"].startswith("Do the task.")
+
+
+def test_a_log_line_still_being_written_is_not_read(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"seq": 1}\n{"seq": 2, "api": "anthr')
+    assert read_log(log) == [{"seq": 1}]
 
 
 def test_the_foreground_server_prints_its_url_and_stops_on_sigterm(tmp_path: Path) -> None:

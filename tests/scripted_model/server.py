@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -170,7 +170,10 @@ def read_log(log_path: Path) -> list[dict[str, Any]]:
     """The logged requests, oldest first."""
     if not log_path.exists():
         return []
-    return [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    text = log_path.read_text()
+    # A line still being written (no newline yet) is left for the next read.
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
 
 class ModelServer:
@@ -179,7 +182,7 @@ class ModelServer:
     def __init__(self, log_path: Path, *, dump_dir: Path | None = None) -> None:
         self.log_path = log_path
         self._server = make_server(log_path, dump_dir=dump_dir)
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="scripted-model", daemon=True)
 
     @property
@@ -194,6 +197,18 @@ class ModelServer:
     def requests(self) -> list[dict[str, Any]]:
         """The logged requests so far, oldest first."""
         return read_log(self.log_path)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], *,
+                 timeout: float = 60.0) -> dict[str, Any]:
+        """The first logged request matching ``predicate``, waiting up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for entry in self.requests():
+                if predicate(entry):
+                    return entry
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching request in {timeout} s: {self.requests()}")
+            time.sleep(0.05)
 
     def start(self) -> ModelServer:
         self._thread.start()
