@@ -281,3 +281,8 @@ def short_count(n: int) -> str:
     if n < 999_950:  # above, it would round to "1000.0k"
         return f"{n / 1000:.1f}k"
     return f"{n / 1_000_000:.1f}M"
+
+
+def dollars(cost: float) -> str:
+    """A cost as people read it: ``$0.0040``, ``$12.35``."""
+    return f"${cost:.2f}" if cost >= 1 else f"${cost:.4f}"

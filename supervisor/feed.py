@@ -38,13 +38,16 @@ _TEMPLATES: Final = {
     "polecat_rejected": "polecat {rig}/{polecat} rejected: {reason}",
     "polecat_merging": "polecat {rig}/{polecat} merging",
     "polecat_nuked": "polecat {rig}/{polecat} nuked",
-    "mr_created": "merge request {mr} queued: {branch} ({bead})",
+    "mr_created": "merge request {mr} queued: {branch} ({bead}){done_by_text}",
     "mr_cancelled": "merge request {mr} cancelled: {reason}",
     "mr_started": "merge request {mr} started ({bead})",
     "mr_merged": "merge request {mr} MERGED as {short_commit} ({bead})",
     "mr_rejected": "merge request {mr} REJECTED: {reason} ({bead})",
     "mr_requeued": "merge request {mr} queued again: {reason}",
     "polecat_noted": "polecat {rig}/{polecat}: {reason}",
+    "agent_turn_ended": "{rig}/{polecat} turn {turn} ended: {short_in} in, {short_out} out"
+                        "{cost_text}",
+    "polecat_nudged": "{rig}/{polecat} nudged{by_text}: {first_line}",
     "doctor_fixed": "doctor fixed {rig}: {detail}",
     "mq_paused": "merge queue of {rig} PAUSED: {reason}",
     "mq_resumed": "merge queue of {rig} running again",
@@ -153,6 +156,8 @@ def format_event(event: dict[str, Any]) -> str:
     fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
     fields["short_commit"] = str(fields.get("commit", ""))[:10]
     fields["short_head"] = str(fields.get("head", ""))[:10]
+    if event.get("kind") in ("agent_turn_ended", "polecat_nudged", "mr_created"):
+        _agent_fields(event, fields)
     template = _TEMPLATES.get(event.get("kind", ""))
     if template is not None:
         try:
@@ -162,6 +167,21 @@ def format_event(event: dict[str, Any]) -> str:
     extra = " ".join(f"{k}={_text(v)}" for k, v in event.items()
                      if k not in ("seq", "ts", "kind"))
     return f"{stamp}  {event.get('kind')} {extra}".rstrip()
+
+
+def _agent_fields(event: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Fields of the agents' events: short token counts, the cost, who nudged or recorded."""
+    from gastown.roles.agent_usage import dollars, short_count
+
+    for key, short in (("tokens_in", "short_in"), ("tokens_out", "short_out")):
+        value = event.get(key)
+        fields[short] = short_count(value) if isinstance(value, int) else "?"
+    cost = event.get("cost_usd")
+    fields["cost_text"] = f", {dollars(cost)}" if isinstance(cost, int | float) and cost > 0 \
+        else ""
+    fields["by_text"] = f" by {event['by']}" if event.get("by") else ""
+    fields["first_line"] = (str(event.get("text") or "").strip().splitlines() or [""])[0]
+    fields["done_by_text"] = " (by witness)" if event.get("done_by") == "witness" else ""
 
 
 def _text(value: Any) -> Any:

@@ -171,6 +171,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(f"  landed:   {bead.closed_commit}")
     print(f"  rig:      {bead.rig or '-'}")
     print(f"  priority: {bead.priority}")
+    if bead.tokens_in or bead.tokens_out or bead.cost_usd:
+        from gastown.roles.agent_usage import dollars
+
+        print(f"  tokens:   in {bead.tokens_in}, out {bead.tokens_out}, "
+              f"cost {dollars(bead.cost_usd)}")
     print(f"  created:  {iso(bead.created_at)} ({age(bead.created_at)} ago)")
     print(f"  updated:  {iso(bead.updated_at)}")
     if bead.description:
@@ -208,7 +213,8 @@ def _polecat_json(p: Polecat) -> dict[str, Any]:
             "branch": p.branch, "worktree": p.worktree, "agent": p.agent,
             "respawns": p.respawns, "incarnation": p.incarnation,
             "output_tail": p.output_tail, "created_at": p.created_at,
-            "updated_at": p.updated_at}
+            "updated_at": p.updated_at, "turns": p.turns, "tokens_in": p.tokens_in,
+            "tokens_out": p.tokens_out, "cost_usd": p.cost_usd, "nudges": p.nudges}
 
 
 def _sling_json(q: QueuedSling) -> dict[str, Any]:

@@ -288,6 +288,7 @@ def gather_status(town: Town) -> dict[str, Any]:
         queue = [m for m in store.merge_requests() if m.state in ("queued", "running")]
         failures = store.recent_events(FAILURE_KINDS, limit=5)
         slings = store.sling_queue()
+        usage = store.usage_totals()
     status: dict[str, Any] = {"town": str(town.root)}
     if live is not None:
         status["supervisor"] = live["supervisor"]
@@ -315,6 +316,7 @@ def gather_status(town: Town) -> dict[str, Any]:
                                 "agent": q.sling.agent, "created_at": q.sling.created_at}
                                for q in slings]
     status["recent_failures"] = [e.as_json() for e in failures]
+    status["usage"] = usage  # what agents reported spending: turns, tokens, cost
     return status
 
 
@@ -349,6 +351,12 @@ def _print_status(town: Town, *, as_json: bool) -> int:
         print(f"  {line}")  # merged work not on the remote yet, a paused merge queue
     print(f"polecats:       {_counts(status['polecats'])}")
     print(f"merge requests: {_counts(status['merge_requests'])}")
+    usage = status["usage"]
+    if usage["turns"] or usage["tokens_in"] or usage["tokens_out"]:
+        from gastown.roles.agent_usage import dollars
+
+        print(f"agents:         {usage['turns']} turns, {usage['tokens_in']} tokens in, "
+              f"{usage['tokens_out']} out, {dollars(usage['cost_usd'])}")
     if status["polecat_list"]:
         print()
         print_table(["POLECAT", "STATE", "BEAD", "AGE"],

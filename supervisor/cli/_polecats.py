@@ -98,6 +98,42 @@ def cmd_done(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prime(args: argparse.Namespace) -> int:
+    """The polecat's context for its agent (a SessionStart hook runs this): exit 0 inside a
+    polecat whatever can be read; outside one, one line and exit 1."""
+    from gastown.roles import prime
+    from gastown.roles.polecats import locate_polecat
+    from gastown.roles.town import find_town
+    from gastown.supervisor.cli._context import search_dir
+
+    town = None
+    try:  # not town_of(): a broken town.toml must not keep an agent from its context
+        town = find_town(args.town, os.environ, search_dir(args.town))
+    except GastownError:
+        pass
+    where: tuple[str, str] | None = None
+    if os.environ.get("GASTOWN_RIG") and os.environ.get("GASTOWN_POLECAT"):
+        where = os.environ["GASTOWN_RIG"], os.environ["GASTOWN_POLECAT"]
+    elif town is not None:
+        try:
+            where = locate_polecat(town, os.environ, current_dir())
+        except GastownError:
+            pass
+    if where is None:
+        raise GastownError("not in a polecat worktree")
+    rig, name = where
+    try:
+        context = prime.gather(town, rig, name, os.environ) if town is not None else \
+            prime.from_env(rig, name, os.environ, note="the town was not found")
+    except Exception as exc:  # a hook must never fail the agent
+        context = prime.from_env(rig, name, os.environ, note=str(exc))
+    if args.json:
+        print_json(context.as_json())
+    else:
+        sys.stdout.write(prime.render(context))
+    return 0
+
+
 def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
     """``gastown done`` in a crew workspace: its branch into the merge queue."""
     from gastown.roles.crew_submit import submit_crew
@@ -130,14 +166,23 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
                      "agent": p.agent, "worktree": p.worktree, "respawns": p.respawns,
                      "reason": p.reason, "output_tail": p.output_tail,
                      "incarnation": p.incarnation, "created_at": p.created_at,
-                     "age": round(time.time() - p.created_at, 1)} for p in polecats])
+                     "age": round(time.time() - p.created_at, 1), "turns": p.turns,
+                     "tokens_in": p.tokens_in, "tokens_out": p.tokens_out,
+                     "cost_usd": p.cost_usd, "nudges": p.nudges} for p in polecats])
         return 0
     if not polecats:
         print("no polecats")
         return 0
-    print_table(["RIG", "NAME", "BEAD", "STATE", "SESSION", "AGE", "BRANCH"],
+    from gastown.roles.agent_usage import short_count
+
+    # The tokens column (in/out) only where some agent reported any.
+    tokens = any(p.tokens_in or p.tokens_out for p in polecats)
+    print_table(["RIG", "NAME", "BEAD", "STATE", "SESSION", "AGE"]
+                + (["TOKENS"] if tokens else []) + ["BRANCH"],
                 [[p.rig, p.name, p.bead, p.state + (f" ({p.reason})" if p.reason else ""),
-                  "alive" if alive[p.rig, p.name] else "dead", age(p.created_at), p.branch]
+                  "alive" if alive[p.rig, p.name] else "dead", age(p.created_at)]
+                 + ([f"{short_count(p.tokens_in)}/{short_count(p.tokens_out)}"]
+                    if tokens else []) + [p.branch]
                  for p in polecats])
     for p in polecats:
         if p.state == "escalated" and p.output_tail:

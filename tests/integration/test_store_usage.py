@@ -42,7 +42,7 @@ def test_turns_add_up_on_the_polecat_and_its_bead_with_one_event_each(store: Sto
     assert after.agent_session == "sess-1"  # kept when a later turn names none
     assert store.polecat("web", name) == after
     b = store.bead(bead)
-    assert (b.tokens_in, b.tokens_out, b.cost_usd) == (1500, 100, pytest.approx(0.75))
+    assert (b.tokens_in, b.tokens_out, b.cost_usd) == (1500, 100, 0.75)
     events = store.events_after(seq)
     assert [e.kind for e in events] == ["agent_turn_ended", "agent_turn_ended"]
     first, second = (e.as_json() for e in events)

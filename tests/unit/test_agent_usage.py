@@ -41,12 +41,12 @@ def test_claude_print_result_counts_every_request_of_the_run_and_its_cost() -> N
     """modelUsage covers the side request too (4 requests: 400 in, 80 out), as the cost does;
     the result's ``usage`` would say 300/60 (main loop only)."""
     usage = claude_print_result(sample("claude_print.jsonl"))
-    assert usage == Usage(400, 80, pytest.approx(0.004), CLAUDE_SESSION)
+    assert usage == Usage(400, 80, 0.004, CLAUDE_SESSION)
 
 
 def test_claude_print_result_of_a_resumed_run_is_that_run_only() -> None:
     assert claude_print_result(sample("claude_print_resumed.jsonl")) == \
-        Usage(200, 40, pytest.approx(0.002), CLAUDE_SESSION)
+        Usage(200, 40, 0.002, CLAUDE_SESSION)
 
 
 def test_claude_print_result_ignores_other_text_and_torn_lines_in_the_log() -> None:
@@ -61,7 +61,7 @@ def test_claude_print_result_falls_back_to_usage_without_model_usage() -> None:
     result["usage"]["cache_read_input_tokens"] = 7
     result["usage"]["cache_creation_input_tokens"] = 5
     assert claude_print_result(json.dumps(result)) == \
-        Usage(312, 60, pytest.approx(0.004), CLAUDE_SESSION)
+        Usage(312, 60, 0.004, CLAUDE_SESSION)
 
 
 def test_a_killed_claude_run_has_no_result_and_did_not_end_its_turn() -> None:
