@@ -188,6 +188,11 @@ def build_parser() -> _Parser:
                    help="why (kept on the bead and the polecat, shown by polecat list)")
     p.add_argument("--bead", metavar="ID",
                    help="in a crew workspace: the bead this work is for (default: a new one)")
+    p = _command(sub, "prime", "gastown.supervisor.cli._polecats:cmd_prime",
+                 "inside a polecat worktree: print its context for the agent (bead, worktree, "
+                 "branch, rules, commits and uncommitted files); for a compacted or resumed "
+                 "conversation")
+    _json_flag(p)
     polecat_sub = _group(sub, "polecat", "list and nuke polecats",
                          "Polecats: agents in their own worktrees.")
     p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",
