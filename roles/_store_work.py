@@ -280,7 +280,7 @@ class WorkLedger(StoreBase):
         return result
 
     def record_done(self, rig: str, name: str, event: PolecatEvent, *, head: str, base: str,
-                    with_mr: bool, output_tail: str | None = None,
+                    with_mr: bool, output_tail: str | None = None, done_by: str = "agent",
                     **data: Any) -> MergeRequest | None:
         """``gastown done``, atomically: the polecat's transition and, for completed work,
         its merge request (``queued``), so the refinery never sees one without the other."""
@@ -295,13 +295,28 @@ class WorkLedger(StoreBase):
                 now = time.time()
                 conn.execute(
                     "INSERT INTO merge_requests (id, rig, bead, polecat, branch, state, "
-                    "priority, head, base, created_at, updated_at) VALUES "
-                    "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                    "priority, head, base, created_at, updated_at, done_by) VALUES "
+                    "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
                     (mr_id, rig, row["bead"], name, row["branch"], row["priority"] or 2,
-                     head, base, now, now))
+                     head, base, now, now, done_by))
                 self._emit(conn, "mr_created", rig=rig, polecat=name, bead=row["bead"],
-                           mr=mr_id, branch=row["branch"], head=head)
+                           mr=mr_id, branch=row["branch"], head=head, done_by=done_by)
         return self.merge_request(mr_id) if mr_id else None
+
+    def note_nudge(self, rig: str, name: str, text: str, *, by: str) -> int:
+        """Record a nudge sent to a polecat's agent (``polecat_nudged``); the witness's own
+        (``by == "witness"``) count towards its limit. Returns that count."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT bead, nudges FROM polecats WHERE rig = ? AND name = ?",
+                               (rig, name)).fetchone()
+            if row is None:
+                raise NotFound(f"no polecat {rig}/{name}")
+            nudges = row["nudges"] + (1 if by == "witness" else 0)
+            conn.execute("UPDATE polecats SET nudges = ?, updated_at = ? WHERE rig = ? "
+                         "AND name = ?", (nudges, time.time(), rig, name))
+            self._emit(conn, "polecat_nudged", rig=rig, polecat=name, bead=row["bead"],
+                       text=text, by=by, nudges=nudges)
+        return int(nudges)
 
     def cancel_merge_requests(self, rig: str, polecat: str, *, reason: str) -> None:
         """Mark the polecat's unfinished merge requests cancelled (its branch is going away)."""

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gastown.roles.config import AgentConfig, TownConfig, parse_toml
-from gastown.roles.errors import ConfigError, UsageError
+from gastown.roles.config import AgentConfig, TownConfig, load_agent_tables
+from gastown.roles.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,27 @@ class AgentRun:
 def load_presets() -> dict[str, AgentConfig]:
     from gastown.config import default_text
 
-    data = parse_toml(default_text("agents.toml"), "<shipped agents.toml>")
-    presets: dict[str, AgentConfig] = {}
-    for name, table in data.items():
-        command = table.get("command")
-        if not isinstance(command, list) or not all(isinstance(c, str) for c in command):
-            raise ConfigError("<shipped agents.toml>", f"agent {name!r} needs a command list")
-        presets[name] = AgentConfig(command=tuple(command), env=dict(table.get("env", {})))
-    return presets
+    return load_agent_tables(default_text("agents.toml"), "<shipped agents.toml>")
+
+
+def command_for(agent: AgentConfig, *, backend: str, resume: bool) -> tuple[str, ...]:
+    """Which of the agent's commands a session runs.
+
+    The process backend has no terminal: it runs ``print_command`` (one turn that exits)
+    when the agent has one. ``resume`` continues the previous conversation when the
+    agent can (respawn, nudge); otherwise the fresh command runs, told what happened.
+    """
+    printing = backend == "process" and bool(agent.print_command)
+    if printing:
+        return (agent.print_resume_command or agent.print_command) if resume \
+            else agent.print_command
+    return (agent.resume_command or agent.command) if resume else agent.command
+
+
+def prints_turns(agent: AgentConfig, backend: str) -> bool:
+    """Whether a session of ``agent`` runs one turn and exits (its exit ends a turn, it is
+    not a death)."""
+    return backend == "process" and bool(agent.print_command)
 
 
 def resolve_agent(name: str | None, town: TownConfig,
@@ -113,11 +126,11 @@ def polecat_env(*, base: Mapping[str, str], town_root: Path, rig: str, polecat: 
     return env
 
 
-def render_command(agent: AgentConfig, *, prompt: str, prompt_file: Path, bead: str,
+def render_command(command: tuple[str, ...], *, prompt: str, prompt_file: Path, bead: str,
                    worktree: Path) -> list[str]:
-    """The agent's argv with its placeholders filled in (each argument stays one argument)."""
+    """The argv with its placeholders filled in (each argument stays one argument)."""
     values = {"prompt": prompt, "prompt_file": str(prompt_file), "bead": bead,
               "worktree": str(worktree), "python": sys.executable}
     pattern = re.compile(r"\{(" + "|".join(values) + r")\}")
     # One pass per argument: a prompt that itself contains "{bead}" stays as written.
-    return [pattern.sub(lambda m: values[m.group(1)], arg) for arg in agent.command]
+    return [pattern.sub(lambda m: values[m.group(1)], arg) for arg in command]

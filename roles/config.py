@@ -30,10 +30,26 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 OnConflict = Literal["reject", "resling"]
 
 
+AgentKind = Literal["claude", "codex", "generic"]
+
+
 @dataclass(frozen=True)
 class AgentConfig:
+    """One agent: what to run, and what kind of CLI it is.
+
+    ``command`` runs in a tmux pane (interactive); ``print_command``, when set, is what the
+    ``process`` backend runs instead (one non-interactive turn that exits). The
+    ``*resume_command`` variants continue the agent's previous conversation in the same
+    worktree (respawn, nudge); without them a respawn starts afresh with a note. ``kind``
+    says what gastown prepares for it and how it learns that a turn ended (README, "Agents").
+    """
+
     command: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
+    kind: AgentKind = "generic"
+    resume_command: tuple[str, ...] = ()
+    print_command: tuple[str, ...] = ()
+    print_resume_command: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,6 +276,18 @@ def _check_duration(v: _Validator, where: tuple[str, ...], value: float, *,
                     positive: bool = True) -> None:
     if positive and value <= 0:
         v.fail(where, f"'{'.'.join(where)}' must be longer than 0s")
+
+
+def load_agent_tables(text: str, path: str) -> dict[str, AgentConfig]:
+    """Agent presets (``[NAME]`` tables: ``command``, ``kind``, ...), checked like
+    town.toml's ``[agents.NAME]``."""
+    data = parse_toml(text, path)
+    v = _Validator(path, text)
+    agents = {name: v.build(AgentConfig, table, (name,)) for name, table in data.items()}
+    for name, agent in agents.items():
+        if not agent.command:
+            v.fail((name, "command"), f"agent {name!r} needs a command list")
+    return agents
 
 
 def load_town_config(text: str, path: str, defaults: str,

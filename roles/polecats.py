@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from gastown.roles import git
+from gastown.roles.agent_homes import remove_home
 from gastown.roles.agents import (
+    command_for,
     load_presets,
     polecat_env,
     render_command,
@@ -197,16 +199,38 @@ def names_with_branches(clone: Path, template: str) -> set[str]:
     return found
 
 
+def agent_home(town: Town, rig: str, name: str) -> Path:
+    """The polecat's own config home for its agent CLI (:mod:`gastown.roles.agent_homes`)."""
+    return town.runtime_dir / "agent-homes" / rig / name
+
+
+#: The line a session log gets before each start of the agent: print-mode output is read
+#: back from the last one (the turn that just ended, not an earlier one).
+SESSION_START_MARK = "== gastown: agent session started"
+
+
 def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                         note: str | None = None, respawn: bool = False,
-                        process: str | None = None) -> Any:
-    """Start ``polecat``'s agent session in its worktree and record it; returns its info."""
+                        process: str | None = None, resume: bool = False) -> Any:
+    """Start ``polecat``'s agent session in its worktree and record it; returns its info.
+
+    With ``resume`` (a respawn, a nudge) an agent that can continue its conversation is
+    started that way and told only ``note``; any other starts afresh with the whole
+    prompt and the note.
+    """
+    from gastown.roles.agent_homes import has_conversation, prepare
     from gastown.roles.sessions import SessionSpec, resolve_backend, start_session
 
     town_config = town.config
     _, agent = resolve_agent(polecat.agent, town_config, load_presets())
+    backend = resolve_backend(town_config.sessions.backend)
     bead = store.bead(polecat.bead) if polecat.bead else None
     worktree = Path(polecat.worktree)
+    home = agent_home(town, polecat.rig, polecat.name)
+    resuming = resume and note is not None and has_conversation(agent.kind, home)
+    command = command_for(agent, backend=backend, resume=resuming)
+    if resuming and command in (agent.command, agent.print_command):
+        resuming = False  # no resume variant: a fresh start, told what happened
     prompt = render_prompt(rig=polecat.rig, polecat=polecat.name,
                            bead=bead.id if bead else "-", title=bead.title if bead else "",
                            description=bead.description if bead else "",
@@ -218,14 +242,19 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                       polecat=polecat.name, bead=polecat.bead or "", branch=polecat.branch,
                       worktree=worktree, prompt_file=prompt_file, agent=polecat.agent,
                       session=name, extra=agent.env, incarnation=polecat.incarnation or "")
-    argv = render_command(agent, prompt=prompt, prompt_file=prompt_file,
-                          bead=polecat.bead or "", worktree=worktree)
-    backend = resolve_backend(town_config.sessions.backend)
+    prepared = prepare(agent.kind, home=home, worktree=worktree, env=env)
+    env.update(prepared.env)
+    argv = render_command(command, prompt=note if resuming and note else prompt,
+                          prompt_file=prompt_file, bead=polecat.bead or "",
+                          worktree=worktree)
+    argv = [argv[0], *prepared.args, *argv[1:]]
     if backend == "tmux":
         env["TERM"] = "tmux-256color"  # the pane is a terminal whatever started the role
+    log_path = session_log_path(town, polecat)
+    _mark_session_start(log_path, resumed=resuming)
     spec = SessionSpec(backend=backend, name=name,
                        argv=argv, cwd=worktree, env=env,
-                       log_path=session_log_path(town, polecat),
+                       log_path=log_path,
                        town_root=town.root)
     info = start_session(spec)
     if process is not None:
@@ -233,6 +262,15 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     store.set_polecat_session(polecat.rig, polecat.name, json.loads(info.to_json()),
                               respawned=respawn)
     return info
+
+
+def _mark_session_start(log_path: Path, *, resumed: bool) -> None:
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a", encoding="utf-8") as log:
+            log.write(f"{SESSION_START_MARK}{' (resumed)' if resumed else ''}\n")
+    except OSError:
+        pass  # the session's own start reports an unwritable log
 
 
 def adopt_unrecorded_session(town: Town, store: Store, polecat: Polecat) -> Polecat | None:
@@ -308,6 +346,7 @@ def _remove_sandbox(town: Town, polecat: Polecat) -> None:
     for path in (prompt_path(town, polecat.rig, polecat.name),
                  done_marker_path(town, polecat.rig, polecat.name)):
         path.unlink(missing_ok=True)
+    remove_home(agent_home(town, polecat.rig, polecat.name))
 
 
 def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> str | None:
@@ -423,7 +462,7 @@ def locate_polecat(town: Town, env: Mapping[str, str], cwd: Path) -> tuple[str, 
 
 
 def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome,
-                reason: str | None = None) -> DoneResult:
+                reason: str | None = None, *, done_by: str = "agent") -> DoneResult:
     """``gastown done``: check the work, record the outcome (and MR), drop the marker.
 
     For ``completed`` it refuses a dirty tree and a branch with nothing ahead of the
@@ -455,8 +494,11 @@ def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome,
                           f"{rig_config.default_branch}: nothing to merge{hint}")
     tail = session_output_tail(town, polecat) if outcome == "escalated" else None
     extra = {"resubmitted": polecat.state} if kept else {}
+    if kept and done_by == "agent":
+        done_by = "human"  # work fixed by hand in a kept worktree
     mr = store.record_done(rig, name, Done(outcome, reason), head=head, base=base,
-                           with_mr=outcome == "completed", output_tail=tail, **extra)
+                           with_mr=outcome == "completed", output_tail=tail,
+                           done_by=done_by, **extra)
     marker = {"outcome": outcome, "mr": mr.id if mr else None, "head": head}
     _write_atomic(done_marker_path(town, rig, name), json.dumps(marker) + "\n")
     return DoneResult(store.polecat(rig, name), outcome, mr)
@@ -551,6 +593,6 @@ def respawn_session(town: Town, store: Store, rig: str, name: str) -> Any:
     note = ("Your previous session ended without `gastown done`. Your worktree and any "
             "commits you made are still here: check `git status` and `git log`, finish the "
             "work, commit, then run `gastown done`.")
-    info = start_agent_session(town, store, polecat, note=note, respawn=True)
+    info = start_agent_session(town, store, polecat, note=note, respawn=True, resume=True)
     store.apply_polecat_event(rig, name, Respawned(), respawns=polecat.respawns + 1)
     return info

@@ -37,10 +37,12 @@ from pathlib import Path
 from typing import Final
 
 from gastown.roles import git
+from gastown.roles.agent_homes import remove_home
 from gastown.roles.errors import GastownError, NotFound
 from gastown.roles.lifecycle import Nuke
 from gastown.roles.log import get_logger
 from gastown.roles.polecats import (
+    agent_home,
     done_marker_path,
     names_with_branches,
     prompt_path,
@@ -352,6 +354,7 @@ def _remove_orphan_folder(ctx: _Ctx, rig: _Rig, path: Path,
     for extra in (prompt_path(ctx.town, rig.name, path.name),
                   done_marker_path(ctx.town, rig.name, path.name)):
         extra.unlink(missing_ok=True)
+    remove_home(agent_home(ctx.town, rig.name, path.name))
     return None
 
 

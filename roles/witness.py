@@ -29,11 +29,16 @@ from typing import Any, Final
 import trio
 
 from gastown.roles import log
+from gastown.roles.agent_turns import print_turn
+from gastown.roles.agents import load_presets, prints_turns, resolve_agent
 from gastown.roles.async_store import AsyncStore
+from gastown.roles.config import AgentConfig
 from gastown.roles.errors import GastownError
 from gastown.roles.lifecycle import GaveUp, SessionDied
+from gastown.roles.nudges import deliver_nudge
 from gastown.roles.polecats import (
     nuke_merged,
+    record_done,
     respawn_session,
     session_alive,
     session_info,
@@ -42,9 +47,17 @@ from gastown.roles.polecats import (
 )
 from gastown.roles.role_process import RoleContext
 from gastown.roles.store import Polecat
+from gastown.roles.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
 
 WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_spawning",
-                      "polecat_done", "polecat_stalled")
+                      "polecat_done", "polecat_stalled", "agent_turn_ended")
+
+#: How long the witness waits for an agent to come back to its prompt for a nudge.
+NUDGE_TIMEOUT: Final = 120.0
+
+#: Polecat states whose session the witness keeps watching: a print-mode agent's last
+#: turn (the one that ran `gastown done`) is read back when its process exits.
+_WATCHED_STATES: Final = ("working", "done", "merging")
 
 #: The safety net: a pass over the rig's polecats for anything an event did not bring.
 SAFETY_INTERVAL: Final = 300.0
@@ -68,6 +81,7 @@ class Witness:
         self._client: Any = None
         self._pass_needed = trio.Event()
         self._reviving: set[str] = set()
+        self._turning: set[str] = set()
         self.nuked = 0
         self.respawned = 0
 
@@ -124,6 +138,9 @@ class Witness:
                 await self._update_crew(str(message.data.get("polecat")))
             elif message.topic == "mr_merged":
                 await self._nuke(str(message.data.get("polecat")))
+            elif message.topic == "agent_turn_ended":
+                assert self._nursery is not None
+                self._nursery.start_soon(self._turn_ended, str(message.data.get("polecat")))
             else:
                 self._pass_needed.set()
 
@@ -201,7 +218,7 @@ class Witness:
                 assert self._nursery is not None
                 self._nursery.start_soon(self._after_death, polecat.name)
         for name in list(self._watched):
-            if not any(p.name == name and p.state == "working" for p in polecats):
+            if not any(p.name == name and p.state in _WATCHED_STATES for p in polecats):
                 self._watched.pop(name)[1].cancel()
 
     async def _nuke(self, name: str) -> None:
@@ -272,16 +289,32 @@ class Witness:
                     os.close(pidfd)
             if self._watched.get(polecat.name, (None,))[0] == info.pid:
                 del self._watched[polecat.name]
-            await self._session_ended(polecat.name)
+            await self._session_ended(polecat.name, info.pid)
 
-    async def _session_ended(self, name: str) -> None:
+    async def _session_ended(self, name: str, pid: int | None = None) -> None:
         with log.bound(polecat=name):
             try:
                 polecat = await self.store.call(self.store.store.polecat, self.rig, name)
             except GastownError:
                 return
+            ended_turn = False
+            info = session_info(polecat)
+            if info is not None and info.pid == pid and self._prints_turns(polecat):
+                # A print-mode run exits at the end of each turn: read that turn back (its
+                # tokens, even for the turn that ran `gastown done`) before anything else.
+                kind = self._agent(polecat).kind
+                try:
+                    ended_turn = await self.store.call(print_turn, self.town,
+                                                       self.store.store, polecat, kind)
+                except GastownError as exc:
+                    self._log.info("turn_not_read", error=exc.message)
+                if ended_turn:
+                    await self._announce()
             if polecat.state != "working" or session_alive(polecat):
                 return  # it ran `gastown done` (or was nuked, or respawned) first
+            if ended_turn:
+                await self._turn_ended(name)
+                return
             self._log.warning("session_died_without_done", respawns=polecat.respawns)
             try:
                 await self.store.call(self.store.store.apply_polecat_event, self.rig, name,
@@ -341,6 +374,84 @@ class Witness:
                               GaveUp(reason), output_tail=tail)
         self._log.warning("polecat_escalated", reason=reason)
         await self._announce()
+
+    # -- turns -------------------------------------------------------------------------
+
+    def _agent(self, polecat: Polecat) -> AgentConfig:
+        _, agent = resolve_agent(polecat.agent, self.town.config, load_presets())
+        return agent
+
+    def _prints_turns(self, polecat: Polecat) -> bool:
+        backend = (polecat.session or {}).get("backend", "process")
+        try:
+            return prints_turns(self._agent(polecat), backend)
+        except GastownError:
+            return False
+
+    async def _turn_ended(self, name: str) -> None:
+        """The agent ended a turn: if it did not run `gastown done`, nudge it once, then
+        decide for it (:mod:`gastown.roles.turn_end`)."""
+        if name in self._turning:
+            return
+        self._turning.add(name)
+        try:
+            with log.bound(polecat=name):
+                await self._after_turn(name)
+        except GastownError as exc:
+            self._log.info("turn_end_skipped", polecat=name, reason=exc.message)
+        finally:
+            self._turning.discard(name)
+
+    async def _after_turn(self, name: str) -> None:
+        polecat = await self.store.call(self.store.store.polecat, self.rig, name)
+        if polecat.state != "working":
+            return
+        facts = await trio.to_thread.run_sync(self._turn_facts, polecat)
+        decision = after_turn(facts)
+        if isinstance(decision, Nothing):
+            return
+        if isinstance(decision, Nudge):
+            self._log.info("nudging_after_turn", commits_ahead=facts.commits_ahead,
+                           dirty=facts.dirty)
+            try:
+                await self.store.call(deliver_nudge, self.town, self.store.store, polecat,
+                                      decision.text, by="witness", timeout=NUDGE_TIMEOUT)
+            except GastownError as exc:
+                self._log.warning("nudge_failed", error=exc.message)
+                return
+            await self._announce()
+            self._ensure_watched(await self.store.call(self.store.store.polecat,
+                                                       self.rig, name))
+        elif isinstance(decision, RecordDone):
+            try:
+                result = await self.store.call(record_done, self.town, self.store.store,
+                                               self.rig, name, "completed",
+                                               reason="recorded by the witness: the agent "
+                                                      "committed its work but did not run "
+                                                      "`gastown done`",
+                                               done_by="witness")
+            except GastownError as exc:
+                self._log.warning("witness_done_refused", error=exc.message)
+                return
+            self._log.info("done_by_witness",
+                           mr=result.merge_request.id if result.merge_request else None)
+            await self._announce()
+            await self._marker(name)
+        elif isinstance(decision, Escalate):
+            await self._escalate(polecat, decision.reason)
+
+    def _turn_facts(self, polecat: Polecat) -> TurnFacts:
+        from gastown.roles import git
+
+        worktree = Path(polecat.worktree)
+        default = self.town.rig_config(self.rig).default_branch
+        try:
+            dirty = bool(git.dirty_files(worktree))
+            ahead = git.commits_ahead(worktree, default, "HEAD")
+        except GastownError:
+            dirty, ahead = True, 0
+        return TurnFacts(working=polecat.state == "working", nudges=polecat.nudges,
+                         commits_ahead=ahead, dirty=dirty)
 
     # -- silence -----------------------------------------------------------------------
 

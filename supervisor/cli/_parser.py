@@ -176,7 +176,7 @@ def build_parser() -> _Parser:
     p.add_argument("bead", metavar="BEAD")
     p.add_argument("rig", metavar="RIG")
     p.add_argument("--agent", metavar="PRESET",
-                   help="claude, codex, gemini, aider, script, or an [agents.NAME] of town.toml")
+                   help="claude, codex, script, or an [agents.NAME] of town.toml")
     p.add_argument("--force", action="store_true", help="sling a bead that is already hooked")
     p = _command(sub, "done", "gastown.supervisor.cli._polecats:cmd_done",
                  "inside a polecat worktree or a crew workspace: the work is ready "
@@ -193,6 +193,19 @@ def build_parser() -> _Parser:
                  "branch, rules, commits and uncommitted files); for a compacted or resumed "
                  "conversation")
     _json_flag(p)
+    p = _command(sub, "nudge", "gastown.supervisor.cli._agents:cmd_nudge",
+                 "tell a polecat's agent something: typed at its prompt (tmux), or a resumed "
+                 "turn (process backend)")
+    p.add_argument("target", metavar="RIG/NAME")
+    p.add_argument("text", metavar="TEXT")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the agent's input prompt (default 60)")
+    p = _command(sub, "agent-hook", "gastown.supervisor.cli._agents:cmd_agent_hook",
+                 "run by an agent CLI's own hook (Claude's Stop, Codex's notify) inside a "
+                 "polecat: its turn ended")
+    p.add_argument("event", choices=["claude-stop", "codex-notify"])
+    p.add_argument("payload", nargs="?", metavar="JSON",
+                   help="the hook's JSON (Codex passes it here; Claude on stdin)")
     polecat_sub = _group(sub, "polecat", "list and nuke polecats",
                          "Polecats: agents in their own worktrees.")
     p = _command(polecat_sub, "list", "gastown.supervisor.cli._polecats:cmd_polecat_list",

@@ -332,6 +332,9 @@ def test_attach_reaches_the_agent(cli: Cli, town: Path, backend: str) -> None:
                                 stderr=subprocess.PIPE, text=True)
     try:
         assert follower.stdout is not None
+        # The log starts with gastown's start mark, then the agent's own output.
+        first = follower.stdout.readline()
+        assert first.startswith("== gastown: agent session started")
         assert f"hello from {bead}" in follower.stdout.readline()
     finally:
         follower.kill()
