@@ -41,8 +41,10 @@ class PrimeContext:
     #: Commits on the branch that the default branch does not have (None: unknown).
     commits_ahead: int | None = None
     commits: list[str] = field(default_factory=list)
-    #: ``git status --porcelain`` lines of the worktree (None: unknown).
+    #: ``git status --porcelain`` lines of the worktree, the first :data:`MAX_DIRTY` of
+    #: ``dirty_count`` (None: unknown).
     dirty: list[str] | None = None
+    dirty_count: int | None = None
     #: What could not be read, in a few words each.
     notes: list[str] = field(default_factory=list)
 
@@ -89,7 +91,8 @@ def gather(town: Town, rig: str, polecat: str, env: Mapping[str, str]) -> PrimeC
         return _with(context, notes=notes)
     found: dict[str, Any] = {}
     try:
-        found["dirty"] = git.dirty_files(worktree)[:MAX_DIRTY]
+        dirty = git.dirty_files(worktree)
+        found.update(dirty=dirty[:MAX_DIRTY], dirty_count=len(dirty))
         if context.default_branch:
             span = f"{context.default_branch}..HEAD"
             found["commits_ahead"] = int(git.run_git(
@@ -147,10 +150,12 @@ def render(context: PrimeContext) -> str:
         if context.commits_ahead > len(context.commits):
             lines.append(f"    ... and {context.commits_ahead - len(context.commits)} more")
     if context.dirty is not None:
-        if context.dirty:
-            lines.append(f"- {len(context.dirty)} uncommitted change(s)"
-                         + (" (first ones)" if len(context.dirty) >= MAX_DIRTY else "") + ":")
+        count = context.dirty_count if context.dirty_count is not None else len(context.dirty)
+        if count:
+            lines.append(f"- {count} uncommitted change(s):")
             lines += [f"    {line}" for line in context.dirty]
+            if count > len(context.dirty):
+                lines.append(f"    ... and {count - len(context.dirty)} more")
         else:
             lines.append("- no uncommitted changes")
     lines += [f"- note: {note}" for note in context.notes]
