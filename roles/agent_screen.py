@@ -64,6 +64,14 @@ _CODEX_STATUS: Final = re.compile(r"^\s+\S.* · ")
 
 _NOT_LOGGED_IN: Final = "Not logged in"
 
+#: Terminal escapes: a cursor move along the line, and every other sequence.
+_CURSOR_ALONG: Final = re.compile(r"\x1b\[[0-9]*[CG]")
+_ESCAPES: Final = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
+                             r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"  # OSC
+                             r"|\x1b[P^_][^\x1b]*\x1b\\"  # DCS, PM, APC
+                             r"|\x1b[()*+][0-9A-Za-z]"  # charset designation
+                             r"|\x1b.")  # any other two-byte escape
+
 #: ``1. Yes, I trust this folder``: an option of a menu, not text on an input line.
 _MENU_ITEM: Final = re.compile(r"^\d+\.\s")
 
@@ -89,6 +97,18 @@ class Screen:
 def normalize(text: str) -> str:
     """NBSP → space (Claude draws its prompt as U+276F + U+00A0), right-stripped lines."""
     return "\n".join(line.rstrip() for line in text.replace("\u00a0", " ").splitlines())
+
+
+def terminal_text(raw: str) -> str:
+    """The readable text of a raw terminal stream (a session log written by ``pipe-pane``).
+
+    Escape sequences are dropped, except that a cursor move along the line (``CSI n G``,
+    ``CSI n C``; TUIs draw spaces that way) becomes one space; carriage returns go. Only
+    good for finding phrases in what an agent printed last, not for its layout.
+    """
+    text = _CURSOR_ALONG.sub(" ", raw)
+    text = _ESCAPES.sub("", text)
+    return text.replace("\r", "")
 
 
 def tail(text: str, lines: int = 12) -> str:

@@ -24,7 +24,7 @@ from typing import Final, Literal
 
 import structlog
 
-from gastown.roles.agent_screen import Screen, read_screen, tail
+from gastown.roles.agent_screen import Screen, read_screen, tail, terminal_text
 from gastown.roles.sessions import SessionError, SessionInfo, _run_tmux, _tmux_binary
 
 log = structlog.get_logger()
@@ -140,6 +140,12 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
         try:
             text = _capture(tmux, info, _pane(info))
         except PaneGoneError:
+            # What it printed last may never have been on a screen we captured (Claude
+            # shows its offline-onboarding error ~0.1 s before exiting): read its log.
+            printed = _log_tail(info)
+            if printed.strip():
+                text = printed
+                problem = problem or read_screen(printed, kind).problem
             return outcome("exited", problem)
         screen = read_screen(text, kind)
         now = time.monotonic()
@@ -264,6 +270,18 @@ def _wait_for(tmux: str, info: SessionInfo, kind: str, timeout: float,
         if time.monotonic() >= deadline:
             return None
         time.sleep(POLL_INTERVAL)
+
+
+def _log_tail(info: SessionInfo, size: int = 16384) -> str:
+    """The readable end of the session's log (its pane's output), or "" when unreadable."""
+    try:
+        with open(info.log_path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - size))
+            raw = f.read()
+    except OSError:
+        return ""
+    return terminal_text(raw.decode("utf-8", errors="replace"))
 
 
 def _socket(info: SessionInfo) -> str:

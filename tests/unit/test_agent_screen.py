@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.agent_screen import Dialog, Screen, normalize, read_screen, tail
+from gastown.roles.agent_screen import (
+    Dialog,
+    Screen,
+    normalize,
+    read_screen,
+    tail,
+    terminal_text,
+)
 from gastown.roles.tmux_input import sanitize
 from tests.unit.test_layering import ALLOWED, ROOT, imports_of
 
@@ -174,3 +181,19 @@ def test_sanitize_drops_control_characters_and_flattens_lines(raw: str, clean: s
 def test_agent_screen_is_pure() -> None:
     """The screen reader imports only data modules: its rules are testable on text alone."""
     assert imports_of(ROOT / "roles/agent_screen.py") <= ALLOWED
+
+
+def test_terminal_text_of_a_real_session_log() -> None:
+    """Claude's raw output before it exited offline (pipe-pane's log): the words survive
+    (it draws spaces as cursor moves), the escapes go, and the failure is recognised."""
+    raw = (SCREENS / "claude_onboarding_offline.log").read_text(encoding="utf-8")
+    assert "\x1b[" in raw and "Unable to connect" not in raw
+    text = terminal_text(raw)
+    assert "\x1b" not in text and "\r" not in text
+    assert "Welcome to Claude Code v2.1.197" in text
+    assert read_screen(text, "claude") == Screen("unknown", problem=OFFLINE)
+
+
+def test_terminal_text_drops_every_kind_of_escape() -> None:
+    raw = "\x1b]0;title\x07a\x1b[1;31mb\x1b[3Gc\x1b[2Cd\x1b(Be\x1b7f\x1bP1$r\x1b\\g\r\n"
+    assert terminal_text(raw) == "ab c defg\n"
