@@ -242,15 +242,20 @@ def _codex(lines: list[str]) -> Screen:
 
 
 def _codex_input_line(lines: list[str]) -> tuple[str, int] | None:
-    """Codex's input line (prompt + text, above the model status line): text and index."""
+    """Codex's input (prompt line, wrapped lines, a blank, the model status line): its
+    text and the prompt line's index, or None."""
     for index in range(len(lines) - 1, -1, -1):
-        line = lines[index]
-        if not line.startswith(_CODEX_PROMPT):
+        if not lines[index].startswith(_CODEX_PROMPT):
             continue
-        below = [text for text in lines[index + 1:] if text.strip()]
-        if not below or not any(_CODEX_STATUS.match(text) for text in below[:3]):
+        end = index + 1
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        below = [text for text in lines[end:] if text.strip()]
+        if not below or not _CODEX_STATUS.match(below[0]):
             return None
-        text = line[len(_CODEX_PROMPT):].strip()
+        parts = [lines[index][len(_CODEX_PROMPT):].strip()]
+        parts += [text.strip() for text in lines[index + 1:end]]
+        text = " ".join(part for part in parts if part)
         return ("" if text in _CODEX_PLACEHOLDERS else text), index
     return None
 

@@ -37,19 +37,18 @@ POLL_INTERVAL: Final = 0.2
 #: input line, ~0.2 s before its trust dialog) must not end the wait.
 READY_SETTLE: Final = 0.5
 
-#: How long typed text may take to show on the input line before Enter is pressed.
+#: How long typed text may take to show (and hold still) on the input line before Enter.
 ECHO_WAIT: Final = 3.0
 
-#: How long one Enter gets to take effect (the screen turns busy, or the text leaves the
-#: input line), and how many Enters are pressed in all.
-SUBMIT_WAIT: Final = 3.0
+#: How long one Enter gets to take effect (the screen turns busy, or the input line is
+#: empty again), and how many Enters are pressed in all. Codex ignored the first Enter
+#: after a few hundred characters typed at once (even 2 s later); a second submitted.
+#: An extra Enter is harmless: both CLIs ignore Enter on an empty input line.
+SUBMIT_WAIT: Final = 2.0
 SUBMIT_TRIES: Final = 3
 
 #: tmux send-keys -l is given the text in pieces of this many characters.
 CHUNK: Final = 512
-
-#: How many characters of a nudge identify it on the input line.
-_HEAD: Final = 24
 
 OutcomeKind = Literal["ready", "busy", "unknown", "exited"]
 
@@ -182,9 +181,10 @@ def type_text(info: SessionInfo, kind: str, text: str, timeout: float) -> bool:
     Waits (up to ``timeout``) until the screen is ``ready`` on two polls in a row, leaving
     copy mode if a human left the pane in it; types the sanitised text (control characters
     dropped, line breaks and tabs as spaces: only an Enter key submits, an LF would only
-    add a line in Claude's input), waits for it to show, presses Enter, and checks that it
-    was taken (the screen turns busy, or the text leaves the input line), pressing Enter
-    again at most twice. The typing and checking add at most ~13 s to ``timeout``.
+    add a line in Claude's input), waits for it to show and hold still, presses Enter,
+    and checks that it was taken (the screen turns busy, or the input line is empty
+    again), pressing Enter again at most twice. Typing and checking add at most ~10 s to
+    ``timeout``.
 
     Raises:
         ValueError: nothing left to type after sanitising.
@@ -207,13 +207,10 @@ def type_text(info: SessionInfo, kind: str, text: str, timeout: float) -> bool:
             for start in range(0, len(clean), CHUNK):
                 _run_checked(tmux, info, "send-keys", "-t", _pane(info).pane_id, "-l", "--",
                              clean[start:start + CHUNK])
-            head = clean[:_HEAD].strip()
-            _wait_for(tmux, info, kind, ECHO_WAIT,
-                      lambda s: s.input_text is not None and head in s.input_text)
+            _wait_echo(tmux, info, kind, before.input_text or "")
             for attempt in range(1, SUBMIT_TRIES + 1):
                 _send_keys(tmux, info, "Enter")
-                if _wait_for(tmux, info, kind, SUBMIT_WAIT,
-                             lambda s: _submitted(s, head)) is not None:
+                if _wait_for(tmux, info, kind, SUBMIT_WAIT, _submitted) is not None:
                     log.info("agent_nudged", session=info.name, agent=kind,
                              enters=attempt, chars=len(clean))
                     return True
@@ -235,10 +232,33 @@ def sanitize(text: str) -> str:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def _submitted(screen: Screen, head: str) -> bool:
-    if screen.state == "busy":
-        return True
-    return screen.state == "ready" and head not in (screen.input_text or "")
+def _submitted(screen: Screen) -> bool:
+    """Busy, or back at an empty input line (a fast turn may be over by the next poll).
+
+    Not "our text left the input line": Codex shows a long paste as ``[Pasted Content
+    1024 chars]``, which does not hold the text either, and may still swallow an Enter
+    into the paste.
+    """
+    return screen.state == "busy" or (screen.state == "ready" and screen.input_text == "")
+
+
+def _wait_echo(tmux: str, info: SessionInfo, kind: str, before: str) -> None:
+    """Wait (up to :data:`ECHO_WAIT`) until typed text shows and the input line holds still.
+
+    An Enter pressed while the CLI still takes the text in is typed into it: Codex
+    treats fast input as a paste and adds an Enter that comes during it as a newline.
+    """
+    deadline = time.monotonic() + ECHO_WAIT
+    previous: str | None = None
+    while True:
+        screen = read_screen(_capture(tmux, info, _pane(info)), kind)
+        current = screen.input_text
+        if current and current != before and current == previous:
+            return
+        previous = current
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(POLL_INTERVAL)
 
 
 def _wait_ready(tmux: str, info: SessionInfo, kind: str, timeout: float) -> Screen | None:

@@ -318,8 +318,9 @@ def codex_processes(codex_home: Path) -> list[int]:
 def test_codex_trust_answered_and_typed_prompt_submitted(
         agent_clis: AgentClis, model_server: ModelServer, starter: Starter,
         town_root: Path, tmp_path: Path) -> None:
-    """Fresh CODEX_HOME: the trust dialog is answered, Codex gets ready, a typed prompt
-    reaches the model server; no ``codex app-server`` outlives the tmux server."""
+    """Fresh CODEX_HOME: the trust dialog is answered, Codex gets ready, typed prompts
+    (short, and long) reach the model server; no ``codex`` process outlives the tmux
+    server (``--no-daemon``: no app-server daemon)."""
     codex_home = tmp_path / "codex-home"
     codex_home.mkdir()
     wt = worktree(tmp_path)
@@ -342,6 +343,12 @@ def test_codex_trust_answered_and_typed_prompt_submitted(
     wait_for(lambda: (wt / "nudged.txt").exists(), 120, "the nudge's turn")
     nudges = requests_where(model_server, lambda e: e.get("kind") == "nudge")
     assert nudges and nudges[0]["prompt"].startswith(NUDGE), nudges[:1]
+    # 1,800 characters typed at once: Codex ignores the first Enter after such a burst.
+    long = "LONG " + " ".join(f"w{i:04d}" for i in range(300))
+    assert type_text(info, "codex", long, timeout=120) is True
+    wait_for(lambda: bool(requests_where(
+        model_server, lambda e: str(e.get("prompt")).startswith(long[:150]))), 60,
+        "the long nudge's request")
     assert codex_processes(codex_home), "codex should be running before the kill"
     kill_tmux_server(town_root)
     wait_for(lambda: not codex_processes(codex_home), 30, "codex processes to go")

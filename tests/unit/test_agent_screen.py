@@ -67,6 +67,17 @@ EXPECTED: dict[str, Screen] = {
     "codex_busy_tool.txt": Screen("busy", input_text=""),
     "codex_busy_model.txt": Screen("busy", input_text=""),
     "codex_typed.txt": Screen("ready", input_text="please finish now NUDGE-TOKEN-43"),
+    "codex_typed_wrapped.txt": Screen(
+        "ready", input_text="MIDNUDGE " + " ".join(f"m{i:03d}" for i in range(80))),
+    # 1,809 characters typed at once: Codex takes them as a paste, shown as a placeholder
+    # (before all of it arrived), and took an Enter sent 0.3 s later into the paste.
+    "codex_typed_long.txt": Screen("ready", input_text="[Pasted Content 1024 chars]"),
+    "codex_typed_long_after_enter.txt": Screen(
+        "ready", input_text="[Pasted Content 1810 chars]"),
+    # The same typed in four 512-character pieces: shown in full, and the first Enter,
+    # 2 s later, was ignored (the second submitted it).
+    "codex_typed_long_enter_ignored.txt": Screen(
+        "ready", input_text="CXLONG2 " + " ".join(f"w{i:04d}" for i in range(300))),
 }
 
 
