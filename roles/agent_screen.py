@@ -64,6 +64,10 @@ _CODEX_STATUS: Final = re.compile(r"^\s+\S.* · ")
 
 _NOT_LOGGED_IN: Final = "Not logged in"
 
+#: Claude's status area under its input box: one line idle, two with "Not logged in";
+#: room for a few notices more, but not for a screenful of text.
+_CLAUDE_STATUS_MAX: Final = 6
+
 #: Terminal escapes: a cursor move along the line, and every other sequence.
 _CURSOR_ALONG: Final = re.compile(r"\x1b\[[0-9]*[CG]")
 _ESCAPES: Final = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]"  # CSI
@@ -168,7 +172,7 @@ def _claude_input_box(lines: list[str]) -> tuple[str, list[str]] | None:
     if bottom - top < 2 or not lines[top + 1].startswith(_CLAUDE_PROMPT):
         return None
     status = [line for line in lines[bottom + 1:] if line.strip()]
-    if len(status) > 3:
+    if len(status) > _CLAUDE_STATUS_MAX:
         return None
     first = lines[top + 1][len(_CLAUDE_PROMPT):].strip()
     rest = [line.strip() for line in lines[top + 2:bottom]]
