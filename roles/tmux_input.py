@@ -57,6 +57,10 @@ class PaneGoneError(SessionError):
     """The session's pane is gone: the agent exited (or the session was killed)."""
 
 
+class KeysRefusedError(SessionError):
+    """tmux refused to send keys (e.g. a human put the pane in a mode just then)."""
+
+
 @dataclass(frozen=True)
 class StartOutcome:
     """How :func:`answer_dialogs` ended.
@@ -162,11 +166,16 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
             since = None
         if screen.state == "dialog" and screen.dialog is not None:
             if shown != screen.dialog.name:
-                shown = screen.dialog.name
-                answered.append(shown)
-                log.info("agent_dialog_answered", session=info.name, agent=kind,
-                         dialog=shown, keys=list(screen.dialog.keys))
-                _send_keys(tmux, info, *screen.dialog.keys)
+                try:
+                    _send_keys(tmux, info, *screen.dialog.keys)
+                except KeysRefusedError as exc:  # not sent: tried again at the next poll
+                    log.warning("agent_dialog_keys_refused", session=info.name,
+                                dialog=screen.dialog.name, error=str(exc))
+                else:
+                    shown = screen.dialog.name
+                    answered.append(shown)
+                    log.info("agent_dialog_answered", session=info.name, agent=kind,
+                             dialog=shown, keys=list(screen.dialog.keys))
         else:
             shown = None
         if now >= deadline:
@@ -185,6 +194,9 @@ def type_text(info: SessionInfo, kind: str, text: str, timeout: float) -> bool:
     and checks that it was taken (the screen turns busy, or the input line is empty
     again), pressing Enter again at most twice. Typing and checking add at most ~10 s to
     ``timeout``.
+
+    Returns False, never raises, when the agent is not ready in time, its session is gone
+    or tmux refuses the keys (a human put the pane in copy mode just then).
 
     Raises:
         ValueError: nothing left to type after sanitising.
@@ -216,6 +228,10 @@ def type_text(info: SessionInfo, kind: str, text: str, timeout: float) -> bool:
                     return True
         except PaneGoneError:
             log.warning("agent_nudge_session_gone", session=info.name, agent=kind)
+            return False
+        except KeysRefusedError as exc:
+            log.warning("agent_nudge_keys_refused", session=info.name, agent=kind,
+                        error=str(exc))
             return False
         log.warning("agent_nudge_not_submitted", session=info.name, agent=kind,
                     enters=SUBMIT_TRIES)
@@ -342,4 +358,5 @@ def _run_checked(tmux: str, info: SessionInfo, *args: str) -> None:
     result = _run_tmux(tmux, _socket(info), *args)
     if result.returncode != 0:
         _pane(info)
-        raise SessionError(f"tmux {args[0]} failed for {info.name}: {result.stderr.strip()}")
+        raise KeysRefusedError(f"tmux {args[0]} failed for {info.name}: "
+                               f"{result.stderr.strip()}")
