@@ -67,8 +67,10 @@ class StartOutcome:
 
     ``kind``: ``ready``/``busy`` (the agent got past its start), ``exited`` (its pane is
     gone), ``unknown`` (timeout on a screen we do not recognise, a dialog that stayed, or a
-    recognised failure in ``problem``). ``dialogs`` are the dialogs answered, in order;
-    ``tail`` the last lines of the last screen seen.
+    recognised failure). ``problem`` says why, for ``unknown`` and, when its last screen
+    or output was a recognised failure, for ``exited``. ``dialogs`` are the dialogs
+    answered, in order; ``tail`` the last lines of the last screen seen (or, once the
+    pane is gone, of what the agent printed last).
     """
 
     kind: OutcomeKind
