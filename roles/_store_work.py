@@ -189,12 +189,15 @@ class WorkLedger(StoreBase):
                           time.time(), rig, name))
 
     def record_turn(self, rig: str, name: str, *, tokens_in: int = 0, tokens_out: int = 0,
-                    cost_usd: float = 0.0, agent_session: str | None = None) -> Polecat:
+                    cost_usd: float = 0.0, agent_session: str | None = None,
+                    ended_turn: bool = True) -> Polecat:
         """One turn of the polecat's agent ended, having spent these deltas: in one
         transaction they are added to the polecat's and its bead's totals, the turn is
         counted, ``agent_session`` (the CLI's conversation id) kept when given, and an
         ``agent_turn_ended`` event carries the deltas, the turn number and the totals.
-        Negative deltas count as 0."""
+        Negative deltas count as 0. Without ``ended_turn`` (the last accounting before a
+        nuke, of a turn cut short) no turn is counted and the event is
+        ``agent_usage_settled``."""
         tokens_in, tokens_out = max(0, int(tokens_in)), max(0, int(tokens_out))
         cost_usd = max(0.0, float(cost_usd))
         with self.transaction() as conn:
@@ -203,18 +206,20 @@ class WorkLedger(StoreBase):
             if row is None:
                 raise NotFound(f"no polecat {rig}/{name}")
             conn.execute(
-                "UPDATE polecats SET turns = turns + 1, tokens_in = tokens_in + ?, "
+                "UPDATE polecats SET turns = turns + ?, tokens_in = tokens_in + ?, "
                 "tokens_out = tokens_out + ?, cost_usd = cost_usd + ?, "
                 "agent_session = COALESCE(?, agent_session), updated_at = ? "
                 "WHERE rig = ? AND name = ?",
-                (tokens_in, tokens_out, cost_usd, agent_session, time.time(), rig, name))
+                (int(ended_turn), tokens_in, tokens_out, cost_usd, agent_session,
+                 time.time(), rig, name))
             if row["bead"]:
                 conn.execute("UPDATE beads SET tokens_in = tokens_in + ?, "
                              "tokens_out = tokens_out + ?, cost_usd = cost_usd + ? "
                              "WHERE id = ?", (tokens_in, tokens_out, cost_usd, row["bead"]))
             after = polecat_of(conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
                                             (rig, name)).fetchone())
-            self._emit(conn, "agent_turn_ended", rig=rig, polecat=name, bead=row["bead"],
+            kind = "agent_turn_ended" if ended_turn else "agent_usage_settled"
+            self._emit(conn, kind, rig=rig, polecat=name, bead=row["bead"],
                        turn=after.turns, tokens_in=tokens_in, tokens_out=tokens_out,
                        cost_usd=cost_usd, agent_session=after.agent_session,
                        total_tokens_in=after.tokens_in, total_tokens_out=after.tokens_out,

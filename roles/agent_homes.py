@@ -60,17 +60,20 @@ def gastown_argv() -> list[str]:
 
 
 def prepare(kind: AgentKind, *, home: Path, worktree: Path, env: Mapping[str, str],
-            running_as_root: bool | None = None) -> Preparation:
+            turn_hooks: bool = True, running_as_root: bool | None = None) -> Preparation:
     """Prepare ``home`` for an agent of ``kind`` that works in ``worktree``.
 
     ``env`` is the agent's environment (where the user's config dirs and API keys come
-    from). Idempotent: a respawn prepares the same home again and keeps its sessions.
+    from). ``turn_hooks``: wire the CLI's end-of-turn signal to ``gastown agent-hook``;
+    off for print mode, where the process's exit is that signal (two signals for one turn
+    would count it twice). Idempotent: a respawn prepares the same home again and keeps
+    its sessions.
     """
     root = os.geteuid() == 0 if running_as_root is None else running_as_root
     if kind == "claude":
-        return _prepare_claude(home / "claude", worktree, env, root)
+        return _prepare_claude(home / "claude", worktree, env, root, turn_hooks)
     if kind == "codex":
-        return _prepare_codex(home / "codex", worktree, env)
+        return _prepare_codex(home / "codex", worktree, env, turn_hooks)
     return Preparation()
 
 
@@ -107,7 +110,8 @@ def claude_state(existing: Mapping[str, Any], *, worktree: Path,
     return state
 
 
-def claude_settings(user: Mapping[str, Any], hook: list[str]) -> dict[str, Any]:
+def claude_settings(user: Mapping[str, Any], hook: list[str], *,
+                    turn_hooks: bool = True) -> dict[str, Any]:
     """The user's ``settings.json`` with the bypass warning answered and gastown's hooks
     added (theirs are kept: Claude runs every matching hook)."""
     settings = dict(user)
@@ -121,6 +125,8 @@ def claude_settings(user: Mapping[str, Any], hook: list[str]) -> dict[str, Any]:
         "SessionStart": {"matcher": "", "hooks": [
             {"type": "command", "command": f"{command} prime", "timeout": 30}]},
     }
+    if not turn_hooks:
+        del ours["Stop"]
     for event, group in ours.items():
         groups = [g for g in hooks.get(event, []) if g != group]
         hooks[event] = [*groups, group]
@@ -129,7 +135,7 @@ def claude_settings(user: Mapping[str, Any], hook: list[str]) -> dict[str, Any]:
 
 
 def _prepare_claude(config_dir: Path, worktree: Path, env: Mapping[str, str],
-                    root: bool) -> Preparation:
+                    root: bool, turn_hooks: bool) -> Preparation:
     user_dir = Path(env["CLAUDE_CONFIG_DIR"]) if env.get("CLAUDE_CONFIG_DIR") else \
         Path(env.get("HOME") or Path.home()) / ".claude"
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -137,8 +143,11 @@ def _prepare_claude(config_dir: Path, worktree: Path, env: Mapping[str, str],
     existing = _read_json(state_path)
     _write_json(state_path, claude_state(existing, worktree=worktree,
                                          api_key=env.get("ANTHROPIC_API_KEY")))
-    settings = _read_json(config_dir / "settings.json") or _read_json(user_dir / "settings.json")
-    _write_json(config_dir / "settings.json", claude_settings(settings, gastown_argv()))
+    # Laid over the user's settings afresh at every start, so a hook of ours never lingers
+    # from a start in the other mode.
+    settings = _read_json(user_dir / "settings.json")
+    _write_json(config_dir / "settings.json",
+                claude_settings(settings, gastown_argv(), turn_hooks=turn_hooks))
     for name in (".credentials.json", "CLAUDE.md"):
         _link(user_dir / name, config_dir / name)
     out = {"CLAUDE_CONFIG_DIR": str(config_dir)}
@@ -165,7 +174,8 @@ def codex_config(user_text: str, *, worktree: Path) -> str:
     return f'{text}\n[projects.{json.dumps(str(worktree))}]\ntrust_level = "trusted"\n'
 
 
-def _prepare_codex(codex_home: Path, worktree: Path, env: Mapping[str, str]) -> Preparation:
+def _prepare_codex(codex_home: Path, worktree: Path, env: Mapping[str, str],
+                   turn_hooks: bool) -> Preparation:
     user_home = Path(env["CODEX_HOME"]) if env.get("CODEX_HOME") else \
         Path(env.get("HOME") or Path.home()) / ".codex"
     codex_home.mkdir(parents=True, exist_ok=True)
@@ -177,7 +187,11 @@ def _prepare_codex(codex_home: Path, worktree: Path, env: Mapping[str, str]) -> 
                                             encoding="utf-8")
     _link(user_home / "auth.json", codex_home / "auth.json")
     notify = json.dumps([*gastown_argv(), "agent-hook", "codex-notify"])
-    return Preparation(env={"CODEX_HOME": str(codex_home)}, args=("-c", f"notify={notify}"))
+    # Codex runs commands in a login shell by default, and a login shell's profile resets
+    # PATH (Debian's /etc/profile does for root): `gastown done` would not be found.
+    notify_args = ("-c", f"notify={notify}") if turn_hooks else ()
+    return Preparation(env={"CODEX_HOME": str(codex_home)},
+                       args=(*notify_args, "-c", "allow_login_shell=false"))
 
 
 # -- files ---------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ Three signals, one record (``store.record_turn`` -> ``agent_turn_ended``):
 - a print-mode run (process backend) exits, and its turn is read back from the session
   log after the last start mark.
 
-Transcripts and session files hold totals for the conversation; the deltas of each turn
-are what was not seen before, remembered per conversation in ``usage-seen.json`` in the
-polecat's agent home (hooks of one polecat never run at the same time).
+Transcripts and session files in the polecat's agent home hold totals per conversation;
+a turn's deltas are what was not seen before, remembered per conversation in
+``usage-seen.json`` there (hooks of one polecat never run at the same time). Before a nuke
+removes the home, :func:`settle_usage` counts what the last turn spent.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from gastown.roles import agent_usage
 from gastown.roles.agent_usage import Usage
+from gastown.roles.agents import load_presets, resolve_agent
+from gastown.roles.errors import GastownError
 from gastown.roles.polecats import SESSION_START_MARK, agent_home
 from gastown.roles.store import Polecat, Store
 from gastown.roles.town import Town
@@ -33,39 +36,28 @@ from gastown.roles.town import Town
 _TITLE_REQUEST = "Generate a concise"
 
 
-def hook_usage(event: str, payload: Mapping[str, Any], home: Path) -> Usage | None:
-    """The conversation's totals so far, from a hook's payload; None: not a turn of ours."""
+def is_turn(event: str, payload: Mapping[str, Any]) -> bool:
+    """Whether a hook's payload reports a turn of the polecat's own conversation."""
     if event == "claude-stop":
-        transcript = payload.get("transcript_path")
-        usage = agent_usage.claude_transcript(Path(transcript)) if isinstance(
-            transcript, str) else Usage()
-        session = payload.get("session_id")
-        return Usage(usage.tokens_in, usage.tokens_out, usage.cost_usd,
-                     session if isinstance(session, str) else usage.session_id)
+        return not payload.get("stop_hook_active")  # the first Stop counted that turn
     if event == "codex-notify":
         if payload.get("type") not in (None, "agent-turn-complete"):
-            return None
+            return False
         messages = payload.get("input-messages") or []
-        if messages and isinstance(messages[0], str) and \
-                messages[0].startswith(_TITLE_REQUEST):
-            return None
-        thread = payload.get("thread-id")
-        thread = thread if isinstance(thread, str) else None
-        rollout = agent_usage.find_codex_rollout(home / "codex", thread)
-        usage = agent_usage.codex_rollout(rollout) if rollout else Usage()
-        return Usage(usage.tokens_in, usage.tokens_out, usage.cost_usd,
-                     thread or usage.session_id)
-    return None
+        return not (messages and isinstance(messages[0], str)
+                    and messages[0].startswith(_TITLE_REQUEST))
+    return False
 
 
 def record_hook_turn(town: Town, store: Store, rig: str, name: str, event: str,
                      payload: Mapping[str, Any]) -> Polecat | None:
-    """A hook said a turn ended: record its deltas. None when it was not a real turn."""
-    home = agent_home(town, rig, name)
-    totals = hook_usage(event, payload, home)
-    if totals is None:
+    """A hook said a turn ended: record it with what the conversation spent since the
+    last record. None when it was not a turn of ours."""
+    if not is_turn(event, payload):
         return None
-    return _record(store, rig, name, home, totals)
+    kind = "claude" if event == "claude-stop" else "codex"
+    return record_home_usage(store, rig, name, kind, agent_home(town, rig, name),
+                             ended_turn=True)
 
 
 def print_turn(town: Town, store: Store, polecat: Polecat, kind: str) -> bool:
@@ -77,43 +69,98 @@ def print_turn(town: Town, store: Store, polecat: Polecat, kind: str) -> bool:
     text = _last_run(Path(log_path))
     if not agent_usage.print_turn_completed(kind, text):
         return False
-    if kind == "codex":
-        # `codex exec resume` reports the thread's running total: count what is new.
-        totals = agent_usage.codex_exec_events(text) or Usage()
-        _record(store, polecat.rig, polecat.name,
-                agent_home(town, polecat.rig, polecat.name), totals)
+    home = agent_home(town, polecat.rig, polecat.name)
+    result = agent_usage.claude_print_result(text) if kind == "claude" else None
+    if result is None:
+        record_home_usage(store, polecat.rig, polecat.name, kind, home, ended_turn=True)
         return True
-    # `claude -p` reports this run's own usage, even when it continues a conversation.
-    usage = (agent_usage.claude_print_result(text) if kind == "claude" else None) or Usage()
-    store.record_turn(polecat.rig, polecat.name, tokens_in=usage.tokens_in,
-                      tokens_out=usage.tokens_out, cost_usd=usage.cost_usd,
-                      agent_session=usage.session_id)
+    # `claude -p` reports the run's own usage with its cost (transcripts have no cost):
+    # record that, and count the transcripts as seen so that nothing is counted twice.
+    store.record_turn(polecat.rig, polecat.name, tokens_in=result.tokens_in,
+                      tokens_out=result.tokens_out, cost_usd=result.cost_usd,
+                      agent_session=result.session_id)
+    _, seen = _unseen(kind, home)
+    _save_seen(home, seen)
     return True
 
 
-def _record(store: Store, rig: str, name: str, home: Path, totals: Usage) -> Polecat:
-    seen_path = home / "usage-seen.json"
+def settle_usage(town: Town, store: Store, polecat: Polecat) -> None:
+    """The last accounting before a polecat's agent home goes (nuke): what its agent spent
+    after the last recorded turn (the turn that ran `gastown done` is often cut short by
+    the nuke itself). Best effort: never stands in the nuke's way."""
     try:
-        seen = json.loads(seen_path.read_text(encoding="utf-8"))
-        if not isinstance(seen, dict):
-            seen = {}
+        _, agent = resolve_agent(polecat.agent, town.config, load_presets())
+        if agent.kind in ("claude", "codex"):
+            record_home_usage(store, polecat.rig, polecat.name, agent.kind,
+                              agent_home(town, polecat.rig, polecat.name), ended_turn=False)
+    except (GastownError, OSError, ValueError):
+        pass
+
+
+def record_home_usage(store: Store, rig: str, name: str, kind: str, home: Path, *,
+                      ended_turn: bool) -> Polecat | None:
+    """Record what the conversations in ``home`` spent since the last record (as a turn,
+    or, without ``ended_turn``, only when there is something new)."""
+    delta, seen = _unseen(kind, home)
+    if not ended_turn and not (delta.tokens_in or delta.tokens_out or delta.cost_usd):
+        return None
+    polecat = store.record_turn(rig, name, tokens_in=delta.tokens_in,
+                                tokens_out=delta.tokens_out, cost_usd=delta.cost_usd,
+                                agent_session=delta.session_id, ended_turn=ended_turn)
+    _save_seen(home, seen)
+    return polecat
+
+
+def _sessions(kind: str, home: Path) -> list[Usage]:
+    """The totals of every conversation of the agent in ``home``, oldest first."""
+    if kind == "claude":
+        paths = sorted((home / "claude" / "projects").glob("*/*.jsonl"),
+                       key=_mtime)
+        return [agent_usage.claude_transcript(p) for p in paths]
+    if kind == "codex":
+        paths = sorted((home / "codex" / "sessions").rglob("rollout-*.jsonl"), key=_mtime)
+        return [agent_usage.codex_rollout(p) for p in paths]
+    return []
+
+
+def _unseen(kind: str, home: Path) -> tuple[Usage, dict[str, list[float]]]:
+    """What was spent since the last record, and the new 'seen' totals per session."""
+    seen = _load_seen(home)
+    tokens_in = tokens_out = 0
+    session = None
+    for usage in _sessions(kind, home):
+        key = usage.session_id or "-"
+        before = seen.get(key) or [0, 0, 0.0]
+        tokens_in += max(0, usage.tokens_in - int(before[0]))
+        tokens_out += max(0, usage.tokens_out - int(before[1]))
+        seen[key] = [usage.tokens_in, usage.tokens_out, usage.cost_usd]
+        session = usage.session_id or session
+    return Usage(tokens_in, tokens_out, 0.0, session), seen
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _load_seen(home: Path) -> dict[str, list[float]]:
+    try:
+        seen = json.loads((home / "usage-seen.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        seen = {}
-    key = totals.session_id or "-"
-    before = seen.get(key) or [0, 0, 0.0]
-    polecat = store.record_turn(
-        rig, name, tokens_in=totals.tokens_in - int(before[0]),
-        tokens_out=totals.tokens_out - int(before[1]),
-        cost_usd=totals.cost_usd - float(before[2]), agent_session=totals.session_id)
-    seen[key] = [totals.tokens_in, totals.tokens_out, totals.cost_usd]
+        return {}
+    return seen if isinstance(seen, dict) else {}
+
+
+def _save_seen(home: Path, seen: Mapping[str, list[float]]) -> None:
     try:
         home.mkdir(parents=True, exist_ok=True)
-        tmp = seen_path.with_name(f".usage-seen.{os.getpid()}.tmp")
+        tmp = home / f".usage-seen.{os.getpid()}.tmp"
         tmp.write_text(json.dumps(seen), encoding="utf-8")
-        os.replace(tmp, seen_path)
+        os.replace(tmp, home / "usage-seen.json")
     except OSError:
         pass
-    return polecat
 
 
 def _last_run(log_path: Path, limit: int = 4 * 1024 * 1024) -> str:

@@ -42,6 +42,7 @@ from gastown.roles.agents import (
     command_for,
     load_presets,
     polecat_env,
+    prints_turns,
     render_command,
     render_prompt,
     resolve_agent,
@@ -242,7 +243,8 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                       polecat=polecat.name, bead=polecat.bead or "", branch=polecat.branch,
                       worktree=worktree, prompt_file=prompt_file, agent=polecat.agent,
                       session=name, extra=agent.env, incarnation=polecat.incarnation or "")
-    prepared = prepare(agent.kind, home=home, worktree=worktree, env=env)
+    prepared = prepare(agent.kind, home=home, worktree=worktree, env=env,
+                       turn_hooks=not prints_turns(agent, backend))
     env.update(prepared.env)
     argv = render_command(command, prompt=note if resuming and note else prompt,
                           prompt_file=prompt_file, bead=polecat.bead or "",
@@ -336,6 +338,12 @@ def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0) -> No
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def _settle_usage(town: Town, store: Store, polecat: Polecat) -> None:
+    from gastown.roles.agent_turns import settle_usage
+
+    settle_usage(town, store, polecat)
 
 
 def _remove_sandbox(town: Town, polecat: Polecat) -> None:
@@ -547,6 +555,7 @@ def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool =
         raise Refused(f"not nuking {rig}/{name}: {decision.reason}{detail}; "
                       "use --force to discard it")
     stop_polecat_session(town, polecat)
+    _settle_usage(town, store, polecat)
     _remove_sandbox(town, polecat)
     store.cancel_merge_requests(rig, name, reason=reason)
     store.apply_polecat_event(rig, name, Nuke(force=force, landed=not problems),
@@ -579,6 +588,7 @@ def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
         store.note_polecat(rig, name, reason)
         return reason
     stop_polecat_session(town, polecat)
+    _settle_usage(town, store, polecat)
     _remove_sandbox(town, polecat)
     store.apply_polecat_event(rig, name, Merged())
     return None

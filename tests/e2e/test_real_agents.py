@@ -1,0 +1,199 @@
+"""The real Claude Code and Codex CLIs run unattended in polecats (issue 12).
+
+No stand-in binaries: the pinned CLIs from the npm registry (``make agent-clis``) run in
+the town's sessions, as root in CI, with a fresh ``HOME`` that holds nothing but what the
+test gives it, against the scripted model server on loopback (tests/scripted_model), which
+answers from the SCRIPT and NUDGE sections of each bead's description.
+
+One town per (agent, backend) runs the whole story at once, to keep the suite's time:
+a bead that ends with ``gastown done``; one that commits and forgets it, then obeys the
+nudge; one that commits and ignores the nudge (the witness records its MR); one that
+escalates with a reason; and one whose agent is killed mid-turn, respawned, and resumes
+its conversation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cli, make_remote
+from tests.e2e.town_helpers import (
+    beads,
+    clone,
+    events,
+    new_town_root,
+    polecats,
+    tear_down_town,
+    wait_until,
+)
+from tests.scripted_model import ModelServer
+from tests.scripted_model.clis import AgentClis
+
+pytestmark = [pytest.mark.agent_cli]
+
+API_KEY = "sk-ant-test-0123456789abcdefghijklmnopqrstuvwxyz"
+
+#: The user's own Claude settings, which a polecat must never change.
+USER_CLAUDE_JSON = {"theme": "light", "numStartups": 41, "projects": {"/home/me/x": {}},
+                    "customApiKeyResponses": {"approved": [], "rejected": ["somethingelse"]}}
+
+
+def _script(lines: list[str], nudge: list[str] | None = None) -> str:
+    text = "SCRIPT-BEGIN\n" + "\n".join(lines) + "\nSCRIPT-END\n"
+    if nudge is not None:
+        text += "NUDGE-BEGIN\n" + "\n".join(nudge) + "\nNUDGE-END\n"
+    return text
+
+
+def _commit(name: str) -> list[str]:
+    return [f"echo {name} > {name}.txt", f"git add {name}.txt && git commit -qm 'add {name}'"]
+
+
+def _real_town(cli: Cli, tmp_path: Path, server: ModelServer, clis: AgentClis, *,
+               agent: str, backend: str) -> Path:
+    remote = make_remote(tmp_path / "remote.git")
+    home = Path(cli.env["HOME"])
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    (home / ".claude.json").write_text(json.dumps(USER_CLAUDE_JSON))
+    (home / ".claude" / "settings.json").write_text(json.dumps({"model": "mine"}))
+    codex_home = home / ".codex"
+    codex_home.mkdir(exist_ok=True)
+    (codex_home / "config.toml").write_text(
+        'model = "gpt-5-codex"\nmodel_provider = "scripted"\n'
+        '[model_providers.scripted]\nname = "scripted"\n'
+        f'base_url = "{server.url}/v1"\nwire_api = "responses"\n'
+        'env_key = "SCRIPTED_MODEL_KEY"\n')
+    cli.env.update({
+        "PATH": f"{clis.bin_dir}{os.pathsep}{cli.env['PATH']}",
+        "ANTHROPIC_BASE_URL": server.url, "ANTHROPIC_API_KEY": API_KEY,
+        "SCRIPTED_MODEL_KEY": "sk-scripted", "DISABLE_AUTOUPDATER": "1",
+    })
+    root = new_town_root()
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(
+        f'default_agent = "{agent}"\n[sessions]\nbackend = "{backend}"\n'
+        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    return root
+
+
+@pytest.fixture(params=[("claude", "tmux"), ("claude", "process"), ("codex", "process"),
+                        ("codex", "tmux")], ids=lambda p: f"{p[0]}-{p[1]}")
+def real_town(request: pytest.FixtureRequest, cli: Cli, tmp_path: Path,
+              model_server: ModelServer, agent_clis: AgentClis) -> Any:
+    agent, backend = request.param
+    root = _real_town(cli, tmp_path, model_server, agent_clis, agent=agent, backend=backend)
+    try:
+        yield agent, backend, root
+    finally:
+        tear_down_town(cli, root)
+
+
+def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_path: Path,
+                              model_server: ModelServer) -> None:
+    agent, backend, root = real_town
+    cli.ok("up")
+
+    def create(title: str, description: str) -> str:
+        return cli.ok("bead", "create", title, "--rig", "web", "-d", description).strip()
+
+    good = create("good", _script([*_commit("good"), "gastown done"]))
+    obeys = create("obeys", _script(_commit("obeys"), nudge=["gastown done"]))
+    ignores = create("ignores", _script(_commit("ignores"), nudge=["echo not now"]))
+    stuck = create("stuck", _script(
+        ["gastown done --status escalated --reason 'the spec contradicts itself'"]))
+    killed = create("killed", _script(["sleep 600"], nudge=[*_commit("killed"),
+                                                            "gastown done"]))
+    for bead in (good, obeys, ignores, stuck, killed):
+        cli.ok("sling", bead, "web")
+
+    # The killed bead: wait until its agent runs the long step, then kill the agent.
+    model_server.wait_for(lambda r: r.get("command") == "sleep 600", timeout=120)
+    victim = polecats(cli)
+    name = next(n for n, p in victim.items() if p["bead"] == killed)
+    _kill_agent(root, name)
+
+    def settled() -> dict[str, dict[str, object]] | None:
+        now = beads(cli)
+        done = all(now[b]["status"] == "closed" for b in (good, obeys, ignores, killed))
+        return now if done and now[stuck]["status"] == "blocked" else None
+
+    final = wait_until(settled, timeout=300, what="every bead merged or escalated")
+    assert final[stuck]["reason"] and "contradicts" in str(final[stuck]["reason"])
+    shown = cli.ok("bead", "show", stuck)
+    assert "the spec contradicts itself" in shown
+
+    for name in ("good", "obeys", "ignores", "killed"):
+        shown_file = subprocess.run(["git", "show", f"main:{name}.txt"], cwd=clone(root),
+                                    capture_output=True, text=True, check=True).stdout
+        assert shown_file == f"{name}\n"
+
+    feed = events(cli)
+    created = {e["bead"]: e for e in feed if e["kind"] == "mr_created"}
+    assert created[ignores].get("done_by") == "witness"
+    assert created[good].get("done_by") == "agent"
+    assert created[obeys].get("done_by") == "agent"
+    nudged = {e["bead"] for e in feed if e["kind"] == "polecat_nudged"}
+    assert {obeys, ignores} <= nudged
+    assert good not in nudged
+    turns = [e for e in feed if e["kind"] == "agent_turn_ended"]
+    assert turns and all(int(e["tokens_in"]) >= 0 for e in turns)
+    assert sum(int(e["tokens_in"]) for e in turns) > 0
+
+    # The killed agent's respawn continued its conversation: its prompt came as a second
+    # prompt of the same conversation, with the first one's tool calls before it.
+    resumed = [r for r in model_server.requests()
+               if (r.get("prompt_index") or 0) >= 1
+               and r.get("command") == "echo killed > killed.txt"]
+    assert resumed, "the respawned agent never ran its NUDGE section"
+
+    # Tokens were recorded per bead, and the town's total is in status.
+    for bead in (good, obeys, ignores, killed):
+        assert json.loads(cli.ok("bead", "show", bead, "--json"))["tokens_in"] > 0, bead
+    assert "agents:" in cli.ok("status")
+
+    # The user's own Claude state is untouched.
+    home = Path(cli.env["HOME"])
+    assert json.loads((home / ".claude.json").read_text()) == USER_CLAUDE_JSON
+    assert json.loads((home / ".claude" / "settings.json").read_text()) == {"model": "mine"}
+    del agent, backend
+
+
+def _kill_agent(root: Path, name: str) -> None:
+    """SIGKILL the agent's process group (its CLI and the `sleep` it runs)."""
+    from gastown.roles.processes import processes_with_env
+
+    pids = processes_with_env({"GASTOWN_TOWN": str(root), "GASTOWN_POLECAT": name})
+    assert pids, f"no process of polecat {name}"
+    groups = {os.getpgid(pid) for pid in pids if _alive(pid)}
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_cli_is_not_a_stand_in(agent_clis: AgentClis) -> None:
+    """The binaries under test are the real, pinned CLIs."""
+    out = subprocess.run([str(agent_clis.claude), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith("2.1.197")
+    out = subprocess.run([str(agent_clis.codex), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    assert "0.171.0" in out
