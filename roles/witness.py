@@ -55,6 +55,9 @@ WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_sp
 #: How long the witness waits for an agent to come back to its prompt for a nudge.
 NUDGE_TIMEOUT: Final = 120.0
 
+#: How long a real agent in tmux may take to get past its start-up screens.
+START_TIMEOUT: Final = 60.0
+
 #: Polecat states whose session the witness keeps watching: a print-mode agent's last
 #: turn (the one that ran `gastown done`) is read back when its process exits.
 _WATCHED_STATES: Final = ("working", "done", "merging")
@@ -272,6 +275,47 @@ class Witness:
         self._watched[polecat.name] = (info.pid, scope)
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_session, polecat, scope)
+        if info.backend == "tmux" and self._screen_kind(polecat) is not None:
+            self._nursery.start_soon(self._tend_start, polecat, info, scope)
+
+    def _screen_kind(self, polecat: Polecat) -> str | None:
+        try:
+            kind = self._agent(polecat).kind
+        except GastownError:
+            return None
+        return kind if kind in ("claude", "codex") else None
+
+    async def _tend_start(self, polecat: Polecat, info: Any,
+                          scope: trio.CancelScope) -> None:
+        """A real agent starting in tmux: answer any first-run dialog its prepared home
+        did not prevent, and report a start stuck on a screen we do not know (the screen's
+        last lines in `polecat list`), never leave it silent."""
+        from gastown.roles.tmux_input import answer_dialogs
+
+        kind = self._screen_kind(polecat)
+        assert kind is not None
+        with scope, log.bound(polecat=polecat.name):
+            try:
+                outcome = await trio.to_thread.run_sync(answer_dialogs, info, kind,
+                                                        START_TIMEOUT, abandon_on_cancel=True)
+            except GastownError as exc:
+                self._log.info("start_not_watched", error=exc.message)
+                return
+            if outcome.dialogs:
+                self._log.info("agent_dialogs_answered", dialogs=list(outcome.dialogs))
+            if outcome.kind != "unknown":
+                return
+            screen = " | ".join(line.strip() for line in outcome.tail.splitlines()
+                                if line.strip())[-300:]
+            reason = (f"stuck at start: {outcome.problem or 'an unrecognised screen'}"
+                      f"; screen: {screen or '(blank)'}")
+            self._log.warning("agent_start_stuck", reason=reason, screen=outcome.tail)
+            try:
+                await self.store.call(self.store.store.note_polecat, self.rig, polecat.name,
+                                      reason)
+            except GastownError:
+                return
+            await self._announce()
 
     async def _watch_session(self, polecat: Polecat, scope: trio.CancelScope) -> None:
         """Wait for the agent process to exit (its pidfd turns readable), then react."""

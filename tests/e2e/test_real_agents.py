@@ -126,7 +126,12 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
         done = all(now[b]["status"] == "closed" for b in (good, obeys, ignores, killed))
         return now if done and now[stuck]["status"] == "blocked" else None
 
-    final = wait_until(settled, timeout=300, what="every bead merged or escalated")
+    try:
+        final = wait_until(settled, timeout=float(os.environ.get("REAL_AGENT_WAIT", "300")),
+                           what="every bead merged or escalated")
+    except AssertionError:
+        print(cli("bead", "list").out, cli("polecat", "list").out, cli("feed").out[-6000:])
+        raise
     assert final[stuck]["reason"] and "contradicts" in str(final[stuck]["reason"])
     shown = cli.ok("bead", "show", stuck)
     assert "the spec contradicts itself" in shown
