@@ -19,8 +19,15 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## demo: the main job (see README)
+# AGENT=claude or AGENT=codex: the same demo with the real CLI against a scripted model
+AGENT ?=
 demo: $(STAMP)
+ifeq ($(AGENT),)
 	$(BIN)/python -m gastown.supervisor.demo
+else
+	$(MAKE) agent-clis
+	$(BIN)/python -m tests.scripted_model.demo $(AGENT)
+endif
 
 ## test: lint, type-check and the whole test suite
 test: $(STAMP) lint typecheck agent-clis

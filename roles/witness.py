@@ -276,7 +276,7 @@ class Witness:
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_session, polecat, scope)
         if info.backend == "tmux" and self._screen_kind(polecat) is not None:
-            self._nursery.start_soon(self._tend_start, polecat, info, scope)
+            self._nursery.start_soon(self._tend_start, polecat, info)
 
     def _screen_kind(self, polecat: Polecat) -> str | None:
         try:
@@ -285,8 +285,7 @@ class Witness:
             return None
         return kind if kind in ("claude", "codex") else None
 
-    async def _tend_start(self, polecat: Polecat, info: Any,
-                          scope: trio.CancelScope) -> None:
+    async def _tend_start(self, polecat: Polecat, info: Any) -> None:
         """A real agent starting in tmux: answer any first-run dialog its prepared home
         did not prevent, and report a start stuck on a screen we do not know (the screen's
         last lines in `polecat list`), never leave it silent."""
@@ -294,7 +293,7 @@ class Witness:
 
         kind = self._screen_kind(polecat)
         assert kind is not None
-        with scope, log.bound(polecat=polecat.name):
+        with log.bound(polecat=polecat.name):  # bounded by START_TIMEOUT
             try:
                 outcome = await trio.to_thread.run_sync(answer_dialogs, info, kind,
                                                         START_TIMEOUT, abandon_on_cancel=True)

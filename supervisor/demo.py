@@ -15,6 +15,7 @@ Sessions use the ``process`` backend (detached process groups, output in
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import queue
@@ -415,18 +416,39 @@ def town_processes(root: Path) -> list[str]:
 
 # -- the demo --------------------------------------------------------------------------
 
-def run_demo(base: Path, town: Town) -> int:
+def model_script(title: str, script: str) -> str:
+    """A demo bead for a real agent CLI driven by the scripted model server (tests/
+    scripted_model): one shell command per step — the bead's script (sent whole, so that
+    its here-documents survive), a commit, then `gastown done`."""
+    packed = base64.b64encode(script.encode()).decode()
+    return ("The scripted model makes the agent run these commands, one per step.\n"
+            "SCRIPT-BEGIN\n"
+            f"printf %s {packed} | base64 -d | sh\n"
+            f"git add -A && git commit -qm {shlex.quote(title)}\n"
+            "gastown done\n"
+            "SCRIPT-END\n"
+            "NUDGE-BEGIN\ngastown done\nNUDGE-END\n")
+
+
+def run_demo(base: Path, town: Town, agent: str = "script") -> int:
     repo, remote = base / "calc", base / "calc.git"
     make_sample_repo(repo, remote)
     print(f"sample project: {repo} (its remote: the bare clone {remote})")
     git("log", "--oneline", "--stat", cwd=repo, echo=True)
 
     town.run("install", str(town.root))
-    (town.root / "town.toml").write_text(
-        "# the demo's agents run their bead's description as a shell script; sessions are\n"
-        "# detached process groups (no tmux needed), output in logs/sessions/\n"
-        'default_agent = "script"\n[sessions]\nbackend = "process"\n'
-        '[supervisor]\nstop_timeout = "5s"\n')
+    if agent == "script":
+        town_toml = (
+            "# the demo's agents run their bead's description as a shell script; sessions\n"
+            "# are detached process groups (no tmux needed), output in logs/sessions/\n"
+            'default_agent = "script"\n[sessions]\nbackend = "process"\n')
+    else:
+        backend = "tmux" if shutil.which("tmux") else "process"
+        town_toml = (
+            f"# the demo's agents are the real {agent} CLI, its model a scripted server on\n"
+            f"# loopback; watch one work with: gastown attach calc/NAME\n"
+            f'default_agent = "{agent}"\n[sessions]\nbackend = "{backend}"\n')
+    (town.root / "town.toml").write_text(town_toml + '[supervisor]\nstop_timeout = "5s"\n')
     print(f"\n# {town.root / 'town.toml'}:\n{(town.root / 'town.toml').read_text()}", end="")
     town.run("rig", "add", "calc", str(remote))
     rig_toml = town.root / "calc" / "rig.toml"
@@ -438,7 +460,9 @@ def run_demo(base: Path, town: Town) -> int:
 
     beads: dict[str, DemoBead] = {}
     for demo in DEMO_BEADS:
-        bead_id = town.run("bead", "create", demo.title, "--rig", "calc", "-d", demo.script,
+        description = demo.script if agent == "script" else model_script(demo.title,
+                                                                         demo.script)
+        bead_id = town.run("bead", "create", demo.title, "--rig", "calc", "-d", description,
                            shown=f"bead create {shlex.quote(demo.title)} --rig calc -d "
                                  "\"$script\"   # the script:\n"
                                  + textwrap.indent(demo.script, "      | ", lambda _: True)).strip()
@@ -490,6 +514,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to build the demo (default: a new temporary directory, "
                              "removed afterwards)")
     parser.add_argument("--keep", action="store_true", help="keep the demo town afterwards")
+    parser.add_argument("--agent", default="script", choices=["script", "claude", "codex"],
+                        help="the agent the polecats run (default: script); claude and codex "
+                             "need a model: `make demo AGENT=claude` brings a scripted one")
     args = parser.parse_args(argv)
     base: Path = (args.dir or Path(tempfile.mkdtemp(prefix="gastown-demo-"))).absolute()
     base.mkdir(parents=True, exist_ok=True)
@@ -501,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     status = 1
     try:
-        status = run_demo(base, town)
+        status = run_demo(base, town, args.agent)
     except DemoFailed as exc:
         print(f"\nDEMO FAILED: {exc}", flush=True)
         print(f"(logs: {town.root / 'logs'})", flush=True)
