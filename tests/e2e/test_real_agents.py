@@ -150,8 +150,8 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
     assert {obeys, ignores} <= nudged
     assert good not in nudged
     turns = [e for e in feed if e["kind"] == "agent_turn_ended"]
-    assert turns and all(int(e["tokens_in"]) >= 0 for e in turns)
-    assert sum(int(e["tokens_in"]) for e in turns) > 0
+    assert turns and all(int(str(e["tokens_in"])) >= 0 for e in turns)
+    assert sum(int(str(e["tokens_in"])) for e in turns) > 0
 
     # The killed agent's respawn continued its conversation: its prompt came as a second
     # prompt of the same conversation, with the first one's tool calls before it.
