@@ -165,11 +165,23 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
         assert json.loads(cli.ok("bead", "show", bead, "--json"))["tokens_in"] > 0, bead
     assert "agents:" in cli.ok("status")
 
+    # A person nudges the escalated polecat (its agent escalated by itself, so it is still
+    # idle at its prompt in tmux): typed at its prompt in tmux, a resumed turn in the
+    # process backend; either way the model gets the text as a new prompt.
+    stuck_name = next(n for n, p in polecats(cli).items() if p["bead"] == stuck)
+    nudge = cli("nudge", f"web/{stuck_name}", "please look at the spec again")
+    assert nudge.code == 0, nudge.err
+    how = "as a resumed turn" if backend == "process" else "typed at its prompt"
+    assert how in nudge.out
+    model_server.wait_for(lambda r: "please look at the spec again" in
+                          str(r.get("prompt") or ""), timeout=120)
+    assert any(e["kind"] == "polecat_nudged" and e.get("by") == "human" for e in events(cli))
+
     # The user's own Claude state is untouched.
     home = Path(cli.env["HOME"])
     assert json.loads((home / ".claude.json").read_text()) == USER_CLAUDE_JSON
     assert json.loads((home / ".claude" / "settings.json").read_text()) == {"model": "mine"}
-    del agent, backend
+    del agent
 
 
 def _kill_agent(root: Path, name: str) -> None:
