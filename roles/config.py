@@ -55,6 +55,7 @@ class AgentConfig:
 @dataclass(frozen=True)
 class SessionsConfig:
     backend: SessionBackend
+    start_timeout: Seconds
 
 
 @dataclass(frozen=True)

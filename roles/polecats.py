@@ -83,6 +83,11 @@ def session_log_path(town: Town, polecat: Polecat) -> Path:
     return town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}{life}.log"
 
 
+#: The line a session log gets before each start of the agent: print-mode output is read
+#: back from the last one (the turn that just ended, not an earlier one).
+SESSION_START_MARK = "== gastown: agent session started"
+
+
 #: How many lines of session output an escalation keeps.
 TAIL_LINES = 20
 
@@ -101,7 +106,8 @@ def session_output_tail(town: Town, polecat: Polecat, lines: int = TAIL_LINES) -
     except OSError:
         return None
     text = _ANSI.sub("", data.decode("utf-8", errors="replace")).replace("\r\n", "\n")
-    kept = [line.rstrip() for line in text.replace("\r", "\n").splitlines()]
+    kept = [line.rstrip() for line in text.replace("\r", "\n").splitlines()
+            if not line.startswith(SESSION_START_MARK)]
     while kept and not kept[-1]:
         kept.pop()
     return "\n".join(kept[-lines:]) or None
@@ -203,11 +209,6 @@ def names_with_branches(clone: Path, template: str) -> set[str]:
 def agent_home(town: Town, rig: str, name: str) -> Path:
     """The polecat's own config home for its agent CLI (:mod:`gastown.roles.agent_homes`)."""
     return town.runtime_dir / "agent-homes" / rig / name
-
-
-#: The line a session log gets before each start of the agent: print-mode output is read
-#: back from the last one (the turn that just ended, not an earlier one).
-SESSION_START_MARK = "== gastown: agent session started"
 
 
 def start_agent_session(town: Town, store: Store, polecat: Polecat, *,

@@ -55,9 +55,6 @@ WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_sp
 #: How long the witness waits for an agent to come back to its prompt for a nudge.
 NUDGE_TIMEOUT: Final = 120.0
 
-#: How long a real agent in tmux may take to get past its start-up screens.
-START_TIMEOUT: Final = 60.0
-
 #: Polecat states whose session the witness keeps watching: a print-mode agent's last
 #: turn (the one that ran `gastown done`) is read back when its process exits.
 _WATCHED_STATES: Final = ("working", "done", "merging")
@@ -293,10 +290,11 @@ class Witness:
 
         kind = self._screen_kind(polecat)
         assert kind is not None
-        with log.bound(polecat=polecat.name):  # bounded by START_TIMEOUT
+        with log.bound(polecat=polecat.name):  # bounded by sessions.start_timeout
             try:
-                outcome = await trio.to_thread.run_sync(answer_dialogs, info, kind,
-                                                        START_TIMEOUT, abandon_on_cancel=True)
+                timeout = self.town.config.sessions.start_timeout
+                outcome = await trio.to_thread.run_sync(answer_dialogs, info, kind, timeout,
+                                                        abandon_on_cancel=True)
             except GastownError as exc:
                 self._log.info("start_not_watched", error=exc.message)
                 return

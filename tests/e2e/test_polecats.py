@@ -361,7 +361,8 @@ def test_session_logs_are_per_incarnation(cli: Cli, town: Path, backend: str) ->
                                 stderr=subprocess.PIPE, text=True)
     try:
         assert follower.stdout is not None
-        assert follower.stdout.readline().strip() == f"hello from {second}"
+        lines = [follower.stdout.readline().strip() for _ in range(2)]
+        assert lines == ["== gastown: agent session started", f"hello from {second}"]
     finally:
         follower.kill()
         follower.wait()

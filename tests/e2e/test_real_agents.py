@@ -214,3 +214,41 @@ def test_cli_is_not_a_stand_in(agent_clis: AgentClis) -> None:
     out = subprocess.run([str(agent_clis.codex), "--version"], capture_output=True,
                          text=True, check=True).stdout
     assert "0.171.0" in out
+
+
+def test_a_start_stuck_on_an_unknown_screen_is_reported(cli: Cli, tmp_path: Path) -> None:
+    """A real agent's start in tmux that stops at a screen nobody knows (a new dialog of a
+    new CLI version, say) is noted on the polecat with the screen's last lines, not left
+    silent, and no key is pressed at it. The program is a stand-in for the *screen* only:
+    what is tested is the witness watching a `kind = "claude"` start."""
+    remote = make_remote(tmp_path / "remote.git")
+    root = new_town_root()
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(
+        'default_agent = "odd"\n[sessions]\nbackend = "tmux"\nstart_timeout = "3s"\n'
+        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
+        '[agents.odd]\nkind = "claude"\n'
+        'command = ["sh", "-c", "printf \'Pick a colour scheme for your new terminal\\\\n'
+        '  (a) ocean\\\\n  (b) forest\\\\n\'; read answer; echo got:$answer; sleep 600"]\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    try:
+        cli.ok("up")
+        bead = cli.ok("bead", "create", "odd", "--rig", "web").strip()
+        name = cli.ok("sling", bead, "web").split()[0]
+
+        def noted() -> str | None:
+            reason = polecats(cli)[name].get("reason")
+            return str(reason) if reason and "stuck at start" in str(reason) else None
+
+        reason = wait_until(noted, timeout=120, what="the stuck start noted")
+        assert "ocean" in reason or "colour scheme" in reason
+        assert polecats(cli)[name]["state"] == "working"
+        from gastown.roles.sessions import tmux_socket_name
+
+        screen = subprocess.run(["tmux", "-L", tmux_socket_name(root), "capture-pane", "-p",
+                                 "-t", f"gt-web-{name}"], capture_output=True, text=True,
+                                check=False).stdout
+        assert "got:" not in screen  # no key was pressed at the unknown screen
+    finally:
+        tear_down_town(cli, root)
