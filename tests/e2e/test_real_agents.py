@@ -177,6 +177,16 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
                           str(r.get("prompt") or ""), timeout=120)
     assert any(e["kind"] == "polecat_nudged" and e.get("by") == "human" for e in events(cli))
 
+    if (agent, backend) == ("claude", "process"):
+        # Claude's SessionStart hook ran `gastown prime`: its bead and rules reached the
+        # conversation (stream-json records the hook's output).
+        logs = "".join(path.read_text(errors="replace")
+                       for path in (root / "logs" / "sessions").glob("*.log"))
+        primes = [json.loads(line) for line in logs.splitlines()
+                  if '"hook_response"' in line and '"SessionStart"' in line]
+        assert primes and any(good in str(p.get("stdout")) and "gastown done" in
+                              str(p.get("stdout")) for p in primes)
+
     # The user's own Claude state is untouched.
     home = Path(cli.env["HOME"])
     assert json.loads((home / ".claude.json").read_text()) == USER_CLAUDE_JSON
