@@ -7,18 +7,8 @@ Anything else that escapes is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-
-class GastownError(Exception):
-    """Base class: an operation failed for a reason the user can act on (exit 1)."""
-
-    exit_code = 1
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+# The root class lives at the bottom layer, with the bus (whose errors derive from it).
+from gastown.supervisor.bus.errors import GastownError as GastownError
 
 
 class UsageError(GastownError):

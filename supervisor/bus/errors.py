@@ -1,6 +1,9 @@
 """The bus's errors, importable without trio so that the CLI can catch them cheaply.
 
-Every class derives from :class:`~gastown.roles.errors.GastownError`, so a CLI
+Layer: the bottom of the town (``supervisor/bus`` imports nothing from ``roles`` or
+the rest of ``supervisor``). That is why :class:`GastownError`, the root of every
+error a user can cause, is defined here: the bus's errors derive from it, and
+:mod:`gastown.roles.errors` re-exports it beside the domain's own errors. A CLI
 command that lets one escape prints its one-line message and exits 1. This
 module must never import trio, sockets or anything else with side effects:
 :mod:`gastown.supervisor.bus.sync_client` and the pure :mod:`frames` and
@@ -9,7 +12,22 @@ module must never import trio, sockets or anything else with side effects:
 
 from __future__ import annotations
 
-from gastown.roles.errors import GastownError
+
+class GastownError(Exception):
+    """Base class: an operation failed for a reason the user can act on (exit 1).
+
+    ``gastown.supervisor.cli.main`` is the only place that catches it: it prints
+    ``gastown: <message>`` on one line and exits with :attr:`exit_code`.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class BusError(GastownError):
