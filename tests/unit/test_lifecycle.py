@@ -59,8 +59,16 @@ def test_nuked_only_after_landing_or_force(events: list[object]) -> None:
 
 @given(st.sampled_from(POLECAT_STATES), EVENTS)
 def test_every_state_event_pair_has_an_answer(state: PolecatState, event: object) -> None:
-    """transition is total: each pair gives a transition or a refusal, nothing else."""
-    assert isinstance(transition(state, event), Transition | Refusal)  # type: ignore[arg-type]
+    """transition is total: each pair gives a transition to a known state (a nuke with the
+    session stopped first) or a refusal the user can read (one non-empty line)."""
+    result = transition(state, event)  # type: ignore[arg-type]
+    if isinstance(result, Refusal):
+        assert result.reason.strip() and "\n" not in result.reason, result
+    else:
+        assert isinstance(result, Transition), result
+        assert result.state in POLECAT_STATES, result
+        if result.state == "nuked":
+            assert result.effects[:1] == (StopSession(),), result
 
 
 HISTORIES: dict[str, tuple[list[object], PolecatState, SetBead | None]] = {
