@@ -23,7 +23,7 @@ install: $(STAMP)
 AGENT ?=
 demo: $(STAMP)
 ifeq ($(AGENT),)
-	$(BIN)/python -m gastown.supervisor.demo
+	$(BIN)/python -m demo
 else
 	$(MAKE) agent-clis
 	$(BIN)/python -m tests.scripted_model.demo $(AGENT)
@@ -57,7 +57,7 @@ typecheck: $(STAMP)
 	ln -s ../../../roles build/typecheck/gastown/roles
 	ln -s ../../../config build/typecheck/gastown/config
 	cd build/typecheck && MYPYPATH=. ../../$(BIN)/mypy --config-file ../../pyproject.toml -p gastown.supervisor -p gastown.roles -p gastown.config
-	MYPYPATH=build/typecheck $(BIN)/mypy tests bench
+	MYPYPATH=build/typecheck $(BIN)/mypy tests bench demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -20,9 +20,9 @@ def test_demo_merges_rejects_and_cleans_up() -> None:
     """The demo exits 0 with the expected outcomes and no process of its town remains."""
     base = Path(tempfile.mkdtemp(prefix="gd", dir="/tmp"))
     try:
-        proc = subprocess.run([sys.executable, "-m", "gastown.supervisor.demo", "--dir",
-                               str(base)], capture_output=True, text=True, timeout=300,
-                              check=False)
+        proc = subprocess.run([sys.executable, "-m", "demo", "--dir", str(base)],
+                              capture_output=True, text=True, timeout=300, check=False,
+                              cwd=Path(__file__).parents[2])
         out = proc.stdout
         assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
         outcomes = out.split("== outcomes ==", 1)[1]

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
         os.environ.pop("CLAUDE_CONFIG_DIR", None)
         os.environ.pop("CODEX_HOME", None)
         print(f"scripted model server: {server.url} (requests logged in {server.log_path})")
-        from gastown.supervisor.demo import main as demo_main
+        from demo.__main__ import main as demo_main
 
         return demo_main(["--agent", agent, *argv[1:]])
 
