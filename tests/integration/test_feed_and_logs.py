@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 
 from gastown.roles.log import RotatingLog
@@ -91,10 +90,14 @@ def test_follow_survives_rotation(tmp_path: Path) -> None:
     stop = threading.Event()
     seen: list[str] = []
     done = threading.Event()
+    armed = threading.Event()
 
     def reader() -> None:
         for line in follow(tmp_path, "mayor", stop):
             assert isinstance(line, LogLine)
+            if line.record["event"].startswith("probe"):
+                armed.set()
+                continue
             seen.append(line.record["event"])
             if len(seen) >= 8:
                 done.set()
@@ -102,7 +105,13 @@ def test_follow_survives_rotation(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
-    time.sleep(0.5)  # let the watcher arm before writing: only later lines are followed
+    # Only lines written after the follower opened the log come back: write probes until
+    # one does (the follower is armed), then the lines under test.
+    for probe in range(60):
+        _write(log, "2026-01-01T00:00:00Z", f"probe{probe}", "mayor")
+        if armed.wait(0.5):
+            break
+    assert armed.is_set(), "the follower never returned a line written after it started"
     for i in range(8):
         _write(log, f"2026-01-01T00:00:{i + 1:02d}Z", f"line{i}", "mayor")
     assert done.wait(30), seen
