@@ -7,3 +7,7 @@ Layering, top to bottom (imports only flow downward):
 - adapters that touch the world: ``store`` (SQLite), ``git``, ``log``;
 - pure cores with no I/O: ``names``, ``config``, ``errors``.
 """
+
+#: gastown's version (``gastown.supervisor.__version__`` is this one): it is defined at
+#: this layer because the town's lock files record it, and roles import nothing above.
+__version__ = "0.1.0"

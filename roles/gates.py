@@ -26,8 +26,8 @@ from typing import Final
 import structlog
 import trio
 
+from gastown.roles.children import child_env, stop_child
 from gastown.roles.config import GateConfig
-from gastown.supervisor.children import child_env, stop_child
 
 log = structlog.get_logger()
 

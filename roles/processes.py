@@ -8,7 +8,7 @@ start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot) is uniq
 for the life of the machine, which is what :func:`is_same_process` checks.
 
 Synchronous and standard library only, for the CLI; the supervisor stops its *own*
-children through trio (``gastown.supervisor.children``), never through this module.
+children through trio (``gastown.roles.children``), never through this module.
 """
 
 from __future__ import annotations

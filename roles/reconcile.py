@@ -120,7 +120,7 @@ def reconcile(town: Town, store: Store, *, rig: str | None = None, fix: bool = F
     unknown ``rig``. Nothing unlanded is ever deleted, whatever ``fix`` says.
     """
     if town_up is None:
-        from gastown.supervisor.town_lock import read_supervisor
+        from gastown.roles.town_lock import read_supervisor
 
         town_up = read_supervisor(town.runtime_dir) is not None
     ctx = _Ctx(town=town, store=store, fix=fix, town_up=town_up)

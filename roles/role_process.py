@@ -13,7 +13,7 @@ What the kernel guarantees, not the event loop's good health:
   with exit status 75, which the supervisor reports as a failed start;
 - no role outlives its supervisor by more than a few seconds: besides the loop's own
   watcher, a thread blocked on the lifeline kills the role's process group if the
-  loop has not finished a clean exit :data:`~gastown.supervisor.children.LIFELINE_GRACE`
+  loop has not finished a clean exit :data:`~gastown.roles.children.LIFELINE_GRACE`
   seconds after the supervisor died (a role hung in a call, or paused at a fail point);
 - a role's name on the bus belongs to this process: it proves it with the per-spawn
   token the supervisor handed it on a pipe, and a claim without it is refused.
@@ -124,7 +124,7 @@ async def _watch_signals(ctx: RoleContext, cancel: trio.CancelScope) -> None:
 
 
 async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
-    from gastown.supervisor.children import wait_for_lifeline_eof
+    from gastown.roles.children import wait_for_lifeline_eof
 
     await wait_for_lifeline_eof(fd)
     log.get_logger().warning("role_stopping", reason="supervisor gone (lifeline closed)")
@@ -194,7 +194,7 @@ async def run_role(ctx: RoleContext, behaviour: Behaviour | None = None) -> None
 
 
 def _lock_timeout_default() -> float:
-    from gastown.supervisor.town_lock import ROLE_LOCK_TIMEOUT
+    from gastown.roles.town_lock import ROLE_LOCK_TIMEOUT
 
     try:
         return float(os.environ.get(LOCK_TIMEOUT_ENV) or ROLE_LOCK_TIMEOUT)
@@ -204,7 +204,7 @@ def _lock_timeout_default() -> float:
 
 def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
     """Hold the role's instance lock for the process's life; None if another kept it."""
-    from gastown.supervisor.town_lock import RoleLocked, acquire_role_lock
+    from gastown.roles.town_lock import RoleLocked, acquire_role_lock
 
     logger = log.get_logger()
 
@@ -223,12 +223,12 @@ def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gastown.supervisor.children import (
+    from gastown.roles.children import (
         lifeline_fd_from_env,
         read_token,
         start_lifeline_backstop,
     )
-    from gastown.supervisor.town_lock import ROLE_LOCKED_EXIT
+    from gastown.roles.town_lock import ROLE_LOCKED_EXIT
 
     parser = argparse.ArgumentParser(prog="python -m gastown.roles",
                                      description="Run one gastown role process.")
