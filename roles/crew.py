@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from gastown.roles import git
+from gastown.roles import git, landed
 from gastown.roles.errors import GitError, NotFound, Refused
 from gastown.roles.faults import fault_point
 from gastown.roles.names import name_problem, validate_name
@@ -354,10 +354,6 @@ def _state(uncommitted: int) -> str:
     return "clean" if uncommitted == 0 else f"{uncommitted} uncommitted"
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
 def _remove_worktree_checked(clone: Path, path: Path, branch: str, default_branch: str, *,
                              force: bool, what: str) -> None:
     """Check for unlanded work, then remove worktree and branch, all under the lock."""
@@ -367,8 +363,9 @@ def _remove_worktree_checked(clone: Path, path: Path, branch: str, default_branc
         if not exists and not has_branch:
             raise NotFound(f"no {what} (no {path}, no branch {branch})")
         if not force:
-            problems = _unlanded_work(clone, path, branch, default_branch,
-                                      has_branch=has_branch)
+            facts = landed.gather(clone, default_branch, [branch] if has_branch else [],
+                                  worktree=path)
+            problems = landed.removal_problems(facts, default_branch)
             if problems:
                 raise Refused(f"{what} has {' and '.join(problems)}; commit and land "
                               "the work, or pass --force to discard it")
@@ -376,48 +373,3 @@ def _remove_worktree_checked(clone: Path, path: Path, branch: str, default_branc
         git.delete_branch(clone, branch)
 
 
-def _unlanded_work(clone: Path, path: Path, branch: str, default_branch: str, *,
-                   has_branch: bool) -> list[str]:
-    """What removal would lose: uncommitted files, commits not on the default branch."""
-    problems: list[str] = []
-    refs: list[str] = [branch] if has_branch else []
-    if path.exists():
-        if not (path / ".git").exists():
-            problems.append("no git worktree in its folder (stray files)")
-        else:
-            dirty = git.dirty_files(path)
-            if dirty:
-                problems.append(_plural(len(dirty), "uncommitted file"))
-            if git.current_branch(path) is None and git.has_commits(path):
-                # A detached HEAD's commits die with the worktree; a switched-to branch
-                # survives removal, so only this case needs checking beyond ``branch``.
-                refs.append(git.head_commit(path))
-    unlanded: set[str] = set()
-    for ref in refs:
-        unlanded |= _unlanded_commits(clone, default_branch, ref)
-    if unlanded:
-        problems.append(f"{_plural(len(unlanded), 'commit')} not on {default_branch}")
-    return problems
-
-
-def _unlanded_commits(clone: Path, default_branch: str, ref: str) -> set[str]:
-    """Commits of ``ref`` whose patches are on neither the local nor the remote default.
-
-    Crew may land work by pushing to the remote directly, which the canonical clone's
-    local branch only sees after the refinery's next fetch; ``origin/<default>`` is
-    therefore consulted too when the clone has it.
-    """
-    missing = set(git.unmerged_commits(clone, f"refs/heads/{default_branch}", ref))
-    remote = f"refs/remotes/origin/{default_branch}"
-    if missing and _ref_exists(clone, remote):
-        missing &= set(git.unmerged_commits(clone, remote, ref))
-    return missing
-
-
-def _ref_exists(repo: Path, ref: str) -> bool:
-    try:
-        git.run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
-                    op="rev-parse")
-    except GitError:
-        return False
-    return True

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gastown.roles import git
+from gastown.roles import git, landed
 from gastown.roles.agent_homes import remove_home
 from gastown.roles.agents import (
     command_for,
@@ -518,20 +518,10 @@ def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome,
 
 def unlanded_work(town: Town, polecat: Polecat) -> list[str]:
     """What a nuke would destroy, one phrase each; empty when everything landed."""
-    rig_config = town.rig_config(polecat.rig)
-    problems: list[str] = []
-    worktree = Path(polecat.worktree)
-    if worktree.is_dir():
-        dirty = git.dirty_files(worktree)
-        if dirty:
-            problems.append(f"{len(dirty)} uncommitted change(s)")
-    clone = town.refinery_clone(polecat.rig)
-    if git.branch_exists(clone, polecat.branch):
-        unmerged = git.unmerged_commits(clone, rig_config.default_branch, polecat.branch)
-        if unmerged:
-            problems.append(f"{len(unmerged)} commit(s) on {polecat.branch} not on "
-                            f"{rig_config.default_branch}")
-    return problems
+    default = town.rig_config(polecat.rig).default_branch
+    facts = landed.gather(town.refinery_clone(polecat.rig), default,
+                          [f"refs/heads/{polecat.branch}"], worktree=Path(polecat.worktree))
+    return landed.nuke_problems(facts, polecat.branch, default)
 
 
 def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool = False,

@@ -36,7 +36,7 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
-from gastown.roles import git
+from gastown.roles import git, landed
 from gastown.roles.agent_homes import remove_home
 from gastown.roles.errors import GastownError, NotFound
 from gastown.roles.lifecycle import Nuke
@@ -198,15 +198,9 @@ def _kept(ctx: _Ctx, rig: str, kind: str, subject: str, detail: str, why: str, *
                    polecat=polecat)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _unlanded(rig: _Rig, ref: str | None, target: str) -> list[str]:
-    """Commits of ``ref`` whose change is not on ``target`` (patch equivalence)."""
-    if ref is None or git.rev(rig.clone, ref) is None:
-        return []
-    return git.unmerged_commits(rig.clone, target, ref)
+def _unlanded(rig: _Rig, ref: str | None) -> frozenset[str]:
+    """Commits of ``ref`` whose patch is on neither the local nor the remote default."""
+    return landed.gather(rig.clone, rig.default_branch, [ref]).unlanded
 
 
 # -- git worktree registry -------------------------------------------------------------
@@ -257,9 +251,7 @@ def check_landed_mrs(ctx: _Ctx, rig: _Rig) -> list[Finding]:
     target = rig.default_branch
     findings = []
     for mr in mrs:
-        if not mr.head or git.rev(rig.clone, mr.head) is None:
-            continue
-        if git.unmerged_commits(rig.clone, target, mr.head):
+        if not mr.head or landed.gather(rig.clone, target, [mr.head]).landed_on != "local":
             continue
 
         def land(mr_id: str = mr.id, state: str = mr.state) -> str | None:
@@ -362,16 +354,12 @@ def _orphan_worktree(ctx: _Ctx, rig: _Rig, path: Path, worktree: git.Worktree) -
     on = worktree.branch or f"detached {worktree.head[:10] if worktree.head else 'HEAD'}"
     detail = f"worktree on {on}, no polecat row"
     try:
-        dirty = git.dirty_files(path)
-        unmerged = _unlanded(rig, worktree.branch or worktree.head, rig.default_branch)
+        facts = landed.gather(rig.clone, rig.default_branch,
+                              [worktree.branch or worktree.head], worktree=path)
     except GastownError as exc:
         return _kept(ctx, rig.name, "orphan_worktree", str(path), detail,
                      f"its state cannot be read ({exc.message})", polecat=path.name)
-    problems = []
-    if dirty:
-        problems.append(_plural(len(dirty), "uncommitted change"))
-    if unmerged:
-        problems.append(f"{_plural(len(unmerged), 'unmerged commit')} on {on}")
+    problems = landed.kept_problems(facts, on)
     if problems:
         return _kept(ctx, rig.name, "orphan_worktree", str(path), detail,
                      f"has {' and '.join(problems)}", polecat=path.name)
@@ -416,8 +404,8 @@ def check_stale_registrations(ctx: _Ctx, rig: _Rig) -> list[Finding]:
             continue
         detail = f"{polecat.state} polecat's worktree {polecat.worktree} is gone"
         try:
-            unmerged = _unlanded(rig, polecat.branch, rig.default_branch)
-            mr_unmerged = [m for m in mrs if _unlanded(rig, m.head, rig.default_branch)]
+            unmerged = _unlanded(rig, polecat.branch)
+            mr_unmerged = [m for m in mrs if _unlanded(rig, m.head)]
         except GastownError as exc:
             findings.append(_kept(ctx, rig.name, "stale_registration", polecat.name, detail,
                                   f"its branch cannot be read ({exc.message})",
@@ -426,7 +414,7 @@ def check_stale_registrations(ctx: _Ctx, rig: _Rig) -> list[Finding]:
         if unmerged:
             findings.append(_kept(
                 ctx, rig.name, "stale_registration", polecat.name, detail,
-                f"branch {polecat.branch} has {_plural(len(unmerged), 'unmerged commit')}; "
+                f"branch {polecat.branch} has {landed.plural(len(unmerged), 'unmerged commit')}; "
                 f"the work lives there (recreate the worktree with 'git worktree add "
                 f"{polecat.worktree} {polecat.branch}', or nuke with --force)",
                 polecat=polecat.name))
@@ -453,7 +441,7 @@ def _nuke_stale(ctx: _Ctx, rig: _Rig, polecat: Polecat) -> str | None:
             return "left alone: its worktree reappeared meanwhile"
         if not _row_exists(ctx.store, rig.name, polecat.name):
             return "already gone (nuked meanwhile)"
-        if _unlanded(rig, polecat.branch, rig.default_branch):
+        if _unlanded(rig, polecat.branch):
             return "left alone: its branch gained unmerged commits meanwhile"
         git.delete_branch(rig.clone, polecat.branch)
         git.prune_worktrees(rig.clone)
@@ -493,14 +481,14 @@ def check_orphan_branches(ctx: _Ctx, rig: _Rig) -> list[Finding]:
             continue
         detail = "polecat branch with no polecat row and no folder"
         try:
-            unmerged = _unlanded(rig, branch, rig.default_branch)
+            unmerged = _unlanded(rig, branch)
         except GastownError as exc:
             findings.append(_kept(ctx, rig.name, "orphan_branch", branch, detail,
                                   f"it cannot be read ({exc.message})", polecat=name))
             continue
         if unmerged:
             findings.append(_kept(ctx, rig.name, "orphan_branch", branch, detail,
-                                  f"has {_plural(len(unmerged), 'unmerged commit')}",
+                                  f"has {landed.plural(len(unmerged), 'unmerged commit')}",
                                   polecat=name))
             continue
         if git.rev(rig.clone, branch) in open_heads:
@@ -510,7 +498,7 @@ def check_orphan_branches(ctx: _Ctx, rig: _Rig) -> list[Finding]:
             with git.repo_lock(rig.clone):
                 if _row_exists(ctx.store, rig.name, name):
                     return "left alone: a polecat of that name appeared meanwhile"
-                if _unlanded(rig, branch, rig.default_branch):
+                if _unlanded(rig, branch):
                     return "left alone: it gained unmerged commits meanwhile"
                 git.delete_branch(rig.clone, branch)
             return None
@@ -574,7 +562,7 @@ def check_orphan_sessions(ctx: _Ctx, rigs: list[str], *, all_rigs: list[str]
         if orphan.tmux:
             parts.append(f"tmux session {', '.join(orphan.tmux)}")
         if orphan.pids:
-            parts.append(f"{_plural(len(orphan.pids), 'process')} "
+            parts.append(f"{landed.plural(len(orphan.pids), 'process')} "
                          f"(pid {', '.join(map(str, sorted(orphan.pids)))})")
         subject = orphan.tmux[0] if orphan.tmux else session_name(rig, name)
         findings.append(_repair(

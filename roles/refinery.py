@@ -37,7 +37,7 @@ from typing import Any, Final
 
 import trio
 
-from gastown.roles import git, log
+from gastown.roles import git, landed, log
 from gastown.roles.async_store import AsyncStore
 from gastown.roles.config import RigConfig
 from gastown.roles.errors import GastownError, GitError
@@ -166,15 +166,13 @@ class Refinery:
             self._log.warning("stray_gate_killed", pgid=pgid)
             await trio.to_thread.run_sync(terminate_process_group, pgid, 2.0)
         await self._git(git.clean_checkout, self.clone, branch)
-        remote = await self._git(git.has_remote, self.clone)
         running = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                         ["running"])
         # Forward only, like every catch-up: tested merges that never reached the remote
         # (killed before the push, or refused) are pushed again, never dropped.
         await self._try_catch_up(branch)
-        targets = [branch] + ([f"origin/{branch}"] if remote else [])
         for mr in running:
-            target = await self._landed_on(mr, targets)
+            target = await self._landed_on(mr, branch)
             if target is not None:
                 commit = await self._git(git.rev, self.clone, target)
                 await self.store.call(self.store.store.merge_landed, mr.id, commit)
@@ -186,20 +184,12 @@ class Refinery:
         if running:
             await self._announce()
 
-    async def _landed_on(self, mr: MergeRequest, targets: list[str]) -> str | None:
-        """The first of ``targets`` that holds every commit of the MR, or None."""
-        for target in targets:
-            if await self._git(git.rev, self.clone, target) and \
-                    await self._landed(mr, target):
-                return target
-        return None
-
-    async def _landed(self, mr: MergeRequest, target: str) -> bool:
-        """Whether every commit of the MR is on ``target`` (by ancestry or by patch)."""
-        if not mr.head or not await self._git(git.rev, self.clone, mr.head):
-            return False
-        unmerged = await self._git(git.unmerged_commits, self.clone, target, mr.head)
-        return not unmerged
+    async def _landed_on(self, mr: MergeRequest, branch: str) -> str | None:
+        """``branch`` or ``origin/<branch>`` when it holds every commit of the MR (by
+        ancestry or by patch), the local one first; None when neither does."""
+        facts: landed.Facts = await self._git(landed.gather, self.clone, branch, [mr.head])
+        where = facts.landed_on
+        return None if where is None else branch if where == "local" else f"origin/{branch}"
 
     # -- one batch -----------------------------------------------------------------------
 
