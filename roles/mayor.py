@@ -21,7 +21,7 @@ from gastown.roles import log
 from gastown.roles.async_store import AsyncStore
 from gastown.roles.errors import GastownError
 from gastown.roles.polecats import recover_spawning, spawn_polecat
-from gastown.roles.role_process import RoleContext
+from gastown.roles.role_context import RoleContext
 from gastown.roles.store import Sling
 
 #: Domain events after which a queued sling may find a slot (or a new sling exists).

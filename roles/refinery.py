@@ -44,7 +44,7 @@ from gastown.roles.errors import GastownError, GitError
 from gastown.roles.faults import fault_point
 from gastown.roles.processes import processes_with_env, terminate_process_group
 from gastown.roles.rigs import is_url
-from gastown.roles.role_process import RoleContext
+from gastown.roles.role_context import RoleContext
 from gastown.roles.store import MergeRequest
 
 #: Events after which there may be work for the queue.

@@ -29,20 +29,20 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import trio
 
 from gastown.roles import log
+from gastown.roles.children import LIFELINE_ENV
 from gastown.roles.errors import GastownError, StoreError, UsageError
 from gastown.roles.faults import fault_action, fault_point
 from gastown.roles.names import validate_name
+from gastown.roles.role_context import Behaviour, RoleContext, bus_path
 from gastown.roles.town import Town
 
 ROLE_KINDS = ("mayor", "witness", "refinery")
-LIFELINE_ENV = "GASTOWN_LIFELINE_FD"
 RECONNECT_MAX_DELAY = 2.0
 #: Overrides the default ``--lock-timeout`` (tests use a short one).
 LOCK_TIMEOUT_ENV = "GASTOWN_ROLE_LOCK_TIMEOUT"
@@ -63,38 +63,6 @@ def parse_role_name(name: str) -> tuple[str, str | None]:
         raise UsageError(f"role {kind!r} needs a rig: {kind}:<rig>")
     validate_name("rig", rig)
     return kind, rig
-
-
-def bus_path(town: Town) -> Path:
-    return town.runtime_dir / "bus.sock"
-
-
-@dataclass
-class RoleContext:
-    """What a role's behaviour gets: its identity, its town, and the live bus client."""
-
-    name: str
-    kind: str
-    rig: str | None
-    town: Town
-    started_at: float = field(default_factory=time.time)
-    connected_at: float | None = None
-    #: The per-spawn secret that grants this process its name on the bus.
-    token: str | None = field(default=None, repr=False)
-    exit_code: int = 0
-
-
-class Behaviour(Protocol):
-    """What a role does beyond the shared loop: its main task and its own requests."""
-
-    async def run(self, client: Any) -> None:
-        """Runs while connected to the bus; cancelled when the connection drops."""
-
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        """Answer a request; raise ``LookupError`` for a method it does not know."""
-
-    def status(self) -> dict[str, Any]:
-        """Extra fields for the role's ``status`` answer."""
 
 
 def behaviour_for(ctx: RoleContext) -> Behaviour:

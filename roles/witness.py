@@ -45,7 +45,7 @@ from gastown.roles.polecats import (
     session_output_tail,
     stop_polecat_session,
 )
-from gastown.roles.role_process import RoleContext
+from gastown.roles.role_context import RoleContext
 from gastown.roles.store import Polecat
 from gastown.roles.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
 

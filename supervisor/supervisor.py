@@ -45,7 +45,7 @@ from gastown.roles.async_store import AsyncStore
 from gastown.roles.config import RigConfig, TownConfig
 from gastown.roles.errors import GastownError, StoreError
 from gastown.roles.faults import fault_point
-from gastown.roles.role_process import bus_path
+from gastown.roles.role_context import bus_path
 from gastown.roles.store import Store
 from gastown.roles.town import Town
 from gastown.supervisor import __version__

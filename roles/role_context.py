@@ -1,0 +1,48 @@
+"""What a role loop is given and what it must provide: its context and its behaviour.
+
+Layer: roles, below the role loops (``mayor``, ``witness``, ``refinery``) and the loop
+that runs them (:mod:`gastown.roles.role_process`): the loops import their context from
+here, and the role process imports the loops, so the graph stays one way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from gastown.roles.town import Town
+
+
+def bus_path(town: Town) -> Path:
+    """The town's bus socket."""
+    return town.runtime_dir / "bus.sock"
+
+
+@dataclass
+class RoleContext:
+    """What a role's behaviour gets: its identity, its town, and the live bus client."""
+
+    name: str
+    kind: str
+    rig: str | None
+    town: Town
+    started_at: float = field(default_factory=time.time)
+    connected_at: float | None = None
+    #: The per-spawn secret that grants this process its name on the bus.
+    token: str | None = field(default=None, repr=False)
+    exit_code: int = 0
+
+
+class Behaviour(Protocol):
+    """What a role does beyond the shared loop: its main task and its own requests."""
+
+    async def run(self, client: Any) -> None:
+        """Runs while connected to the bus; cancelled when the connection drops."""
+
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        """Answer a request; raise ``LookupError`` for a method it does not know."""
+
+    def status(self) -> dict[str, Any]:
+        """Extra fields for the role's ``status`` answer."""
