@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gastown.roles.config import AgentKind
+from gastown.roles.town import Town
 
 #: Claude stores the approval of a custom API key by its last 20 characters.
 _KEY_SUFFIX = 20
@@ -75,6 +76,11 @@ def prepare(kind: AgentKind, *, home: Path, worktree: Path, env: Mapping[str, st
     if kind == "codex":
         return _prepare_codex(home / "codex", worktree, env, turn_hooks)
     return Preparation()
+
+
+def agent_home(town: Town, rig: str, name: str) -> Path:
+    """The polecat's own config home for its agent CLI."""
+    return town.runtime_dir / "agent-homes" / rig / name
 
 
 def remove_home(home: Path) -> None:

@@ -25,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from gastown.roles import agent_usage
+from gastown.roles.agent_homes import agent_home
 from gastown.roles.agent_usage import Usage
 from gastown.roles.agents import load_presets, resolve_agent
 from gastown.roles.errors import GastownError
-from gastown.roles.polecats import SESSION_START_MARK, agent_home
 from gastown.roles.store import Polecat, Store
 from gastown.roles.town import Town
+
+#: The line a session log gets before each start of the agent: print-mode output is read
+#: back from the last one (the turn that just ended, not an earlier one).
+SESSION_START_MARK = "== gastown: agent session started"
 
 #: Codex's TUI also runs ``notify`` for the hidden thread that names the conversation.
 _TITLE_REQUEST = "Generate a concise"

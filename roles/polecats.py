@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from gastown.roles import git, landed
-from gastown.roles.agent_homes import remove_home
+from gastown.roles.agent_homes import agent_home, remove_home
+from gastown.roles.agent_turns import SESSION_START_MARK
 from gastown.roles.agents import (
     command_for,
     load_presets,
@@ -81,11 +82,6 @@ def session_log_path(town: Town, polecat: Polecat) -> Path:
     """Where this incarnation of ``polecat`` writes its session output."""
     life = f"-{polecat.incarnation}" if polecat.incarnation else ""
     return town.logs_dir / "sessions" / f"{polecat.rig}-{polecat.name}{life}.log"
-
-
-#: The line a session log gets before each start of the agent: print-mode output is read
-#: back from the last one (the turn that just ended, not an earlier one).
-SESSION_START_MARK = "== gastown: agent session started"
 
 
 #: How many lines of session output an escalation keeps.
@@ -204,11 +200,6 @@ def names_with_branches(clone: Path, template: str) -> set[str]:
         if branch.startswith(head) and branch.endswith(tail) and len(branch) > len(head + tail):
             found.add(branch[len(head):len(branch) - len(tail)])
     return found
-
-
-def agent_home(town: Town, rig: str, name: str) -> Path:
-    """The polecat's own config home for its agent CLI (:mod:`gastown.roles.agent_homes`)."""
-    return town.runtime_dir / "agent-homes" / rig / name
 
 
 def start_agent_session(town: Town, store: Store, polecat: Polecat, *,

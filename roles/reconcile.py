@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Final
 
 from gastown.roles import git, landed
-from gastown.roles.agent_homes import remove_home
+from gastown.roles.agent_homes import agent_home, remove_home
 from gastown.roles.errors import GastownError, NotFound
 from gastown.roles.lifecycle import Nuke
 from gastown.roles.log import get_logger
 from gastown.roles.polecats import (
-    agent_home,
     done_marker_path,
     names_with_branches,
     prompt_path,
