@@ -8,14 +8,11 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.conftest import Cli
-
-T = TypeVar("T")
+from tests.waiting import wait_until as wait_until  # re-exported for the e2e tests
 
 
 def town_processes(town: Path) -> dict[int, str]:
@@ -57,20 +54,6 @@ def role_processes(town: Path) -> dict[str, int]:
             continue
         out[parts[parts.index("gastown.roles") + 1]] = pid
     return out
-
-
-def wait_until(check: Callable[[], T | None], *, timeout: float = 90.0,
-               what: str = "condition") -> T:
-    """Re-check ``check`` until it returns a truthy value. Used only to observe other
-    processes (their death, their state in ``status``), which no event of ours reports."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def status(cli: Cli) -> dict[str, Any]:

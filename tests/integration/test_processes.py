@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from gastown.roles.processes import (
     process_start_time,
     terminate_process_group,
 )
+from tests.waiting import wait_until
 
 # A leader that ignores SIGTERM and forks a grandchild (in its group) that ignores it too,
 # then reports both pids on stdout.
@@ -44,14 +44,6 @@ def state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
         return None
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll ``predicate`` until true; only for watching another process change state."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for a process"
-        time.sleep(0.01)
 
 
 def dead(pid: int) -> bool:

@@ -7,8 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from gastown.roles.sessions import (
     tmux_socket_name,
     town_sessions,
 )
+from tests.waiting import wait_until
 
 BACKENDS: list[Backend] = ["process", "tmux"]
 
@@ -51,14 +51,6 @@ FORKING_AGENT = ["sh", "-c", "sleep 300 & sleep 300"]
 def agent_env(**extra: str) -> dict[str, str]:
     """A small complete agent environment; LC_ALL keeps Python from adding LC_CTYPE."""
     return {"PATH": os.environ["PATH"], "LC_ALL": "C.UTF-8", **extra}
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``predicate`` until true; only for watching another process change state."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for another process"
-        time.sleep(0.02)
 
 
 def proc_stat(pid: int) -> tuple[str, int, int] | None:
