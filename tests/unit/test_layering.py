@@ -1,11 +1,43 @@
-"""The architecture, checked: pure cores import no I/O, and nothing installs ``supervisor``."""
+"""The architecture, checked: a one-way module graph, pure cores without I/O, the install.
+
+The module graph covers every module of ``roles/``, ``supervisor/`` and ``config/`` (the
+folders installed as ``gastown.roles``, ``gastown.supervisor`` and ``gastown.config``),
+read from the source with ``ast``. Every import counts: module-level, inside functions
+and methods, and under ``TYPE_CHECKING``, absolute or relative. An import of ``a.b.c`` is
+an edge to ``a.b.c`` only (the parent packages' ``__init__`` files that Python runs on the
+way are not edges; each ``__init__`` is checked as a module of its own).
+
+The rule. Layers, bottom to top; a layer imports only from itself and from layers below:
+
+1. ``config`` (``gastown.config``: the shipped defaults): imports nothing from gastown;
+2. ``bus`` (``gastown.supervisor.bus``): the message bus and :class:`GastownError`, the
+   root of every user-facing error: imports nothing from ``roles``, ``config`` or the
+   rest of ``supervisor``;
+3. ``roles`` (``gastown.roles``): the town's domain: imports ``roles``, ``bus`` and
+   ``config``, never the rest of ``supervisor``;
+4. ``supervisor`` (the rest of ``gastown.supervisor``, the CLI included): anything.
+
+Inside ``roles`` the role loops (``mayor``, ``witness``, ``refinery``) are at the top:
+only the role process (``role_process``, which runs one of them) imports them, and only
+``roles/__main__`` imports the role process. There is no import cycle among the modules,
+whatever the layers.
+
+Besides: the pure cores (:data:`PURE_MODULES`, decisions without I/O, in any layer)
+import only the standard library's data modules and other pure cores; nothing installs a
+top-level ``supervisor`` or ``roles``; ``gastown --version`` stays light; pyproject lists
+every package folder.
+"""
 
 from __future__ import annotations
 
 import ast
 import subprocess
 import sys
+import tomllib
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -18,6 +50,8 @@ PURE_MODULES = [
     "roles/config.py",
     "roles/lifecycle.py",
     "roles/merge_queue.py",
+    "roles/turn_end.py",
+    "roles/agent_screen.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
@@ -25,7 +59,7 @@ PURE_MODULES = [
 ]
 
 #: What a pure module may import: the standard library's data modules and other pure modules.
-ALLOWED = {
+PURE_ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "enum", "functools",
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
     "gastown.roles.errors", "gastown.roles.names", "gastown.roles.config",
@@ -48,7 +82,7 @@ def imports_of(path: Path) -> set[str]:
 @pytest.mark.parametrize("module", PURE_MODULES)
 def test_pure_modules_do_no_io(module: str) -> None:
     """A pure core imports only data modules: no os, time, sqlite3, trio or sh."""
-    assert imports_of(ROOT / module) <= ALLOWED, imports_of(ROOT / module) - ALLOWED
+    assert imports_of(ROOT / module) <= PURE_ALLOWED, imports_of(ROOT / module) - PURE_ALLOWED
 
 
 def test_no_top_level_supervisor_or_roles_module_is_importable() -> None:
@@ -75,8 +109,6 @@ def test_cli_imports_stay_lazy() -> None:
 
 def test_every_package_folder_is_installed() -> None:
     """pyproject lists every package folder, so a regular (non-editable) install is complete."""
-    import tomllib
-
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     mapping = config["package-dir"]
@@ -86,3 +118,214 @@ def test_every_package_folder_is_installed() -> None:
             relative = init.parent.relative_to(ROOT / folder)
             found.add(".".join([package, *relative.parts]))
     assert found == listed
+
+
+# -- the module graph -------------------------------------------------------------------
+ROLE_LOOPS: Final = frozenset({"gastown.roles.mayor", "gastown.roles.witness",
+                               "gastown.roles.refinery"})
+ROLE_PROCESS: Final = "gastown.roles.role_process"
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target, where it was written."""
+
+    source: str
+    target: str
+    path: Path
+    line: int
+
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def package_dirs() -> dict[str, Path]:
+    """``gastown.roles`` -> ``ROOT/roles``, as pyproject's ``package-dir`` installs them."""
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    mapping: dict[str, str] = data["tool"]["setuptools"]["package-dir"]
+    return {package: ROOT / folder for package, folder in mapping.items()}
+
+
+def modules() -> dict[str, Path]:
+    """Every module's dotted name and file (a package is its ``__init__.py``)."""
+    found: dict[str, Path] = {}
+    for package, folder in package_dirs().items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def imported_names(source: str, module: str, is_package: bool) -> Iterator[tuple[str, int]]:
+    """Every name an import in ``source`` may bind a module to, with its line.
+
+    ``from a import b`` yields ``a.b`` (``b`` may be a submodule) and ``a``; relative
+    imports are resolved against ``module``. Walks the whole tree: imports inside
+    functions, classes and ``if TYPE_CHECKING:`` blocks count like the others.
+    """
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name, node.lineno
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[:len(base) - (node.level - 1)]
+                origin = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                origin = node.module or ""
+            for alias in node.names:
+                yield f"{origin}.{alias.name}", node.lineno
+            yield origin, node.lineno
+
+
+def resolve(name: str, known: Mapping[str, Path]) -> str | None:
+    """The module of ours that ``name`` is, or is in (``a.b.C`` -> ``a.b``); None if foreign."""
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def module_imports(module: str, path: Path, known: Mapping[str, Path]) -> set[Import]:
+    edges: set[Import] = set()
+    by_line: dict[int, set[str]] = {}
+    for name, line in imported_names(path.read_text(encoding="utf-8"), module,
+                                     path.name == "__init__.py"):
+        target = resolve(name, known)
+        if target is not None and target != module:
+            by_line.setdefault(line, set()).add(target)
+    for line, targets in by_line.items():
+        # ``from a import b`` names both ``a.b`` and ``a``: when ``a.b`` is a module,
+        # the statement imports it, not ``a``'s own names.
+        for target in targets:
+            if any(other.startswith(target + ".") for other in targets):
+                continue
+            edges.add(Import(module, target, path, line))
+    return edges
+
+
+def graph() -> dict[str, set[Import]]:
+    known = modules()
+    return {module: module_imports(module, path, known) for module, path in known.items()}
+
+
+def layer(module: str) -> str:
+    if module == "gastown.config" or module.startswith("gastown.config."):
+        return "config"
+    if module == "gastown.supervisor.bus" or module.startswith("gastown.supervisor.bus."):
+        return "bus"
+    if module == "gastown.roles" or module.startswith("gastown.roles."):
+        return "roles"
+    return "supervisor"
+
+
+#: What each layer may import from (itself included).
+LAYER_ALLOWED: Final = {
+    "config": {"config"},
+    "bus": {"bus"},
+    "roles": {"roles", "bus", "config"},
+    "supervisor": {"supervisor", "roles", "bus", "config"},
+}
+
+
+def find_cycle(edges: Mapping[str, Iterable[Import]]) -> list[Import] | None:
+    """One import cycle as its chain of imports, or None (depth-first, three colours)."""
+    successors = {m: sorted(e, key=lambda i: (i.target, i.line)) for m, e in edges.items()}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[Import] = []
+
+    def visit(module: str) -> list[Import] | None:
+        state[module] = 1
+        for edge in successors.get(module, []):
+            if state.get(edge.target) == 1:
+                start = next((i for i, e in enumerate(path) if e.source == edge.target),
+                             len(path))
+                return [*path[start:], edge]
+            if edge.target not in state:
+                path.append(edge)
+                cycle = visit(edge.target)
+                path.pop()
+                if cycle is not None:
+                    return cycle
+        state[module] = 2
+        return None
+
+    for module in sorted(successors):
+        if module not in state:
+            cycle = visit(module)
+            if cycle is not None:
+                return cycle
+    return None
+
+
+def describe(edges: Iterable[Import]) -> str:
+    return "\n".join(f"  {e.source} -> {e.target}  ({e.where()})" for e in edges)
+
+
+# -- the parser and the cycle finder see what they must --------------------------------
+
+
+def test_imports_inside_functions_and_type_checking_count() -> None:
+    source = (
+        "from __future__ import annotations\n"
+        "from typing import TYPE_CHECKING\n"
+        "if TYPE_CHECKING:\n"
+        "    from gastown.roles.store import Store\n"
+        "def f() -> None:\n"
+        "    from gastown.supervisor.children import stop_child\n"
+        "class C:\n"
+        "    def m(self) -> None:\n"
+        "        import gastown.roles.git as git\n"
+        "from . import log\n"
+        "from ..supervisor.bus import errors\n"
+    )
+    names = {name for name, _ in imported_names(source, "gastown.roles.x", False)}
+    known = {m: Path() for m in ("gastown.roles.store", "gastown.supervisor.children",
+                                 "gastown.roles.git", "gastown.roles.log",
+                                 "gastown.supervisor.bus.errors", "gastown.roles")}
+    assert {resolve(n, known) for n in names} >= set(known) - {"gastown.roles"}
+
+
+def test_find_cycle_reports_the_chain() -> None:
+    def imp(a: str, b: str) -> Import:
+        return Import(a, b, ROOT / "x.py", 1)
+
+    assert find_cycle({"a": {imp("a", "b")}, "b": set()}) is None
+    cycle = find_cycle({"a": {imp("a", "b")}, "b": {imp("b", "c")}, "c": {imp("c", "a")}})
+    assert cycle is not None
+    assert [e.source for e in cycle] == ["a", "b", "c"]
+    assert cycle[-1].target == "a"
+
+
+def test_the_scan_finds_the_packages() -> None:
+    found = modules()
+    for module in ("gastown.roles.role_process", "gastown.supervisor.bus.errors",
+                   "gastown.supervisor.cli", "gastown.config", *ROLE_LOOPS):
+        assert module in found, module
+
+
+# -- the rules --------------------------------------------------------------------------
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle:\n" + describe(cycle or [])
+
+
+def test_layers_import_only_downward() -> None:
+    wrong = [edge for edges in graph().values() for edge in edges
+             if layer(edge.target) not in LAYER_ALLOWED[layer(edge.source)]]
+    assert not wrong, ("imports against the layers (config < bus < roles < supervisor):\n"
+                       + describe(sorted(wrong, key=Import.where)))
+
+
+def test_role_loops_are_at_the_top_of_roles() -> None:
+    wrong = [edge for edges in graph().values() for edge in edges
+             if layer(edge.source) == "roles"
+             and ((edge.target in ROLE_LOOPS and edge.source != ROLE_PROCESS)
+                  or (edge.target == ROLE_PROCESS and edge.source != "gastown.roles.__main__"))]
+    assert not wrong, ("only role_process runs the role loops:\n"
+                       + describe(sorted(wrong, key=Import.where)))
+
