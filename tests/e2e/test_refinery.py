@@ -11,12 +11,12 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Cli, git, make_remote
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     clone,
     configure,
@@ -49,12 +49,15 @@ def mrs(cli: Cli) -> list[dict[str, object]]:
     return list(json.loads(cli.ok("mq", "list", "--json")))
 
 
-def settled(cli: Cli, count: int) -> list[dict[str, object]] | None:
-    """The MRs, once ``count`` of them exist and none is queued or running."""
+def settled(cli: Cli, feed: FeedWaiter, count: int,
+            timeout: float = 90.0) -> list[dict[str, object]]:
+    """The MRs, once ``count`` of them ended (their merged/rejected/cancelled events were in
+    the feed); there must be exactly ``count`` and none queued or running."""
+    feed.wait_settled(count, timeout=timeout)
     found = mrs(cli)
-    if len(found) == count and all(m["state"] not in ("queued", "running") for m in found):
-        return found
-    return None
+    assert len(found) == count, found
+    assert all(m["state"] not in ("queued", "running") for m in found), found
+    return found
 
 
 def main_log(repo: Path) -> list[str]:
@@ -82,8 +85,8 @@ def sleeper_polecats(cli: Cli, count: int) -> list[tuple[str, Path]]:
     return out
 
 
-def test_five_mrs_land_in_order_as_fast_forwards(cli: Cli, town: Path, tmp_path: Path,
-                                                 remote: Path) -> None:
+def test_five_mrs_land_in_order_as_fast_forwards(cli: Cli, town: Path, feed: FeedWaiter,
+                                                 tmp_path: Path, remote: Path) -> None:
     """Five MRs on different files land in queue order, each gated as rebased, no merges."""
     tested = tmp_path / "tested.txt"
     configure(town, gate("test", f"git rev-parse HEAD >> {tested}"))
@@ -94,7 +97,7 @@ def test_five_mrs_land_in_order_as_fast_forwards(cli: Cli, town: Path, tmp_path:
                       f"echo {i} > file{i}.txt").strip()
         cli.ok("sling", bead, "web")
         beads.append(bead)
-        wait_until(partial(settled, cli, i + 1), what=f"MR {i} to settle")
+        settled(cli, feed, i + 1)
     found = mrs(cli)
     assert {m["state"] for m in found} == {"merged"}
     by_created = sorted(found, key=lambda m: float(m["created_at"]))  # type: ignore[arg-type]
@@ -110,16 +113,16 @@ def test_five_mrs_land_in_order_as_fast_forwards(cli: Cli, town: Path, tmp_path:
     assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
 
 
-def test_same_line_conflict_rejects_the_second(cli: Cli, town: Path) -> None:
+def test_same_line_conflict_rejects_the_second(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """Two MRs editing one line: the first lands, the second is a conflict, work kept."""
     cli.ok("up")
     (b1, w1), (b2, w2) = sleeper_polecats(cli, 2)
     commit_in(w1, "shared.txt", "first\n")
     commit_in(w2, "shared.txt", "second\n")
     done_in(cli, w1)
-    wait_until(lambda: settled(cli, 1), what="the first MR")
+    settled(cli, feed, 1)
     done_in(cli, w2)
-    found = {m["bead"]: m for m in wait_until(lambda: settled(cli, 2), what="the second MR")}
+    found = {m["bead"]: m for m in settled(cli, feed, 2)}
     assert found[b1]["state"] == "merged"
     assert found[b2]["state"] == "rejected"
     assert str(found[b2]["reason"]).startswith("conflict: shared.txt")
@@ -131,31 +134,31 @@ def test_same_line_conflict_rejects_the_second(cli: Cli, town: Path) -> None:
     assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
 
 
-def test_failing_gate_lands_nothing(cli: Cli, town: Path, remote: Path) -> None:
+def test_failing_gate_lands_nothing(cli: Cli, town: Path, feed: FeedWaiter, remote: Path) -> None:
     """A red gate rejects the MR with the gate's name and output; main does not move."""
     configure(town, gate("lint", "true") + gate("test", "echo 'boom: 1 failed'; exit 3"))
     before = git("rev-parse", "main", cwd=remote).strip()
     cli.ok("up")
     bead = cli.ok("bead", "create", "x", "--rig", "web", "-d", "echo x > x.txt").strip()
     cli.ok("sling", bead, "web")
-    (mr,) = wait_until(lambda: settled(cli, 1), what="the MR")
+    (mr,) = settled(cli, feed, 1)
     assert mr["state"] == "rejected" and mr["reason"] == "gate test (exit 3)"
-    feed = [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
-    rejected = [e for e in feed if e["kind"] == "mr_rejected"]
+    history = [json.loads(line) for line in cli.ok("feed", "--json").splitlines()]
+    rejected = [e for e in history if e["kind"] == "mr_rejected"]
     assert "boom: 1 failed" in rejected[-1]["tail"]
     assert git("rev-parse", "main", cwd=remote).strip() == before
     assert git("rev-parse", "main", cwd=clone(town)).strip() == before
     assert "boom" in Path(str(mr["log"])).read_text()
 
 
-def test_hanging_gate_is_killed_with_its_children(cli: Cli, town: Path) -> None:
+def test_hanging_gate_is_killed_with_its_children(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """A gate past its timeout dies with its whole process group; nothing lands."""
     marker = "GASTOWN_TEST_HANG=" + os.urandom(4).hex()
     configure(town, gate("test", f"export {marker}; sleep 600 & sleep 600", timeout="2s"))
     cli.ok("up")
     bead = cli.ok("bead", "create", "x", "--rig", "web", "-d", "echo x > x.txt").strip()
     cli.ok("sling", bead, "web")
-    (mr,) = wait_until(lambda: settled(cli, 1), timeout=60, what="the MR")
+    (mr,) = settled(cli, feed, 1, timeout=60)
     assert mr["state"] == "rejected" and mr["reason"] == "gate test (timed out)"
 
     def strays() -> list[int]:
@@ -172,8 +175,8 @@ def test_hanging_gate_is_killed_with_its_children(cli: Cli, town: Path) -> None:
     wait_until(lambda: strays() == [], what="no process of the gate")
 
 
-def test_remote_moved_by_someone_else_is_rebased_on(cli: Cli, town: Path, remote: Path,
-                                                    tmp_path: Path) -> None:
+def test_remote_moved_by_someone_else_is_rebased_on(cli: Cli, town: Path, feed: FeedWaiter,
+                                                    remote: Path, tmp_path: Path) -> None:
     """A commit pushed to the remote while the MR is gated is kept; the MR lands on it."""
     other = tmp_path / "other"
     subprocess.run(["git", "clone", "-q", str(remote), str(other)], check=True)
@@ -184,7 +187,7 @@ def test_remote_moved_by_someone_else_is_rebased_on(cli: Cli, town: Path, remote
     cli.ok("up")
     bead = cli.ok("bead", "create", "mine", "--rig", "web", "-d", "echo me > mine.txt").strip()
     cli.ok("sling", bead, "web")
-    (mr,) = wait_until(lambda: settled(cli, 1), what="the MR")
+    (mr,) = settled(cli, feed, 1)
     assert mr["state"] == "merged"
     files = git("ls-tree", "--name-only", "main", cwd=remote).split()
     assert "theirs.txt" in files and "mine.txt" in files
@@ -196,7 +199,7 @@ def test_remote_moved_by_someone_else_is_rebased_on(cli: Cli, town: Path, remote
     assert "mr_merged" in kinds
 
 
-def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path,
+def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path, feed: FeedWaiter,
                                                         tmp_path: Path) -> None:
     """16 MRs, one bad, a 2 s gate: the good 15 land, the bad one is rejected, ≤ 10 runs."""
     runs = tmp_path / "runs.txt"
@@ -209,8 +212,7 @@ def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path,
         commit_in(worktree, "bad.txt" if i == 9 else f"good{i}.txt", f"{i}\n")
         done_in(cli, worktree)
     cli.ok("up")
-    found = {m["bead"]: m for m in wait_until(lambda: settled(cli, 16), timeout=180,
-                                              what="the batch")}
+    found = {m["bead"]: m for m in settled(cli, feed, 16, timeout=180)}
     bad = polecats[9][0]
     assert found[bad]["state"] == "rejected"
     assert all(m["state"] == "merged" for b, m in found.items() if b != bad)
@@ -222,8 +224,8 @@ def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path,
 
 @pytest.mark.parametrize("point", ["merge.before_rebase", "merge.before_gates",
                                    "merge.after_gates", "merge.after_ff", "merge.after_push"])
-def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, tmp_path: Path, remote: Path,
-                                      point: str) -> None:
+def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, feed: FeedWaiter, tmp_path: Path,
+                                      remote: Path, point: str) -> None:
     """kill -9 mid-merge: after restart every MR lands exactly once, gated, checkout clean."""
     tested = tmp_path / "tested.txt"
     configure(town, gate("test", f"git rev-parse HEAD >> {tested}"))
@@ -237,7 +239,7 @@ def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, tmp_path: Path, remo
     wait_until(lambda: out.exists() and f"pause at refinery:web@{point}" in out.read_text(),
                what="the refinery to reach the fail point")
     os.kill(role_processes(town)["refinery:web"], signal.SIGKILL)
-    found = wait_until(lambda: settled(cli, 2), timeout=60, what="both MRs after restart")
+    found = settled(cli, feed, 2, timeout=60)
     assert [m["state"] for m in found] == ["merged", "merged"]
     log = main_log(remote)
     subjects = [line.split(" ", 1)[1] for line in log]
@@ -249,7 +251,8 @@ def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, tmp_path: Path, remo
     assert git("rev-parse", "main", cwd=clone(town)).strip() == log[0].split()[0]
 
 
-def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path) -> None:
+def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path,
+                                                          feed: FeedWaiter) -> None:
     """With on_conflict = "resling" a conflicted bead goes to a fresh polecat, told why."""
     configure(town, '[merge_queue]\non_conflict = "resling"\n')
     cli.ok("up")
@@ -257,23 +260,23 @@ def test_resling_on_conflict_gives_the_bead_a_new_polecat(cli: Cli, town: Path) 
     commit_in(w1, "shared.txt", "first\n")
     commit_in(w2, "shared.txt", "second\n")
     done_in(cli, w1)
-    wait_until(lambda: settled(cli, 1), what="the first MR")
+    settled(cli, feed, 1)
     done_in(cli, w2)
-    wait_until(lambda: settled(cli, 2), what="the second MR")
+    settled(cli, feed, 2)
 
-    def new_polecat() -> dict[str, object] | None:
-        listed = json.loads(cli.ok("polecat", "list", "--json"))
-        return next((p for p in listed if p["bead"] == b2 and p["name"] != w2.name
-                     and p["state"] == "working"), None)
-
-    fresh = wait_until(new_polecat, what="the re-slung polecat")
+    working = feed.wait("polecat_working", bead=b2, where=lambda e: e["polecat"] != w2.name,
+                        what="the re-slung polecat")
+    listed = json.loads(cli.ok("polecat", "list", "--json"))
+    (fresh,) = [p for p in listed if p["name"] == working["polecat"] and p["bead"] == b2
+                and p["state"] == "working"]
     assert fresh["agent"] == "sleeper"  # the same agent as the attempt that conflicted
     prompt = (town / "web" / "polecats" / f".{fresh['name']}.prompt").read_text()
     assert "conflicted" in prompt and "shared.txt" in prompt
     assert w2.is_dir()  # the first attempt's work is kept
 
 
-def test_mq_list_shows_the_running_gate(cli: Cli, town: Path, tmp_path: Path) -> None:
+def test_mq_list_shows_the_running_gate(cli: Cli, town: Path, feed: FeedWaiter,
+                                        tmp_path: Path) -> None:
     """While a gate runs, mq list says which; afterwards the MR shows as merged."""
     release = tmp_path / "release"
     configure(town, gate("lint", "true") +
@@ -286,6 +289,6 @@ def test_mq_list_shows_the_running_gate(cli: Cli, town: Path, tmp_path: Path) ->
     assert running["state"] == "running" and running["step"] == "gating"
     assert "running: gating (slow-test)" in cli.ok("mq", "list")
     release.touch()
-    (mr,) = wait_until(lambda: settled(cli, 1), what="the MR to land")
+    (mr,) = settled(cli, feed, 1)
     assert mr["state"] == "merged"
     assert "merged as" in cli.ok("mq", "list", "web")
