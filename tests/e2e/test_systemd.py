@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, make_remote
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     new_town_root,
     role_history,
@@ -53,6 +54,7 @@ class FakeSystemd:
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
         self.messages: list[tuple[float, str]] = []
+        self._arrived = threading.Condition()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -63,11 +65,35 @@ class FakeSystemd:
                 data = self.sock.recv(65536)
             except TimeoutError:
                 continue
-            for line in data.decode().splitlines():
-                self.messages.append((time.monotonic(), line))
+            with self._arrived:
+                for line in data.decode().splitlines():
+                    self.messages.append((time.monotonic(), line))
+                self._arrived.notify_all()
 
-    def lines(self, prefix: str) -> list[tuple[float, str]]:
-        return [(t, m) for t, m in list(self.messages) if m.startswith(prefix)]
+    def lines(self, prefix: str, after: float = 0.0) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in list(self.messages) if m.startswith(prefix) and t > after]
+
+    def wait(self, prefix: str, *, count: int = 1, after: float = 0.0,
+             timeout: float = 90.0) -> list[tuple[float, str]]:
+        """The lines starting with ``prefix`` that arrived after ``after``, once there are
+        ``count``; fewer (maybe none) if ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while len(found := self.lines(prefix, after)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+        return found
+
+    def quiet(self, prefix: str, *, gap: float, timeout: float = 90.0) -> float:
+        """Wait until no ``prefix`` line arrived for ``gap`` seconds; the time it began."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            since = time.monotonic()
+            if not self.wait(prefix, after=since, timeout=gap):
+                return since
+        raise AssertionError(f"{prefix} lines never stopped for {gap}s within {timeout}s")
 
     def close(self) -> None:
         self._stop.set()
@@ -86,23 +112,22 @@ def test_sd_notify_ready_status_watchdog_stopping(cli: Cli, town: Path, tmp_path
     proc = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "up", "--foreground"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: systemd.lines("READY=1"), what="READY=1")
+        assert systemd.wait("READY=1"), "no READY=1"
         assert all(r["state"] == "running" for r in roles_by_name(cli).values())
         status = [m for _, m in systemd.lines("STATUS=")]
         assert any("5/5 roles up, 0 polecats working, 0 MRs queued" in m for m in status)
-        wait_until(lambda: len(systemd.lines("WATCHDOG=1")) >= 3, what="watchdog pings")
+        assert len(systemd.wait("WATCHDOG=1", count=3)) >= 3, "no 3 watchdog pings"
         for pid in role_processes(town).values():
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             assert not any(v.startswith((b"NOTIFY_SOCKET=", b"WATCHDOG_")) for v in environ)
 
         hang.touch()  # the next tick blocks the supervisor's event loop
-        time.sleep(0.6)  # let a tick already under way finish
-        hung_from = time.monotonic()
-        time.sleep(2.0)
-        assert [t for t, _ in systemd.lines("WATCHDOG=1") if t > hung_from] == []
+        # A tick already past its fail point may still ping: the pings stop (none for two
+        # intervals), then none comes for 2 s more while the loop is hung.
+        hung_from = systemd.quiet("WATCHDOG=1", gap=0.6, timeout=60)
+        assert systemd.wait("WATCHDOG=1", after=hung_from, timeout=2.0) == []
         hang.unlink()
-        wait_until(lambda: [t for t, _ in systemd.lines("WATCHDOG=1") if t > hung_from],
-                   what="pings to resume")
+        assert systemd.wait("WATCHDOG=1", after=hung_from), "pings did not resume"
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
@@ -115,16 +140,19 @@ def test_sd_notify_ready_status_watchdog_stopping(cli: Cli, town: Path, tmp_path
         shutil.rmtree(notify_path.parent, ignore_errors=True)
 
 
-def test_reload_restarts_only_the_changed_rigs_refinery(cli: Cli, town: Path) -> None:
+def test_reload_restarts_only_the_changed_rigs_refinery(cli: Cli, town: Path,
+                                                       feed: FeedWaiter) -> None:
     """A new gate command restarts refinery:web only; a broken town.toml is refused."""
     cli.ok("up")
     before = role_processes(town)
+    mark = feed.mark()
     rig_toml = town / "web" / "rig.toml"
     rig_toml.write_text(rig_toml.read_text() + '[[merge_queue.gates]]\nname = "test"\n'
                         'command = "true"\n')
     assert cli.ok("reload").strip() == "reloaded; restarted: refinery:web"
-    wait_until(lambda: roles_by_name(cli)["refinery:web"]["state"] == "running",
-               what="refinery:web to be back")
+    feed.wait("role_ready", role="refinery:web", after=mark,
+              where=lambda e: e["pid"] != before["refinery:web"], what="refinery:web to be back")
+    assert roles_by_name(cli)["refinery:web"]["state"] == "running"
     after = role_processes(town)
     assert after["refinery:web"] != before["refinery:web"]
     assert {n: p for n, p in after.items() if n != "refinery:web"} == {
@@ -140,18 +168,20 @@ def test_reload_restarts_only_the_changed_rigs_refinery(cli: Cli, town: Path) ->
     (town / "town.toml").write_text(good)
 
 
-def test_sighup_reloads(cli: Cli, town: Path) -> None:
+def test_sighup_reloads(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """SIGHUP to the supervisor (systemctl reload) reloads like 'gastown reload'."""
     cli.ok("up")
     before = role_processes(town)
+    mark = feed.mark()
     rig_toml = town / "api" / "rig.toml"
     rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax_respawns = 5\n")
     supervisor = int(json.loads(cli.ok("status", "--json"))["supervisor"]["pid"])
     os.kill(supervisor, signal.SIGHUP)
-    wait_until(lambda: role_processes(town).get("witness:api") not in (None,
-                                                                       before["witness:api"]),
-               what="witness:api to be restarted")
+    feed.wait("role_ready", role="witness:api", after=mark,
+              where=lambda e: e["pid"] != before["witness:api"],
+              what="witness:api to be restarted")
     after = role_processes(town)
+    assert after.get("witness:api") not in (None, before["witness:api"])
     assert {n: p for n, p in after.items() if n != "witness:api"} == {
         n: p for n, p in before.items() if n != "witness:api"}
     assert "configuration reloaded" in cli.ok("feed")
