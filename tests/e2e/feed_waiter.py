@@ -130,6 +130,33 @@ class FeedWaiter:
         wanted = what or f"{count} x {sorted(kinds)} {fields or ''}".rstrip()
         raise AssertionError(self._failure(wanted, len(found), timeout))
 
+    def wait_each(self, kind: str | Collection[str], key: str, values: Collection[object], *,
+                  timeout: float = 90.0, after: int = 0,
+                  where: Callable[[Event], bool] | None = None,
+                  what: str = "") -> dict[object, Event]:
+        """For each of ``values``, the first event of ``kind`` whose ``key`` field is that
+        value (and for which ``where`` holds): ``{value: event}``, once all were seen."""
+        kinds = {kind} if isinstance(kind, str) else set(kind)
+        wanted = set(values)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                first: dict[object, Event] = {}
+                for e in self._events[after:]:
+                    if (e.get("kind") in kinds and e.get(key) in wanted
+                            and (where is None or where(e))):
+                        first.setdefault(e.get(key), e)
+                if len(first) == len(wanted):
+                    return first
+                left = deadline - time.monotonic()
+                if left <= 0 or self._ended:
+                    break
+                self._cond.wait(left)
+        missing = sorted(str(v) for v in wanted - set(first))
+        raise AssertionError(self._failure(
+            what or f"{sorted(kinds)} for each {key}; still missing {missing}", len(first),
+            timeout))
+
     def wait_settled(self, mrs: Collection[str] | int, *, timeout: float = 90.0,
                      after: int = 0) -> list[Event]:
         """The terminal event (merged, rejected, cancelled) of each merge request: of the

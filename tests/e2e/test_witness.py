@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_remote, make_repo
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     beads,
     clone,
@@ -56,14 +57,24 @@ def all_closed(cli: Cli, ids: list[str]) -> bool:
     return all(found[i]["status"] == "closed" for i in ids) and not polecats(cli)
 
 
-def test_ten_beads_merge_and_leave_nothing_behind(cli: Cli, town: Path, remote: Path) -> None:
+def wait_all_landed(cli: Cli, feed: FeedWaiter, ids: list[str], timeout: float) -> None:
+    """Each bead merged and its polecat nuked after that (their events in the feed); then
+    every bead is closed and no polecat is left."""
+    feed.wait_each("mr_merged", "bead", ids, timeout=timeout)
+    feed.wait_each("polecat_nuked", "bead", ids, timeout=timeout,
+                   where=lambda e: e.get("old") in ("done", "merging"))
+    assert all_closed(cli, ids), (beads(cli), polecats(cli))
+
+
+def test_ten_beads_merge_and_leave_nothing_behind(cli: Cli, town: Path, feed: FeedWaiter,
+                                                  remote: Path) -> None:
     """10 script beads at once: all merged, every sandbox gone, each step in the feed."""
     cli.ok("up")
     ids = [cli.ok("bead", "create", f"change {i}", "--rig", "web", "-d",
                   f"echo {i} > change{i}.txt").strip() for i in range(10)]
     for bead in ids:
         cli.ok("sling", bead, "web")
-    wait_until(lambda: all_closed(cli, ids), timeout=120, what="all ten beads to close")
+    wait_all_landed(cli, feed, ids, timeout=120)
     files = git("ls-tree", "--name-only", "main", cwd=remote).split()
     assert sorted(f for f in files if f.startswith("change")) == sorted(
         f"change{i}.txt" for i in range(10))
@@ -74,20 +85,21 @@ def test_ten_beads_merge_and_leave_nothing_behind(cli: Cli, town: Path, remote: 
     assert worktrees.count("worktree ") == 1
     order = ["polecat_spawning", "polecat_working", "polecat_done", "mr_created", "mr_started",
              "mr_merged", "polecat_nuked"]
-    feed = events(cli)
+    history = events(cli)
     for bead in ids:
-        kinds = [e["kind"] for e in feed if e.get("bead") == bead and e["kind"] in order]
+        kinds = [e["kind"] for e in history if e.get("bead") == bead and e["kind"] in order]
         assert kinds == order, (bead, kinds)
 
 
-def test_agent_exiting_without_done_is_respawned_then_escalated(cli: Cli, town: Path) -> None:
+def test_agent_exiting_without_done_is_respawned_then_escalated(cli: Cli, town: Path,
+                                                                feed: FeedWaiter) -> None:
     """A session that dies without done is respawned max_respawns times, then escalated."""
     cli.ok("up")
     bead = cli.ok("bead", "create", "quits", "--rig", "web").strip()
     name, path = cli.ok("sling", bead, "web", "--agent", "quitter").split()
-    wait_until(lambda: polecats(cli)[name]["state"] == "escalated", timeout=60,
-               what="the polecat to be escalated")
+    feed.wait("polecat_escalated", polecat=name, timeout=60)
     polecat = polecats(cli)[name]
+    assert polecat["state"] == "escalated"
     assert polecat["respawns"] == 2 and "without `gastown done`" in str(polecat["reason"])
     assert beads(cli)[bead]["status"] == "blocked"
     assert (Path(path) / "wip.txt").read_text().count("wip") == 3
@@ -98,7 +110,7 @@ def test_agent_exiting_without_done_is_respawned_then_escalated(cli: Cli, town: 
     assert "ended without `gastown done`" in prompt
 
 
-def test_witness_killed_while_polecats_merge(cli: Cli, town: Path) -> None:
+def test_witness_killed_while_polecats_merge(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """kill -9 of the witness mid-run: afterwards merged polecats are nuked, others kept."""
     cli.ok("up")
     witness = role_processes(town)["witness:web"]
@@ -115,10 +127,13 @@ def test_witness_killed_while_polecats_merge(cli: Cli, town: Path) -> None:
         found = {m["bead"]: m["state"] for m in json.loads(cli.ok("mq", "list", "--json"))}
         return all(found.get(b) == "merged" for b in good) and found.get(broken) == "rejected"
 
-    wait_until(merged_and_rejected, timeout=90, what="merges while the witness is deaf")
+    feed.wait_each("mr_merged", "bead", good, timeout=90)
+    feed.wait("mr_rejected", bead=broken, timeout=90)
+    assert merged_and_rejected()
     assert len(polecats(cli)) == 5  # nobody nuked them yet
     os.kill(witness, signal.SIGKILL)
-    wait_until(lambda: len(polecats(cli)) == 2, timeout=60, what="the new witness to nuke")
+    feed.wait_each("polecat_nuked", "bead", good, timeout=60, what="the new witness to nuke")
+    assert len(polecats(cli)) == 2
     left = polecats(cli)
     assert left[sleeper]["state"] == "working" and left[sleeper]["session_alive"]
     (rejected,) = [p for p in left.values() if p["bead"] == broken]
@@ -126,7 +141,8 @@ def test_witness_killed_while_polecats_merge(cli: Cli, town: Path) -> None:
     assert all(beads(cli)[b]["status"] == "closed" for b in good)
 
 
-def test_kill_9_whole_town_mid_run_then_up(cli: Cli, town: Path, remote: Path) -> None:
+def test_kill_9_whole_town_mid_run_then_up(cli: Cli, town: Path, feed: FeedWaiter,
+                                           remote: Path) -> None:
     """kill -9 of supervisor and roles mid-run, then up: everything lands exactly once."""
     rig_toml = town / "web" / "rig.toml"
     rig_toml.write_text(rig_toml.read_text().replace('command = "sh check.sh"',
@@ -136,13 +152,13 @@ def test_kill_9_whole_town_mid_run_then_up(cli: Cli, town: Path, remote: Path) -
                   f"echo {i} > c{i}.txt").strip() for i in range(6)]
     for bead in ids:
         cli.ok("sling", bead, "web")
-    wait_until(lambda: any(b["status"] == "closed" for b in beads(cli).values()),
-               what="a first merge")
+    feed.wait("mr_merged", what="a first merge")
+    assert any(b["status"] == "closed" for b in beads(cli).values())
     for pid in town_processes(town):
         os.kill(pid, signal.SIGKILL)
     wait_until(lambda: town_processes(town) == {}, what="the town to be gone")
     cli.ok("up")
-    wait_until(lambda: all_closed(cli, ids), timeout=120, what="the run to complete")
+    wait_all_landed(cli, feed, ids, timeout=120)
     subjects = git("log", "--format=%s", "main", cwd=remote).splitlines()
     for bead in ids:
         assert sum(s.startswith(bead) for s in subjects) == 1, bead
@@ -200,7 +216,7 @@ def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Pat
         shutil.rmtree(root.parent, ignore_errors=True)
 
 
-def test_silent_session_is_noted_not_killed(cli: Cli, town: Path) -> None:
+def test_silent_session_is_noted_not_killed(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """A live agent with no commit, change or output past stall_timeout is reported, kept."""
     rig_toml = town / "web" / "rig.toml"
     rig_toml.write_text(rig_toml.read_text().replace("max_respawns = 2\n",
@@ -208,9 +224,10 @@ def test_silent_session_is_noted_not_killed(cli: Cli, town: Path) -> None:
     cli.ok("up")
     bead = cli.ok("bead", "create", "quiet", "--rig", "web").strip()
     name = cli.ok("sling", bead, "web", "--agent", "sleeper").split()[0]
-    wait_until(lambda: str(polecats(cli)[name]["reason"] or "").startswith("silent"),
-               what="the silence note")
+    feed.wait("polecat_noted", polecat=name, where=lambda e: str(e["reason"]).startswith(
+        "silent"), what="the silence note")
     noted = polecats(cli)[name]
+    assert str(noted["reason"]).startswith("silent")
     assert noted["state"] == "working" and noted["session_alive"] is True
     assert "silent for" in cli.ok("status")
     assert any(e["kind"] == "polecat_noted" and e.get("polecat") == name for e in events(cli))
