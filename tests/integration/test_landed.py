@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 from gastown.roles import git, landed
+from gastown.roles.polecats import unlanded_work
+from gastown.roles.rigs import add_rig
+from gastown.roles.store import Polecat, open_store
+from gastown.roles.town import install_town
+from tests.conftest import make_repo
 
 
 def run(cwd: Path, *args: str) -> str:
@@ -105,3 +110,26 @@ def test_a_folder_without_git_and_a_missing_branch(clone: Path, tmp_path: Path) 
     assert facts.stray and not facts.landed and facts.missing == ("gone",)
     facts = landed.gather(clone, "main", ["gone", None])
     assert facts.landed and facts.landed_on is None
+
+
+def test_a_polecat_nuke_sees_its_detached_head_and_the_remote(tmp_path: Path) -> None:
+    """``polecats.unlanded_work``, the nuke's check, is this module's verdict: a commit on
+    a detached HEAD refuses the nuke; once its patch is on origin's default, it has landed."""
+    town = install_town(tmp_path / "town")[0]
+    source = make_repo(tmp_path / "src")
+    with open_store(town.db_path) as store:
+        add_rig(town, store, "web", str(source), cwd=tmp_path, push_to_checkout=True)
+    clone = town.refinery_clone("web")
+    tree = tmp_path / "toast"
+    run(clone, "worktree", "add", "-q", "-b", "polecat/toast", str(tree), "main")
+    polecat = Polecat(rig="web", name="toast", bead=None, branch="polecat/toast",
+                      worktree=str(tree), state="working", agent="script", session=None,
+                      respawns=0, reason=None, sling=None, created_at=0.0, updated_at=0.0)
+    assert unlanded_work(town, polecat) == []
+    run(tree, "checkout", "-q", "--detach")
+    mine = commit(tree, "feature", "one\n")
+    assert unlanded_work(town, polecat) == ["1 commit(s) on polecat/toast not on main"]
+    run(source, "fetch", "-q", str(tree), mine)
+    run(source, "cherry-pick", mine)
+    run(clone, "fetch", "-q", "origin")
+    assert unlanded_work(town, polecat) == []
