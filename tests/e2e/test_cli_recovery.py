@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import Cli, git, make_remote
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     clone,
     configure,
@@ -307,7 +308,8 @@ def test_rig_add_check_reports_gates_of_the_new_rig(cli: Cli, town: Path, remote
 # -- items 1 and 2 with a running town -----------------------------------------------------------
 
 
-def test_rejected_mr_shows_its_log_tail_and_steps(cli: Cli, town: Path) -> None:
+def test_rejected_mr_shows_its_log_tail_and_steps(cli: Cli, town: Path,
+                                                  feed: FeedWaiter) -> None:
     """A gate rejection: bead show, mq list and mq show print the gate log path and the
     failing tail; mq show lists the steps with their timings."""
     configure(town, gate("unit", "echo FAILING-TEST-7; exit 1"))
@@ -315,11 +317,9 @@ def test_rejected_mr_shows_its_log_tail_and_steps(cli: Cli, town: Path) -> None:
     bead = cli.ok("bead", "create", "breaks", "--rig", "web", "-d", "echo x > x.txt").strip()
     cli.ok("sling", bead, "web")
 
-    def rejected() -> dict[str, object] | None:
-        found = [m for m in json.loads(cli.ok("mq", "list", "--json")) if m["bead"] == bead]
-        return found[0] if found and found[0]["state"] == "rejected" else None
-
-    mr = wait_until(rejected, what="the MR to be rejected")
+    feed.wait("mr_rejected", bead=bead, what="the MR to be rejected")
+    (mr,) = [m for m in json.loads(cli.ok("mq", "list", "--json")) if m["bead"] == bead]
+    assert mr["state"] == "rejected"
     log = town / "logs" / "mq" / f"web-{mr['id']}.log"
     assert mr["log"] == str(log) and "FAILING-TEST-7" in str(mr["tail"])
     listed = cli.ok("mq", "list")
@@ -338,7 +338,8 @@ def test_rejected_mr_shows_its_log_tail_and_steps(cli: Cli, town: Path) -> None:
     one_line_error(cli("mq", "show", "mr-nope"), 1, "no merge request")
 
 
-def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path) -> None:
+def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path,
+                                                          feed: FeedWaiter) -> None:
     """A bead with a working polecat, and one with a queued MR: close is refused; --force
     stops the agent, cancels the MR, escalates the polecats with the reason, and keeps
     their worktrees and branches; the cancelled MR never lands."""
@@ -385,7 +386,8 @@ def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path) 
     cli.ok("up")
     bead = cli.ok("bead", "create", "after", "--rig", "web", "-d", "echo a > a.txt").strip()
     cli.ok("sling", bead, "web")
-    wait_until(lambda: bead_json(cli, bead)["status"] == "closed", what="a later bead to merge")
+    feed.wait("mr_merged", bead=bead, what="a later bead to merge")
+    assert bead_json(cli, bead)["status"] == "closed"
     assert json.loads(cli.ok("mq", "show", mr["id"], "--json"))["state"] == "cancelled"
     landed = git("log", "--format=%s", f"{main_before}..main", cwd=clone(town))
     assert "done" not in landed.split("\n")
@@ -395,8 +397,8 @@ def test_bead_close_force_keeps_the_work_of_live_polecats(cli: Cli, town: Path) 
     assert os.path.isdir(path) and os.path.isdir(other_path)
 
 
-def test_bead_show_says_why_a_polecat_escalated_with_its_last_output(cli: Cli,
-                                                                      town: Path) -> None:
+def test_bead_show_says_why_a_polecat_escalated_with_its_last_output(
+        cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """An agent that exits without done, past max_respawns: bead show prints the polecat's
     state, the reason it escalated and the last lines of its session output."""
     (town / "town.toml").write_text((town / "town.toml").read_text() + (
@@ -405,7 +407,8 @@ def test_bead_show_says_why_a_polecat_escalated_with_its_last_output(cli: Cli,
     cli.ok("up")
     bead = cli.ok("bead", "create", "gives up", "--rig", "web").strip()
     name, _ = cli.ok("sling", bead, "web", "--agent", "quitter").split()
-    wait_until(lambda: bead_json(cli, bead)["status"] == "blocked", what="the escalation")
+    feed.wait("bead_status_changed", bead=bead, new="blocked", what="the escalation")
+    assert bead_json(cli, bead)["status"] == "blocked"
     shown = cli.ok("bead", "show", bead)
     polecat = bead_json(cli, bead)["polecats"][0]
     assert polecat["state"] == "escalated" and polecat["reason"]

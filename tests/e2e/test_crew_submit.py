@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_remote
-from tests.e2e.town_helpers import script_town, tear_down_town, wait_until
+from tests.e2e.feed_waiter import FeedWaiter
+from tests.e2e.town_helpers import script_town, tear_down_town
 
 
 @pytest.fixture
@@ -45,6 +46,7 @@ def mr_state(cli: Cli, mr: str) -> str:
 
 
 def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path,
+                                                            feed: FeedWaiter,
                                                             remote: Path) -> None:
     """Two submissions from crew 'toast' (a polecat 'toast' works meanwhile): both land;
     the first leaves the workspace on main, the second finds it dirty and leaves it."""
@@ -68,8 +70,8 @@ def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path
     assert again.code == 1 and "already in the merge queue" in again.err
     hold.unlink()
 
-    wait_until(lambda: any(e.get("crew") == "toast" for e in events(cli, "crew_updated")),
-               what="the crew workspace to be updated after the merge")
+    feed.wait("crew_updated", crew="toast",
+              what="the crew workspace to be updated after the merge")
     assert mr_state(cli, mr) == "merged"
     assert git("show", "main:crew.txt", cwd=remote) == "by hand\n"
     (updated,) = events(cli, "crew_updated")
@@ -88,7 +90,8 @@ def test_crew_done_lands_the_branch_and_keeps_the_workspace(cli: Cli, town: Path
     (workspace / "scratch.txt").write_text("not committed\n")
     before = git("rev-parse", "HEAD", cwd=workspace)
     hold.unlink()
-    wait_until(lambda: len(events(cli, "crew_updated")) == 2, what="the second update")
+    feed.wait_count("crew_updated", 2, what="the second update")
+    assert len(events(cli, "crew_updated")) == 2
     assert mr_state(cli, second) == "merged"
     assert json.loads(cli.ok("bead", "show", bead, "--json"))["status"] == "closed"
     assert "left as it is: 1 uncommitted" in str(events(cli, "crew_updated")[-1]["detail"])

@@ -23,6 +23,7 @@ import pytest
 from gastown.supervisor.bus.sync_client import request_sync
 from gastown.supervisor.town_lock import acquire_role_lock, start_in_progress
 from tests.conftest import Cli, git, make_repo
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     new_town_root,
     role_processes,
@@ -125,7 +126,8 @@ def test_second_instance_by_hand_cannot_run_beside_the_role(cli: Cli, town: Path
     assert pong == {"pong": "refinery:web", "pid": refinery}
 
 
-def test_waiting_second_instance_gets_the_lock_but_not_the_name(cli: Cli, town: Path) -> None:
+def test_waiting_second_instance_gets_the_lock_but_not_the_name(cli: Cli, town: Path,
+                                                                feed: FeedWaiter) -> None:
     """A by-hand instance waiting on the lock gets it when the role is killed, but the bus
     refuses it the role's name (no token): it exits, and the supervisor's new instance,
     which waited its turn, runs. Never two at once."""
@@ -136,9 +138,11 @@ def test_waiting_second_instance_gets_the_lock_but_not_the_name(cli: Cli, town: 
     assert "waiting up to 120s" in second.stderr.readline()
     os.kill(refinery, signal.SIGKILL)
     assert second.wait(timeout=120) == 78
-    new = wait_until(lambda: (r := roles_by_name(cli)["refinery:web"])["state"] == "running"
-                     and r["pid"] not in (refinery, second.pid) and r,
-                     what="the supervisor's new refinery")
+    feed.wait("role_ready", role="refinery:web",
+              where=lambda e: e["pid"] not in (refinery, second.pid),
+              what="the supervisor's new refinery")
+    new = roles_by_name(cli)["refinery:web"]
+    assert new["state"] == "running" and new["pid"] not in (refinery, second.pid)
     assert role_processes(town)["refinery:web"] == new["pid"]
     log = (town / "logs" / "refinery-web.log").read_text()
     assert "belongs to the role process this town's supervisor started" in log

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_repo
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     feed_kinds,
     new_town_root,
@@ -87,17 +88,17 @@ def test_up_runs_five_role_processes_and_down_stops_them(cli: Cli, town: Path) -
     assert "already down" in cli.ok("down")
 
 
-def test_killed_role_is_replaced_and_the_restart_is_visible(cli: Cli, town: Path) -> None:
+def test_killed_role_is_replaced_and_the_restart_is_visible(cli: Cli, town: Path,
+                                                            feed: FeedWaiter) -> None:
     """kill -9 of a role: a new pid runs, restarts goes to 1, logs and feed show it."""
     cli.ok("up")
     old = role_processes(town)["witness:web"]
     os.kill(old, signal.SIGKILL)
 
-    def replaced() -> dict[str, object] | None:
-        role = roles_by_name(cli)["witness:web"]
-        return role if role["state"] == "running" and role["pid"] != old else None
-
-    role = wait_until(replaced, what="witness:web to be running again")
+    feed.wait("role_ready", role="witness:web", where=lambda e: e["pid"] != old,
+              what="witness:web to be running again")
+    role = roles_by_name(cli)["witness:web"]
+    assert role["state"] == "running" and role["pid"] != old
     assert role["restarts"] == 1 and role["last_exit"] == -signal.SIGKILL
     assert role_processes(town)["witness:web"] == role["pid"]
     kinds = feed_kinds(cli, "witness:web")
@@ -146,14 +147,16 @@ def test_kill_9_supervisor_takes_its_roles_down_and_up_recovers(cli: Cli, town: 
     assert status(cli)["supervisor"]["pid"] != supervisor
 
 
-def test_rigs_added_and_removed_while_up(cli: Cli, town: Path, tmp_path: Path) -> None:
+def test_rigs_added_and_removed_while_up(cli: Cli, town: Path, feed: FeedWaiter,
+                                         tmp_path: Path) -> None:
     """A new rig gets its roles, a removed rig loses them, and nobody else restarts."""
     cli.ok("up")
     before = role_processes(town)
     cli.ok("rig", "add", "docs", str(bare_repo(tmp_path / "docs.git")))
-    wait_until(lambda: {"witness:docs", "refinery:docs"} <= {
-        n for n, r in roles_by_name(cli).items() if r["state"] == "running"},
-        what="the docs roles")
+    feed.wait_each("role_ready", "role", ["witness:docs", "refinery:docs"],
+                   what="the docs roles")
+    assert {"witness:docs", "refinery:docs"} <= {
+        n for n, r in roles_by_name(cli).items() if r["state"] == "running"}
     cli.ok("rig", "remove", "api")
     wait_until(lambda: "witness:api" not in roles_by_name(cli), what="api roles to stop")
     after = role_processes(town)
@@ -180,18 +183,18 @@ def test_sigterm_during_start_up(cli: Cli, town: Path) -> None:
     assert town_processes(town) == {}
 
 
-def test_sigterm_during_restart_backoff(cli: Cli, town: Path) -> None:
+def test_sigterm_during_restart_backoff(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """SIGTERM while a role waits out a long back-off: no wait, no process left."""
     (town / "town.toml").write_text((town / "town.toml").read_text().replace(
         'restart_delay = "0.05s"', 'restart_delay = "60s"').replace(
         'restart_max_delay = "1s"', 'restart_max_delay = "60s"'))
     proc = _foreground(cli)
-    wait_until(lambda: len(role_processes(town)) == 5, what="five roles")
-    wait_until(lambda: all(r["state"] == "running" for r in roles_by_name(cli).values()),
-               what="all roles running")
+    feed.wait_each("role_ready", "role", ALL_ROLES, what="all roles running")
+    assert len(role_processes(town)) == 5
+    assert all(r["state"] == "running" for r in roles_by_name(cli).values())
     os.kill(role_processes(town)["refinery:web"], signal.SIGKILL)
-    wait_until(lambda: roles_by_name(cli)["refinery:web"]["state"] == "backoff",
-               what="refinery:web in back-off")
+    feed.wait("role_restarting", role="refinery:web", what="refinery:web in back-off")
+    assert roles_by_name(cli)["refinery:web"]["state"] == "backoff"
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert town_processes(town) == {}
