@@ -14,7 +14,9 @@ from tests.e2e.feed_waiter import FeedWaiter
 @pytest.fixture
 def feed(cli: Cli, town: Path) -> Iterator[FeedWaiter]:
     """A :class:`FeedWaiter` on the test's ``town`` (whichever fixture the module gives that
-    name), stopped before the town is torn down."""
+    name), stopped before the town is torn down. It sees what the store held when it
+    started, then what a running supervisor copies to ``events.jsonl``: an event recorded
+    while the town is down shows up once the town is up."""
     assert cli.env.get("GASTOWN_TOWN") == str(town)
     with FeedWaiter(cli) as waiter:
         yield waiter
