@@ -30,15 +30,12 @@ import trio
 
 from gastown.roles import log
 from gastown.roles.agent_turns import print_turn
-from gastown.roles.agents import load_presets, prints_turns, resolve_agent
+from gastown.roles.agent_watch import AgentWatch, WitnessHooks
 from gastown.roles.async_store import AsyncStore
-from gastown.roles.config import AgentConfig
 from gastown.roles.errors import GastownError
 from gastown.roles.lifecycle import GaveUp, SessionDied
-from gastown.roles.nudges import deliver_nudge
 from gastown.roles.polecats import (
     nuke_merged,
-    record_done,
     respawn_session,
     session_alive,
     session_info,
@@ -47,13 +44,9 @@ from gastown.roles.polecats import (
 )
 from gastown.roles.role_context import RoleContext
 from gastown.roles.store import Polecat
-from gastown.roles.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
 
 WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_spawning",
                       "polecat_done", "polecat_stalled", "agent_turn_ended")
-
-#: How long the witness waits for an agent to come back to its prompt for a nudge.
-NUDGE_TIMEOUT: Final = 120.0
 
 #: Polecat states whose session the witness keeps watching: a print-mode agent's last
 #: turn (the one that ran `gastown done`) is read back when its process exits.
@@ -81,9 +74,14 @@ class Witness:
         self._client: Any = None
         self._pass_needed = trio.Event()
         self._reviving: set[str] = set()
-        self._turning: set[str] = set()
+        self._agents: AgentWatch | None = None
         self.nuked = 0
         self.respawned = 0
+
+    @property
+    def agents(self) -> AgentWatch:
+        assert self._agents is not None
+        return self._agents
 
     @property
     def store(self) -> AsyncStore:
@@ -102,6 +100,9 @@ class Witness:
 
     async def run(self, client: Any) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
+        self._agents = AgentWatch(self.town, self.rig, self._store, WitnessHooks(
+            announce=self._announce, watch=self._ensure_watched,
+            wake_refinery=self._marker, escalate=self._escalate))
         self._client = client
         try:
             events = await client.subscribe(*WAKE_TOPICS)
@@ -140,7 +141,7 @@ class Witness:
                 await self._nuke(str(message.data.get("polecat")))
             elif message.topic == "agent_turn_ended":
                 assert self._nursery is not None
-                self._nursery.start_soon(self._turn_ended, str(message.data.get("polecat")))
+                self._nursery.start_soon(self.agents.turn_ended, str(message.data.get("polecat")))
             else:
                 self._pass_needed.set()
 
@@ -272,47 +273,8 @@ class Witness:
         self._watched[polecat.name] = (info.pid, scope)
         assert self._nursery is not None
         self._nursery.start_soon(self._watch_session, polecat, scope)
-        if info.backend == "tmux" and self._screen_kind(polecat) is not None:
-            self._nursery.start_soon(self._tend_start, polecat, info)
-
-    def _screen_kind(self, polecat: Polecat) -> str | None:
-        try:
-            kind = self._agent(polecat).kind
-        except GastownError:
-            return None
-        return kind if kind in ("claude", "codex") else None
-
-    async def _tend_start(self, polecat: Polecat, info: Any) -> None:
-        """A real agent starting in tmux: answer any first-run dialog its prepared home
-        did not prevent, and report a start stuck on a screen we do not know (the screen's
-        last lines in `polecat list`), never leave it silent."""
-        from gastown.roles.tmux_input import answer_dialogs
-
-        kind = self._screen_kind(polecat)
-        assert kind is not None
-        with log.bound(polecat=polecat.name):  # bounded by sessions.start_timeout
-            try:
-                timeout = self.town.config.sessions.start_timeout
-                outcome = await trio.to_thread.run_sync(answer_dialogs, info, kind, timeout,
-                                                        abandon_on_cancel=True)
-            except GastownError as exc:
-                self._log.info("start_not_watched", error=exc.message)
-                return
-            if outcome.dialogs:
-                self._log.info("agent_dialogs_answered", dialogs=list(outcome.dialogs))
-            if outcome.kind != "unknown":
-                return
-            screen = " | ".join(line.strip() for line in outcome.tail.splitlines()
-                                if line.strip())[-300:]
-            reason = (f"stuck at start: {outcome.problem or 'an unrecognised screen'}"
-                      f"; screen: {screen or '(blank)'}")
-            self._log.warning("agent_start_stuck", reason=reason, screen=outcome.tail)
-            try:
-                await self.store.call(self.store.store.note_polecat, self.rig, polecat.name,
-                                      reason)
-            except GastownError:
-                return
-            await self._announce()
+        if info.backend == "tmux" and self.agents.screen_kind(polecat) is not None:
+            self._nursery.start_soon(self.agents.tend_start, polecat, info)
 
     async def _watch_session(self, polecat: Polecat, scope: trio.CancelScope) -> None:
         """Wait for the agent process to exit (its pidfd turns readable), then react."""
@@ -340,10 +302,10 @@ class Witness:
                 return
             ended_turn = False
             info = session_info(polecat)
-            if info is not None and info.pid == pid and self._prints_turns(polecat):
+            if info is not None and info.pid == pid and self.agents.prints_turns(polecat):
                 # A print-mode run exits at the end of each turn: read that turn back (its
                 # tokens, even for the turn that ran `gastown done`) before anything else.
-                kind = self._agent(polecat).kind
+                kind = self.agents.agent(polecat).kind
                 try:
                     ended_turn = await self.store.call(print_turn, self.town,
                                                        self.store.store, polecat, kind)
@@ -354,7 +316,7 @@ class Witness:
             if polecat.state != "working" or session_alive(polecat):
                 return  # it ran `gastown done` (or was nuked, or respawned) first
             if ended_turn:
-                await self._turn_ended(name)
+                await self.agents.turn_ended(name)
                 return
             self._log.warning("session_died_without_done", respawns=polecat.respawns)
             try:
@@ -415,84 +377,6 @@ class Witness:
                               GaveUp(reason), output_tail=tail)
         self._log.warning("polecat_escalated", reason=reason)
         await self._announce()
-
-    # -- turns -------------------------------------------------------------------------
-
-    def _agent(self, polecat: Polecat) -> AgentConfig:
-        _, agent = resolve_agent(polecat.agent, self.town.config, load_presets())
-        return agent
-
-    def _prints_turns(self, polecat: Polecat) -> bool:
-        backend = (polecat.session or {}).get("backend", "process")
-        try:
-            return prints_turns(self._agent(polecat), backend)
-        except GastownError:
-            return False
-
-    async def _turn_ended(self, name: str) -> None:
-        """The agent ended a turn: if it did not run `gastown done`, nudge it once, then
-        decide for it (:mod:`gastown.roles.turn_end`)."""
-        if name in self._turning:
-            return
-        self._turning.add(name)
-        try:
-            with log.bound(polecat=name):
-                await self._after_turn(name)
-        except GastownError as exc:
-            self._log.info("turn_end_skipped", polecat=name, reason=exc.message)
-        finally:
-            self._turning.discard(name)
-
-    async def _after_turn(self, name: str) -> None:
-        polecat = await self.store.call(self.store.store.polecat, self.rig, name)
-        if polecat.state != "working":
-            return
-        facts = await trio.to_thread.run_sync(self._turn_facts, polecat)
-        decision = after_turn(facts)
-        if isinstance(decision, Nothing):
-            return
-        if isinstance(decision, Nudge):
-            self._log.info("nudging_after_turn", commits_ahead=facts.commits_ahead,
-                           dirty=facts.dirty)
-            try:
-                await self.store.call(deliver_nudge, self.town, self.store.store, polecat,
-                                      decision.text, by="witness", timeout=NUDGE_TIMEOUT)
-            except GastownError as exc:
-                self._log.warning("nudge_failed", error=exc.message)
-                return
-            await self._announce()
-            self._ensure_watched(await self.store.call(self.store.store.polecat,
-                                                       self.rig, name))
-        elif isinstance(decision, RecordDone):
-            try:
-                result = await self.store.call(record_done, self.town, self.store.store,
-                                               self.rig, name, "completed",
-                                               reason="recorded by the witness: the agent "
-                                                      "committed its work but did not run "
-                                                      "`gastown done`",
-                                               done_by="witness")
-            except GastownError as exc:
-                self._log.warning("witness_done_refused", error=exc.message)
-                return
-            self._log.info("done_by_witness",
-                           mr=result.merge_request.id if result.merge_request else None)
-            await self._announce()
-            await self._marker(name)
-        elif isinstance(decision, Escalate):
-            await self._escalate(polecat, decision.reason)
-
-    def _turn_facts(self, polecat: Polecat) -> TurnFacts:
-        from gastown.roles import git
-
-        worktree = Path(polecat.worktree)
-        default = self.town.rig_config(self.rig).default_branch
-        try:
-            dirty = bool(git.dirty_files(worktree))
-            ahead = git.commits_ahead(worktree, default, "HEAD")
-        except GastownError:
-            dirty, ahead = True, 0
-        return TurnFacts(working=polecat.state == "working", nudges=polecat.nudges,
-                         commits_ahead=ahead, dirty=dirty)
 
     # -- silence -----------------------------------------------------------------------
 
