@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli, git, make_remote
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     beads,
     clone,
@@ -61,11 +62,13 @@ def polecat_of(cli: Cli, bead: str) -> dict[str, object] | None:
     return next((p for p in polecats(cli).values() if p["bead"] == bead), None)
 
 
-def settled(cli: Cli, bead: str) -> str:
-    """The bead's final status once it is closed or blocked (waits for one of them)."""
-    return str(wait_until(lambda: beads(cli)[bead]["status"]
-                          if beads(cli)[bead]["status"] in ("closed", "blocked") else None,
-                          timeout=120, what=f"bead {bead} to be closed or blocked"))
+def settled(cli: Cli, feed: FeedWaiter, bead: str, after: int = 0) -> str:
+    """The bead's status once it was closed or blocked (its event in the feed, from index
+    ``after``)."""
+    feed.wait("bead_status_changed", bead=bead, after=after, timeout=120,
+              where=lambda e: e.get("new") in ("closed", "blocked"),
+              what=f"bead {bead} to be closed or blocked")
+    return str(beads(cli)[bead]["status"])
 
 
 def sling_in_background(cli: Cli, *args: str) -> subprocess.Popen[str]:
@@ -79,7 +82,8 @@ def never_blocked(cli: Cli, bead: str) -> bool:
                    and e.get("new") == "blocked" for e in events(cli))
 
 
-def test_done_while_the_polecat_is_still_spawning(cli: Cli, town: Path, remote: Path) -> None:
+def test_done_while_the_polecat_is_still_spawning(cli: Cli, town: Path, feed: FeedWaiter,
+                                                  remote: Path) -> None:
     """The agent runs `done` before the mayor marks it working: accepted, merged, never
     blocked; the mayor's late last step changes nothing."""
     hold = town.parent / "hold-mayor"
@@ -102,14 +106,16 @@ def test_done_while_the_polecat_is_still_spawning(cli: Cli, town: Path, remote: 
     hold.unlink()
     _out, err = slinger.communicate(timeout=120)
     assert slinger.returncode == 0, err
-    assert settled(cli, bead) == "closed"
+    assert settled(cli, feed, bead) == "closed"
     assert never_blocked(cli, bead)
     assert git("show", "main:fast.txt", cwd=remote) == "fast\n"
     assert not any(e["kind"] == "sling_failed" for e in events(cli))
-    wait_until(lambda: not polecats(cli), what="the merged polecat to be nuked")
+    feed.wait("polecat_nuked", bead=bead, what="the merged polecat to be nuked")
+    assert not polecats(cli)
 
 
-def test_spawn_recovery_keeps_committed_work(cli: Cli, town: Path, remote: Path) -> None:
+def test_spawn_recovery_keeps_committed_work(cli: Cli, town: Path, feed: FeedWaiter,
+                                             remote: Path) -> None:
     """kill -9 of the mayor after the session started; the agent commits and exits without
     done; the restarted mayor keeps the commit (submitted as an MR) and it lands."""
     hold = town.parent / "hold-mayor"
@@ -132,13 +138,14 @@ def test_spawn_recovery_keeps_committed_work(cli: Cli, town: Path, remote: Path)
     os.kill(role_processes(town)["mayor"], signal.SIGKILL)
     hold.unlink()  # the restarted mayor recovers; a re-sling (the old bug) would run on
     slinger.communicate(timeout=120)
-    assert settled(cli, bead) == "closed"
+    assert settled(cli, feed, bead) == "closed"
     assert git("show", "main:wip.txt", cwd=remote) == "wip\n"
     assert "wip" in git("log", "--format=%s", "main", cwd=remote).splitlines()
     assert never_blocked(cli, bead)
 
 
-def test_escalation_stops_what_is_left_of_the_session(cli: Cli, town: Path) -> None:
+def test_escalation_stops_what_is_left_of_the_session(cli: Cli, town: Path,
+                                                      feed: FeedWaiter) -> None:
     """An agent that forks `sleep 600` children and exits without done: after the witness
     escalates it, none of its processes remain; its reason and last output are kept."""
     from gastown.roles.processes import processes_with_env
@@ -146,8 +153,8 @@ def test_escalation_stops_what_is_left_of_the_session(cli: Cli, town: Path) -> N
     cli.ok("up")
     bead = cli.ok("bead", "create", "forks", "--rig", "web").strip()
     name = cli.ok("sling", bead, "web", "--agent", "forker").split()[0]
-    wait_until(lambda: polecats(cli)[name]["state"] == "escalated", timeout=90,
-               what="the polecat to be escalated")
+    feed.wait("polecat_escalated", polecat=name, what="the polecat to be escalated")
+    assert polecats(cli)[name]["state"] == "escalated"
     assert processes_with_env({"GASTOWN_TOWN": str(town), "GASTOWN_POLECAT": name}) == []
     polecat = polecats(cli)[name]
     assert "forked two sleepers" in str(polecat["output_tail"])
@@ -159,7 +166,7 @@ def test_escalation_stops_what_is_left_of_the_session(cli: Cli, town: Path) -> N
     assert "without `gastown done`" in listing and "| forked two sleepers" in listing
 
 
-def test_escalated_work_fixed_by_hand_is_resubmitted(cli: Cli, town: Path,
+def test_escalated_work_fixed_by_hand_is_resubmitted(cli: Cli, town: Path, feed: FeedWaiter,
                                                      remote: Path) -> None:
     """The agent escalates with a reason (kept on polecat, bead and feed, with its output);
     a person fixes the work in the worktree and runs `done` there: a new MR, merged."""
@@ -168,8 +175,9 @@ def test_escalated_work_fixed_by_hand_is_resubmitted(cli: Cli, town: Path,
                   "echo trying; exit 3").strip()
     name, path = cli.ok("sling", bead, "web").split()
     worktree = Path(path)
-    wait_until(lambda: polecats(cli)[name]["state"] == "escalated", what="the escalation")
+    feed.wait("polecat_escalated", polecat=name, what="the escalation")
     polecat = polecats(cli)[name]
+    assert polecat["state"] == "escalated"
     assert "the script failed with exit 3" in str(polecat["reason"])
     assert "trying" in str(polecat["output_tail"])
     shown = beads(cli)[bead]
@@ -188,14 +196,17 @@ def test_escalated_work_fixed_by_hand_is_resubmitted(cli: Cli, town: Path,
     assert dirty.code == 1 and "uncommitted" in dirty.err
     git("add", "fixed.txt", cwd=worktree)
     git("commit", "-qm", "fixed by hand", cwd=worktree)
+    mark = feed.mark()
     out = cli.ok("done", cwd=worktree)
     assert "merge request" in out
-    assert settled(cli, bead) == "closed"
+    assert settled(cli, feed, bead, after=mark) == "closed"
     assert git("show", "main:fixed.txt", cwd=remote) == "fixed by hand\n"
-    wait_until(lambda: name not in polecats(cli), what="the polecat to be nuked")
+    feed.wait("polecat_nuked", polecat=name, what="the polecat to be nuked")
+    assert name not in polecats(cli)
 
 
-def test_conflict_resolved_by_hand_is_resubmitted(cli: Cli, town: Path, remote: Path) -> None:
+def test_conflict_resolved_by_hand_is_resubmitted(cli: Cli, town: Path, feed: FeedWaiter,
+                                                  remote: Path) -> None:
     """Two beads write the same file: one merges, the other is rejected (conflict); a
     person rebases and resolves it in the rejected worktree, runs `done`: merged."""
     cli.ok("up")
@@ -203,16 +214,12 @@ def test_conflict_resolved_by_hand_is_resubmitted(cli: Cli, town: Path, remote: 
     two = cli.ok("bead", "create", "two", "--rig", "web", "-d", "echo two > same.txt").strip()
     slung = {bead: cli.ok("sling", bead, "web").split() for bead in (one, two)}
 
-    def one_rejected() -> tuple[str, str] | None:
-        for bead, (name, _path) in slung.items():
-            polecat = polecats(cli).get(name)
-            if polecat is not None and polecat["state"] == "rejected":
-                return bead, name
-        return None
-
-    bead, name = wait_until(one_rejected, what="the second MR to be rejected (conflict)")
+    rejected = feed.wait("polecat_rejected", where=lambda e: e.get("bead") in slung,
+                         what="the second MR to be rejected (conflict)")
+    bead, name = str(rejected["bead"]), str(rejected["polecat"])
+    assert slung[bead][0] == name and polecats(cli)[name]["state"] == "rejected"
     other = two if bead == one else one
-    assert settled(cli, other) == "closed"
+    assert settled(cli, feed, other) == "closed"
     worktree = Path(slung[bead][1])
     rebase = subprocess.run(["git", "rebase", "main"], cwd=worktree, capture_output=True,
                             text=True, check=False)
@@ -220,9 +227,10 @@ def test_conflict_resolved_by_hand_is_resubmitted(cli: Cli, town: Path, remote: 
     (worktree / "same.txt").write_text("one\ntwo\n")
     git("add", "same.txt", cwd=worktree)
     git("-c", "core.editor=true", "rebase", "--continue", cwd=worktree)
+    mark = feed.mark()
     out = cli.ok("done", cwd=worktree)
     assert "merge request" in out
-    assert settled(cli, bead) == "closed"
+    assert settled(cli, feed, bead, after=mark) == "closed"
     assert git("show", "main:same.txt", cwd=remote) == "one\ntwo\n"
     resubmitted = [e for e in events(cli) if e["kind"] == "polecat_done"
                    and e.get("polecat") == name and e.get("old") == "rejected"]
@@ -257,6 +265,7 @@ def test_undispatchable_sling_fails_once_and_leaves_the_queue(cli: Cli, town: Pa
 
 
 def test_a_session_started_but_never_recorded_is_adopted(cli: Cli, town: Path,
+                                                         feed: FeedWaiter,
                                                          remote: Path) -> None:
     """kill -9 of the mayor between starting an agent and recording its session: the
     restarted mayor finds the live agent by its identity (incarnation included) and adopts
@@ -288,13 +297,13 @@ def test_a_session_started_but_never_recorded_is_adopted(cli: Cli, town: Path,
     assert polecat is not None and polecat["state"] == "spawning", polecat
     os.kill(role_processes(town)["mayor"], signal.SIGKILL)
     hold_mayor.unlink()
-    wait_until(lambda: (polecat_of(cli, bead) or {}).get("state") == "working",
-               what="the restarted mayor to adopt the session")
+    feed.wait("polecat_working", bead=bead, what="the restarted mayor to adopt the session")
+    assert (polecat_of(cli, bead) or {}).get("state") == "working"
     os.kill(agent, 0)  # the very agent it started lives on: adopted, not killed
     assert (polecat_of(cli, bead) or {}).get("session_alive") is True
     hold_agent.unlink()
     slinger.communicate(timeout=120)
-    assert settled(cli, bead) == "closed"
+    assert settled(cli, feed, bead) == "closed"
     assert never_blocked(cli, bead)
     assert git("show", "main:adopted.txt", cwd=remote) == "adopted\n"
     kinds = [e["kind"] for e in events(cli) if e.get("bead") == bead]
