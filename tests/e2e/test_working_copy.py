@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Cli, git, make_repo
+from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import feed_kinds, new_town_root, tear_down_town, wait_until
 from tests.invariants import every_merged_patch_on_main, main_never_moved_backwards
 
@@ -48,11 +48,15 @@ def mrs(cli: Cli) -> list[dict[str, object]]:
     return list(json.loads(cli.ok("mq", "list", "--json")))
 
 
-def settled(cli: Cli, count: int) -> list[dict[str, object]] | None:
+def settled(cli: Cli, feed: FeedWaiter, count: int,
+            timeout: float = 90.0) -> list[dict[str, object]]:
+    """The MRs, once ``count`` of them ended (their merged/rejected/cancelled events were in
+    the feed); there must be exactly ``count`` and none queued or running."""
+    feed.wait_settled(count, timeout=timeout)
     found = mrs(cli)
-    if len(found) == count and all(m["state"] not in ("queued", "running") for m in found):
-        return found
-    return None
+    assert len(found) == count, found
+    assert all(m["state"] not in ("queued", "running") for m in found), found
+    return found
 
 
 def rig_row(cli: Cli) -> dict[str, object]:
@@ -80,7 +84,7 @@ def files_on_main(repo: Path) -> set[str]:
 
 
 def test_dirty_working_copy_keeps_every_merge_then_receives_it(
-        cli: Cli, town: Path, working_copy: Path) -> None:
+        cli: Cli, town: Path, feed: FeedWaiter, working_copy: Path) -> None:
     """The issue's scenario: 12 beads merged while the working copy refuses pushes (its
     tree is dirty): all 12 on the clone's main, which never moved back; status says
     where they are; once the tree is clean, one push brings all of them to the copy."""
@@ -95,7 +99,7 @@ def test_dirty_working_copy_keeps_every_merge_then_receives_it(
     cli.ok("up")
     names = [f"file{i:02}" for i in range(12)]
     sling_files(cli, names)
-    found = wait_until(partial(settled, cli, 12), timeout=300, what="12 MRs to settle")
+    found = settled(cli, feed, 12, timeout=300)
     assert {m["state"] for m in found} == {"merged"}, found
 
     main_never_moved_backwards(clone(town), "main")
@@ -113,12 +117,14 @@ def test_dirty_working_copy_keeps_every_merge_then_receives_it(
 
     # The user saves their notes elsewhere and cleans the tree: the next push lands it all.
     git("checkout", "--", "notes.txt", cwd=working_copy)
+    mark = feed.mark()
     cli.ok("mq", "resume", "web")
-    wait_until(lambda: head(working_copy) == head(clone(town)), timeout=120,
-               what="the working copy to receive the merged work")
+    feed.wait("push_caught_up", rig="web", after=mark, timeout=120,
+              what="the working copy to receive the merged work")
+    assert head(working_copy) == head(clone(town))
     assert {f"{n}.txt" for n in names} <= set(p.name for p in working_copy.iterdir())
     assert git("status", "--porcelain", cwd=working_copy).strip() == ""
-    wait_until(lambda: rig_row(cli)["push_error"] is None, what="the backlog to clear")
+    assert rig_row(cli)["push_error"] is None
     assert "not on the remote yet" not in cli.ok("status")
     assert "push_caught_up" in feed_kinds(cli)
     every_merged_patch_on_main(town, "web", repo=working_copy)
@@ -160,7 +166,7 @@ def test_rig_add_refuses_a_working_copy_with_the_branch_checked_out(
 
 
 def test_diverged_remote_pauses_the_queue_until_the_user_merges(
-        cli: Cli, town: Path, working_copy: Path) -> None:
+        cli: Cli, town: Path, feed: FeedWaiter, working_copy: Path) -> None:
     """Someone commits on the remote while merged work is unpushed: the queue stops with
     the reason (no reset), the new MR stays queued; after the user merges and resumes,
     everything lands exactly once, on the clone and on the working copy."""
@@ -168,7 +174,7 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
     (working_copy / "notes.txt").write_text("my unsaved notes\n")
     cli.ok("up")
     sling_files(cli, ["a", "b", "c"])
-    wait_until(partial(settled, cli, 3), timeout=180, what="3 MRs to land")
+    settled(cli, feed, 3, timeout=180)
     assert rig_row(cli)["unpushed"] == 3
     landed = head(clone(town))
 
@@ -183,7 +189,10 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
         queued = [m for m in mrs(cli) if m["bead"] == late and m["state"] == "queued"]
         return row if row["mq_paused"] and queued else None
 
-    row = wait_until(paused, timeout=120, what="the queue to pause with the MR queued")
+    feed.wait("mr_created", bead=late, timeout=120)
+    feed.wait("mq_paused", rig="web", timeout=120, what="the queue to pause")
+    row = paused()
+    assert row is not None, (rig_row(cli), mrs(cli))
     reason = str(row["mq_paused"])
     assert reason.startswith("origin/main diverged from 3 landed commit(s) not yet pushed (")
     assert f"git -C {working_copy} pull {clone(town)} main" in reason
@@ -197,7 +206,7 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
     git("checkout", "--", "notes.txt", cwd=working_copy)
     git("pull", "-q", "--no-rebase", "--no-edit", str(clone(town)), "main", cwd=working_copy)
     cli.ok("mq", "resume", "web")
-    found = wait_until(partial(settled, cli, 4), timeout=120, what="the queued MR to land")
+    found = settled(cli, feed, 4, timeout=120)
     assert {m["state"] for m in found} == {"merged"}
     wait_until(lambda: head(working_copy) == head(clone(town)), timeout=60,
                what="the working copy to receive the last merge")
@@ -211,20 +220,20 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
 
 
 def test_branch_checked_out_later_keeps_the_work_and_start_pushes_it(
-        cli: Cli, town: Path, working_copy: Path) -> None:
+        cli: Cli, town: Path, feed: FeedWaiter, working_copy: Path) -> None:
     """A copy on another branch is accepted and pushed to; when the user checks main out,
     merges stay in the clone; after they switch away, the refinery's start pushes them."""
     git("switch", "-q", "-c", "dev", cwd=working_copy)
     cli.ok("rig", "add", "web", str(working_copy), "--branch", "main")
     cli.ok("up")
     sling_files(cli, ["one", "two"])
-    wait_until(partial(settled, cli, 2), timeout=120, what="2 MRs to land")
+    settled(cli, feed, 2, timeout=120)
     assert head(working_copy) == head(clone(town))
 
     git("switch", "-q", "main", cwd=working_copy)
     pushed = head(working_copy)
     sling_files(cli, ["three", "four"])
-    found = wait_until(partial(settled, cli, 4), timeout=120, what="2 more MRs to land")
+    found = settled(cli, feed, 4, timeout=120)
     assert {m["state"] for m in found} == {"merged"}
     assert head(working_copy) == pushed
     row = rig_row(cli)
@@ -233,8 +242,10 @@ def test_branch_checked_out_later_keeps_the_work_and_start_pushes_it(
 
     cli.ok("down")
     git("switch", "-q", "dev", cwd=working_copy)
+    mark = feed.mark()
     cli.ok("up")
-    wait_until(lambda: head(working_copy) == head(clone(town)), timeout=120,
-               what="the refinery's start to push the waiting merges")
-    wait_until(lambda: rig_row(cli)["push_error"] is None, what="the backlog to clear")
+    feed.wait("push_caught_up", rig="web", after=mark, timeout=120,
+              what="the refinery's start to push the waiting merges")
+    assert head(working_copy) == head(clone(town))
+    assert rig_row(cli)["push_error"] is None
     assert {"one.txt", "two.txt", "three.txt", "four.txt"} <= files_on_main(working_copy)
