@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
+from typing import Any
 
 from gastown.supervisor.cli._context import store_of, town_of
 
@@ -71,18 +73,54 @@ def cmd_feed(args: argparse.Namespace) -> int:
             return
         print(json.dumps(event) if args.json else format_event(event), flush=True)
 
+    offset = _size(town.events_path)  # before the first read: what is appended later
     for event in read_feed(town.events_path, outbox):
         show(event)
     if args.follow:
         import watchfiles
 
+        # The watch arms after the first read: an event appended in between would wait for
+        # the next one, so every quiet second also reads on from the last offset (cheap:
+        # only what was appended; events seen twice are dropped by their seq).
         try:
             for _ in watchfiles.watch(town.root, recursive=False, debounce=50, step=20,
-                                      watch_filter=lambda _c, p: p.endswith("events.jsonl")):
-                for event in read_feed(town.events_path):
+                                      watch_filter=lambda _c, p: p.endswith("events.jsonl"),
+                                      rust_timeout=1000, yield_on_timeout=True):
+                events, offset = _read_on(town.events_path, offset)
+                for event in events:
                     show(event)
         except KeyboardInterrupt:
             return 0
     return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_on(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete event lines appended to ``path`` since ``offset``, and the new offset
+    (back to 0 when the file was replaced by a shorter one)."""
+    if _size(path) < offset:
+        offset = 0
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events = []
+    for line in data[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events, offset + end
 
 
