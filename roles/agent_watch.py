@@ -51,6 +51,7 @@ class AgentWatch:
         self.hooks = hooks
         self._log = log.get_logger()
         self._turning: set[str] = set()
+        self._again: set[str] = set()
 
     def agent(self, polecat: Polecat) -> AgentConfig:
         _, agent = resolve_agent(polecat.agent, self.town.config, load_presets())
@@ -67,15 +68,23 @@ class AgentWatch:
         """The agent ended a turn: if it did not run `gastown done`, nudge it once, then
         decide for it (:mod:`gastown.roles.turn_end`)."""
         if name in self._turning:
+            # A turn that ends while the last one is still handled (a fast agent answers a
+            # nudge before the nudge's own bookkeeping is over) is handled right after it,
+            # never dropped: dropping it left the polecat working forever.
+            self._again.add(name)
             return
         self._turning.add(name)
         try:
             with log.bound(polecat=name):
                 await self._after_turn(name)
+                while name in self._again:
+                    self._again.discard(name)
+                    await self._after_turn(name)
         except GastownError as exc:
             self._log.info("turn_end_skipped", polecat=name, reason=exc.message)
         finally:
             self._turning.discard(name)
+            self._again.discard(name)
 
     async def _after_turn(self, name: str) -> None:
         polecat = await self.store.call(self.store.store.polecat, self.rig, name)
