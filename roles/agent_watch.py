@@ -24,7 +24,7 @@ from gastown.roles.async_store import AsyncStore
 from gastown.roles.config import AgentConfig
 from gastown.roles.errors import GastownError
 from gastown.roles.nudges import deliver_nudge
-from gastown.roles.polecats import record_done
+from gastown.roles.polecats import record_done, session_alive
 from gastown.roles.store import Polecat
 from gastown.roles.town import Town
 from gastown.roles.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
@@ -90,6 +90,9 @@ class AgentWatch:
         polecat = await self.store.call(self.store.store.polecat, self.rig, name)
         if polecat.state != "working":
             return
+        if self.prints_turns(polecat) and session_alive(polecat):
+            return  # a print-mode turn ends with its process: this one still runs
+
         facts = await trio.to_thread.run_sync(self.turn_facts, polecat)
         decision = after_turn(facts)
         if isinstance(decision, Nothing):
