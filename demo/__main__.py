@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             town.run("down", "--all", check=False)
             left = town_processes(town.root)
             if left:
-                print("processes of the town still running:\n  " + "\n  ".join(left))
+                print("processes of the town still running:\n  "
+                      + "\n  ".join(f"{pid}: {argv}" for pid, argv in left.items()))
                 status = status or 1
             else:
                 print("no process of the town is left")

@@ -77,9 +77,12 @@ def check_repositories(town: Town, remote: Path, base: Path,
     return wrong
 
 
-def town_processes(root: Path) -> list[str]:
-    """Live processes whose command line names the town (Linux ``/proc``; else none)."""
-    found = []
+def town_processes(root: Path) -> dict[int, str]:
+    """Live processes (not zombies) whose command line names the town: pid -> argv.
+
+    Linux ``/proc`` only (elsewhere: none). The tests' process checks filter this list.
+    """
+    found: dict[int, str] = {}
     needle = str(root).encode()
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit() or int(entry) == os.getpid():
@@ -90,8 +93,5 @@ def town_processes(root: Path) -> list[str]:
         except OSError:
             continue
         if needle in cmdline and stat.rpartition(")")[2].split()[0] != "Z":
-            argv = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{entry}: {argv}")
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
     return found
-
-

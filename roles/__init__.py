@@ -1,14 +1,16 @@
 """The town's domain: mayor, witness and refinery, and what they share.
 
-Layering, top to bottom (imports only flow downward):
-
+Layering, top to bottom (imports only flow downward), one folder a layer:
 - the role process (``role_process``, run by ``python -m gastown.roles``), which runs
   one role loop: ``mayor``, ``witness``, ``refinery`` (they get a ``role_context``);
-- operations the CLI and the roles share: ``town``, ``rigs``;
-- adapters that touch the world: ``store`` (SQLite), ``git``, ``log``, ``children``
-  (role processes, lifelines), ``town_lock`` (the supervisor, role and start locks);
-- pure cores with no I/O: ``names``, ``config``, ``errors``.
-
+  with the embedded ``script_agent`` program, these are the modules at the top;
+- ``operations/``: what the roles and the CLI do to the town (sling and nuke in
+  ``polecats``, ``rigs``, ``crew``, ``gates``, ``reconcile``, the agent watch);
+- ``adapters/``: one kind of I/O each: ``store`` (SQLite), ``git``, ``sessions`` and
+  ``tmux_input`` (tmux), ``processes`` (process trees, ``/proc``), ``children`` (role
+  processes, lifelines), ``town_lock`` (the supervisor, role and start locks), ``log``;
+- ``core/``: pure decisions with no I/O: ``lifecycle``, ``merge_queue``, ``turn_end``,
+  ``names``, ``config``, ``errors``, ``agent_screen``.
 Below ``roles`` is only the bus (``gastown.supervisor.bus``, where :class:`GastownError`
 is defined) and the shipped defaults (``gastown.config``); nothing here imports the rest
 of ``gastown.supervisor``. ``tests/unit/test_layering.py`` checks the graph.

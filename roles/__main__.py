@@ -1,5 +1,5 @@
 """``python -m gastown.roles ROLE --town PATH``: one role process (started by the supervisor)."""
 
-from gastown.roles.role_process import main
+from .role_process import main
 
 raise SystemExit(main())

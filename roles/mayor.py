@@ -2,12 +2,12 @@
 
 Slings are recorded in the store by whoever asks (``gastown sling``, even while the
 town is down); the mayor turns queued slings into polecats one at a time (worktree,
-branch, session: :func:`gastown.roles.polecats.spawn_polecat`). A sling that finds no
+branch, session: :func:`gastown.roles.operations.polecats.spawn_polecat`). A sling that finds no
 free slot stays queued and is retried when a slot frees: the mayor wakes on the domain
 events that free one (a polecat done, escalated or nuked), never on a timer.
 
 At start it first repairs spawns that a crash interrupted
-(:func:`~gastown.roles.polecats.recover_spawning`), then dispatches what was queued
+(:func:`~gastown.roles.operations.polecats.recover_spawning`), then dispatches what was queued
 while the town was down.
 """
 
@@ -17,12 +17,12 @@ from typing import Any, Final
 
 import trio
 
-from gastown.roles import log
-from gastown.roles.async_store import AsyncStore
-from gastown.roles.errors import GastownError
-from gastown.roles.polecats import recover_spawning, spawn_polecat
-from gastown.roles.role_context import RoleContext
-from gastown.roles.store import Sling
+from .adapters import log
+from .adapters.async_store import AsyncStore
+from .adapters.store import Sling
+from .core.errors import GastownError
+from .operations.polecats import recover_spawning, spawn_polecat
+from .role_context import RoleContext
 
 #: Domain events after which a queued sling may find a slot (or a new sling exists).
 WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",

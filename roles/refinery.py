@@ -2,7 +2,7 @@
 
 It takes the rig's merge requests in queue order (priority, then age), a batch at a
 time, woken by events (``mr_created``, ``mr_requeued``, ``mq_resume_requested``), never
-by a timer. For a batch it follows a :mod:`~gastown.roles.merge_queue` plan: stack the
+by a timer. For a batch it follows a :mod:`~gastown.roles.core.merge_queue` plan: stack the
 MRs onto the default branch by rebasing detached copies of their heads (a polecat's
 branch is checked out in its worktree and is never touched), run the gates on the
 candidate, push the tested candidate to the remote's branch, verify that it moved, and
@@ -37,15 +37,15 @@ from typing import Any, Final
 
 import trio
 
-from gastown.roles import git, landed, log
-from gastown.roles.async_store import AsyncStore
-from gastown.roles.config import RigConfig
-from gastown.roles.errors import GastownError, GitError
-from gastown.roles.faults import fault_point
-from gastown.roles.processes import processes_with_env, terminate_process_group
-from gastown.roles.rigs import is_url
-from gastown.roles.role_context import RoleContext
-from gastown.roles.store import MergeRequest
+from .adapters import git, landed, log
+from .adapters.async_store import AsyncStore
+from .adapters.faults import fault_point
+from .adapters.processes import processes_with_env, terminate_process_group
+from .adapters.store import MergeRequest
+from .core.config import RigConfig
+from .core.errors import GastownError, GitError
+from .operations.rigs import is_url
+from .role_context import RoleContext
 
 #: Events after which there may be work for the queue.
 WAKE_TOPICS: Final = ("mr_created", "mr_requeued", "mq_resume_requested")
@@ -195,7 +195,7 @@ class Refinery:
 
     async def _process_one_batch(self) -> bool:
         """Merge or reject the next batch; returns False when the queue is empty."""
-        from gastown.roles.merge_queue import next_batch
+        from .core.merge_queue import next_batch
 
         config = self._config()
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
@@ -259,7 +259,7 @@ class Refinery:
 
     async def _run_plan(self, config: RigConfig, by_id: dict[str, MergeRequest]) -> None:
         """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled."""
-        from gastown.roles.merge_queue import (
+        from .core.merge_queue import (
             Finished,
             Land,
             Reject,
@@ -455,7 +455,7 @@ class Refinery:
     async def _gate(self, config: RigConfig, mrs: tuple[str, ...] | list[str],
                     candidate: str) -> tuple[bool, str, str]:
         """Run the gates on ``candidate``: (passed, ``gate <name> (<why>)``, output tail)."""
-        from gastown.roles.gates import run_gates
+        from .operations.gates import run_gates
 
         await self._git(git.checkout_detached, self.clone, candidate)
         log_path = self.town.logs_dir / "mq" / f"{self.rig}-{mrs[-1]}.log"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gastown.roles.town import Town
+from .adapters.town import Town
 
 
 def bus_path(town: Town) -> Path:

@@ -13,7 +13,7 @@ What the kernel guarantees, not the event loop's good health:
   with exit status 75, which the supervisor reports as a failed start;
 - no role outlives its supervisor by more than a few seconds: besides the loop's own
   watcher, a thread blocked on the lifeline kills the role's process group if the
-  loop has not finished a clean exit :data:`~gastown.roles.children.LIFELINE_GRACE`
+  loop has not finished a clean exit :data:`~gastown.roles.adapters.children.LIFELINE_GRACE`
   seconds after the supervisor died (a role hung in a call, or paused at a fail point);
 - a role's name on the bus belongs to this process: it proves it with the per-spawn
   token the supervisor handed it on a pipe, and a claim without it is refused.
@@ -34,13 +34,13 @@ from typing import Any
 
 import trio
 
-from gastown.roles import log
-from gastown.roles.children import LIFELINE_ENV
-from gastown.roles.errors import GastownError, StoreError, UsageError
-from gastown.roles.faults import fault_action, fault_point
-from gastown.roles.names import validate_name
-from gastown.roles.role_context import Behaviour, RoleContext, bus_path
-from gastown.roles.town import Town
+from .adapters import log
+from .adapters.children import LIFELINE_ENV
+from .adapters.faults import fault_action, fault_point
+from .adapters.town import Town
+from .core.errors import GastownError, StoreError, UsageError
+from .core.names import validate_name
+from .role_context import Behaviour, RoleContext, bus_path
 
 ROLE_KINDS = ("mayor", "witness", "refinery")
 RECONNECT_MAX_DELAY = 2.0
@@ -67,14 +67,14 @@ def parse_role_name(name: str) -> tuple[str, str | None]:
 
 def behaviour_for(ctx: RoleContext) -> Behaviour:
     if ctx.kind == "mayor":
-        from gastown.roles.mayor import Mayor
+        from .mayor import Mayor
 
         return Mayor(ctx)
     if ctx.kind == "refinery":
-        from gastown.roles.refinery import Refinery
+        from .refinery import Refinery
 
         return Refinery(ctx)
-    from gastown.roles.witness import Witness
+    from .witness import Witness
 
     return Witness(ctx)
 
@@ -92,7 +92,7 @@ async def _watch_signals(ctx: RoleContext, cancel: trio.CancelScope) -> None:
 
 
 async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
-    from gastown.roles.children import wait_for_lifeline_eof
+    from .adapters.children import wait_for_lifeline_eof
 
     await wait_for_lifeline_eof(fd)
     log.get_logger().warning("role_stopping", reason="supervisor gone (lifeline closed)")
@@ -101,8 +101,8 @@ async def _watch_lifeline(fd: int, cancel: trio.CancelScope) -> None:
 
 async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
                      cancel: trio.CancelScope) -> None:
-    from gastown.supervisor.bus.client import open_bus_client
-    from gastown.supervisor.bus.errors import BusDisconnected, BusUnavailable, NameRefused
+    from ..supervisor.bus.client import open_bus_client
+    from ..supervisor.bus.errors import BusDisconnected, BusUnavailable, NameRefused
 
     logger = log.get_logger()
     delay = 0.05
@@ -162,7 +162,7 @@ async def run_role(ctx: RoleContext, behaviour: Behaviour | None = None) -> None
 
 
 def _lock_timeout_default() -> float:
-    from gastown.roles.town_lock import ROLE_LOCK_TIMEOUT
+    from .adapters.town_lock import ROLE_LOCK_TIMEOUT
 
     try:
         return float(os.environ.get(LOCK_TIMEOUT_ENV) or ROLE_LOCK_TIMEOUT)
@@ -172,7 +172,7 @@ def _lock_timeout_default() -> float:
 
 def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
     """Hold the role's instance lock for the process's life; None if another kept it."""
-    from gastown.roles.town_lock import RoleLocked, acquire_role_lock
+    from .adapters.town_lock import RoleLocked, acquire_role_lock
 
     logger = log.get_logger()
 
@@ -191,12 +191,12 @@ def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gastown.roles.children import (
+    from .adapters.children import (
         lifeline_fd_from_env,
         read_token,
         start_lifeline_backstop,
     )
-    from gastown.roles.town_lock import ROLE_LOCKED_EXIT
+    from .adapters.town_lock import ROLE_LOCKED_EXIT
 
     parser = argparse.ArgumentParser(prog="python -m gastown.roles",
                                      description="Run one gastown role process.")

@@ -22,9 +22,9 @@ def _done(status: str, reason: str | None = None) -> int:
 
 
 def main() -> int:
-    from gastown.roles import git
-    from gastown.roles.errors import GastownError
-    from gastown.roles.store import open_store
+    from .adapters import git
+    from .adapters.store import open_store
+    from .core.errors import GastownError
 
     town = Path(os.environ["GASTOWN_TOWN"])
     bead_id = os.environ["GASTOWN_BEAD"]

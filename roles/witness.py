@@ -28,13 +28,14 @@ from typing import Any, Final
 
 import trio
 
-from gastown.roles import log
-from gastown.roles.agent_turns import print_turn
-from gastown.roles.agent_watch import AgentWatch, WitnessHooks
-from gastown.roles.async_store import AsyncStore
-from gastown.roles.errors import GastownError
-from gastown.roles.lifecycle import GaveUp, SessionDied
-from gastown.roles.polecats import (
+from .adapters import log
+from .adapters.async_store import AsyncStore
+from .adapters.store import Polecat
+from .core.errors import GastownError
+from .core.lifecycle import GaveUp, SessionDied
+from .operations.agent_turns import print_turn
+from .operations.agent_watch import AgentWatch, WitnessHooks
+from .operations.polecats import (
     nuke_merged,
     respawn_session,
     session_alive,
@@ -42,8 +43,7 @@ from gastown.roles.polecats import (
     session_output_tail,
     stop_polecat_session,
 )
-from gastown.roles.role_context import RoleContext
-from gastown.roles.store import Polecat
+from .role_context import RoleContext
 
 WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_spawning",
                       "polecat_done", "polecat_stalled", "agent_turn_ended")
@@ -188,7 +188,7 @@ class Witness:
 
     async def _reconcile(self) -> None:
         """Disk vs store vs git vs sessions, repaired where safe (never unlanded work)."""
-        from gastown.roles.reconcile import reconcile
+        from .operations.reconcile import reconcile
 
         try:
             findings = await self.store.call(reconcile, self.town, self.store.store,
@@ -243,8 +243,8 @@ class Witness:
 
     async def _update_crew(self, name: str) -> None:
         """A crew workspace's MR merged: nothing is nuked; the workspace is brought up to
-        date when that loses nothing (see :mod:`gastown.roles.crew_submit`)."""
-        from gastown.roles.crew_submit import update_crew_after_merge
+        date when that loses nothing (see :mod:`gastown.roles.operations.crew_submit`)."""
+        from .operations.crew_submit import update_crew_after_merge
 
         with log.bound(crew=name):
             try:
@@ -416,7 +416,7 @@ class Witness:
 
 def _activity_mark(town_root: Path, polecat: Polecat) -> str:
     """A digest of what changes when an agent works: HEAD, the tree's status, its output."""
-    from gastown.roles import git
+    from .adapters import git
 
     worktree = Path(polecat.worktree)
     parts = []

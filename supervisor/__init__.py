@@ -4,4 +4,4 @@ Nothing here knows what a polecat does; it keeps the role processes alive and
 carries their messages. Domain behaviour lives in :mod:`gastown.roles`.
 """
 
-from gastown.roles import __version__ as __version__
+from ..roles import __version__ as __version__

@@ -1,5 +1,5 @@
 """``python -m gastown.supervisor`` is the same as the ``gastown`` command."""
 
-from gastown.supervisor.cli import main
+from .cli import main
 
 raise SystemExit(main())

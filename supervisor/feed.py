@@ -171,7 +171,7 @@ def format_event(event: dict[str, Any]) -> str:
 
 def _agent_fields(event: dict[str, Any], fields: dict[str, Any]) -> None:
     """Fields of the agents' events: short token counts, the cost, who nudged or recorded."""
-    from gastown.roles.agent_usage import dollars, short_count
+    from ..roles.adapters.agent_usage import dollars, short_count
 
     for key, short in (("tokens_in", "short_in"), ("tokens_out", "short_out")):
         value = event.get(key)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from gastown.roles.log import CONTEXT_KEYS, log_file_name
+from ..roles.adapters.log import CONTEXT_KEYS, log_file_name
 
 
 @dataclass(frozen=True)

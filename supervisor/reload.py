@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from gastown.roles.config import RigConfig, TownConfig
+from ..roles.core.config import RigConfig, TownConfig
 
 
 def roles_to_restart(old_town: TownConfig, new_town: TownConfig,

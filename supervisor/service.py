@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
-from gastown.roles.errors import NotFound, Refused
+from ..roles.core.errors import NotFound, Refused
 
 Mode = Literal["user", "system"]
 
@@ -138,7 +138,7 @@ def render_unit(*, python: str, town: Path, mode: Mode, user: str | None,
     if watchdog_sec <= 0:
         raise ValueError("watchdog_sec must be positive")
     if template is None:
-        from gastown.config import default_text
+        from ..config import default_text
 
         template = default_text(TEMPLATE_NAME)
     name = unit_name(town)

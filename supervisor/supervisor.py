@@ -4,7 +4,7 @@ It spawns ``mayor`` and, for every rig in the store, ``witness:<rig>`` and
 ``refinery:<rig>``, each a separate OS process with one runner task that owns it
 (spawn, await, decide, back off, respawn). When to restart is
 :mod:`~gastown.supervisor.restart_policy`'s pure decision; how to start and stop a
-process is :mod:`~gastown.supervisor.children`'s. Readiness is what the role says over
+process is :mod:`~gastown.roles.adapters.children`'s. Readiness is what the role says over
 the bus (``ready``), never a guess from elapsed time.
 
 It is also the single writer of ``events.jsonl``: processes that change the store poke
@@ -40,20 +40,20 @@ from typing import Any, Final
 
 import trio
 
-from gastown.roles import log
-from gastown.roles.async_store import AsyncStore
-from gastown.roles.config import RigConfig, TownConfig
-from gastown.roles.errors import GastownError, StoreError
-from gastown.roles.faults import fault_point
-from gastown.roles.role_context import bus_path
-from gastown.roles.store import Store
-from gastown.roles.town import Town
-from gastown.supervisor import __version__
-from gastown.supervisor.children import Lifeline, start_child, stop_child
-from gastown.supervisor.feed import EventLog, describe_exit
-from gastown.supervisor.restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
-from gastown.supervisor.sd_notify import notify
-from gastown.supervisor.town_lock import ROLE_LOCKED_EXIT, role_lock_holder
+from ..roles.adapters import log
+from ..roles.adapters.async_store import AsyncStore
+from ..roles.adapters.children import Lifeline, start_child, stop_child
+from ..roles.adapters.faults import fault_point
+from ..roles.adapters.store import Store
+from ..roles.adapters.town import Town
+from ..roles.adapters.town_lock import ROLE_LOCKED_EXIT, role_lock_holder
+from ..roles.core.config import RigConfig, TownConfig
+from ..roles.core.errors import GastownError, StoreError
+from ..roles.role_context import bus_path
+from . import __version__
+from .feed import EventLog, describe_exit
+from .restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
+from .sd_notify import notify
 
 #: Roles whose loss the town cannot work around: giving up on one stops the supervisor
 #: with a non-zero status, so that systemd (Restart=on-failure) takes over.
@@ -161,7 +161,7 @@ class Supervisor:
         self.policy = policy_of(self.config)
         self.rig_configs: dict[str, RigConfig] = {}
         self._reload_lock = trio.Lock()
-        from gastown.roles.log import JOURNAL_ENV, under_journald
+        from ..roles.adapters.log import JOURNAL_ENV, under_journald
 
         self._child_env = dict(os.environ)
         if under_journald(os.environ):
@@ -178,7 +178,7 @@ class Supervisor:
         ``signals`` is a receiver already open (so that signals sent before this runs are
         not lost); without one, one is opened here.
         """
-        from gastown.supervisor.bus.server import serve_bus
+        from .bus.server import serve_bus
 
         events = EventLog(self.town.events_path)
         try:
@@ -248,8 +248,8 @@ class Supervisor:
         A configuration with an error is refused: the running one stays, the error is
         returned (and logged, and in the feed).
         """
-        from gastown.roles.town import read_rig_config, read_town_config
-        from gastown.supervisor.reload import roles_to_restart
+        from ..roles.adapters.town import read_rig_config, read_town_config
+        from .reload import roles_to_restart
 
         async with self._reload_lock:
             notify("RELOADING=1", f"MONOTONIC_USEC={int(time.monotonic() * 1_000_000)}",
@@ -460,7 +460,7 @@ class Supervisor:
         half the interval withholds the ping, so systemd's watchdog sees a town that is
         wedged as well as a supervisor that is.
         """
-        from gastown.supervisor.bus.client import open_bus_client
+        from .bus.client import open_bus_client
 
         async with open_bus_client(bus_path(self.town), "supervisor-watchdog") as client:
             while True:
@@ -585,11 +585,11 @@ async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None,
     ``on_locked`` is called once the lock is taken and the pid file written, or the lock
     was refused (``up`` then releases its start-up lock: ``down`` can see the town).
 
-    Raises :class:`~gastown.supervisor.town_lock.SupervisorRunning` when another
+    Raises :class:`~gastown.roles.adapters.town_lock.SupervisorRunning` when another
     supervisor holds the town.
     """
-    from gastown.supervisor.children import open_lifeline
-    from gastown.supervisor.town_lock import acquire_supervisor_lock
+    from ..roles.adapters.children import open_lifeline
+    from ..roles.adapters.town_lock import acquire_supervisor_lock
 
     # Open before the lock: once `down` can see this supervisor, a SIGTERM from it is
     # handled as a clean stop (no default action killing a half-started town).

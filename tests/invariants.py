@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
-from gastown.roles.store import MergeRequest, Rig, Store, open_store
+from gastown.roles.adapters.store import MergeRequest, Rig, Store, open_store
 
 
 def _git(repo: Path, *args: str, stdin: str | None = None, check: bool = True) -> str:

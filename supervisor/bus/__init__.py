@@ -25,7 +25,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from gastown.supervisor.bus.errors import (
+from .errors import (
     BusAlreadyRunning,
     BusDisconnected,
     BusError,
@@ -37,19 +37,19 @@ from gastown.supervisor.bus.errors import (
     ProtocolError,
     RemoteError,
 )
-from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
-from gastown.supervisor.bus.protocol import (
+from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .protocol import (
     ALL_TOPICS,
     BUS_PEER,
     DROPPED_TOPIC,
     BusMessage,
     RequestHandler,
 )
-from gastown.supervisor.bus.sync_client import MessageFollower, iter_messages_sync, request_sync
+from .sync_client import MessageFollower, iter_messages_sync, request_sync
 
 if TYPE_CHECKING:
-    from gastown.supervisor.bus.client import BusClient, open_bus_client
-    from gastown.supervisor.bus.server import BusServer, serve_bus
+    from .client import BusClient, open_bus_client
+    from .server import BusServer, serve_bus
 
 __all__ = [
     "ALL_TOPICS",

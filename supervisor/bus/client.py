@@ -33,8 +33,8 @@ from typing import Any, Final
 
 import trio
 
-from gastown.supervisor.bus import protocol
-from gastown.supervisor.bus.errors import (
+from . import protocol
+from .errors import (
     BusDisconnected,
     BusUnavailable,
     FrameError,
@@ -42,8 +42,8 @@ from gastown.supervisor.bus.errors import (
     ProtocolError,
     RemoteError,
 )
-from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
-from gastown.supervisor.bus.protocol import BusMessage, RequestHandler
+from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .protocol import BusMessage, RequestHandler
 
 _CHUNK: Final = 1 << 16
 #: Frames queued for the writer before ``publish``/``request`` wait for it.

@@ -3,7 +3,7 @@
 Layer: the bottom of the town (``supervisor/bus`` imports nothing from ``roles`` or
 the rest of ``supervisor``). That is why :class:`GastownError`, the root of every
 error a user can cause, is defined here: the bus's errors derive from it, and
-:mod:`gastown.roles.errors` re-exports it beside the domain's own errors. A CLI
+:mod:`gastown.roles.core.errors` re-exports it beside the domain's own errors. A CLI
 command that lets one escape prints its one-line message and exits 1. This
 module must never import trio, sockets or anything else with side effects:
 :mod:`gastown.supervisor.bus.sync_client` and the pure :mod:`frames` and

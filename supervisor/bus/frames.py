@@ -19,7 +19,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
-from gastown.supervisor.bus.errors import FrameError
+from .errors import FrameError
 
 #: Default upper bound of a frame's body, in bytes (1 MiB).
 MAX_FRAME: Final = 1 << 20

@@ -21,7 +21,7 @@ from typing import Final
 import structlog
 import trio
 
-from gastown.supervisor.bus.errors import BusAlreadyRunning, BusPathError
+from .errors import BusAlreadyRunning, BusPathError
 
 #: ``sun_path`` holds 108 bytes including the terminating NUL.
 SUN_PATH_MAX: Final = 107

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 import trio
 
-from gastown.supervisor.bus import protocol
-from gastown.supervisor.bus.frames import encode_frame
+from . import protocol
+from .frames import encode_frame
 
 #: About how many bytes :meth:`Outbox.take_batch` hands to one ``send_all``.
 BATCH_BYTES: Final = 1 << 16

@@ -46,7 +46,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NotRequired, TypeAlias, TypedDict, cast
 
-from gastown.supervisor.bus.errors import ProtocolError
+from .errors import ProtocolError
 
 #: The peer name under which the bus itself (the supervisor) answers requests.
 BUS_PEER: Final = "bus"

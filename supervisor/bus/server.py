@@ -47,18 +47,18 @@ from typing import Any, Final, NoReturn
 import structlog
 import trio
 
-from gastown.supervisor.bus import protocol
-from gastown.supervisor.bus.errors import FrameError, ProtocolError
-from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
-from gastown.supervisor.bus.listener import (
+from . import protocol
+from .errors import FrameError, ProtocolError
+from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .listener import (
     bind_private,
     check_path,
     clear_stale_socket,
     peer_credentials,
     unlink_if_ours,
 )
-from gastown.supervisor.bus.outbox import Outbox
-from gastown.supervisor.bus.protocol import BUS_PEER, RequestHandler, RequestId
+from .outbox import Outbox
+from .protocol import BUS_PEER, RequestHandler, RequestId
 
 
 def _logger(**context: Any) -> Any:

@@ -14,16 +14,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from gastown.supervisor.bus import protocol
-from gastown.supervisor.bus.errors import (
+from . import protocol
+from .errors import (
     BusDisconnected,
     BusTimeout,
     BusUnavailable,
     NameRefused,
     RemoteError,
 )
-from gastown.supervisor.bus.frames import MAX_FRAME, FrameDecoder, encode_frame
-from gastown.supervisor.bus.protocol import BusMessage
+from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .protocol import BusMessage
 
 _CHUNK: Final = 1 << 16
 _HELLO_ID: Final = 0

@@ -5,7 +5,7 @@ standard library at module level; each command's module is imported when that
 command runs (``gastown --version`` and ``--help`` stay fast).
 
 Exit codes: 0 ok, 1 operation failed, 2 usage error. :func:`main` is the only place
-that turns a :class:`~gastown.roles.errors.GastownError` into ``gastown: <message>``.
+that turns a :class:`~gastown.roles.core.errors.GastownError` into ``gastown: <message>``.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from collections.abc import Sequence
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``gastown`` command; returns the process exit status."""
-    from gastown.supervisor.cli._parser import build_parser, run_handler
+    from ._parser import build_parser, run_handler
 
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "handler", None) is None:
         args.help_parser.print_help(sys.stderr)
         return 2
-    from gastown.roles.errors import GastownError
+    from ...roles.core.errors import GastownError
 
     try:
         return run_handler(args)
@@ -52,7 +52,7 @@ _ENVIRONMENT_ERRNOS = frozenset({"ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EIO"})
 
 def _environment_failure(exc: Exception) -> str | None:
     """One line for a failure of the disk or of SQLite that no handler turned into a
-    :class:`~gastown.roles.errors.GastownError` (the store names its file itself)."""
+    :class:`~gastown.roles.core.errors.GastownError` (the store names its file itself)."""
     import errno
 
     if isinstance(exc, OSError) and errno.errorcode.get(exc.errno or 0) in _ENVIRONMENT_ERRNOS:

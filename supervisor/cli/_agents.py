@@ -8,13 +8,13 @@ import os
 import sys
 from typing import Any
 
-from gastown.supervisor.cli._context import current_dir, poke_town, store_of, town_of
-from gastown.supervisor.cli._polecats import _rig_and_name
+from ._context import current_dir, poke_town, store_of, town_of
+from ._polecats import _rig_and_name
 
 
 def cmd_nudge(args: argparse.Namespace) -> int:
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.nudges import deliver_nudge
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.nudges import deliver_nudge
 
     rig, name = _rig_and_name(args.target)
     town = town_of(args)
@@ -54,9 +54,9 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _record(args: argparse.Namespace, payload: dict[str, Any]) -> None:
-    from gastown.roles.agent_turns import record_hook_turn
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.polecats import locate_polecat
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.agent_turns import record_hook_turn
+    from ...roles.operations.polecats import locate_polecat
 
     if payload.get("stop_hook_active"):
         return  # a turn that a Stop hook itself prolonged: the first Stop counted it

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from gastown.supervisor.cli._context import (
+from ._context import (
     age,
     iso,
     mr_json,
@@ -19,14 +19,14 @@ from gastown.supervisor.cli._context import (
 )
 
 if TYPE_CHECKING:
-    from gastown.roles._store_town import QueuedSling
-    from gastown.roles.store import Bead, Polecat, Store
-    from gastown.roles.town import Town
+    from ...roles.adapters._store_town import QueuedSling
+    from ...roles.adapters.store import Bead, Polecat, Store
+    from ...roles.adapters.town import Town
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    from gastown.roles.errors import UsageError
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.core.errors import UsageError
 
     title = args.title.strip()
     if not title:
@@ -45,8 +45,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from gastown.roles.errors import UsageError
-    from gastown.roles.store import BEAD_STATUSES
+    from ...roles.adapters.store import BEAD_STATUSES
+    from ...roles.core.errors import UsageError
 
     statuses = None
     if args.status:
@@ -73,7 +73,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from gastown.roles.errors import UsageError
+    from ...roles.core.errors import UsageError
 
     title = args.title.strip() if args.title is not None else None
     if title == "":
@@ -91,8 +91,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.polecats import stop_polecat_session
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.polecats import stop_polecat_session
 
     town = town_of(args)
     with store_of(town) as store:
@@ -127,8 +127,8 @@ def _landed_commit(town: Town, store: Store, bead: Bead, commit: str) -> str:
     """The full id of ``commit``, verified to be on the default branch of the bead's rig."""
     import re
 
-    from gastown.roles import git
-    from gastown.roles.errors import Refused, UsageError
+    from ...roles.adapters import git
+    from ...roles.core.errors import Refused, UsageError
 
     if not re.fullmatch(r"[0-9a-fA-F]{4,40}", commit):
         raise UsageError(f"--commit wants a commit id (hex), not {commit!r}")
@@ -172,7 +172,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"  rig:      {bead.rig or '-'}")
     print(f"  priority: {bead.priority}")
     if bead.tokens_in or bead.tokens_out or bead.cost_usd:
-        from gastown.roles.agent_usage import dollars
+        from ...roles.adapters.agent_usage import dollars
 
         print(f"  tokens:   in {bead.tokens_in}, out {bead.tokens_out}, "
               f"cost {dollars(bead.cost_usd)}")

@@ -13,8 +13,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from gastown.roles.store import MergeRequest, Rig, Store, open_store
-from gastown.roles.town import Town, find_town
+from ...roles.adapters.store import MergeRequest, Rig, Store, open_store
+from ...roles.adapters.town import Town, find_town
 
 
 def town_of(args: argparse.Namespace) -> Town:
@@ -39,7 +39,7 @@ CONFIG_OPTIONAL = frozenset(f"gastown.supervisor.cli.{handler}" for handler in (
 
 def current_dir() -> Path:
     """The cwd, or one line for the user when it no longer exists."""
-    from gastown.roles.errors import GastownError
+    from ...roles.core.errors import GastownError
 
     try:
         return Path.cwd()
@@ -65,8 +65,8 @@ def _configure_cli_logging(town: Town, *, verbose: bool, config_optional: bool =
     """Log to ``logs/cli.log``. A broken town.toml raises its one-line error, unless the
     command is one of :data:`CONFIG_OPTIONAL`: then it is one warning line and the
     shipped logging defaults."""
-    from gastown.roles.errors import ConfigError
-    from gastown.roles.log import configure_logging
+    from ...roles.adapters.log import configure_logging
+    from ...roles.core.errors import ConfigError
 
     try:
         logging = town.config.logging
@@ -92,7 +92,7 @@ def store_of(town: Town) -> Iterator[Store]:
 
 def require_rig(store: Store, rig: str) -> Rig:
     """The rig named on the command line: a valid name (else exit 2) that exists (else 1)."""
-    from gastown.roles.names import validate_name
+    from ...roles.core.names import validate_name
 
     return store.rig(validate_name("rig", rig))
 
@@ -162,8 +162,8 @@ def poke_town(town: Town) -> None:
     socket_path = town.runtime_dir / "bus.sock"
     if not socket_path.exists():
         return
-    from gastown.supervisor.bus.errors import BusError
-    from gastown.supervisor.bus.sync_client import request_sync
+    from ..bus.errors import BusError
+    from ..bus.sync_client import request_sync
 
     try:
         request_sync(socket_path, "bus", "outbox", timeout=5)

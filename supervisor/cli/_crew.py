@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from gastown.roles.errors import UsageError
-from gastown.roles.names import validate_name
-from gastown.supervisor.cli._context import (
+from ...roles.core.errors import UsageError
+from ...roles.core.names import validate_name
+from ._context import (
     current_dir,
     print_json,
     print_table,
@@ -19,7 +19,7 @@ from gastown.supervisor.cli._context import (
 )
 
 if TYPE_CHECKING:
-    from gastown.roles.crew import CrewWorkspace
+    from ...roles.operations.crew import CrewWorkspace
 
 _WORKTREE_USAGE = "usage: gastown worktree RIG | worktree list | worktree remove RIG [--force]"
 
@@ -31,8 +31,8 @@ def _json_row(ws: CrewWorkspace) -> dict[str, object]:
 
 
 def cmd_crew_add(args: argparse.Namespace) -> int:
-    from gastown.roles.crew import add_crew
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew import add_crew
 
     validate_name("rig", args.rig)
     validate_name("crew", args.name)
@@ -45,7 +45,7 @@ def cmd_crew_add(args: argparse.Namespace) -> int:
 
 
 def cmd_crew_list(args: argparse.Namespace) -> int:
-    from gastown.roles.crew import list_crew
+    from ...roles.operations.crew import list_crew
 
     if args.rig is not None:
         validate_name("rig", args.rig)
@@ -66,8 +66,8 @@ def cmd_crew_list(args: argparse.Namespace) -> int:
 
 
 def cmd_crew_remove(args: argparse.Namespace) -> int:
-    from gastown.roles.crew import remove_crew
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew import remove_crew
 
     validate_name("rig", args.rig)
     validate_name("crew", args.name)
@@ -98,8 +98,8 @@ def cmd_worktree(args: argparse.Namespace) -> int:
 
 
 def _worktree_ensure(args: argparse.Namespace, rig: str) -> int:
-    from gastown.roles.crew import crew_branch, crew_identity, ensure_cross_rig_worktree
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew import crew_branch, crew_identity, ensure_cross_rig_worktree
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=rig):
@@ -115,7 +115,7 @@ def _worktree_ensure(args: argparse.Namespace, rig: str) -> int:
 
 
 def _worktree_list(args: argparse.Namespace) -> int:
-    from gastown.roles.crew import list_cross_rig_worktrees
+    from ...roles.operations.crew import list_cross_rig_worktrees
 
     town = town_of(args)
     with store_of(town) as store:
@@ -131,8 +131,8 @@ def _worktree_list(args: argparse.Namespace) -> int:
 
 
 def _worktree_remove(args: argparse.Namespace, rig: str) -> int:
-    from gastown.roles.crew import remove_cross_rig_worktree
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew import remove_cross_rig_worktree
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=rig):

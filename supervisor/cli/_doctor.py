@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 
-from gastown.roles.reconcile import Finding
-from gastown.roles.town import Town
-from gastown.supervisor.cli._context import poke_town, print_json, town_of
+from ...roles.adapters.town import Town
+from ...roles.operations.reconcile import Finding
+from ._context import poke_town, print_json, town_of
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from gastown.roles.errors import StoreMissing, StoreReplaced, UsageError
-    from gastown.roles.names import validate_name
-    from gastown.roles.reconcile import reconcile
-    from gastown.roles.store import open_store
+    from ...roles.adapters.store import open_store
+    from ...roles.core.errors import StoreMissing, StoreReplaced, UsageError
+    from ...roles.core.names import validate_name
+    from ...roles.operations.reconcile import reconcile
 
     if args.rig is not None:
         validate_name("rig", args.rig)
@@ -60,7 +60,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _config_findings(town: Town) -> list[Finding]:
     """A broken town.toml (the rigs' rig.toml are checked with each rig)."""
-    from gastown.roles.errors import ConfigError
+    from ...roles.core.errors import ConfigError
 
     try:
         town.config  # noqa: B018 - validation
@@ -74,10 +74,10 @@ def _config_findings(town: Town) -> list[Finding]:
 def _recover_store(town: Town, *, adopt: bool) -> None:
     """``--new-store``: an empty store where the town's is missing; ``--adopt-store``: the
     file now at the store's path becomes the town's store. Only with the town down."""
-    from gastown.roles.errors import Refused
-    from gastown.roles.log import get_logger
-    from gastown.roles.store import open_store
-    from gastown.supervisor.town_lock import read_supervisor
+    from ...roles.adapters.log import get_logger
+    from ...roles.adapters.store import open_store
+    from ...roles.adapters.town_lock import read_supervisor
+    from ...roles.core.errors import Refused
 
     running = read_supervisor(town.runtime_dir)
     if running is not None:

@@ -18,8 +18,8 @@ import sys
 import time
 from typing import Any
 
-from gastown.roles.town import Town
-from gastown.supervisor.cli._context import age, print_json, print_table, store_of, town_of
+from ...roles.adapters.town import Town
+from ._context import age, print_json, print_table, store_of, town_of
 
 #: How long ``up`` waits for every role to report ready.
 UP_TIMEOUT = 60.0
@@ -46,7 +46,7 @@ def _check_config(town: Town) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from gastown.supervisor.town_lock import hold_start_lock, read_supervisor
+    from ...roles.adapters.town_lock import hold_start_lock, read_supervisor
 
     town = town_of(args)
     if args.foreground:
@@ -133,10 +133,10 @@ def _tail(path: Any) -> str:
 def _run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> int:
     import trio
 
-    from gastown.roles import log
-    from gastown.roles.faults import fault_point
-    from gastown.supervisor.supervisor import run_supervisor
-    from gastown.supervisor.town_lock import SupervisorRunning, hold_start_lock
+    from ...roles.adapters import log
+    from ...roles.adapters.faults import fault_point
+    from ...roles.adapters.town_lock import SupervisorRunning, hold_start_lock
+    from ..supervisor import run_supervisor
 
     if start_fd is None:
         start_fd = hold_start_lock(town.runtime_dir, timeout=UP_TIMEOUT)
@@ -178,16 +178,16 @@ def _run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> i
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from gastown.roles.config import Seconds
-    from gastown.roles.errors import GastownError
-    from gastown.supervisor.bus.errors import BusError
-    from gastown.supervisor.bus.sync_client import request_sync
-    from gastown.supervisor.town_lock import (
+    from ...roles.adapters.town_lock import (
         read_supervisor,
         start_in_progress,
         wait_start_settled,
         wait_supervisor_exit,
     )
+    from ...roles.core.config import Seconds
+    from ...roles.core.errors import GastownError
+    from ..bus.errors import BusError
+    from ..bus.sync_client import request_sync
 
     town = town_of(args)
     running = read_supervisor(town.runtime_dir)
@@ -226,7 +226,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def _roles_gone(town: Town) -> bool:
     """Wait for every role process to have released its lock; say which one has not."""
-    from gastown.supervisor.town_lock import wait_roles_exit
+    from ...roles.adapters.town_lock import wait_roles_exit
 
     left = wait_roles_exit(town.runtime_dir, timeout=ROLES_EXIT_TIMEOUT)
     if left:
@@ -239,7 +239,7 @@ def _roles_gone(town: Town) -> bool:
 
 def _stop_sessions(town: Town) -> int:
     """``down --all``: stop every polecat's agent session; worktrees and work stay."""
-    from gastown.roles.polecats import session_alive, stop_polecat_session
+    from ...roles.operations.polecats import session_alive, stop_polecat_session
 
     with store_of(town) as store:
         polecats = store.polecats()
@@ -254,7 +254,7 @@ def _stop_sessions(town: Town) -> int:
 
 def _wait_pid_exit(pid: int, start_time: int, *, timeout: float) -> None:
     """Wait for the process to be gone (it has released its lock and is exiting)."""
-    from gastown.roles.processes import is_same_process
+    from ...roles.adapters.processes import is_same_process
 
     try:
         pidfd = os.pidfd_open(pid)
@@ -269,9 +269,9 @@ def _wait_pid_exit(pid: int, start_time: int, *, timeout: float) -> None:
 
 def gather_status(town: Town) -> dict[str, Any]:
     """The town's status as the JSON contract: live from the bus when up, else the store."""
-    from gastown.supervisor.bus.errors import BusError
-    from gastown.supervisor.bus.sync_client import request_sync
-    from gastown.supervisor.town_lock import read_supervisor
+    from ...roles.adapters.town_lock import read_supervisor
+    from ..bus.errors import BusError
+    from ..bus.sync_client import request_sync
 
     running = read_supervisor(town.runtime_dir)
     live: dict[str, Any] | None = None
@@ -299,7 +299,7 @@ def gather_status(town: Town) -> dict[str, Any]:
         status["roles"] = [{"name": r.name, "pid": None, "state": "down", "uptime": None,
                             "restarts": r.restarts, "last_exit": r.last_exit,
                             "last_state": r.state, "reason": r.reason} for r in recorded]
-    from gastown.roles.rigs import merge_queue_notes
+    from ...roles.operations.rigs import merge_queue_notes
 
     status["rigs"] = [{"name": r.name, "default_branch": r.default_branch, "prefix": r.prefix,
                        "path": str(town.rig_dir(r.name)), "mq_paused": r.mq_paused,
@@ -321,7 +321,7 @@ def gather_status(town: Town) -> dict[str, Any]:
 
 
 def _print_status(town: Town, *, as_json: bool) -> int:
-    from gastown.supervisor.feed import describe_exit
+    from ..feed import describe_exit
 
     status = gather_status(town)
     if as_json:
@@ -353,7 +353,7 @@ def _print_status(town: Town, *, as_json: bool) -> int:
     print(f"merge requests: {_counts(status['merge_requests'])}")
     usage = status["usage"]
     if usage["turns"] or usage["tokens_in"] or usage["tokens_out"]:
-        from gastown.roles.agent_usage import dollars
+        from ...roles.adapters.agent_usage import dollars
 
         print(f"agents:         {usage['turns']} turns, {usage['tokens_in']} tokens in, "
               f"{usage['tokens_out']} out, {dollars(usage['cost_usd'])}")
@@ -375,7 +375,7 @@ def _print_status(town: Town, *, as_json: bool) -> int:
                     [[q["position"], f"#{q['id']}", q["bead"], q["rig"], age(q["created_at"])]
                      for q in status["queued_slings"]])
     if status["recent_failures"]:
-        from gastown.supervisor.feed import format_event
+        from ..feed import format_event
 
         print()
         print("recent failures:")
@@ -396,7 +396,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is None:
         return _print_status(town, as_json=args.json)
     if args.json:
-        from gastown.roles.errors import UsageError
+        from ...roles.core.errors import UsageError
 
         raise UsageError("--watch shows the readable status; use --json without --watch")
     interval = max(0.5, args.watch)
@@ -414,14 +414,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_reload(args: argparse.Namespace) -> int:
     """Re-read town.toml and the rigs' rig.toml; restart only the roles that changed."""
 
-    from gastown.roles.errors import GastownError
-    from gastown.roles.town import find_town
-    from gastown.supervisor.bus.errors import BusError
-    from gastown.supervisor.bus.sync_client import request_sync
+    from ...roles.adapters.town import find_town
+    from ...roles.core.errors import GastownError
+    from ..bus.errors import BusError
+    from ..bus.sync_client import request_sync
 
     # Not town_of(): that loads town.toml, and a broken one is exactly what the supervisor
     # must be the one to refuse (keeping the configuration it runs).
-    from gastown.supervisor.cli._context import search_dir
+    from ._context import search_dir
 
     town = find_town(args.town, os.environ, search_dir(args.town))
     try:

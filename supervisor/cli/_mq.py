@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from gastown.supervisor.cli._context import (
+from ._context import (
     age,
     iso,
     mr_json,
@@ -19,8 +19,8 @@ from gastown.supervisor.cli._context import (
 )
 
 if TYPE_CHECKING:
-    from gastown.roles.store import MergeRequest
-    from gastown.roles.town import Town
+    from ...roles.adapters.store import MergeRequest
+    from ...roles.adapters.town import Town
 
 RECENT = 20
 #: Lines of a rejected MR's failing output that ``mq list`` prints (``mq show``: all kept).
@@ -46,7 +46,7 @@ def cmd_mq_list(args: argparse.Namespace) -> int:
         return 0
 
     def what(m: object) -> str:
-        from gastown.roles.store import MergeRequest
+        from ...roles.adapters.store import MergeRequest
 
         assert isinstance(m, MergeRequest)
         if m.state == "running":
@@ -140,8 +140,8 @@ def cmd_mq_check(args: argparse.Namespace) -> int:
 
 def run_check(town: Town, rig: str, *, as_json: bool = False) -> int:
     """``mq check`` (and ``rig add --check``): print each gate's result and the log."""
-    from gastown.roles.gate_check import check_gates
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.gate_check import check_gates
 
     with bound(rig=rig):
         found = check_gates(town, rig)

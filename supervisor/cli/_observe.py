@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gastown.supervisor.cli._context import store_of, town_of
+from ._context import store_of, town_of
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from gastown.roles.errors import UsageError
-    from gastown.supervisor.logview import (
+    from ...roles.core.errors import UsageError
+    from ..logview import (
         follow,
         format_line,
         merged,
@@ -29,7 +29,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                          f"{', '.join(role_names(town.logs_dir))})")
 
     def show(line: object) -> None:
-        from gastown.supervisor.logview import LogLine
+        from ..logview import LogLine
 
         assert isinstance(line, LogLine)
         print(line.raw if args.json else format_line(line), flush=True)
@@ -46,9 +46,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_feed(args: argparse.Namespace) -> int:
-    from gastown.roles.config import parse_duration
-    from gastown.roles.errors import UsageError
-    from gastown.supervisor.feed import format_event, read_feed
+    from ...roles.core.config import parse_duration
+    from ...roles.core.errors import UsageError
+    from ..feed import format_event, read_feed
 
     since = None
     if args.since is not None:

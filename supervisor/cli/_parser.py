@@ -8,7 +8,7 @@ import importlib
 from collections.abc import Callable
 from typing import cast
 
-from gastown.supervisor import __version__
+from .. import __version__
 
 Handler = Callable[[argparse.Namespace], int]
 

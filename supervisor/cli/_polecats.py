@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from gastown.roles.errors import GastownError, UsageError
-from gastown.supervisor.cli._context import (
+from ...roles.core.errors import GastownError, UsageError
+from ._context import (
     age,
     current_dir,
     poke_town,
@@ -25,7 +25,7 @@ SLING_TIMEOUT = 300.0
 
 
 def _rig_and_name(text: str) -> tuple[str, str]:
-    from gastown.roles.names import validate_name
+    from ...roles.core.names import validate_name
 
     rig, sep, name = text.partition("/")
     if not sep or not rig or not name:
@@ -34,11 +34,11 @@ def _rig_and_name(text: str) -> tuple[str, str]:
 
 
 def cmd_sling(args: argparse.Namespace) -> int:
-    from gastown.roles.agents import load_presets, resolve_agent
-    from gastown.roles.names import validate_name
-    from gastown.supervisor.bus.errors import BusError
-    from gastown.supervisor.bus.sync_client import request_sync
-    from gastown.supervisor.town_lock import read_supervisor
+    from ...roles.adapters.agents import load_presets, resolve_agent
+    from ...roles.adapters.town_lock import read_supervisor
+    from ...roles.core.names import validate_name
+    from ..bus.errors import BusError
+    from ..bus.sync_client import request_sync
 
     validate_name("rig", args.rig)
     town = town_of(args)
@@ -73,9 +73,9 @@ def cmd_sling(args: argparse.Namespace) -> int:
 
 
 def cmd_done(args: argparse.Namespace) -> int:
-    from gastown.roles.crew_submit import locate_crew
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.polecats import locate_polecat, record_done
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew_submit import locate_crew
+    from ...roles.operations.polecats import locate_polecat, record_done
 
     town = town_of(args)
     cwd = current_dir()
@@ -101,10 +101,10 @@ def cmd_done(args: argparse.Namespace) -> int:
 def cmd_prime(args: argparse.Namespace) -> int:
     """The polecat's context for its agent (a SessionStart hook runs this): exit 0 inside a
     polecat whatever can be read; outside one, one line and exit 1."""
-    from gastown.roles import prime
-    from gastown.roles.polecats import locate_polecat
-    from gastown.roles.town import find_town
-    from gastown.supervisor.cli._context import search_dir
+    from ...roles.adapters.town import find_town
+    from ...roles.operations import prime
+    from ...roles.operations.polecats import locate_polecat
+    from ._context import search_dir
 
     town = None
     try:  # not town_of(): a broken town.toml must not keep an agent from its context
@@ -136,8 +136,8 @@ def cmd_prime(args: argparse.Namespace) -> int:
 
 def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
     """``gastown done`` in a crew workspace: its branch into the merge queue."""
-    from gastown.roles.crew_submit import submit_crew
-    from gastown.roles.log import bound, get_logger
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.crew_submit import submit_crew
 
     if args.status != "completed" or args.reason is not None:
         raise UsageError("--status and --reason are for polecats; in a crew workspace "
@@ -152,7 +152,7 @@ def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> int:
-    from gastown.roles.polecats import session_alive
+    from ...roles.operations.polecats import session_alive
 
     town = town_of(args)
     with store_of(town) as store:
@@ -173,7 +173,7 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
     if not polecats:
         print("no polecats")
         return 0
-    from gastown.roles.agent_usage import short_count
+    from ...roles.adapters.agent_usage import short_count
 
     # The tokens column (in/out) only where some agent reported any.
     tokens = any(p.tokens_in or p.tokens_out for p in polecats)
@@ -193,8 +193,8 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
 
 
 def cmd_polecat_nuke(args: argparse.Namespace) -> int:
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.polecats import nuke_polecat
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.polecats import nuke_polecat
 
     rig, name = _rig_and_name(args.target)
     town = town_of(args)
@@ -208,7 +208,7 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from gastown.roles.polecats import session_info
+    from ...roles.operations.polecats import session_info
 
     rig, name = _rig_and_name(args.target)
     town = town_of(args)
@@ -217,7 +217,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
     info = session_info(polecat)
     if info is None:
         raise GastownError(f"polecat {rig}/{name} has no session")
-    from gastown.roles.sessions import attach_argv, session_alive
+    from ...roles.adapters.sessions import attach_argv, session_alive
 
     if not session_alive(info):
         raise GastownError(f"the session of {rig}/{name} is not running; its output is in "

@@ -14,10 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from gastown.roles.errors import Refused
-from gastown.roles.town import Town
-from gastown.supervisor import service
-from gastown.supervisor.cli._context import store_of, town_of
+from ...roles.adapters.town import Town
+from ...roles.core.errors import Refused
+from .. import service
+from ._context import store_of, town_of
 
 
 def _home() -> Path:

@@ -7,7 +7,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gastown.supervisor.cli._context import (
+from ._context import (
     age,
     current_dir,
     poke_town,
@@ -20,9 +20,9 @@ from gastown.supervisor.cli._context import (
 
 
 def cmd_install(args: argparse.Namespace) -> int:
-    from gastown.roles.log import get_logger
-    from gastown.roles.town import default_town_path, install_town
-    from gastown.supervisor.cli._context import _configure_cli_logging
+    from ...roles.adapters.log import get_logger
+    from ...roles.adapters.town import default_town_path, install_town
+    from ._context import _configure_cli_logging
 
     path = Path(args.path) if args.path else (
         Path(args.town) if args.town else default_town_path(os.environ))
@@ -36,8 +36,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_rig_add(args: argparse.Namespace) -> int:
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.rigs import add_rig
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.rigs import add_rig
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.name):
@@ -49,14 +49,14 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
     print(f"added rig {rig.name} (branch {rig.default_branch}, bead prefix {rig.prefix}) "
           f"at {town.rig_dir(rig.name)}")
     if args.check:
-        from gastown.supervisor.cli._mq import run_check
+        from ._mq import run_check
 
         return run_check(town, rig.name)
     return 0
 
 
 def cmd_rig_list(args: argparse.Namespace) -> int:
-    from gastown.roles.rigs import merge_queue_notes
+    from ...roles.operations.rigs import merge_queue_notes
 
     town = town_of(args)
     with store_of(town) as store:
@@ -81,8 +81,8 @@ def cmd_rig_list(args: argparse.Namespace) -> int:
 
 def cmd_mq_resume(args: argparse.Namespace) -> int:
     """Ask the rig's refinery to look again: resume a paused queue, re-push unpushed work."""
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.names import validate_name
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.core.names import validate_name
 
     validate_name("rig", args.rig)
     town = town_of(args)
@@ -91,7 +91,7 @@ def cmd_mq_resume(args: argparse.Namespace) -> int:
         store.emit("mq_resume_requested", rig=rig.name)
         get_logger().info("mq_resume_requested")
     poke_town(town)
-    from gastown.supervisor.town_lock import read_supervisor
+    from ...roles.adapters.town_lock import read_supervisor
 
     state = f"paused: {rig.mq_paused}" if rig.mq_paused else "not paused"
     if read_supervisor(town.runtime_dir) is None:
@@ -104,8 +104,8 @@ def cmd_mq_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_rig_remove(args: argparse.Namespace) -> int:
-    from gastown.roles.log import bound, get_logger
-    from gastown.roles.rigs import remove_rig
+    from ...roles.adapters.log import bound, get_logger
+    from ...roles.operations.rigs import remove_rig
 
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.name):
@@ -119,7 +119,7 @@ def cmd_rig_remove(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     town = town_of(args)
     if args.rig:
-        from gastown.roles.names import validate_name
+        from ...roles.core.names import validate_name
 
         validate_name("rig", args.rig)
         config: object = town.rig_config(args.rig)

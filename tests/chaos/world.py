@@ -302,7 +302,7 @@ def kill(pids: list[int]) -> int:
 
 
 def tmux_sessions(world: World) -> list[str]:
-    from gastown.roles.sessions import tmux_socket_name
+    from gastown.roles.adapters.sessions import tmux_socket_name
 
     if shutil.which("tmux") is None:
         return []
@@ -313,7 +313,7 @@ def tmux_sessions(world: World) -> list[str]:
 
 
 def kill_tmux_server(world: World) -> None:
-    from gastown.roles.sessions import tmux_socket_name
+    from gastown.roles.adapters.sessions import tmux_socket_name
 
     if shutil.which("tmux") is not None:
         subprocess.run(["tmux", "-L", tmux_socket_name(world.town), "kill-server"],

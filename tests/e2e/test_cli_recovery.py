@@ -274,7 +274,7 @@ def test_mq_check_killed_is_cleaned_up_by_the_next_check(cli: Cli, town: Path,
                                                           tmp_path: Path) -> None:
     """kill -9 of a check mid-gate leaves its worktree and gate; the next check stops the
     gate and removes the worktree."""
-    from gastown.roles.processes import is_same_process, process_start_time
+    from gastown.roles.adapters.processes import is_same_process, process_start_time
 
     started = tmp_path / "started"
     path = town / "web" / "rig.toml"

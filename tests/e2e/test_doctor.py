@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.processes import processes_with_env
+from gastown.roles.adapters.processes import processes_with_env
 from tests.conftest import Cli, git, make_remote
 from tests.e2e.town_helpers import (
     feed_kinds,

@@ -148,7 +148,7 @@ def test_escalation_stops_what_is_left_of_the_session(cli: Cli, town: Path,
                                                       feed: FeedWaiter) -> None:
     """An agent that forks `sleep 600` children and exits without done: after the witness
     escalates it, none of its processes remain; its reason and last output are kept."""
-    from gastown.roles.processes import processes_with_env
+    from gastown.roles.adapters.processes import processes_with_env
 
     cli.ok("up")
     bead = cli.ok("bead", "create", "forks", "--rig", "web").strip()
@@ -270,7 +270,7 @@ def test_a_session_started_but_never_recorded_is_adopted(cli: Cli, town: Path,
     """kill -9 of the mayor between starting an agent and recording its session: the
     restarted mayor finds the live agent by its identity (incarnation included) and adopts
     it instead of killing it; the agent finishes its turn and its own `done` lands."""
-    from gastown.roles.processes import processes_with_env
+    from gastown.roles.adapters.processes import processes_with_env
 
     hold_mayor, hold_agent = town.parent / "hold-mayor", town.parent / "hold-agent"
     hold_mayor.touch()

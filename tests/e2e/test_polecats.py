@@ -302,7 +302,7 @@ def test_forced_rig_remove_stops_its_agents(cli: Cli, town: Path) -> None:
     assert result.code == 1 and "live polecat" in result.err
     cli.ok("rig", "remove", "web", "--force")
     assert not (town / "web").exists()
-    from gastown.roles.processes import processes_with_env
+    from gastown.roles.adapters.processes import processes_with_env
 
     wait_until(lambda: processes_with_env({"GASTOWN_TOWN": str(town),
                                            "GASTOWN_POLECAT": name}) == [],
@@ -315,7 +315,7 @@ def test_attach_reaches_the_agent(cli: Cli, town: Path, backend: str) -> None:
     bead = cli.ok("bead", "create", "talk", "--rig", "web").strip()
     name = cli.ok("sling", bead, "web", "--agent", "talker").split()[0]
     if backend == "tmux":
-        from gastown.roles.sessions import tmux_socket_name
+        from gastown.roles.adapters.sessions import tmux_socket_name
 
         # A terminal for attach: a tmux session of the test's own server runs it.
         own = f"gt-test-{os.getpid()}"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.store import open_store
+from gastown.roles.adapters.store import open_store
 from tests.conftest import Cli, make_remote
 from tests.e2e.town_helpers import script_town, tear_down_town, wait_until
 

@@ -196,7 +196,7 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
 
 def _kill_agent(root: Path, name: str) -> None:
     """SIGKILL the agent's process group (its CLI and the `sleep` it runs)."""
-    from gastown.roles.processes import processes_with_env
+    from gastown.roles.adapters.processes import processes_with_env
 
     pids = processes_with_env({"GASTOWN_TOWN": str(root), "GASTOWN_POLECAT": name})
     assert pids, f"no process of polecat {name}"
@@ -254,7 +254,7 @@ def test_a_start_stuck_on_an_unknown_screen_is_reported(cli: Cli, tmp_path: Path
         reason = wait_until(noted, timeout=120, what="the stuck start noted")
         assert "ocean" in reason or "colour scheme" in reason
         assert polecats(cli)[name]["state"] == "working"
-        from gastown.roles.sessions import tmux_socket_name
+        from gastown.roles.adapters.sessions import tmux_socket_name
 
         screen = subprocess.run(["tmux", "-L", tmux_socket_name(root), "capture-pane", "-p",
                                  "-t", f"gt-web-{name}"], capture_output=True, text=True,

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from gastown.roles.adapters.town_lock import acquire_role_lock, start_in_progress
 from gastown.supervisor.bus.sync_client import request_sync
-from gastown.supervisor.town_lock import acquire_role_lock, start_in_progress
 from tests.conftest import Cli, git, make_repo
 from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (

@@ -11,27 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from demo.checks import town_processes as demo_town_processes
 from tests.conftest import Cli
 from tests.waiting import wait_until as wait_until  # re-exported for the e2e tests
 
 
 def town_processes(town: Path) -> dict[int, str]:
-    """Every live process (not a zombie) whose command line names this town: pid -> argv."""
-    found: dict[int, str] = {}
-    needle = str(town).encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if needle in cmdline and b"gastown" in cmdline:
-            state = stat.rpartition(")")[2].split()[0]
-            if state != "Z":
-                found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-    return found
+    """Every live gastown process (not a zombie) whose command line names this town."""
+    return {pid: argv for pid, argv in demo_town_processes(town).items() if "gastown" in argv}
 
 
 def role_processes(town: Path) -> dict[str, int]:
@@ -112,7 +99,7 @@ def tear_down_town(cli: Cli, root: Path) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    from gastown.roles.sessions import tmux_socket_name
+    from gastown.roles.adapters.sessions import tmux_socket_name
 
     subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
                    capture_output=True, check=False)

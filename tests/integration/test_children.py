@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from gastown.supervisor.children import (
+from gastown.roles.adapters.children import (
     LIFELINE_ENV,
     TOKEN_ENV,
     Lifeline,
@@ -130,7 +130,7 @@ while True:
 
 WAITS_FOR_LIFELINE = """
 import os, sys, trio
-from gastown.supervisor.children import lifeline_fd_from_env, wait_for_lifeline_eof
+from gastown.roles.adapters.children import lifeline_fd_from_env, wait_for_lifeline_eof
 fd = lifeline_fd_from_env(os.environ)
 assert fd is not None
 trio.run(wait_for_lifeline_eof, fd)
@@ -142,7 +142,7 @@ print("lifeline closed", flush=True)
 FAKE_SUPERVISOR = f"""
 import os, sys, trio
 from pathlib import Path
-from gastown.supervisor.children import open_lifeline, start_child
+from gastown.roles.adapters.children import open_lifeline, start_child
 
 async def main() -> None:
     lifeline = open_lifeline()
@@ -429,7 +429,7 @@ class TestLifeline:
 # child in its process group (git, a gate): reports both pids, then hangs.
 HUNG_WITH_BACKSTOP = """
 import os, subprocess, sys, time
-from gastown.supervisor.children import lifeline_fd_from_env, start_lifeline_backstop
+from gastown.roles.adapters.children import lifeline_fd_from_env, start_lifeline_backstop
 start_lifeline_backstop(lifeline_fd_from_env(os.environ), "test-role", grace=0.2)
 helper = subprocess.Popen(["sleep", "3600"])
 with open(sys.argv[1], "w") as report:
@@ -439,7 +439,7 @@ time.sleep(3600)  # the hung loop: nothing here ever looks at the lifeline again
 
 READS_TOKEN = """
 import os, sys
-from gastown.supervisor.children import TOKEN_ENV, read_token
+from gastown.roles.adapters.children import TOKEN_ENV, read_token
 fd = os.environ[TOKEN_ENV]
 token = read_token(os.environ)
 environ = open(f"/proc/{os.getpid()}/environ", "rb").read()

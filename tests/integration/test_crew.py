@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles import crew as crew_mod
-from gastown.roles.crew import (
+from gastown.roles.adapters.store import Store, open_store
+from gastown.roles.adapters.town import Town, install_town
+from gastown.roles.core.errors import GitError, NotFound, Refused, UsageError
+from gastown.roles.operations import crew as crew_mod
+from gastown.roles.operations.crew import (
     add_crew,
     crew_identity,
     ensure_cross_rig_worktree,
@@ -19,10 +22,7 @@ from gastown.roles.crew import (
     remove_crew,
     remove_cross_rig_worktree,
 )
-from gastown.roles.errors import GitError, NotFound, Refused, UsageError
-from gastown.roles.rigs import add_rig
-from gastown.roles.store import Store, open_store
-from gastown.roles.town import Town, install_town
+from gastown.roles.operations.rigs import add_rig
 from tests.conftest import git, make_repo
 
 

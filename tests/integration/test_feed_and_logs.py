@@ -6,7 +6,7 @@ import json
 import threading
 from pathlib import Path
 
-from gastown.roles.log import RotatingLog
+from gastown.roles.adapters.log import RotatingLog
 from gastown.supervisor.feed import EventLog, describe_exit, format_event, read_feed
 from gastown.supervisor.logview import LogLine, follow, format_line, merged, role_log_files
 

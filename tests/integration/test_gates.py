@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from gastown.roles.config import GateConfig, Seconds
-from gastown.roles.gates import TAIL_BYTES, TAIL_LINES, GateResult, run_gates
+from gastown.roles.core.config import GateConfig, Seconds
+from gastown.roles.operations.gates import TAIL_BYTES, TAIL_LINES, GateResult, run_gates
 from tests.integration.conftest import Fifo
 
 #: Generous: these wait for real processes on a noisy 2-core box, never for a duration.

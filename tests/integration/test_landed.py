@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles import git, landed
-from gastown.roles.polecats import unlanded_work
-from gastown.roles.rigs import add_rig
-from gastown.roles.store import Polecat, open_store
-from gastown.roles.town import install_town
+from gastown.roles.adapters import git, landed
+from gastown.roles.adapters.store import Polecat, open_store
+from gastown.roles.adapters.town import install_town
+from gastown.roles.operations.polecats import unlanded_work
+from gastown.roles.operations.rigs import add_rig
 from tests.conftest import make_repo
 
 

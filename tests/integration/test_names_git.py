@@ -7,7 +7,7 @@ import subprocess
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gastown.roles.names import name_problem
+from gastown.roles.core.names import name_problem
 
 NAMEISH = st.text(alphabet=st.sampled_from(list("ab.-/_@{~^:?*[\\ \t\x01é1")), min_size=1,
                   max_size=12)

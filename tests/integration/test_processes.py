@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.processes import (
+from gastown.roles.adapters.processes import (
     is_same_process,
     process_start_time,
     terminate_process_group,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles import git as g
-from gastown.roles.errors import GitError
-from gastown.roles.rigs import working_copy_branch
+from gastown.roles.adapters import git as g
+from gastown.roles.core.errors import GitError
+from gastown.roles.operations.rigs import working_copy_branch
 from tests.conftest import git, make_remote, make_repo
 from tests.invariants import main_never_moved_backwards
 

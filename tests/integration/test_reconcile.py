@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.git import repo_lock
-from gastown.roles.lifecycle import Done, SessionStarted
-from gastown.roles.processes import is_same_process, process_start_time
-from gastown.roles.reconcile import Finding, reconcile
-from gastown.roles.rigs import add_rig
-from gastown.roles.store import Polecat, Store, open_store
-from gastown.roles.town import Town, install_town
+from gastown.roles.adapters.git import repo_lock
+from gastown.roles.adapters.processes import is_same_process, process_start_time
+from gastown.roles.adapters.store import Polecat, Store, open_store
+from gastown.roles.adapters.town import Town, install_town
+from gastown.roles.core.lifecycle import Done, SessionStarted
+from gastown.roles.operations.reconcile import Finding, reconcile
+from gastown.roles.operations.rigs import add_rig
 from tests.conftest import git, make_remote, make_repo
 
 
@@ -33,7 +33,7 @@ def town(tmp_path: Path) -> Iterator[Town]:
         add_rig(town, store, "web", str(make_remote(tmp_path / "src-web",
                                                   files={"app.py": "x = 1\n"})), cwd=tmp_path)
     yield town
-    from gastown.roles.sessions import tmux_socket_name
+    from gastown.roles.adapters.sessions import tmux_socket_name
 
     if shutil.which("tmux"):
         subprocess.run(["tmux", "-L", tmux_socket_name(root), "kill-server"],
@@ -399,7 +399,7 @@ def test_orphan_process_is_stopped_and_owned_one_kept(town: Town, store: Store) 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_orphan_tmux_session_is_stopped(town: Town, store: Store) -> None:
     """A tmux session ``gt-web-<name>`` on the town's server with no row is stopped."""
-    from gastown.roles.sessions import tmux_socket_name, town_sessions
+    from gastown.roles.adapters.sessions import tmux_socket_name, town_sessions
 
     socket = tmux_socket_name(town.root)
     subprocess.run(["tmux", "-L", socket, "-f", "/dev/null", "new-session", "-d", "-s",

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.errors import GitError, NotFound, Refused, UsageError
-from gastown.roles.rigs import add_rig, remove_rig
-from gastown.roles.store import open_store
-from gastown.roles.town import Town, install_town
+from gastown.roles.adapters.store import open_store
+from gastown.roles.adapters.town import Town, install_town
+from gastown.roles.core.errors import GitError, NotFound, Refused, UsageError
+from gastown.roles.operations.rigs import add_rig, remove_rig
 from tests.conftest import git, make_remote, make_repo
 
 

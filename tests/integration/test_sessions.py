@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.processes import process_start_time
-from gastown.roles.sessions import (
+from gastown.roles.adapters.processes import process_start_time
+from gastown.roles.adapters.sessions import (
     Backend,
     SessionError,
     SessionInfo,
@@ -219,7 +219,7 @@ def test_stop_kills_a_group_that_ignores_sigterm(sessions: Sessions) -> None:
 STARTER = """
 import sys
 from pathlib import Path
-from gastown.roles.sessions import SessionSpec, start_session
+from gastown.roles.adapters.sessions import SessionSpec, start_session
 town = Path(sys.argv[2])
 spec = SessionSpec(backend=sys.argv[1], name="gt-web-nux", argv=["sh", "-c", sys.argv[3]],
                    cwd=town, env={"PATH": sys.argv[4]}, log_path=town / "logs" / "nux.log",

@@ -8,21 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.errors import (
-    NotFound,
-    Refused,
-    StoreError,
-    StoreLost,
-    StoreMissing,
-    StoreReplaced,
-)
-from gastown.roles.store import (
+from gastown.roles.adapters.store import (
     IDENTITY_FILE,
     MIGRATIONS,
     Rig,
     SchemaTooNew,
     open_store,
     recorded_identity,
+)
+from gastown.roles.core.errors import (
+    NotFound,
+    Refused,
+    StoreError,
+    StoreLost,
+    StoreMissing,
+    StoreReplaced,
 )
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.errors import Refused
-from gastown.roles.lifecycle import Done, SessionStarted
-from gastown.roles.store import Rig, Store, open_store
+from gastown.roles.adapters.store import Rig, Store, open_store
+from gastown.roles.core.errors import Refused
+from gastown.roles.core.lifecycle import Done, SessionStarted
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.errors import NotFound
-from gastown.roles.lifecycle import Nuke, SessionStarted
-from gastown.roles.store import Rig, Store, open_store
+from gastown.roles.adapters.store import Rig, Store, open_store
+from gastown.roles.core.errors import NotFound
+from gastown.roles.core.lifecycle import Nuke, SessionStarted
 
 
 @pytest.fixture

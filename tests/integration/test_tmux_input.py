@@ -21,15 +21,15 @@ from typing import Any
 
 import pytest
 
-from gastown.roles import tmux_input
-from gastown.roles.sessions import (
+from gastown.roles.adapters import tmux_input
+from gastown.roles.adapters.sessions import (
     SessionInfo,
     SessionSpec,
     start_session,
     stop_session,
     tmux_socket_name,
 )
-from gastown.roles.tmux_input import answer_dialogs, capture, type_text
+from gastown.roles.adapters.tmux_input import answer_dialogs, capture, type_text
 from tests.conftest import make_repo
 from tests.integration.test_sessions import kill_tmux_server
 from tests.scripted_model.clis import AgentClis

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from gastown import supervisor
-from gastown.roles.errors import GastownError, Refused
-from gastown.roles.processes import process_start_time
-from gastown.supervisor.town_lock import (
+from gastown.roles.adapters.processes import process_start_time
+from gastown.roles.adapters.town_lock import (
     PID_NAME,
     RoleLocked,
     SupervisorInfo,
@@ -32,12 +31,13 @@ from gastown.supervisor.town_lock import (
     wait_roles_exit,
     wait_start_settled,
 )
+from gastown.roles.core.errors import GastownError, Refused
 
 # Takes the lock, says so, and holds it until stdin closes.
 HOLDER = """
 import sys
 from pathlib import Path
-from gastown.supervisor.town_lock import acquire_supervisor_lock
+from gastown.roles.adapters.town_lock import acquire_supervisor_lock
 with acquire_supervisor_lock(Path(sys.argv[1])):
     print("locked", flush=True)
     sys.stdin.read()
@@ -231,7 +231,7 @@ class TestReadSupervisor:
 ROLE_HOLDER = """
 import sys
 from pathlib import Path
-from gastown.supervisor.town_lock import acquire_role_lock, hold_start_lock
+from gastown.roles.adapters.town_lock import acquire_role_lock, hold_start_lock
 if sys.argv[2] == "start":
     assert hold_start_lock(Path(sys.argv[1]), timeout=10) is not None
 else:

@@ -1,5 +1,5 @@
 """A polecat's agent home: the first-run answers, hooks and trust, and the user's own files
-left alone (roles/agent_homes.py). Real files in a temporary folder."""
+left alone (roles/adapters/agent_homes.py). Real files in a temporary folder."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import tomllib
 from pathlib import Path
 
-from gastown.roles.agent_homes import (
+from gastown.roles.adapters.agent_homes import (
     claude_settings,
     claude_state,
     codex_config,

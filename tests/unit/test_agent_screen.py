@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.agent_screen import (
+from gastown.roles.adapters.tmux_input import sanitize
+from gastown.roles.core.agent_screen import (
     Dialog,
     Screen,
     normalize,
@@ -20,7 +21,6 @@ from gastown.roles.agent_screen import (
     tail,
     terminal_text,
 )
-from gastown.roles.tmux_input import sanitize
 from tests.unit.test_layering import ALLOWED, ROOT, imports_of
 
 SCREENS = Path(__file__).parent / "screens"
@@ -191,7 +191,7 @@ def test_sanitize_drops_control_characters_and_flattens_lines(raw: str, clean: s
 
 def test_agent_screen_is_pure() -> None:
     """The screen reader imports only data modules: its rules are testable on text alone."""
-    assert imports_of(ROOT / "roles/agent_screen.py") <= ALLOWED
+    assert imports_of(ROOT / "roles/core/agent_screen.py") <= ALLOWED
 
 
 def test_terminal_text_of_a_real_session_log() -> None:

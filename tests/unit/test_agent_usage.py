@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.agent_usage import (
+from gastown.roles.adapters.agent_usage import (
     Usage,
     claude_print_result,
     claude_transcript,

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gastown.config import default_text
-from gastown.roles.config import (
+from gastown.roles.core.config import (
     GateConfig,
     Seconds,
     load_rig_config,
@@ -15,7 +15,7 @@ from gastown.roles.config import (
     merge_over,
     parse_duration,
 )
-from gastown.roles.errors import ConfigError
+from gastown.roles.core.errors import ConfigError
 
 TOWN_DEFAULTS = default_text("town.toml")
 RIG_DEFAULTS = default_text("rig.toml")

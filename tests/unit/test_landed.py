@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gastown.roles.landed import Facts, kept_problems, nuke_problems, plural, removal_problems
+from gastown.roles.adapters.landed import (
+    Facts,
+    kept_problems,
+    nuke_problems,
+    plural,
+    removal_problems,
+)
 
 COMMITS = st.frozensets(st.sampled_from(["a1", "b2", "c3", "d4"]))
 FACTS = st.builds(Facts, dirty=st.integers(0, 3), stray=st.booleans(),

@@ -17,9 +17,13 @@ The rule. Layers, bottom to top; a layer imports only from itself and from layer
    ``config``, never the rest of ``supervisor``;
 4. ``supervisor`` (the rest of ``gastown.supervisor``, the CLI included): anything.
 
-Inside ``roles`` the role loops (``mayor``, ``witness``, ``refinery``) are at the top:
-only the role process (``role_process``, which runs one of them) imports them, and only
-``roles/__main__`` imports the role process. There is no import cycle among the modules,
+Inside ``roles`` the folders are layers too, bottom to top: ``roles/core`` (the pure
+cores: decisions without I/O), ``roles/adapters`` (one kind of I/O each: git, tmux,
+processes, the store), ``roles/operations`` (what the roles do: sling, nuke, gate,
+reconcile), then the modules at the top of ``roles/``: the role loops (``mayor``,
+``witness``, ``refinery``), the role process that runs one of them, and the entry points.
+Only the role process imports a role loop, and only ``roles/__main__`` imports the role
+process. There is no import cycle among the modules,
 whatever the layers.
 
 Besides: the pure cores (:data:`PURE_MODULES`, decisions without I/O, in any layer)
@@ -45,12 +49,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: Modules that must stay pure: decisions in, decisions out, no I/O.
 PURE_MODULES = [
-    "roles/errors.py",
-    "roles/names.py",
-    "roles/config.py",
-    "roles/lifecycle.py",
-    "roles/merge_queue.py",
-    "roles/turn_end.py",
+    "roles/core/errors.py",
+    "roles/core/names.py",
+    "roles/core/config.py",
+    "roles/core/lifecycle.py",
+    "roles/core/merge_queue.py",
+    "roles/core/turn_end.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
@@ -61,20 +65,22 @@ PURE_MODULES = [
 ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "enum", "functools",
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
-    "gastown.roles.errors", "gastown.roles.names", "gastown.roles.config",
-    "gastown.roles.lifecycle",
+    "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
+    "gastown.roles.core.lifecycle",
     "gastown.supervisor.bus.errors",
 }
 
 
 def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    """The modules ``path`` imports from, relative imports resolved to absolute names."""
+    module = {file: name for name, file in modules().items()}[path]
+    is_package = path.name == "__init__.py"
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
+        elif isinstance(node, ast.ImportFrom):
+            found.add(absolute_origin(node, module, is_package))
     return found
 
 
@@ -157,6 +163,15 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def absolute_origin(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The absolute name of the module a ``from … import`` reads from (relative resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[:len(base) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
 def imported_names(source: str, module: str, is_package: bool) -> Iterator[tuple[str, int]]:
     """Every name an import in ``source`` may bind a module to, with its line.
 
@@ -169,12 +184,7 @@ def imported_names(source: str, module: str, is_package: bool) -> Iterator[tuple
             for alias in node.names:
                 yield alias.name, node.lineno
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = module.split(".") if is_package else module.split(".")[:-1]
-                base = base[:len(base) - (node.level - 1)]
-                origin = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                origin = node.module or ""
+            origin = absolute_origin(node, module, is_package)
             for alias in node.names:
                 yield f"{origin}.{alias.name}", node.lineno
             yield origin, node.lineno
@@ -229,6 +239,20 @@ LAYER_ALLOWED: Final = {
 }
 
 
+#: The folders inside ``roles``, bottom to top (``gastown.roles`` itself holds the version).
+ROLES_SUBLAYERS: Final = ("core", "adapters", "operations", "top")
+
+
+def roles_sublayer(module: str) -> str:
+    """``gastown.roles.core.lifecycle`` -> ``core``; a module at the top of roles -> ``top``."""
+    parts = module.split(".")
+    if module == "gastown.roles":
+        return "core"
+    if len(parts) > 2 and parts[2] in ROLES_SUBLAYERS[:-1]:
+        return parts[2]
+    return "top"
+
+
 def find_cycle(edges: Mapping[str, Iterable[Import]]) -> list[Import] | None:
     """One import cycle as its chain of imports, or None (depth-first, three colours)."""
     successors = {m: sorted(e, key=lambda i: (i.target, i.line)) for m, e in edges.items()}
@@ -271,18 +295,18 @@ def test_imports_inside_functions_and_type_checking_count() -> None:
         "from __future__ import annotations\n"
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n"
-        "    from gastown.roles.store import Store\n"
+        "    from gastown.roles.adapters.store import Store\n"
         "def f() -> None:\n"
-        "    from gastown.supervisor.children import stop_child\n"
+        "    from gastown.roles.adapters.children import stop_child\n"
         "class C:\n"
         "    def m(self) -> None:\n"
-        "        import gastown.roles.git as git\n"
-        "from . import log\n"
+        "        import gastown.roles.adapters.git as git\n"
+        "from .adapters import log\n"
         "from ..supervisor.bus import errors\n"
     )
     names = {name for name, _ in imported_names(source, "gastown.roles.x", False)}
-    known = {m: Path() for m in ("gastown.roles.store", "gastown.supervisor.children",
-                                 "gastown.roles.git", "gastown.roles.log",
+    adapters = ("store", "children", "git", "log")
+    known = {m: Path() for m in (*(f"gastown.roles.adapters.{a}" for a in adapters),
                                  "gastown.supervisor.bus.errors", "gastown.roles")}
     assert {resolve(n, known) for n in names} >= set(known) - {"gastown.roles"}
 
@@ -318,6 +342,23 @@ def test_layers_import_only_downward() -> None:
              if layer(edge.target) not in LAYER_ALLOWED[layer(edge.source)]]
     assert not wrong, ("imports against the layers (config < bus < roles < supervisor):\n"
                        + describe(sorted(wrong, key=Import.where)))
+
+
+def test_roles_folders_import_only_downward() -> None:
+    """core < adapters < operations < the role loops: a folder imports only from below."""
+    rank = {name: i for i, name in enumerate(ROLES_SUBLAYERS)}
+    wrong = [edge for edges in graph().values() for edge in edges
+             if layer(edge.source) == "roles" and layer(edge.target) == "roles"
+             and rank[roles_sublayer(edge.target)] > rank[roles_sublayer(edge.source)]]
+    assert not wrong, ("imports against the roles folders (core < adapters < operations < "
+                       "role loops):\n" + describe(sorted(wrong, key=Import.where)))
+
+
+def test_the_roles_folders_are_what_the_rule_names() -> None:
+    """Every module of roles is in one of the folders the rule knows (no stray layer)."""
+    folders = {p.name for p in (ROOT / "roles").iterdir()
+               if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders == set(ROLES_SUBLAYERS[:-1])
 
 
 def test_role_loops_are_at_the_top_of_roles() -> None:

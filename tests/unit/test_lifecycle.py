@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gastown.roles.lifecycle import (
+from gastown.roles.core.lifecycle import (
     POLECAT_STATES,
     Done,
     GaveUp,
@@ -25,7 +25,11 @@ from gastown.roles.lifecycle import (
     Transition,
     transition,
 )
-from gastown.roles.names import DEFAULT_POLECAT_NAMES, RESERVED_POLECAT_NAMES, next_polecat_name
+from gastown.roles.core.names import (
+    DEFAULT_POLECAT_NAMES,
+    RESERVED_POLECAT_NAMES,
+    next_polecat_name,
+)
 
 EVENTS = st.one_of(
     st.just(SessionStarted()), st.just(SpawnFailed("x")), st.just(SessionDied()),
@@ -154,7 +158,7 @@ def test_name_pool_never_hands_out_a_held_name(held: set[str]) -> None:
 
 def test_default_pool_is_large_and_valid() -> None:
     """At least 50 distinct short names, each a valid polecat name."""
-    from gastown.roles.names import name_problem
+    from gastown.roles.core.names import name_problem
 
     assert len(set(DEFAULT_POLECAT_NAMES)) == len(DEFAULT_POLECAT_NAMES) >= 50
     assert all(name_problem("polecat", n) is None and len(n) <= 10 for n in DEFAULT_POLECAT_NAMES)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gastown.roles.merge_queue import (
+from gastown.roles.core.merge_queue import (
     Action,
     Finished,
     Land,

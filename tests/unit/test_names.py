@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gastown.roles.errors import UsageError
-from gastown.roles.names import (
+from gastown.roles.core.errors import UsageError
+from gastown.roles.core.names import (
     MAX_NAME_LENGTH,
     bead_id,
     derive_prefix,

@@ -1,9 +1,9 @@
-"""How ``gastown prime`` reads to an agent (``roles/prime.py`` ``render``); the e2e tests
+"""How ``gastown prime`` reads to an agent (``roles/operations/prime.py`` ``render``); the e2e tests
 in ``tests/e2e/test_prime.py`` run it in a live polecat."""
 
 from __future__ import annotations
 
-from gastown.roles.prime import PrimeContext, render
+from gastown.roles.operations.prime import PrimeContext, render
 
 
 def test_long_lists_are_cut_with_the_exact_count() -> None:

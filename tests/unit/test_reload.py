@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gastown.config import default_text
-from gastown.roles.config import load_rig_config, load_town_config
+from gastown.roles.core.config import load_rig_config, load_town_config
 from gastown.supervisor.reload import roles_to_restart
 
 TOWN = default_text("town.toml")

@@ -1,10 +1,10 @@
-"""The witness's answer to a turn that ended without `gastown done` (roles/turn_end.py)."""
+"""The witness's answer to a turn that ended without `gastown done` (roles/core/turn_end.py)."""
 
 from __future__ import annotations
 
 import itertools
 
-from gastown.roles.turn_end import (
+from gastown.roles.core.turn_end import (
     COMMITTED_NUDGE,
     MAX_NUDGES,
     UNFINISHED_NUDGE,

@@ -1,0 +1,465 @@
+"""Git, one function per operation, named in the domain's words.
+
+Runs git through ``sh`` (``_tty_out=False``; from trio, call these through
+``trio.to_thread.run_sync``). Makes no decisions beyond retrying lock contention:
+a failure becomes :class:`GitError` carrying the operation, repository and stderr tail.
+Never prompts: credentials come from the user's git setup or the command fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from ..core.errors import GitError
+
+#: Git's own lock files; another git process holding one is contention, not failure.
+_LOCK_CONTENTION: Final = ("index.lock", "config.lock", ".lock': File exists",
+                           "Unable to create", "cannot lock ref")
+_LOCK_RETRIES: Final = 8
+
+#: Generous: a clone of a large repository over a slow link takes minutes.
+CLONE_TIMEOUT: Final = 3600.0
+#: For operations that talk to a remote (fetch, push, ls-remote).
+NETWORK_TIMEOUT: Final = 600.0
+
+
+def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
+        "LC_ALL": "C",
+    })
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_git(args: list[str], *, cwd: Path | None, op: str,
+            timeout: float | None = None, env: Mapping[str, str] | None = None,
+            where: str | None = None) -> str:
+    """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
+
+    Lock contention (``index.lock``, ``config.lock``) is retried with a short back-off.
+    Pass ``timeout`` only for operations that talk to a remote: ``sh`` watches a timeout
+    with a 0.1 s polling thread, which turns a 4 ms local command into a 104 ms one
+    (measured, sh 2.4).
+    ``where`` names the repository in error messages (default: ``cwd``).
+    """
+    import sh
+
+    repo = where or (str(cwd) if cwd is not None else ".")
+    delay = 0.05
+    for attempt in range(_LOCK_RETRIES + 1):
+        try:
+            options: dict[str, Any] = {"_timeout": timeout} if timeout else {}
+            out = sh.git(*args, _cwd=str(cwd) if cwd is not None else None,
+                         _env=_git_env(env), _tty_out=False, _in="", _encoding="utf-8",
+                         _decode_errors="replace", **options)
+            return str(out)
+        except sh.ErrorReturnCode as exc:
+            stderr = exc.stderr.decode("utf-8", "replace")
+            if attempt < _LOCK_RETRIES and any(s in stderr for s in _LOCK_CONTENTION):
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            raise GitError(op, repo, stderr) from None
+        except sh.TimeoutException:
+            raise GitError(op, repo, f"timed out after {timeout:g}s") from None
+        except sh.CommandNotFound:
+            raise GitError(op, repo, "git is not installed (not found on PATH)") from None
+    raise AssertionError("unreachable")
+
+
+def clone(repo: str, dest: Path, *, branch: str | None = None) -> None:
+    """Clone ``repo`` (URL or local path) into ``dest``, checking out ``branch`` if given."""
+    args = ["clone", "--quiet", "--no-recurse-submodules"]
+    if branch is not None:
+        args += ["--branch", branch]
+    run_git([*args, "--", repo, str(dest)], cwd=None, op="clone", timeout=CLONE_TIMEOUT,
+            where=repo)
+
+
+def remote_default_branch(clone_dir: Path, remote: str = "origin") -> str | None:
+    """The branch the remote's HEAD points at (``main`` for ``origin/main``), or None."""
+    try:
+        ref = run_git(["symbolic-ref", "--quiet", "--short", f"refs/remotes/{remote}/HEAD"],
+                      cwd=clone_dir, op="symbolic-ref").strip()
+    except GitError:
+        return None
+    prefix = f"{remote}/"
+    return ref[len(prefix):] if ref.startswith(prefix) else ref or None
+
+
+def current_branch(repo_dir: Path) -> str | None:
+    """The branch checked out in ``repo_dir``, or None when HEAD is detached."""
+    try:
+        return run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=repo_dir,
+                       op="symbolic-ref").strip() or None
+    except GitError:
+        return None
+
+
+def has_commits(repo_dir: Path) -> bool:
+    """Whether HEAD points at a commit (an empty repository has none)."""
+    try:
+        run_git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=repo_dir,
+                op="rev-parse")
+    except GitError:
+        return False
+    return True
+
+
+def switch_to(repo_dir: Path, branch: str) -> None:
+    """Check out ``branch`` (creating it from ``origin/<branch>`` when only that exists)."""
+    run_git(["switch", "--quiet", branch], cwd=repo_dir, op="switch")
+
+
+# -- worktrees ------------------------------------------------------------------------
+#
+# Every operation that touches a repository's worktree registry (add, remove, prune,
+# branch create/delete) runs under :func:`repo_lock`, one lock per repository, so that
+# concurrent slings, nukes and crew commands never race git's own bookkeeping.
+
+
+@contextmanager
+def repo_lock(repo: Path) -> Iterator[None]:
+    """Hold the repository's gastown lock (an ``flock`` in its ``.git``) for the block.
+
+    Blocks until the lock is free; the kernel releases it if the holder dies.
+    """
+    lock_path = common_git_dir(repo) / "gastown-worktrees.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def common_git_dir(repo: Path) -> Path:
+    """The ``.git`` directory shared by ``repo`` and all its worktrees."""
+    if (repo / ".git").is_dir():
+        return repo / ".git"
+    out = run_git(["rev-parse", "--git-common-dir"], cwd=repo, op="rev-parse").strip()
+    return (repo / out).resolve()
+
+
+@dataclass(frozen=True)
+class Worktree:
+    path: Path
+    head: str | None
+    branch: str | None
+    prunable: bool = False
+
+
+def list_worktrees(repo: Path) -> list[Worktree]:
+    """``git worktree list`` of ``repo``: the main checkout first."""
+    out = run_git(["worktree", "list", "--porcelain"], cwd=repo, op="worktree list")
+    worktrees: list[Worktree] = []
+    fields: dict[str, str] = {}
+    for line in [*out.splitlines(), ""]:
+        if not line:
+            if "worktree" in fields:
+                branch = fields.get("branch")
+                worktrees.append(Worktree(
+                    path=Path(fields["worktree"]), head=fields.get("HEAD"),
+                    branch=branch.removeprefix("refs/heads/") if branch else None,
+                    prunable="prunable" in fields))
+            fields = {}
+            continue
+        key, _, value = line.partition(" ")
+        fields[key] = value
+    return worktrees
+
+
+def add_worktree(repo: Path, path: Path, branch: str, start: str) -> None:
+    """Create ``path`` as a worktree of ``repo`` on a new ``branch`` starting at ``start``.
+
+    Callers hold :func:`repo_lock`. On failure git leaves nothing registered, but it may
+    leave the directory: the caller's rollback removes both.
+    """
+    run_git(["worktree", "add", "--quiet", "-b", branch, str(path), start], cwd=repo,
+            op="worktree add", env={"GIT_LFS_SKIP_SMUDGE": "1"})
+
+
+def remove_worktree(repo: Path, path: Path) -> None:
+    """Remove the worktree at ``path`` (forced), prune, and verify the folder is gone.
+
+    ``git worktree remove`` can leave untracked or ignored files behind (upstream #618),
+    so whatever remains is deleted, then the registry is pruned. Raises
+    :class:`GitError` if the folder still exists afterwards. Callers hold :func:`repo_lock`.
+    """
+    if path.exists():
+        try:
+            run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
+                    op="worktree remove")
+        except GitError:
+            pass  # not registered (half-created) or locked: fall through to rm -rf
+    if path.exists() or path.is_symlink():
+        _rmtree(path)
+    run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
+    if path.exists():
+        raise GitError("worktree remove", str(repo), f"{path} still exists after removal")
+
+
+def _rmtree(path: Path) -> None:
+    """``rm -rf``, making read-only folders writable first (upstream #618's chmod retry)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+        return
+    for folder, _dirs, _files in os.walk(path):
+        os.chmod(folder, 0o700)
+    shutil.rmtree(path)
+
+
+def prune_worktrees(repo: Path) -> None:
+    run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    try:
+        run_git(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], cwd=repo,
+                op="rev-parse")
+    except GitError:
+        return False
+    return True
+
+
+def delete_branch(repo: Path, branch: str) -> None:
+    """Delete the local ``branch`` (forced: callers have checked it is merged or forced)."""
+    if branch_exists(repo, branch):
+        run_git(["branch", "-D", "--", branch], cwd=repo, op="branch -D")
+
+
+def dirty_files(worktree: Path) -> list[str]:
+    """``git status --porcelain`` lines (untracked files included); empty means clean."""
+    out = run_git(["status", "--porcelain", "--untracked-files=all"], cwd=worktree,
+                  op="status")
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def commits_ahead(repo: Path, base: str, branch: str) -> int:
+    """How many commits ``branch`` has that ``base`` does not (by ancestry)."""
+    out = run_git(["rev-list", "--count", f"{base}..{branch}"], cwd=repo, op="rev-list")
+    return int(out.strip() or "0")
+
+
+def unmerged_commits(repo: Path, base: str, branch: str) -> list[str]:
+    """Commits of ``branch`` whose change is not on ``base``, by patch equivalence.
+
+    Uses ``git cherry``: after the refinery rebases a polecat's branch, its original
+    commits are no longer ancestors of ``base``, but their patches are; those count as
+    landed. Returns the ids of the commits that did not land.
+    """
+    out = run_git(["cherry", base, branch], cwd=repo, op="cherry")
+    return [line[2:].strip() for line in out.splitlines() if line.startswith("+ ")]
+
+
+def head_commit(path: Path, ref: str = "HEAD") -> str:
+    return run_git(["rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=path,
+                   op="rev-parse").strip()
+
+
+def commit_all(worktree: Path, message: str, env: Mapping[str, str] | None = None) -> bool:
+    """Stage everything and commit; returns False when there was nothing to commit."""
+    run_git(["add", "-A"], cwd=worktree, op="add", env=env)
+    if not run_git(["status", "--porcelain"], cwd=worktree, op="status", env=env).strip():
+        return False
+    run_git(["commit", "--quiet", "-m", message], cwd=worktree, op="commit", env=env)
+    return True
+
+
+def local_branches(repo: Path) -> list[str]:
+    out = run_git(["for-each-ref", "--format=%(refname:short)", "refs/heads/"], cwd=repo,
+                  op="for-each-ref")
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+# -- the refinery's operations ----------------------------------------------------------
+#
+# The refinery works in its own clone, where the default branch is checked out. Polecat
+# branches are checked out in their worktrees, so they are never checked out here: the
+# refinery rebases *detached* copies of them (git refuses to check out a branch another
+# worktree holds, and must not move the polecat's branch under its agent).
+
+
+def has_remote(repo: Path, remote: str = "origin") -> bool:
+    out = run_git(["remote"], cwd=repo, op="remote")
+    return remote in out.split()
+
+
+def fetch(repo: Path, remote: str = "origin") -> None:
+    run_git(["fetch", "--quiet", "--prune", remote], cwd=repo, op="fetch",
+            timeout=NETWORK_TIMEOUT)
+
+
+def rev(repo: Path, ref: str) -> str | None:
+    """The commit ``ref`` names, or None when it does not exist."""
+    try:
+        return run_git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=repo,
+                       op="rev-parse").strip() or None
+    except GitError:
+        return None
+
+
+def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
+    try:
+        run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=repo,
+                op="merge-base")
+    except GitError:
+        return False
+    return True
+
+
+def clean_checkout(repo: Path, branch: str) -> None:
+    """Leave ``repo`` on ``branch`` with a pristine tree, whatever a crash left behind.
+
+    Aborts a rebase or merge in progress, discards changes and untracked (also ignored)
+    files, and checks the branch out. Used by the refinery at start and after each MR.
+    """
+    git_dir = common_git_dir(repo)
+    if (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
+        try:
+            run_git(["rebase", "--abort"], cwd=repo, op="rebase --abort")
+        except GitError:
+            for leftover in ("rebase-merge", "rebase-apply"):
+                shutil.rmtree(git_dir / leftover, ignore_errors=True)
+    if (git_dir / "MERGE_HEAD").exists():
+        run_git(["merge", "--abort"], cwd=repo, op="merge --abort")
+    run_git(["reset", "--quiet", "--hard"], cwd=repo, op="reset")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+
+
+def rebase_detached(repo: Path, commit: str, onto: str) -> tuple[str | None, list[str]]:
+    """Rebase a detached copy of ``commit`` onto ``onto``.
+
+    Returns ``(new_head, [])`` on success, or ``(None, conflicting_files)`` after aborting
+    a conflicted rebase (the checkout is left detached at ``commit``, clean).
+    """
+    run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo, op="checkout")
+    try:
+        run_git(["rebase", "--quiet", onto], cwd=repo, op="rebase")
+    except GitError as exc:
+        try:
+            out = run_git(["diff", "--name-only", "--diff-filter=U"], cwd=repo, op="diff")
+            files = [f for f in out.splitlines() if f.strip()]
+        except GitError:
+            files = []
+        try:
+            run_git(["rebase", "--abort"], cwd=repo, op="rebase --abort")
+        except GitError:
+            pass
+        if not files:
+            raise exc
+        return None, files
+    return head_commit(repo), []
+
+
+def checkout_detached(repo: Path, commit: str) -> None:
+    run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo, op="checkout")
+    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+
+
+def fast_forward(repo: Path, branch: str, commit: str) -> None:
+    """Move ``branch`` (checked out in ``repo``) to ``commit``, by fast-forward only."""
+    run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
+    run_git(["merge", "--quiet", "--ff-only", commit], cwd=repo, op="merge --ff-only")
+
+
+def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str | None:
+    """What ``remote`` says its ``branch`` is, asked over the wire (``ls-remote``)."""
+    out = run_git(["ls-remote", remote, f"refs/heads/{branch}"], cwd=repo, op="ls-remote",
+                  timeout=NETWORK_TIMEOUT)
+    for line in out.splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref.strip() == f"refs/heads/{branch}":
+            return sha.strip()
+    return None
+
+
+# -- pushing a tested commit, and where the default branch stands ----------------------
+
+#: ``! [remote rejected] HEAD -> main (Working directory has unstaged changes)``
+_REMOTE_REJECTED: Final = re.compile(r"\[remote rejected\][^(\n]*\(([^)\n]*)\)")
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """How a push of a commit to the remote's branch went.
+
+    ``pushed``: the remote's branch is now that commit. ``moved``: rejected because the
+    remote's branch moved (not a fast-forward): fetch and redo on it. ``refused``: the
+    remote answered but would not take it, for ``reason`` (a working copy with the branch
+    checked out, ``updateInstead`` on a dirty tree, a hook).
+    """
+
+    result: Literal["pushed", "moved", "refused"]
+    reason: str = ""
+
+
+def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") -> PushOutcome:
+    """Push ``commit`` to ``refs/heads/<branch>`` on ``remote`` (fast-forward only).
+
+    Nothing local moves: the caller fast-forwards its own branch after the remote took
+    the commit, so a refused push never has to be undone. The explicit refspec matters
+    (upstream bug G20: a bare push followed the tracking configuration somewhere else).
+    An unreachable remote raises :class:`GitError` (op ``push``).
+    """
+    try:
+        run_git(["push", "--quiet", remote, f"{commit}:refs/heads/{branch}"], cwd=repo,
+                op="push", timeout=NETWORK_TIMEOUT)
+    except GitError as exc:
+        refused = _REMOTE_REJECTED.search(exc.stderr)
+        if refused:
+            return PushOutcome("refused", refused.group(1).strip())
+        if "refusing to update checked out branch" in exc.stderr:
+            return PushOutcome("refused", "branch is currently checked out")
+        if "non-fast-forward" in exc.stderr or "fetch first" in exc.stderr or \
+                "[rejected]" in exc.stderr:
+            return PushOutcome("moved")
+        raise
+    return PushOutcome("pushed")
+
+
+def commits_between(repo: Path, base: str | None, tip: str) -> list[str]:
+    """The commits of ``base..tip`` (all of ``tip``'s history without ``base``), newest first."""
+    spec = f"{base}..{tip}" if base else tip
+    out = run_git(["rev-list", spec], cwd=repo, op="rev-list")
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def is_bare(repo: Path) -> bool:
+    """Whether ``repo`` is a bare repository."""
+    out = run_git(["rev-parse", "--is-bare-repository"], cwd=repo, op="rev-parse")
+    return out.strip() == "true"
+
+
+def is_repository(path: Path) -> bool:
+    """Whether ``path`` is the top of a git repository (bare or not)."""
+    try:
+        top = run_git(["rev-parse", "--git-dir"], cwd=path, op="rev-parse").strip()
+    except GitError:
+        return False
+    git_dir = (path / top).resolve()
+    return git_dir in (path.resolve(), (path / ".git").resolve())
+
+
+def checked_out_branches(repo: Path) -> list[str]:
+    """Branches checked out in ``repo``'s working trees (none for a bare repository's own)."""
+    return [w.branch for w in list_worktrees(repo) if w.branch]
+
+
+def set_config(repo: Path, key: str, value: str) -> None:
+    run_git(["config", key, value], cwd=repo, op="config")
