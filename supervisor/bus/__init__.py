@@ -5,6 +5,8 @@ Layering, bottom to top (imports only flow upward through this list):
 - ``errors``: the exception classes (no trio);
 - ``frames``: pure framing, 4-byte big-endian length + UTF-8 JSON object;
 - ``protocol``: pure message shapes, builders and validation;
+- ``requests``: pure, the town's request methods (a ``Literal``) and their typed
+  parameters;
 - ``sync_client``: a blocking client for the CLI (no trio);
 - ``listener`` (the socket file: path checks, stale-socket probe, 0600 bind,
   ``SO_PEERCRED``) and ``outbox`` (one peer's bounded queue with drop counting),
@@ -45,7 +47,7 @@ from .protocol import (
     BusMessage,
     RequestHandler,
 )
-from .sync_client import MessageFollower, iter_messages_sync, request_sync
+from .sync_client import MessageFollower, call_sync, iter_messages_sync, request_sync
 
 if TYPE_CHECKING:
     from .client import BusClient, open_bus_client
@@ -72,6 +74,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RequestHandler",
+    "call_sync",
     "encode_frame",
     "iter_messages_sync",
     "open_bus_client",

@@ -44,6 +44,7 @@ from .errors import (
 )
 from .frames import MAX_FRAME, FrameDecoder, encode_frame
 from .protocol import BusMessage, RequestHandler
+from .requests import Request, params_of
 
 _CHUNK: Final = 1 << 16
 #: Frames queued for the writer before ``publish``/``request`` wait for it.
@@ -144,6 +145,10 @@ class BusClient:
         if "error" in rep:
             raise RemoteError(rep["error"])
         return rep.get("result")
+
+    async def call(self, to: str, request: Request, *, timeout: float = 30.0) -> Any:
+        """Send the typed ``request`` to ``to`` (see :mod:`.requests`); as :meth:`request`."""
+        return await self.request(to, request.method, params_of(request), timeout=timeout)
 
     async def publish(self, topic: str, data: Mapping[str, Any]) -> None:
         """Publish ``data`` on ``topic``; returns once queued for sending (no delivery receipt).

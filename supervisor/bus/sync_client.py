@@ -24,6 +24,7 @@ from .errors import (
 )
 from .frames import MAX_FRAME, FrameDecoder, encode_frame
 from .protocol import BusMessage
+from .requests import Request, params_of
 
 _CHUNK: Final = 1 << 16
 _HELLO_ID: Final = 0
@@ -111,6 +112,13 @@ def request_sync(path: Path, to: str, method: str, params: Mapping[str, Any] | N
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise BusDisconnected(f"the bus connection broke: {exc}") from exc
     raise AssertionError("unreachable: _receive only ends by raising")  # pragma: no cover
+
+
+def call_sync(path: Path, to: str, request: Request, *, timeout: float = 10.0,
+              name: str = "cli") -> Any:
+    """Send the typed ``request`` to ``to`` (see :mod:`.requests`); as :func:`request_sync`."""
+    return request_sync(path, to, request.method, params_of(request), timeout=timeout,
+                        name=name)
 
 
 class MessageFollower:
