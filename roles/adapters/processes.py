@@ -7,8 +7,13 @@ stale pid file would make us signal a stranger. A pid together with the process'
 start time (field 22 of ``/proc/<pid>/stat``, in clock ticks since boot) is unique
 for the life of the machine, which is what :func:`is_same_process` checks.
 
-Synchronous and standard library only, for the CLI; the supervisor stops its *own*
-children through trio (``gastown.roles.adapters.children``), never through this module.
+Layer: a roles adapter, the one module that reads ``/proc`` and stops process trees
+from outside: a pid's identity and environment, who has a path open, stopping a
+process group (:func:`terminate_process_group`), a kernel session's whole tree
+(:func:`stop_process_tree`, an agent's session) or a stray process
+(:func:`stop_process`). Synchronous and standard library only, for the CLI, ``doctor``
+and the role loops' worker threads; the supervisor stops its *own* children through
+trio (``gastown.roles.adapters.children``), never through this module.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 #: How often :func:`terminate_process_group` looks for survivors. A CLI waiting a
 #: few seconds for a group to die can afford a ``/proc`` scan every 20 ms.
@@ -28,12 +34,25 @@ _POLL_INTERVAL: Final = 0.02
 _KILL_WAIT: Final = 5.0
 
 
-def _read_stat(pid: int) -> tuple[str, int, int] | None:
-    """``(state, pgrp, starttime)`` of ``pid`` from ``/proc/<pid>/stat``, or ``None``.
+class _Stat(NamedTuple):
+    state: str
+    pgrp: int
+    session: int
+    start_time: int
 
-    The second field, ``comm``, is the executable's name in parentheses and may itself
-    contain spaces and parentheses (``python (x) y``), so the fields are counted from
-    the *last* ``)``, which the kernel writes right after ``comm``.
+    @property
+    def live(self) -> bool:
+        """Not a zombie (nor dead): it still runs, or can."""
+        return self.state not in ("Z", "X")
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    """``state``, ``pgrp``, ``session`` and ``starttime`` of ``pid`` from ``/proc/<pid>/stat``.
+
+    ``None`` when there is no such process. The second field, ``comm``, is the
+    executable's name in parentheses and may itself contain spaces and parentheses
+    (``python (x) y``), so the fields are counted from the *last* ``)``, which the kernel
+    writes right after ``comm``.
     """
     if pid <= 0:
         return None
@@ -47,9 +66,18 @@ def _read_stat(pid: int) -> tuple[str, int, int] | None:
     if not sep or len(fields) < 20:
         return None
     try:
-        return fields[0].decode("ascii"), int(fields[5 - 3]), int(fields[22 - 3])
+        return _Stat(fields[0].decode("ascii"), int(fields[5 - 3]), int(fields[6 - 3]),
+                     int(fields[22 - 3]))
     except (UnicodeDecodeError, ValueError):
         return None
+
+
+def _pids() -> list[int]:
+    """Every pid in ``/proc`` now (empty when ``/proc`` cannot be read)."""
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return []
 
 
 def process_start_time(pid: int) -> int | None:
@@ -59,7 +87,7 @@ def process_start_time(pid: int) -> int | None:
     process is alive.
     """
     stat = _read_stat(pid)
-    return None if stat is None else stat[2]
+    return None if stat is None else stat.start_time
 
 
 def is_same_process(pid: int, start_time: int) -> bool:
@@ -70,7 +98,7 @@ def is_same_process(pid: int, start_time: int) -> bool:
     its parent to collect its status, so it holds nothing and can do nothing.
     """
     stat = _read_stat(pid)
-    return stat is not None and stat[0] not in ("Z", "X") and stat[2] == start_time
+    return stat is not None and stat.live and stat.start_time == start_time
 
 
 def _group_alive(pgid: int) -> bool:
@@ -79,15 +107,9 @@ def _group_alive(pgid: int) -> bool:
     ``killpg(pgid, 0)`` is not enough: it succeeds while a zombie member waits for a
     parent (or an init that never reaps) to collect it.
     """
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return False
-    for name in names:
-        if not name.isdigit():
-            continue
-        stat = _read_stat(int(name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+    for pid in _pids():
+        stat = _read_stat(pid)
+        if stat is not None and stat.pgrp == pgid and stat.live:
             return True
     return False
 
@@ -157,15 +179,123 @@ def processes_with_env(match: dict[str, str]) -> list[int]:
     """
     wanted = {f"{k}={v}".encode() for k, v in match.items()}
     found: list[int] = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
+    for pid in _pids():
+        if pid == os.getpid():
             continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                environ = set(f.read().split(b"\0"))
-        except OSError:
-            continue
-        stat = _read_stat(int(entry)) if wanted <= environ else None
-        if stat is not None and stat[0] != "Z":
-            found.append(int(entry))
+        raw = _read_environ(pid)
+        stat = _read_stat(pid) if raw is not None and wanted <= set(raw.split(b"\0")) else None
+        if stat is not None and stat.state != "Z":
+            found.append(pid)
     return found
+
+
+def _read_environ(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment ``pid`` was started with (``/proc/<pid>/environ``); {} if unreadable."""
+    out = {}
+    for item in (_read_environ(pid) or b"").split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            out[key.decode(errors="replace")] = value.decode(errors="replace")
+    return out
+
+
+def paths_in_use(entries: Iterable[Path]) -> set[Path]:
+    """Which of ``entries`` some live process has its cwd or an open file in."""
+    roots = {str(e): e for e in entries}
+    busy: set[Path] = set()
+    for pid in _pids():
+        links = [f"/proc/{pid}/cwd"]
+        try:
+            links += [f"/proc/{pid}/fd/{fd}" for fd in os.listdir(f"/proc/{pid}/fd")]
+        except OSError:
+            pass
+        for link in links:
+            try:
+                target = os.readlink(link)
+            except OSError:
+                continue
+            for root, entry in roots.items():
+                if target == root or target.startswith(root + "/"):
+                    busy.add(entry)
+    return busy
+
+
+def stop_process(pid: int, grace: float) -> None:
+    """Stop a stray process: its whole group when it leads one (SIGTERM, up to ``grace`` s,
+    then SIGKILL: :func:`terminate_process_group`), else SIGKILL it alone. Idempotent."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    if pgid == pid:
+        terminate_process_group(pgid, grace)
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def stop_process_tree(leader: int, start_time: int, grace: float) -> None:
+    """SIGTERM the kernel session led by ``leader``, wait ``grace`` s, SIGKILL what is left.
+
+    The tree is every process in ``leader``'s kernel session or process group, not just
+    its group: a shell with job control gives each pipeline a group of its own inside
+    the same session. Only a descendant that calls ``setsid`` itself escapes.
+
+    Nothing is signalled when a process ``leader`` exists with another start time: the
+    pid was reused, so the agent and its session are long gone. A leader that is simply
+    gone is fine: while any process uses its pid as a session or group id, the kernel
+    does not hand the pid out again, so those processes are the agent's.
+    """
+    current = process_start_time(leader)
+    if leader <= 1 or (current is not None and current != start_time):
+        return
+    _signal_all(_session_members(leader), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _session_members(leader):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(_POLL_INTERVAL)
+    else:
+        return
+    # Re-sent each round: a process forked between the scan and the signal is caught
+    # by the next one.
+    deadline = time.monotonic() + _KILL_WAIT
+    while members := _session_members(leader):
+        if time.monotonic() >= deadline:
+            return  # stuck in the kernel; nothing more a signal can do
+        _signal_all(members, signal.SIGKILL)
+        time.sleep(_POLL_INTERVAL)
+
+
+def _session_members(leader: int) -> list[tuple[int, int]]:
+    """``(pid, pgrp)`` of each live (non-zombie) process in ``leader``'s session or group."""
+    members = []
+    for pid in _pids():
+        stat = _read_stat(pid)
+        if stat is not None and stat.live and leader in (stat.pgrp, stat.session):
+            members.append((pid, stat.pgrp))
+    return members
+
+
+def _signal_all(members: list[tuple[int, int]], sig: signal.Signals) -> None:
+    """Send ``sig`` to each member's group and to each member, tolerating exits."""
+    for pgrp in {pgrp for _, pgrp in members}:
+        try:
+            os.killpg(pgrp, sig)
+        except OSError:  # gone, or (a setuid child such as sudo) not ours to signal
+            pass
+    for pid, _ in members:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass

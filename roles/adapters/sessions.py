@@ -18,9 +18,11 @@ upstream leaked 56 GB of processes (upstream bug table, rows 9 and 12). A sessio
 by :class:`SessionInfo`: the pid *and* its start time, so a pid the kernel has handed to
 someone else is never taken for the agent and never signalled.
 
-Synchronous and blocking (a few tmux round trips, a short-lived launcher): roles call it
-through ``trio.to_thread.run_sync``. It makes no decisions beyond "is it still running";
-whether to start, restart or stop a session is the caller's.
+Layer: a roles adapter, above :mod:`.tmux` (which runs tmux) and :mod:`.processes` (which
+reads ``/proc`` and stops process trees); this module only decides which of them a
+session needs. Synchronous and blocking (a few tmux round trips, a short-lived
+launcher): roles call it through ``trio.to_thread.run_sync``. It makes no decisions
+beyond "is it still running"; whether to start, restart or stop a session is the caller's.
 """
 
 from __future__ import annotations
@@ -30,19 +32,22 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
-from hashlib import sha256
 from pathlib import Path
 from typing import Final, Literal
 
-from ..core.errors import GastownError
 from . import session_launcher
-from .processes import is_same_process, process_start_time
+from .processes import is_same_process, process_start_time, stop_process_tree
+from .tmux import SessionError as SessionError
+from .tmux import last_line as _last_line
+from .tmux import run_tmux as _run_tmux
+from .tmux import session_panes
+from .tmux import tmux_binary as _tmux_binary
+from .tmux import tmux_socket_name as tmux_socket_name
+from .tmux import town_sessions as town_sessions
 
 Backend = Literal["tmux", "process"]
 
@@ -50,28 +55,12 @@ Backend = Literal["tmux", "process"]
 PANE_WIDTH: Final = 200
 PANE_HEIGHT: Final = 50
 
-#: How long one tmux command or the launcher may take before we call it hung.
+#: How long the launcher may take before we call it hung.
 _COMMAND_TIMEOUT: Final = 30.0
-
-#: How often a stopping session's processes are looked for in ``/proc``.
-_POLL_INTERVAL: Final = 0.02
-
-#: How long SIGKILLed processes get to disappear; only a process stuck in the kernel
-#: (state D) takes longer, and then we give up on it.
-_KILL_WAIT: Final = 5.0
 
 #: Characters a session name may keep; tmux forbids ``.`` and ``:`` (target syntax), and
 #: everything else outside this set is trouble in a shell or a file name.
 _UNSAFE_NAME_CHARS: Final = re.compile(r"[^A-Za-z0-9_-]")
-
-#: What tmux says when there is no server for the socket (an empty town), in 3.x.
-_NO_SERVER: Final = ("no server running", "error connecting to", "No such file or directory",
-                      "server exited unexpectedly")
-
-
-class SessionError(GastownError):
-    """A session could not be started: tmux missing, name taken, command not found."""
-
 
 @dataclass(frozen=True)
 class SessionSpec:
@@ -143,16 +132,6 @@ def resolve_backend(configured: Literal["auto", "tmux", "process"]) -> Backend:
         _tmux_binary()
         return "tmux"
     return "tmux" if shutil.which("tmux") else "process"
-
-
-def tmux_socket_name(town_root: Path) -> str:
-    """The town's tmux server name for ``tmux -L``: stable for the town's resolved path.
-
-    Short on purpose: tmux puts the socket in ``$TMUX_TMPDIR/tmux-<uid>/``, and a Unix
-    socket path is limited to 108 bytes.
-    """
-    digest = sha256(str(town_root.resolve()).encode()).hexdigest()
-    return f"gastown-{digest[:12]}"
 
 
 def sanitize_name(name: str) -> str:
@@ -239,7 +218,7 @@ def stop_session(info: SessionInfo, grace: float = 5.0) -> None:
             session_id = _tmux_session_id(tmux, info)
         except SessionError:
             pass
-    _stop_process_tree(info.pid, info.start_time, grace)
+    stop_process_tree(info.pid, info.start_time, grace)
     if tmux is not None and session_id is not None and info.tmux_socket is not None:
         # By now tmux has usually closed the pane and with it the session; killing by
         # id ($N, unique for the server's life) cannot hit a same-named newer session.
@@ -247,6 +226,30 @@ def stop_session(info: SessionInfo, grace: float = 5.0) -> None:
             _run_tmux(tmux, info.tmux_socket, "kill-session", "-t", session_id)
         except SessionError:
             pass
+
+
+def stop_town_session(town_root: Path, name: str, grace: float) -> None:
+    """Stop the session ``name`` of the town's tmux server that nobody recorded (an orphan).
+
+    Every pane's process tree is stopped as :func:`stop_session` stops an agent's, then
+    the session itself is killed by id. Nothing happens without tmux or such a session.
+
+    Raises:
+        SessionError: the town's tmux server did not answer within 30 s.
+    """
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        return
+    socket = tmux_socket_name(town_root)
+    panes = session_panes(tmux, socket, name)
+    for _, pane_pid in panes:
+        start = process_start_time(int(pane_pid)) if pane_pid.isdigit() else None
+        if start is not None:
+            stop_session(SessionInfo(backend="tmux", name=name, pid=int(pane_pid),
+                                     start_time=start, log_path="", tmux_socket=socket),
+                         grace=grace)
+    for session_id in {session_id for session_id, _ in panes}:
+        _run_tmux(tmux, socket, "kill-session", "-t", session_id)
 
 
 def attach_argv(info: SessionInfo) -> list[str] | None:
@@ -257,24 +260,6 @@ def attach_argv(info: SessionInfo) -> list[str] | None:
     if info.backend != "tmux" or info.tmux_socket is None:
         return None
     return ["tmux", "-L", info.tmux_socket, "attach", "-t", f"={info.name}"]
-
-
-def town_sessions(town_root: Path) -> list[str]:
-    """Names of the sessions on the town's tmux server; [] when there is no server or tmux.
-
-    Raises:
-        SessionError: tmux failed for another reason than a missing server.
-    """
-    tmux = shutil.which("tmux")
-    if tmux is None:
-        return []
-    result = _run_tmux(tmux, tmux_socket_name(town_root), "list-sessions", "-F",
-                       "#{session_name}")
-    if result.returncode != 0:
-        if any(marker in result.stderr for marker in _NO_SERVER):
-            return []
-        raise SessionError(f"tmux list-sessions failed: {_last_line(result.stderr)}")
-    return [line for line in result.stdout.splitlines() if line]
 
 
 # --- process backend ---------------------------------------------------------------
@@ -318,34 +303,6 @@ def _parse_reply(stdout: str) -> dict[str, object] | None:
 
 
 # --- tmux backend ------------------------------------------------------------------
-
-
-def _tmux_binary() -> str:
-    tmux = shutil.which("tmux")
-    if tmux is None:
-        raise SessionError('the tmux session backend needs tmux, which is not installed '
-                           '(install it, or set [sessions] backend = "process")')
-    return tmux
-
-
-def _tmux_env() -> dict[str, str]:
-    """The caller's environment minus what would point tmux at *another* server."""
-    return {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
-
-
-def _run_tmux(tmux: str, socket: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run one tmux command line against the town's server; never raises for its status.
-
-    ``-f /dev/null``: a server we start must not read the user's ``~/.tmux.conf``, which
-    may set ``remain-on-exit`` (sessions that never end), ``default-command`` or hooks.
-    """
-    try:
-        return subprocess.run([tmux, "-L", socket, "-f", "/dev/null", *args],
-                              capture_output=True, text=True, env=_tmux_env(),
-                              timeout=_COMMAND_TIMEOUT, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise SessionError(f"tmux {args[0]} did not answer within "
-                           f"{_COMMAND_TIMEOUT:g}s (server {socket})") from exc
 
 
 def _command_exists(argv0: str, cwd: Path, env: dict[str, str]) -> bool:
@@ -412,85 +369,10 @@ def _tmux_session_id(tmux: str, info: SessionInfo) -> str | None:
     """The id (``$N``) of the session named ``info.name`` if one of its panes is ours."""
     if info.tmux_socket is None:
         return None
-    result = _run_tmux(tmux, info.tmux_socket, "list-panes", "-s", "-t", f"={info.name}",
-                       "-F", "#{session_id} #{pane_pid}")
-    if result.returncode != 0:
-        return None
-    for line in result.stdout.splitlines():
-        session_id, _, pane_pid = line.partition(" ")
+    for session_id, pane_pid in session_panes(tmux, info.tmux_socket, info.name):
         if pane_pid == str(info.pid):
             return session_id
     return None
-
-
-# --- stopping a process tree -------------------------------------------------------
-
-
-def _stop_process_tree(leader: int, start_time: int, grace: float) -> None:
-    """SIGTERM the kernel session led by ``leader``, wait ``grace`` s, SIGKILL what is left.
-
-    Nothing is signalled when a process ``leader`` exists with another start time: the
-    pid was reused, so the agent and its session are long gone. A leader that is simply
-    gone is fine: while any process uses its pid as a session or group id, the kernel
-    does not hand the pid out again, so those processes are the agent's.
-    """
-    current = process_start_time(leader)
-    if leader <= 1 or (current is not None and current != start_time):
-        return
-    _signal_all(_session_members(leader), signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while _session_members(leader):
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(_POLL_INTERVAL)
-    else:
-        return
-    # Re-sent each round: a process forked between the scan and the signal is caught
-    # by the next one.
-    deadline = time.monotonic() + _KILL_WAIT
-    while members := _session_members(leader):
-        if time.monotonic() >= deadline:
-            return  # stuck in the kernel; nothing more a signal can do
-        _signal_all(members, signal.SIGKILL)
-        time.sleep(_POLL_INTERVAL)
-
-
-def _session_members(leader: int) -> list[tuple[int, int]]:
-    """``(pid, pgrp)`` of each live (non-zombie) process in ``leader``'s session or group."""
-    members = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        # comm (field 2) may hold spaces and parentheses: count from the last ')'.
-        fields = stat.rpartition(b")")[2].split()
-        if len(fields) < 4 or fields[0] in (b"Z", b"X"):
-            continue
-        pgrp, session = int(fields[2]), int(fields[3])
-        if leader in (pgrp, session):
-            members.append((int(entry), pgrp))
-    return members
-
-
-def _signal_all(members: list[tuple[int, int]], sig: signal.Signals) -> None:
-    """Send ``sig`` to each member's group and to each member, tolerating exits."""
-    for pgrp in {pgrp for _, pgrp in members}:
-        try:
-            os.killpg(pgrp, sig)
-        except OSError:  # gone, or (a setuid child such as sudo) not ours to signal
-            pass
-    for pid, _ in members:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 # --- small helpers -----------------------------------------------------------------
@@ -499,8 +381,3 @@ def _signal_all(members: list[tuple[int, int]], sig: signal.Signals) -> None:
 def _first_int(text: str) -> int | None:
     first = text.strip().partition("\n")[0].strip()
     return int(first) if first.isdigit() else None
-
-
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else "no error output"

@@ -2,8 +2,9 @@
 
 The I/O half of :mod:`gastown.roles.core.agent_screen` (which decides what a screen shows).
 Everything here is synchronous and bounded: a few tmux round trips per poll, each limited
-by ``sessions``' command timeout, and every wait by the caller's ``timeout``. Roles call
-it through ``trio.to_thread.run_sync``.
+by :data:`~gastown.roles.adapters.tmux.COMMAND_TIMEOUT`, and every wait by the caller's
+``timeout``. Roles call it through ``trio.to_thread.run_sync``. Layer: a roles adapter,
+above :mod:`.tmux` (which runs every tmux command) and :mod:`.sessions`.
 
 A screen is inherently polled (tmux has no "screen changed" event we could wait on), every
 :data:`POLL_INTERVAL` seconds. Nothing presses a key at a screen it does not recognise:
@@ -25,7 +26,10 @@ from typing import Final, Literal
 import structlog
 
 from ..core.agent_screen import Screen, read_screen, tail, terminal_text
-from .sessions import SessionError, SessionInfo, _run_tmux, _tmux_binary
+from .sessions import SessionInfo
+from .tmux import SessionError
+from .tmux import run_tmux as _run_tmux
+from .tmux import tmux_binary as _tmux_binary
 
 log = structlog.get_logger()
 
