@@ -1,9 +1,10 @@
 """Git, one function per operation, named in the domain's words.
 
-Runs git through ``sh`` (``_tty_out=False``; from trio, call these through
-``trio.to_thread.run_sync``). Makes no decisions beyond retrying lock contention:
-a failure becomes :class:`GitError` carrying the operation, repository and stderr tail.
-Never prompts: credentials come from the user's git setup or the command fails.
+Layer: a roles adapter, the module the rest of the town calls git through. Each
+operation runs through :func:`~gastown.roles.adapters.git_command.run_git` (re-exported
+here), which makes no decisions beyond retrying lock contention: a failure becomes
+:class:`GitError` carrying the operation, repository and stderr tail. Blocking; from
+trio, call these through ``trio.to_thread.run_sync``.
 """
 
 from __future__ import annotations
@@ -12,72 +13,17 @@ import fcntl
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from ..core.errors import GitError
-
-#: Git's own lock files; another git process holding one is contention, not failure.
-_LOCK_CONTENTION: Final = ("index.lock", "config.lock", ".lock': File exists",
-                           "Unable to create", "cannot lock ref")
-_LOCK_RETRIES: Final = 8
-
-#: Generous: a clone of a large repository over a slow link takes minutes.
-CLONE_TIMEOUT: Final = 3600.0
-#: For operations that talk to a remote (fetch, push, ls-remote).
-NETWORK_TIMEOUT: Final = 600.0
-
-
-def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_SSH_COMMAND": env.get("GIT_SSH_COMMAND", "ssh -o BatchMode=yes"),
-        "LC_ALL": "C",
-    })
-    if extra:
-        env.update(extra)
-    return env
-
-
-def run_git(args: list[str], *, cwd: Path | None, op: str,
-            timeout: float | None = None, env: Mapping[str, str] | None = None,
-            where: str | None = None) -> str:
-    """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
-
-    Lock contention (``index.lock``, ``config.lock``) is retried with a short back-off.
-    Pass ``timeout`` only for operations that talk to a remote: ``sh`` watches a timeout
-    with a 0.1 s polling thread, which turns a 4 ms local command into a 104 ms one
-    (measured, sh 2.4).
-    ``where`` names the repository in error messages (default: ``cwd``).
-    """
-    import sh
-
-    repo = where or (str(cwd) if cwd is not None else ".")
-    delay = 0.05
-    for attempt in range(_LOCK_RETRIES + 1):
-        try:
-            options: dict[str, Any] = {"_timeout": timeout} if timeout else {}
-            out = sh.git(*args, _cwd=str(cwd) if cwd is not None else None,
-                         _env=_git_env(env), _tty_out=False, _in="", _encoding="utf-8",
-                         _decode_errors="replace", **options)
-            return str(out)
-        except sh.ErrorReturnCode as exc:
-            stderr = exc.stderr.decode("utf-8", "replace")
-            if attempt < _LOCK_RETRIES and any(s in stderr for s in _LOCK_CONTENTION):
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            raise GitError(op, repo, stderr) from None
-        except sh.TimeoutException:
-            raise GitError(op, repo, f"timed out after {timeout:g}s") from None
-        except sh.CommandNotFound:
-            raise GitError(op, repo, "git is not installed (not found on PATH)") from None
-    raise AssertionError("unreachable")
+from .files import remove_tree
+from .git_command import CLONE_TIMEOUT as CLONE_TIMEOUT
+from .git_command import NETWORK_TIMEOUT as NETWORK_TIMEOUT
+from .git_command import run_git as run_git
 
 
 def clone(repo: str, dest: Path, *, branch: str | None = None) -> None:
@@ -206,20 +152,10 @@ def remove_worktree(repo: Path, path: Path) -> None:
         except GitError:
             pass  # not registered (half-created) or locked: fall through to rm -rf
     if path.exists() or path.is_symlink():
-        _rmtree(path)
+        remove_tree(path)
     run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
     if path.exists():
         raise GitError("worktree remove", str(repo), f"{path} still exists after removal")
-
-
-def _rmtree(path: Path) -> None:
-    """``rm -rf``, making read-only folders writable first (upstream #618's chmod retry)."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        return
-    for folder, _dirs, _files in os.walk(path):
-        os.chmod(folder, 0o700)
-    shutil.rmtree(path)
 
 
 def prune_worktrees(repo: Path) -> None:
