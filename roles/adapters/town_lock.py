@@ -8,9 +8,9 @@ Three kinds of ``flock``, all under ``.runtime/``:
 
 - ``supervisor.lock`` (with ``supervisor.pid``): the town's one supervisor, below;
 - ``roles/<role>.lock``: each role process holds its own for its whole life, taken
-  before it does any work (:func:`acquire_role_lock`), so two instances of a role
-  can never run at once, whatever state the event loop of the older one is in. A
-  new instance waits (bounded) for the old one to go;
+  before it does any work, so two instances of a role can never run at once: those
+  live in :mod:`.role_lock` (its names are re-exported here, where the role process,
+  the supervisor and ``down`` import them from);
 - ``start.lock``: held by ``gastown up`` from before it spawns the supervisor until
   the supervisor holds ``supervisor.lock`` (or died), so ``down`` issued during a
   start-up waits for the supervisor to exist and then stops it
@@ -37,12 +37,10 @@ Rules that keep the lock honest:
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -50,19 +48,21 @@ from typing import Final
 
 from .. import __version__
 from ..core.errors import Refused
+from .flocks import flock_within, try_flock, wait_lock_free
 from .processes import is_same_process, process_start_time
+from .role_lock import ROLE_LOCK_TIMEOUT as ROLE_LOCK_TIMEOUT
+from .role_lock import ROLE_LOCKED_EXIT as ROLE_LOCKED_EXIT
+from .role_lock import ROLES_DIR as ROLES_DIR
+from .role_lock import RoleLock as RoleLock
+from .role_lock import RoleLocked as RoleLocked
+from .role_lock import acquire_role_lock as acquire_role_lock
+from .role_lock import role_lock_holder as role_lock_holder
+from .role_lock import role_lock_path as role_lock_path
+from .role_lock import wait_roles_exit as wait_roles_exit
 
 LOCK_NAME: Final = "supervisor.lock"
 PID_NAME: Final = "supervisor.pid"
 START_LOCK_NAME: Final = "start.lock"
-ROLES_DIR: Final = "roles"
-
-#: Exit status of a role process that could not take its lock in time (EX_TEMPFAIL).
-ROLE_LOCKED_EXIT: Final = 75
-
-#: How long a new role instance waits, by default, for the old one to release its lock.
-ROLE_LOCK_TIMEOUT: Final = 30.0
-
 #: A reader (:func:`read_supervisor`) holds a shared lock for a few microseconds; an
 #: acquire that collides with it retries this many times, this far apart, before
 #: concluding that a supervisor holds the lock.
@@ -178,16 +178,6 @@ def _open_lock_file(runtime_dir: Path) -> int:
     return os.open(runtime_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def _try_flock(fd: int, operation: int) -> bool:
-    try:
-        fcntl.flock(fd, operation | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return False
-        raise
-    return True
-
-
 def _write_pid_file(runtime_dir: Path, info: SupervisorInfo) -> None:
     path = runtime_dir / PID_NAME
     tmp = runtime_dir / f".{PID_NAME}.{os.getpid()}.tmp"
@@ -237,7 +227,7 @@ def acquire_supervisor_lock(runtime_dir: Path) -> SupervisorLock:
     fd = _open_lock_file(runtime_dir)
     try:
         for attempt in range(_ACQUIRE_ATTEMPTS):
-            if _try_flock(fd, fcntl.LOCK_EX):
+            if try_flock(fd, fcntl.LOCK_EX):
                 break
             if attempt + 1 < _ACQUIRE_ATTEMPTS:
                 time.sleep(_ACQUIRE_RETRY)
@@ -275,7 +265,7 @@ def read_supervisor(runtime_dir: Path) -> SupervisorInfo | None:
     except FileNotFoundError:
         return None  # no supervisor ever ran here
     try:
-        if _try_flock(fd, fcntl.LOCK_SH):
+        if try_flock(fd, fcntl.LOCK_SH):
             return None
         for attempt in range(_READ_ATTEMPTS):
             holder = _verified(_read_pid_file(runtime_dir))
@@ -283,59 +273,12 @@ def read_supervisor(runtime_dir: Path) -> SupervisorInfo | None:
                 return holder
             if attempt + 1 < _READ_ATTEMPTS:
                 time.sleep(_READ_RETRY)
-                if _try_flock(fd, fcntl.LOCK_SH):
+                if try_flock(fd, fcntl.LOCK_SH):
                     return None  # the holder exited meanwhile
         return None
     finally:
         with contextlib.suppress(OSError):
             os.close(fd)
-
-
-def _flock_within(fd: int, operation: int, timeout: float) -> bool:
-    """Take ``flock(fd, operation)``, waiting at most ``timeout`` seconds; True if taken.
-
-    Event-driven: a blocking ``flock`` in a daemon thread returns the moment the kernel
-    releases the conflicting lock. On False the thread owns ``fd`` from then on (it
-    closes it when its ``flock`` returns, releasing what it got): the caller must not
-    use or close it. On True the caller owns ``fd`` and the lock.
-    """
-    import threading
-
-    taken = threading.Event()
-    mutex = threading.Lock()
-    abandoned = False
-
-    def wait() -> None:
-        try:
-            fcntl.flock(fd, operation)
-        except OSError:
-            pass
-        with mutex:
-            if abandoned:
-                os.close(fd)
-            else:
-                taken.set()
-
-    threading.Thread(target=wait, name="flock-wait", daemon=True).start()
-    if taken.wait(max(timeout, 0.0)):
-        return True
-    with mutex:
-        if taken.is_set():
-            return True
-        abandoned = True
-    return False
-
-
-def _wait_lock_free(path: Path, timeout: float) -> bool:
-    """Block until nobody holds an exclusive lock on ``path``, at most ``timeout`` s."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    if _flock_within(fd, fcntl.LOCK_SH, timeout):
-        os.close(fd)
-        return True
-    return False
 
 
 def wait_supervisor_exit(runtime_dir: Path, timeout: float) -> bool:
@@ -345,7 +288,7 @@ def wait_supervisor_exit(runtime_dir: Path, timeout: float) -> bool:
     the supervisor's exclusive lock (at its exit, however it exits). It runs in a
     daemon thread so that the wait can time out. Returns whether the town is free.
     """
-    return _wait_lock_free(runtime_dir / LOCK_NAME, timeout)
+    return wait_lock_free(runtime_dir / LOCK_NAME, timeout)
 
 
 # -- start-up ------------------------------------------------------------------------------
@@ -361,9 +304,9 @@ def hold_start_lock(runtime_dir: Path, timeout: float) -> int | None:
     """
     runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(runtime_dir / START_LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    if _try_flock(fd, fcntl.LOCK_EX):
+    if try_flock(fd, fcntl.LOCK_EX):
         return fd
-    if _flock_within(fd, fcntl.LOCK_EX, timeout):
+    if flock_within(fd, fcntl.LOCK_EX, timeout):
         return fd
     return None
 
@@ -375,7 +318,7 @@ def start_in_progress(runtime_dir: Path) -> bool:
     except FileNotFoundError:
         return False
     try:
-        return not _try_flock(fd, fcntl.LOCK_SH)
+        return not try_flock(fd, fcntl.LOCK_SH)
     finally:
         os.close(fd)
 
@@ -383,133 +326,4 @@ def start_in_progress(runtime_dir: Path) -> bool:
 def wait_start_settled(runtime_dir: Path, timeout: float) -> bool:
     """Block until no start-up is in progress (its supervisor holds the town, or it
     failed), at most ``timeout`` seconds; returns whether it settled."""
-    return _wait_lock_free(runtime_dir / START_LOCK_NAME, timeout)
-
-
-# -- one process per role ------------------------------------------------------------------
-
-
-class RoleLocked(Refused):
-    """Raised by :func:`acquire_role_lock` when another instance kept the role's lock."""
-
-    def __init__(self, role: str, pid: int | None, waited: float) -> None:
-        who = f"pid {pid}" if pid is not None else "pid unknown"
-        super().__init__(f"another instance of {role} ({who}) still holds its lock after "
-                         f"{waited:g}s; not starting a second one")
-        self.role = role
-        self.pid = pid
-
-
-class RoleLock:
-    """A role's held instance lock; the role keeps it (its fd open) for its whole life."""
-
-    __slots__ = ("fd", "path", "role")
-
-    def __init__(self, fd: int, path: Path, role: str) -> None:
-        self.fd = fd
-        self.path = path
-        self.role = role
-
-    def release(self) -> None:
-        """Drop the lock (tests; a role simply exits, and the kernel releases it)."""
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            os.close(fd)
-
-
-def role_lock_path(runtime_dir: Path, role: str) -> Path:
-    """``.runtime/roles/<role>.lock``, with ``:`` as ``-`` (``refinery-web.lock``)."""
-    return runtime_dir / ROLES_DIR / (role.replace(":", "-") + ".lock")
-
-
-def role_lock_holder(runtime_dir: Path, role: str) -> int | None:
-    """The pid of the live process holding ``role``'s lock, or None if nobody holds it.
-
-    The holder writes its pid and start time into the lock file; a pid that is gone or
-    reused is not believed (None while the lock is held by an unidentified process).
-    """
-    path = role_lock_path(runtime_dir, role)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        if _try_flock(fd, fcntl.LOCK_SH):
-            return None
-        return _lock_file_pid(fd)
-    finally:
-        os.close(fd)
-
-
-def wait_roles_exit(runtime_dir: Path, timeout: float) -> dict[str, int | None]:
-    """Wait until no role process holds its lock, at most ``timeout`` s in all.
-
-    For ``down``: once the supervisor is gone its roles follow within the lifeline's
-    grace; this waits for that (event-driven, on each lock) and returns the roles
-    still running after ``timeout``, role name -> pid (None if unknown): a role that
-    has no supervisor, e.g. one started by hand.
-    """
-    deadline = time.monotonic() + timeout
-    left: dict[str, int | None] = {}
-    folder = runtime_dir / ROLES_DIR
-    for path in sorted(folder.glob("*.lock")) if folder.is_dir() else []:
-        if _wait_lock_free(path, max(deadline - time.monotonic(), 0.0)):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            continue
-        try:
-            data = json.loads(os.pread(fd, 4096, 0) or b"null")
-            role = data["role"] if isinstance(data.get("role"), str) else path.stem
-        except (OSError, ValueError, TypeError, AttributeError, KeyError):
-            role = path.stem
-        finally:
-            os.close(fd)
-        left[role] = role_lock_holder(runtime_dir, role)
-    return left
-
-
-def _lock_file_pid(fd: int) -> int | None:
-    try:
-        data = json.loads(os.pread(fd, 4096, 0) or b"null")
-        pid, start_time = data["pid"], data["start_time"]
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-    if type(pid) is int and type(start_time) is int and is_same_process(pid, start_time):
-        return pid
-    return None
-
-
-def acquire_role_lock(runtime_dir: Path, role: str, *, timeout: float = ROLE_LOCK_TIMEOUT,
-                      on_wait: Callable[[int | None], None] | None = None) -> RoleLock:
-    """Become ``role``'s one instance: take its exclusive lock, waiting up to ``timeout``.
-
-    Taken by the role process before it does any work, and held (fd open,
-    close-on-exec) until it exits, however it exits: the kernel, not the role's event
-    loop, guarantees that two instances never run at once. When another instance
-    holds the lock, ``on_wait`` is called once with its pid (read from the lock file;
-    None if unknown) and the wait begins; it ends the moment that instance exits.
-
-    Raises:
-        RoleLocked: the lock was still held after ``timeout`` seconds.
-    """
-    path = role_lock_path(runtime_dir, role)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    if not _try_flock(fd, fcntl.LOCK_EX):
-        holder = _lock_file_pid(fd)
-        if on_wait is not None:
-            on_wait(holder)
-        if not _flock_within(fd, fcntl.LOCK_EX, timeout):
-            raise RoleLocked(role, role_lock_holder(runtime_dir, role) or holder, timeout)
-    try:
-        start_time = process_start_time(os.getpid())
-        identity = json.dumps({"pid": os.getpid(), "start_time": start_time,
-                               "role": role}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, identity + b"\n", 0)
-    except BaseException:
-        os.close(fd)
-        raise
-    return RoleLock(fd, path, role)
+    return wait_lock_free(runtime_dir / START_LOCK_NAME, timeout)
