@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import trio
 
+from ..supervisor.bus.requests import Dispatch, Reply, Request
+from ..supervisor.bus.requests import Sling as SlingRequest
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Sling
@@ -139,17 +141,16 @@ class Mayor:
             self._results[sling_id] = result
             waiter.set()
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "sling":
-            sling_id = int(params["sling"])
-            event = self._waiters.setdefault(sling_id, trio.Event())
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, SlingRequest):
+            event = self._waiters.setdefault(request.sling, trio.Event())
             self._wakeup.set()
             await event.wait()
-            return self._results.pop(sling_id)
-        if method == "dispatch":
+            return self._results.pop(request.sling)
+        if isinstance(request, Dispatch):
             self._wakeup.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     def status(self) -> dict[str, Any]:
         return {"dispatched": self.dispatched, "waiting_requests": len(self._waiters)}

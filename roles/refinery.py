@@ -37,6 +37,7 @@ from typing import Any, Final
 
 import trio
 
+from ..supervisor.bus.requests import Reply, Request, Wake
 from .adapters import git, landed, log
 from .adapters.async_store import AsyncStore
 from .adapters.faults import fault_point
@@ -101,11 +102,11 @@ class Refinery:
         return {"merged": self.merged, "rejected": self.rejected, "current": self.current,
                 "paused": self._paused, "unpushed": self._unpushed}
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "wake":
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, Wake):
             self._wakeup.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     async def _git(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -559,4 +560,3 @@ class Refinery:
             except GastownError as exc:
                 self._log.warning("resling_failed", bead=mr.bead, error=exc.message)
         await self._announce()
-

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..supervisor.bus.requests import Reply, Request
 from .adapters.town import Town
 
 
@@ -41,8 +42,8 @@ class Behaviour(Protocol):
     async def run(self, client: Any) -> None:
         """Runs while connected to the bus; cancelled when the connection drops."""
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        """Answer a request; raise ``LookupError`` for a method it does not know."""
+    async def handle(self, request: Request, sender: str) -> Reply:
+        """Answer a request; raise ``LookupError`` for a request it does not serve."""
 
     def status(self) -> dict[str, Any]:
         """Extra fields for the role's ``status`` answer."""

@@ -34,6 +34,8 @@ from typing import Any
 
 import trio
 
+from ..supervisor.bus.protocol import BUS_PEER
+from ..supervisor.bus.requests import Ping, Ready, Reply, Request, Shutdown, Status, typed_handler
 from .adapters import log
 from .adapters.children import LIFELINE_ENV
 from .adapters.faults import fault_action, fault_point
@@ -107,27 +109,28 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
     logger = log.get_logger()
     delay = 0.05
 
-    async def handle(method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "ping":
+    async def handle(request: Request, sender: str) -> Reply:
+        if isinstance(request, Ping):
             return {"pong": ctx.name, "pid": os.getpid()}
-        if method == "status":
+        if isinstance(request, Status):
             return {"name": ctx.name, "pid": os.getpid(), "state": "running",
                     "uptime": time.time() - ctx.started_at, **behaviour.status()}
-        if method == "shutdown":
+        if isinstance(request, Shutdown):
             logger.info("role_stopping", reason=f"shutdown requested by {sender}")
             cancel.cancel()
             return {"stopping": ctx.name}
         try:
-            return await behaviour.handle(method, params, sender)
+            return await behaviour.handle(request, sender)
         except LookupError:
-            raise GastownError(f"{ctx.name} does not know the request {method!r}") from None
+            raise GastownError(f"{ctx.name} does not know the request "
+                               f"{request.method!r}") from None
 
     while True:
         try:
             async with open_bus_client(bus_path(ctx.town), ctx.name,
                                        token=ctx.token) as client:
-                client.serve(handle)
-                await client.request("bus", "ready", {"pid": os.getpid()})
+                client.serve(typed_handler(handle, ctx.name))
+                await client.call(BUS_PEER, Ready(pid=os.getpid()))
                 ctx.connected_at = time.time()
                 logger.info("role_ready", pid=os.getpid())
                 fault_point(ctx.name, "ready")

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import trio
 
+from ..supervisor.bus.requests import Reply, Request, Settle, Wake
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Polecat
@@ -92,11 +93,11 @@ class Witness:
         return {"watching": sorted(self._watched), "nuked": self.nuked,
                 "respawned": self.respawned}
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "settle":
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, Settle):
             self._pass_needed.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     async def run(self, client: Any) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
@@ -179,7 +180,7 @@ class Witness:
         with log.bound(polecat=name):
             self._log.info("polecat_done_seen")
             try:
-                await self._client.request(f"refinery:{self.rig}", "wake", {}, timeout=5)
+                await self._client.call(f"refinery:{self.rig}", Wake(), timeout=5)
             except Exception as exc:  # the refinery is restarting: it reads the queue then
                 self._log.info("refinery_not_woken", error=str(exc))
             self._pass_needed.set()
