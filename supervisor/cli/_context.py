@@ -163,9 +163,11 @@ def poke_town(town: Town) -> None:
     if not socket_path.exists():
         return
     from ..bus.errors import BusError
-    from ..bus.sync_client import request_sync
+    from ..bus.protocol import BUS_PEER
+    from ..bus.requests import Outbox
+    from ..bus.sync_client import call_sync
 
     try:
-        request_sync(socket_path, "bus", "outbox", timeout=5)
+        call_sync(socket_path, BUS_PEER, Outbox(), timeout=5)
     except (BusError, OSError):
         pass

@@ -38,7 +38,8 @@ def cmd_sling(args: argparse.Namespace) -> int:
     from ...roles.adapters.town_lock import read_supervisor
     from ...roles.core.names import validate_name
     from ..bus.errors import BusError
-    from ..bus.sync_client import request_sync
+    from ..bus.requests import Sling as SlingRequest
+    from ..bus.sync_client import call_sync
 
     validate_name("rig", args.rig)
     town = town_of(args)
@@ -55,8 +56,8 @@ def cmd_sling(args: argparse.Namespace) -> int:
               "it runs at 'gastown up'")
         return 0
     try:
-        result: dict[str, Any] = request_sync(town.runtime_dir / "bus.sock", "mayor", "sling",
-                                              {"sling": sling.id}, timeout=SLING_TIMEOUT)
+        result: dict[str, Any] = call_sync(town.runtime_dir / "bus.sock", "mayor",
+                                           SlingRequest(sling=sling.id), timeout=SLING_TIMEOUT)
     except BusError as exc:
         print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}; the mayor did not "
               f"answer ({exc.message}); it dispatches queued slings when it is back")
