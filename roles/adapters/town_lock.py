@@ -43,7 +43,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Final
 
 from .. import __version__
@@ -133,7 +132,7 @@ class SupervisorInfo:
         return info if valid else None
 
 
-class SupervisorLock:
+class SupervisorLock(contextlib.AbstractContextManager["SupervisorLock"]):
     """A held supervisor lock; release it with :meth:`release` or a ``with`` block.
 
     If the holder dies without releasing, the kernel drops the lock and the pid file
@@ -162,15 +161,7 @@ class SupervisorLock:
         fd, self._fd = self._fd, None
         os.close(fd)  # closing the only fd on the open file releases the flock
 
-    def __enter__(self) -> SupervisorLock:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.release()
 
 

@@ -146,19 +146,14 @@ def check_stale_registrations(ctx: Ctx, rig: RigView) -> list[Finding]:
                                  f"its branch cannot be read ({exc.message})",
                                  polecat=polecat.name))
             continue
-        if unmerged:
-            findings.append(kept(
-                ctx, rig.name, "stale_registration", polecat.name, detail,
-                f"branch {polecat.branch} has {landed.plural(len(unmerged), 'unmerged commit')}; "
-                f"the work lives there (recreate the worktree with 'git worktree add "
-                f"{polecat.worktree} {polecat.branch}', or nuke with --force)",
-                polecat=polecat.name))
-            continue
-        if mr_unmerged:
-            findings.append(kept(
-                ctx, rig.name, "stale_registration", polecat.name, detail,
-                f"merge request {mr_unmerged[0].id} has not landed yet",
-                polecat=polecat.name))
+        if unmerged or mr_unmerged:
+            why = (f"branch {polecat.branch} has "
+                   f"{landed.plural(len(unmerged), 'unmerged commit')}; the work lives there "
+                   f"(recreate the worktree with 'git worktree add {polecat.worktree} "
+                   f"{polecat.branch}', or nuke with --force)" if unmerged else
+                   f"merge request {mr_unmerged[0].id} has not landed yet")
+            findings.append(kept(ctx, rig.name, "stale_registration", polecat.name, detail,
+                                 why, polecat=polecat.name))
             continue
         findings.append(repair(
             ctx, rig.name, "stale_registration", polecat.name, detail,
