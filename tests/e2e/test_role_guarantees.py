@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from gastown.roles.adapters.town_lock import acquire_role_lock, start_in_progress
+from gastown.roles.adapters.role_lock import acquire_role_lock
+from gastown.roles.adapters.town_lock import start_in_progress
 from gastown.supervisor.bus.sync_client import request_sync
 from tests.conftest import Cli, git, make_repo
 from tests.e2e.feed_waiter import FeedWaiter

@@ -16,19 +16,21 @@ import pytest
 
 from gastown import supervisor
 from gastown.roles.adapters.processes import process_start_time
+from gastown.roles.adapters.role_lock import (
+    RoleLocked,
+    acquire_role_lock,
+    role_lock_holder,
+    role_lock_path,
+    wait_roles_exit,
+)
 from gastown.roles.adapters.town_lock import (
     PID_NAME,
-    RoleLocked,
     SupervisorInfo,
     SupervisorRunning,
-    acquire_role_lock,
     acquire_supervisor_lock,
     hold_start_lock,
     read_supervisor,
-    role_lock_holder,
-    role_lock_path,
     start_in_progress,
-    wait_roles_exit,
     wait_start_settled,
 )
 from gastown.roles.core.errors import GastownError, Refused
@@ -231,7 +233,8 @@ class TestReadSupervisor:
 ROLE_HOLDER = """
 import sys
 from pathlib import Path
-from gastown.roles.adapters.town_lock import acquire_role_lock, hold_start_lock
+from gastown.roles.adapters.role_lock import acquire_role_lock
+from gastown.roles.adapters.town_lock import hold_start_lock
 if sys.argv[2] == "start":
     assert hold_start_lock(Path(sys.argv[1]), timeout=10) is not None
 else:
