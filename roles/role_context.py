@@ -8,12 +8,15 @@ here, and the role process imports the loops, so the graph stays one way.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..supervisor.bus.requests import Reply, Request
 from .adapters.town import Town
+
+if TYPE_CHECKING:
+    from ..supervisor.bus.client import BusClient
 
 
 def bus_path(town: Town) -> Path:
@@ -39,11 +42,11 @@ class RoleContext:
 class Behaviour(Protocol):
     """What a role does beyond the shared loop: its main task and its own requests."""
 
-    async def run(self, client: Any) -> None:
+    async def run(self, client: BusClient) -> None:
         """Runs while connected to the bus; cancelled when the connection drops."""
 
-    async def handle(self, request: Request, sender: str) -> Reply:
-        """Answer a request; raise ``LookupError`` for a request it does not serve."""
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        """Answer a request; raise ``LookupError`` for a method it does not know."""
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Mapping[str, object]:
         """Extra fields for the role's ``status`` answer."""

@@ -1,0 +1,88 @@
+"""Where a rig's merge work happens: the refinery's clone, its store and its queue state.
+
+Its one job: hold what the merge operations (:mod:`.merging`, :mod:`.landing`) share —
+the rig, the refinery's clone, the store, the way to announce new events, and the
+queue's state the refinery reports (the step in progress, the counters, the mirrors of
+the rig's ``mq_paused`` and unpushed work) — and run blocking git calls off the trio
+thread. Layer: operations; it decides nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import ParamSpec, TypedDict, TypeVar
+
+import trio
+
+from ..adapters import git
+from ..adapters.async_store import AsyncStore
+from ..adapters.town import Town
+from ..core.config import RigConfig
+from ..core.errors import GitError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+async def off_thread(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run the blocking ``fn(*args, **kwargs)`` (git, mostly) in a worker thread."""
+    return await trio.to_thread.run_sync(partial(fn, *args, **kwargs))
+
+
+async def commit_of(site: MergeSite, ref: str) -> str:
+    """The commit ``ref`` names in the site's clone; :class:`GitError` when it names none."""
+    commit = await off_thread(git.rev, site.clone, ref)
+    if commit is None:
+        raise GitError("rev-parse", str(site.clone), f"no commit named {ref}")
+    return commit
+
+
+def short(commit: str | None) -> str:
+    return (commit or "")[:10]
+
+
+class MergeStep(TypedDict, total=False):
+    """What the refinery is doing now, as its ``status`` shows it (empty between batches)."""
+
+    mrs: list[str]
+    step: str
+    mr: str
+    gate: str
+    candidate: str
+
+
+@dataclass
+class QueueState:
+    """The refinery's own view of its queue: reported by ``status``, kept across batches."""
+
+    current: MergeStep = field(default_factory=lambda: MergeStep())
+    merged: int = 0
+    rejected: int = 0
+    #: Mirrors of the rig's row: why the queue is stopped, whether work is unpushed.
+    paused: str | None = None
+    unpushed: bool = False
+
+
+@dataclass
+class MergeSite:
+    """One rig's merge work: its clone, its store, its queue state."""
+
+    town: Town
+    rig: str
+    #: The refinery's role name, for fault points.
+    role: str
+    clone: Path
+    store: AsyncStore
+    #: Ask the supervisor to copy the new outbox rows to the feed and the bus.
+    announce: Callable[[], Awaitable[None]]
+    state: QueueState
+
+    def config(self) -> RigConfig:
+        return self.town.rig_config(self.rig)
+
+    def gate_tag(self) -> dict[str, str]:
+        """Environment that marks this rig's gate processes, so a restart can find them."""
+        return {"GASTOWN_GATE_OF": f"{self.town.root}:{self.rig}"}

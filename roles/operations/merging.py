@@ -1,0 +1,209 @@
+"""Merging one batch of a rig's merge requests: build candidates, gate them, land or reject.
+
+Its one job: drive a :mod:`~gastown.roles.core.merge_queue` plan for one batch to its end.
+A candidate is built by stacking the MRs onto the default branch, rebasing detached
+copies of their heads (a polecat's branch is checked out in its worktree and is never
+touched); the rig's gates run on it; a green candidate is landed
+(:func:`.landing.land`) and its MRs recorded as merged; a red one is bisected by the
+plan until the culprit is rejected with the failing gate's tail. A conflict rejects the
+MR at once and, when the rig says ``on_conflict = "resling"``, slings its bead again.
+Every step is recorded on the MRs before git is touched, for crash recovery.
+
+Layer: operations, called by the refinery's role loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import trio
+
+from ..adapters import git, log
+from ..adapters.faults import fault_point
+from ..adapters.store import MergeRequest
+from ..core.config import RigConfig
+from ..core.errors import GastownError
+from ..core.merge_queue import (
+    Finished,
+    Land,
+    Reject,
+    Test,
+    drop,
+    next_action,
+    record_done,
+    record_test,
+    start_plan,
+)
+from .gates import run_gates
+from .landing import catch_up, land
+from .merge_site import MergeSite, off_thread, short
+
+_log = log.get_logger()
+
+
+@dataclass
+class BatchState:
+    """Candidates built for the current base: prefix of MR ids -> stacked commit."""
+
+    base: str
+    tips: dict[tuple[str, ...], str] = field(default_factory=dict)
+
+
+async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeRequest]) -> None:
+    """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled.
+
+    Raises :class:`.landing.QueuePaused` (before anything is built) and
+    :class:`.landing.RemoteMoved` (a landing lost the race for the remote's branch).
+    """
+    branch = config.default_branch
+    # The base: the default branch, caught up with the remote (forward only). Known
+    # unpushed work is not pushed here: the landing pushes it with the candidate on it.
+    base = await catch_up(site, branch, push=not site.state.unpushed)
+    state = BatchState(base=base)
+    plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky)
+    tested: tuple[tuple[str, ...], str] | None = None
+    last_failure, last_tail = "gate failed", ""
+    while True:
+        action = next_action(plan)
+        if isinstance(action, Finished):
+            return
+        if isinstance(action, Test):
+            candidate, conflict = await _stack(site, state, action.mrs, by_id)
+            if conflict is not None:
+                mr_id, files = conflict
+                reason = "conflict: " + ", ".join(files[:10])
+                await reject(site, by_id, mr_id, reason, "")
+                plan = drop(plan, mr_id, reason)
+                continue
+            assert candidate is not None
+            ok, failure, tail = await _gate(site, config, action.mrs, candidate)
+            if not ok:
+                # The last red run holds the culprit (bisection only narrows onto it).
+                last_failure, last_tail = failure, tail
+            tested = (tuple(action.mrs), candidate)
+            plan = record_test(plan, ok)
+        elif isinstance(action, Land):
+            assert tested is not None and tested[0] == tuple(action.mrs)
+            await _land(site, action.mrs, tested[1], by_id)
+            state = BatchState(base=tested[1])
+            plan = record_done(plan)
+        elif isinstance(action, Reject):
+            _log.info("culprit_found", mr=action.mr, plan_reason=action.reason)
+            await reject(site, by_id, action.mr, last_failure, last_tail)
+            plan = record_done(plan)
+
+
+async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
+                 by_id: dict[str, MergeRequest],
+                 ) -> tuple[str | None, tuple[str, list[str]] | None]:
+    """The candidate for ``base + mrs``, built by rebasing each MR onto the previous tip.
+
+    Returns ``(commit, None)``, or ``(None, (mr_id, files))`` for the first MR that
+    conflicts. Prefixes already built for this base are reused.
+    """
+    tip = state.base
+    prefix: tuple[str, ...] = ()
+    for mr_id in mrs:
+        prefix = (*prefix, mr_id)
+        if prefix in state.tips:
+            tip = state.tips[prefix]
+            continue
+        mr = by_id[mr_id]
+        await site.store.call(site.store.store.set_merge_step, [mr_id], "rebasing")
+        site.state.current = {"mrs": list(mrs), "step": "rebasing", "mr": mr_id}
+        fault_point(site.role, "merge.before_rebase")
+        head = mr.head or await off_thread(git.rev, site.clone, mr.branch)
+        if not head or not await off_thread(git.rev, site.clone, head):
+            return None, (mr_id, ["(branch missing)"])
+        new_tip, files = await off_thread(git.rebase_detached, site.clone, head, tip)
+        if new_tip is None:
+            return None, (mr_id, files)
+        state.tips[prefix] = new_tip
+        tip = new_tip
+    return tip, None
+
+
+async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
+                candidate: str) -> tuple[bool, str, str]:
+    """Run the gates on ``candidate``: (passed, ``gate <name> (<why>)``, output tail)."""
+    store = site.store
+    await off_thread(git.checkout_detached, site.clone, candidate)
+    log_path = site.town.logs_dir / "mq" / f"{site.rig}-{mrs[-1]}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    await store.call(store.store.set_merge_step, list(mrs), "gating",
+                     candidate=candidate, log_path=str(log_path))
+    fault_point(site.role, "merge.before_gates")
+    env = dict(os.environ)
+    env.update({"GASTOWN_RIG": site.rig, "GASTOWN_MRS": " ".join(mrs),
+                "GASTOWN_CANDIDATE": candidate, **site.gate_tag()})
+    async with trio.open_nursery() as nursery:
+
+        def on_gate(name: str) -> None:
+            site.state.current = {"mrs": list(mrs), "step": "gating", "gate": name,
+                                  "candidate": short(candidate)}
+            _log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate))
+            nursery.start_soon(partial(store.call, store.store.set_merge_step,
+                                       list(mrs), "gating", gate=name))
+
+        results = await run_gates(config.merge_queue.gates, cwd=site.clone,
+                                  log_path=log_path, env=env, on_gate=on_gate)
+    fault_point(site.role, "merge.after_gates")
+    failed = [r for r in results if not r.ok]
+    if failed:
+        gate = failed[0]
+        why = "timed out" if gate.timed_out else f"exit {gate.exit_code}"
+        _log.info("gate_failed", gate=gate.name, why=why, mrs=list(mrs))
+        return False, f"gate {gate.name} ({why})", gate.tail
+    _log.info("gates_passed", mrs=list(mrs), candidate=short(candidate))
+    return True, "", ""
+
+
+async def _land(site: MergeSite, mrs: Sequence[str], candidate: str,
+                by_id: dict[str, MergeRequest]) -> None:
+    """Land the tested candidate (:func:`.landing.land`), then record its MRs merged."""
+    await land(site, mrs, candidate)
+    for mr_id in mrs:
+        await site.store.call(site.store.store.merge_landed, mr_id, candidate)
+        by_id.pop(mr_id, None)
+        site.state.merged += 1
+        _log.info("mr_merged", mr=mr_id, commit=short(candidate))
+    await site.announce()
+
+
+async def fail_batch(site: MergeSite, by_id: dict[str, MergeRequest], reason: str) -> None:
+    """Reject every MR still in the batch with ``reason`` (the refinery itself failed)."""
+    _log.error("batch_failed", reason=reason, mrs=list(by_id))
+    for mr_id in list(by_id):
+        await reject(site, by_id, mr_id, reason, "")
+
+
+async def reject(site: MergeSite, by_id: dict[str, MergeRequest], mr_id: str, reason: str,
+                 tail: str) -> None:
+    """Reject ``mr_id`` (it leaves ``by_id``); a polecat's conflict may be slung again."""
+    mr = by_id.pop(mr_id)
+    config = site.config()
+    store = site.store
+    await store.call(store.store.merge_rejected, mr_id, reason, tail=tail)
+    site.state.rejected += 1
+    _log.info("mr_rejected", mr=mr_id, bead=mr.bead, reason=reason)
+    if reason.startswith("conflict") and config.merge_queue.on_conflict == "resling" \
+            and mr.kind == "polecat":  # a crew conflict is for its person to resolve
+        note = (f"A previous attempt at this bead ({mr.branch}) conflicted with "
+                f"{config.default_branch} ({reason}). Start from the current "
+                f"{config.default_branch} and redo the change so that it applies.")
+        try:
+            # The same agent as the attempt that conflicted, if its polecat is still known.
+            try:
+                agent: str | None = (await store.call(
+                    store.store.polecat, site.rig, mr.polecat)).agent
+            except GastownError:
+                agent = None
+            sling = await store.call(store.store.queue_sling, mr.bead, site.rig,
+                                     agent=agent, force=True, note=note)
+            _log.info("bead_reslung", bead=mr.bead, sling=sling.id)
+        except GastownError as exc:
+            _log.warning("resling_failed", bead=mr.bead, error=exc.message)
+    await site.announce()
