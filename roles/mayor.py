@@ -13,12 +13,12 @@ while the town was down.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import trio
 
-from ..supervisor.bus.requests import Dispatch, Reply, Request
-from ..supervisor.bus.requests import Sling as SlingRequest
+from ..supervisor.bus.client import BusClient
+from ..supervisor.bus.protocol import BusMessage
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Sling
@@ -30,6 +30,17 @@ from .role_context import RoleContext
 WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",
                       "polecat_rejected", "rig_added")
 
+#: A sling's outcome as ``sling`` answers it: ``state`` (queued, dispatched, failed) and
+#: its details (``error``; ``rig``, ``polecat``, ``worktree``, ``branch``; ``position``).
+SlingResult = dict[str, object]
+
+
+class MayorStatus(TypedDict):
+    """The mayor's fields in its role's ``status`` answer."""
+
+    dispatched: int
+    waiting_requests: int
+
 
 class Mayor:
     def __init__(self, ctx: RoleContext) -> None:
@@ -38,7 +49,7 @@ class Mayor:
         self._store: AsyncStore | None = None
         self._wakeup = trio.Event()
         self._waiters: dict[int, trio.Event] = {}
-        self._results: dict[int, dict[str, Any]] = {}
+        self._results: dict[int, SlingResult] = {}
         self._log = log.get_logger()
         self.dispatched = 0
 
@@ -47,7 +58,7 @@ class Mayor:
         assert self._store is not None, "the mayor's store opens when it runs"
         return self._store
 
-    async def run(self, client: Any) -> None:
+    async def run(self, client: BusClient) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
         try:
             for line in await self.store.call(recover_spawning, self.town, self.store.store):
@@ -61,17 +72,17 @@ class Mayor:
         finally:
             self.store.close()
 
-    async def _wake_on_events(self, events: Any) -> None:
+    async def _wake_on_events(self, events: trio.MemoryReceiveChannel[BusMessage]) -> None:
         async for _message in events:
             self._wakeup.set()
 
-    async def _dispatch_forever(self, client: Any) -> None:
+    async def _dispatch_forever(self, client: BusClient) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
             await self._dispatch_queued(client)
 
-    async def _dispatch_queued(self, client: Any) -> None:
+    async def _dispatch_queued(self, client: BusClient) -> None:
         """One pass over the queue, oldest first; a full rig does not block other rigs."""
         queued = await self.store.call(self.store.store.queued_slings)
         waiting = 0
@@ -90,7 +101,7 @@ class Mayor:
             else:
                 self._answer(sling_id, settled)
 
-    async def _settled(self, sling_id: int) -> dict[str, Any] | None:
+    async def _settled(self, sling_id: int) -> SlingResult | None:
         """The outcome of a sling this pass did not see, or None while it is queued."""
         store = self.store.store
         sling = await self.store.call(store.sling, sling_id)
@@ -105,7 +116,7 @@ class Mayor:
         return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
                 "worktree": polecat.worktree, "branch": polecat.branch}
 
-    async def _dispatch(self, sling: Sling) -> dict[str, Any]:
+    async def _dispatch(self, sling: Sling) -> SlingResult:
         with log.bound(bead=sling.bead, rig=sling.rig):
             try:
                 polecat = await self.store.call(spawn_polecat, self.town, self.store.store,
@@ -135,22 +146,23 @@ class Mayor:
         except GastownError as exc:
             self._log.warning("sling_not_marked_failed", sling=sling.id, error=exc.message)
 
-    def _answer(self, sling_id: int, result: dict[str, Any]) -> None:
+    def _answer(self, sling_id: int, result: SlingResult) -> None:
         waiter = self._waiters.pop(sling_id, None)
         if waiter is not None:
             self._results[sling_id] = result
             waiter.set()
 
-    async def handle(self, request: Request, sender: str) -> Reply:
-        if isinstance(request, SlingRequest):
-            event = self._waiters.setdefault(request.sling, trio.Event())
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "sling":
+            sling_id = int(params["sling"])
+            event = self._waiters.setdefault(sling_id, trio.Event())
             self._wakeup.set()
             await event.wait()
-            return self._results.pop(request.sling)
-        if isinstance(request, Dispatch):
+            return self._results.pop(sling_id)
+        if method == "dispatch":
             self._wakeup.set()
             return {"ok": True}
-        raise LookupError(request.method)
+        raise LookupError(method)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> MayorStatus:
         return {"dispatched": self.dispatched, "waiting_requests": len(self._waiters)}

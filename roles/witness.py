@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypedDict
 
 import trio
 
-from ..supervisor.bus.requests import Reply, Request, Settle, Wake
+from ..supervisor.bus.client import BusClient
+from ..supervisor.bus.protocol import BusMessage
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Polecat
@@ -61,6 +62,14 @@ RESPAWN_BASE: Final = 1.0
 RESPAWN_MAX: Final = 60.0
 
 
+class WitnessStatus(TypedDict):
+    """The witness's fields in its role's ``status`` answer."""
+
+    watching: list[str]
+    nuked: int
+    respawned: int
+
+
 class Witness:
     def __init__(self, ctx: RoleContext) -> None:
         assert ctx.rig is not None
@@ -72,7 +81,7 @@ class Witness:
         self._watched: dict[str, tuple[int, trio.CancelScope]] = {}
         self._silence: dict[str, tuple[str, float]] = {}
         self._nursery: trio.Nursery | None = None
-        self._client: Any = None
+        self._client: BusClient | None = None
         self._pass_needed = trio.Event()
         self._reviving: set[str] = set()
         self._agents: AgentWatch | None = None
@@ -89,17 +98,17 @@ class Witness:
         assert self._store is not None
         return self._store
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WitnessStatus:
         return {"watching": sorted(self._watched), "nuked": self.nuked,
                 "respawned": self.respawned}
 
-    async def handle(self, request: Request, sender: str) -> Reply:
-        if isinstance(request, Settle):
+    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
+        if method == "settle":
             self._pass_needed.set()
             return {"ok": True}
-        raise LookupError(request.method)
+        raise LookupError(method)
 
-    async def run(self, client: Any) -> None:
+    async def run(self, client: BusClient) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
         self._agents = AgentWatch(self.town, self.rig, self._store, WitnessHooks(
             announce=self._announce, watch=self._ensure_watched,
@@ -125,6 +134,7 @@ class Witness:
             self.store.close()
 
     async def _announce(self) -> None:
+        assert self._client is not None
         try:
             await self._client.publish("outbox", {})
         except GastownError:
@@ -132,7 +142,7 @@ class Witness:
 
     # -- events ------------------------------------------------------------------------
 
-    async def _listen(self, events: Any) -> None:
+    async def _listen(self, events: trio.MemoryReceiveChannel[BusMessage]) -> None:
         async for message in events:
             if message.data.get("rig") != self.rig:
                 continue
@@ -146,7 +156,8 @@ class Witness:
             else:
                 self._pass_needed.set()
 
-    async def _watch_markers(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def _watch_markers(
+            self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Completion markers in ``<rig>/polecats/``: one non-recursive watch."""
         import watchfiles
 
@@ -180,7 +191,8 @@ class Witness:
         with log.bound(polecat=name):
             self._log.info("polecat_done_seen")
             try:
-                await self._client.call(f"refinery:{self.rig}", Wake(), timeout=5)
+                assert self._client is not None
+                await self._client.request(f"refinery:{self.rig}", "wake", {}, timeout=5)
             except Exception as exc:  # the refinery is restarting: it reads the queue then
                 self._log.info("refinery_not_woken", error=str(exc))
             self._pass_needed.set()

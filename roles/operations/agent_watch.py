@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from ..adapters import log
 from ..adapters.agents import load_presets, prints_turns, resolve_agent
 from ..adapters.async_store import AsyncStore
+from ..adapters.sessions import SessionInfo
 from ..adapters.store import Polecat
 from ..adapters.town import Town
 from ..core.config import AgentConfig
@@ -147,7 +148,7 @@ class AgentWatch:
             return None
         return kind if kind in ("claude", "codex") else None
 
-    async def tend_start(self, polecat: Polecat, info: Any) -> None:
+    async def tend_start(self, polecat: Polecat, info: SessionInfo) -> None:
         """A real agent starting in tmux: answer any first-run dialog its prepared home
         did not prevent, and report a start stuck on a screen we do not know (the screen's
         last lines in `polecat list`), never leave it silent."""
