@@ -13,12 +13,14 @@ while the town was down.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypedDict
+from typing import Final, TypedDict
 
 import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
+from ..supervisor.bus.requests import Dispatch, Reply, Request
+from ..supervisor.bus.requests import Sling as SlingRequest
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Sling
@@ -152,17 +154,16 @@ class Mayor:
             self._results[sling_id] = result
             waiter.set()
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "sling":
-            sling_id = int(params["sling"])
-            event = self._waiters.setdefault(sling_id, trio.Event())
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, SlingRequest):
+            event = self._waiters.setdefault(request.sling, trio.Event())
             self._wakeup.set()
             await event.wait()
-            return self._results.pop(sling_id)
-        if method == "dispatch":
+            return self._results.pop(request.sling)
+        if isinstance(request, Dispatch):
             self._wakeup.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     def status(self) -> MayorStatus:
         return {"dispatched": self.dispatched, "waiting_requests": len(self._waiters)}

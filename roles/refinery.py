@@ -31,12 +31,13 @@ untested code on it.
 
 from __future__ import annotations
 
-from typing import Any, Final, TypedDict
+from typing import Final, TypedDict
 
 import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
+from ..supervisor.bus.requests import Reply, Request, Wake
 from .adapters import git, log
 from .adapters.async_store import AsyncStore
 from .core.errors import GastownError, GitError
@@ -88,11 +89,11 @@ class Refinery:
         return {"merged": state.merged, "rejected": state.rejected, "current": state.current,
                 "paused": state.paused, "unpushed": state.unpushed}
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "wake":
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, Wake):
             self._wakeup.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     # -- main loop ---------------------------------------------------------------------
 

@@ -11,8 +11,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from ..supervisor.bus.requests import Reply, Request
 from .adapters.town import Town
 
 if TYPE_CHECKING:
@@ -45,8 +46,8 @@ class Behaviour(Protocol):
     async def run(self, client: BusClient) -> None:
         """Runs while connected to the bus; cancelled when the connection drops."""
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        """Answer a request; raise ``LookupError`` for a method it does not know."""
+    async def handle(self, request: Request, sender: str) -> Reply:
+        """Answer a request; raise ``LookupError`` for a request it does not serve."""
 
     def status(self) -> Mapping[str, object]:
         """Extra fields for the role's ``status`` answer."""

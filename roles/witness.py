@@ -24,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Final, TypedDict
+from typing import Final, TypedDict
 
 import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
+from ..supervisor.bus.requests import Reply, Request, Settle, Wake
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Polecat
@@ -102,11 +103,11 @@ class Witness:
         return {"watching": sorted(self._watched), "nuked": self.nuked,
                 "respawned": self.respawned}
 
-    async def handle(self, method: str, params: dict[str, Any], sender: str) -> Any:
-        if method == "settle":
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, Settle):
             self._pass_needed.set()
             return {"ok": True}
-        raise LookupError(method)
+        raise LookupError(request.method)
 
     async def run(self, client: BusClient) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
@@ -192,7 +193,7 @@ class Witness:
             self._log.info("polecat_done_seen")
             try:
                 assert self._client is not None
-                await self._client.request(f"refinery:{self.rig}", "wake", {}, timeout=5)
+                await self._client.call(f"refinery:{self.rig}", Wake(), timeout=5)
             except Exception as exc:  # the refinery is restarting: it reads the queue then
                 self._log.info("refinery_not_woken", error=str(exc))
             self._pass_needed.set()
