@@ -31,7 +31,7 @@ untested code on it.
 
 from __future__ import annotations
 
-from typing import Final, TypedDict
+from typing import Final
 
 import trio
 
@@ -43,28 +43,21 @@ from .adapters.async_store import AsyncStore
 from .core.errors import GastownError, GitError
 from .core.merge_queue import next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
-from .operations.merge_site import MergeSite, MergeStep, QueueState, off_thread
+from .operations.merge_site import MergeSite, QueueState, QueueStatus, off_thread
 from .operations.merging import fail_batch, run_plan
-from .role_context import RoleContext
+from .role_context import RoleContext, announce
 
 #: Events after which there may be work for the queue.
 WAKE_TOPICS: Final = ("mr_created", "mr_requeued", "mq_resume_requested")
 
 
-class RefineryStatus(TypedDict):
-    """The refinery's fields in its role's ``status`` answer."""
-
-    merged: int
-    rejected: int
-    current: MergeStep
-    paused: str | None
-    unpushed: bool
-
-
 class Refinery:
+    """The refinery's behaviour: the loop over the rig's merge queue."""
+
     def __init__(self, ctx: RoleContext) -> None:
         assert ctx.rig is not None
         self.ctx = ctx
+        self.state = QueueState()
         self.rig = ctx.rig
         self.town = ctx.town
         self.clone = self.town.refinery_clone(self.rig)
@@ -72,28 +65,7 @@ class Refinery:
         self._client: BusClient | None = None
         self._wakeup = trio.Event()
         self._log = log.get_logger()
-        self.state = QueueState()
         self._backoff = 1.0
-
-    @property
-    def site(self) -> MergeSite:
-        assert self._site is not None, "the refinery's store opens when it runs"
-        return self._site
-
-    @property
-    def store(self) -> AsyncStore:
-        return self.site.store
-
-    def status(self) -> RefineryStatus:
-        state = self.state
-        return {"merged": state.merged, "rejected": state.rejected, "current": state.current,
-                "paused": state.paused, "unpushed": state.unpushed}
-
-    async def handle(self, request: Request, sender: str) -> Reply:
-        if isinstance(request, Wake):
-            self._wakeup.set()
-            return {"ok": True}
-        raise LookupError(request.method)
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -122,12 +94,27 @@ class Refinery:
                 self._wakeup.set()
 
     async def _announce(self) -> None:
-        """Ask the supervisor to copy the new outbox rows to the feed and the bus."""
-        assert self._client is not None
-        try:
-            await self._client.publish("outbox", {})
-        except GastownError:
-            pass  # the events are in the store; the next poke carries them
+        await announce(self._client)
+
+    @property
+    def site(self) -> MergeSite:
+        assert self._site is not None, "the refinery's store opens when it runs"
+        return self._site
+
+    @property
+    def store(self) -> AsyncStore:
+        return self.site.store
+
+    # -- the role's answers ----------------------------------------------------------
+
+    def status(self) -> QueueStatus:
+        return self.state.status()
+
+    async def handle(self, request: Request, sender: str) -> Reply:
+        if isinstance(request, Wake):
+            self._wakeup.set()
+            return {"ok": True}
+        raise LookupError(request.method)
 
     # -- one batch -----------------------------------------------------------------------
 

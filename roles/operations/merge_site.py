@@ -65,6 +65,21 @@ class QueueState:
     paused: str | None = None
     unpushed: bool = False
 
+    def status(self) -> QueueStatus:
+        """The refinery's fields in its role's ``status`` answer."""
+        return {"merged": self.merged, "rejected": self.rejected, "current": self.current,
+                "paused": self.paused, "unpushed": self.unpushed}
+
+
+class QueueStatus(TypedDict):
+    """:meth:`QueueState.status`."""
+
+    merged: int
+    rejected: int
+    current: MergeStep
+    paused: str | None
+    unpushed: bool
+
 
 @dataclass
 class MergeSite:
