@@ -38,14 +38,14 @@ from .core.errors import GastownError
 from .core.lifecycle import GaveUp, SessionDied
 from .operations.agent_turns import print_turn
 from .operations.agent_watch import AgentWatch, WitnessHooks
-from .operations.polecats import (
-    nuke_merged,
-    respawn_session,
+from .operations.nuking import nuke_merged
+from .operations.polecat_sessions import (
     session_alive,
     session_info,
     session_output_tail,
     stop_polecat_session,
 )
+from .operations.polecats import respawn_session
 from .role_context import RoleContext
 
 WAKE_TOPICS: Final = ("mr_merged", "mr_rejected", "polecat_working", "polecat_spawning",
@@ -222,10 +222,8 @@ class Witness:
         merged = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                        ["merged"])
         for polecat in polecats:
-            # An MR belongs to this polecat only if it is younger (names are reused).
-            if polecat.state == "merging" and any(
-                    mr.kind == "polecat" and mr.polecat == polecat.name
-                    and mr.created_at >= polecat.created_at for mr in merged):
+            # By incarnation: a merged MR of an earlier polecat of this name is not its own.
+            if polecat.state == "merging" and any(mr.submitted_by(polecat) for mr in merged):
                 await self._nuke(polecat.name)
             elif polecat.state == "working":
                 self._ensure_watched(polecat)

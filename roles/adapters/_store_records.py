@@ -122,6 +122,19 @@ class MergeRequest:
     #: Who recorded it: ``agent`` (`gastown done`), ``witness`` (work committed, the agent
     #: stopped without `done`), ``human`` (re-submitted by hand).
     done_by: str = "agent"
+    #: The incarnation of the polecat that submitted it (names are reused); None for crew.
+    incarnation: str | None = None
+
+    def submitted_by(self, polecat: Polecat) -> bool:
+        """Whether this MR is ``polecat``'s own, not an earlier polecat's of the same name.
+
+        By incarnation; only rows older than incarnations (both None) fall back to age.
+        """
+        if self.kind != "polecat" or self.rig != polecat.rig or self.polecat != polecat.name:
+            return False
+        if self.incarnation is not None or polecat.incarnation is not None:
+            return self.incarnation == polecat.incarnation
+        return self.created_at >= polecat.created_at
 
 
 @dataclass(frozen=True)
@@ -204,7 +217,7 @@ def mr_of(row: sqlite3.Row) -> MergeRequest:
                         merged_commit=row["merged_commit"], log_path=row["log_path"],
                         kind=row["kind"], tail=row["tail"],
                         steps=tuple(json.loads(row["steps"] or "[]")),
-                        done_by=row["done_by"])
+                        done_by=row["done_by"], incarnation=row["incarnation"])
 
 
 def event_of(row: sqlite3.Row) -> Event:

@@ -128,4 +128,31 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE beads ADD COLUMN cost_usd REAL NOT NULL DEFAULT 0;
     ALTER TABLE merge_requests ADD COLUMN done_by TEXT NOT NULL DEFAULT 'agent';
     """,
+    # 7: a merge request names the polecat's incarnation (names are reused); a nuked
+    # polecat's row is kept as history. Open and merged MRs of a live polecat of that
+    # name, younger than it, are its own: the only time the name+age rule is used.
+    """
+    ALTER TABLE merge_requests ADD COLUMN incarnation TEXT;
+    UPDATE merge_requests SET incarnation = (
+        SELECT p.incarnation FROM polecats p
+        WHERE p.rig = merge_requests.rig AND p.name = merge_requests.polecat
+          AND merge_requests.created_at >= p.created_at)
+    WHERE kind = 'polecat';
+    CREATE TABLE polecat_history (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        rig         TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        incarnation TEXT,
+        bead        TEXT,
+        branch      TEXT NOT NULL,
+        agent       TEXT NOT NULL,
+        last_state  TEXT NOT NULL,
+        ended       TEXT NOT NULL,
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        nuked_at    REAL NOT NULL,
+        row         TEXT NOT NULL
+    );
+    CREATE INDEX polecat_history_by_bead ON polecat_history (bead);
+    """,
 )

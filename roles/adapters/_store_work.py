@@ -30,6 +30,9 @@ from ._store_records import (
     sling_of,
 )
 
+#: How a polecat's life ended, by the event that nuked it (``polecat_history.ended``).
+_ENDINGS: dict[str, str] = {"Merged": "merged", "Nuke": "nuked", "SpawnFailed": "rolled back"}
+
 
 class WorkLedger(StoreBase):
     """Slings, polecats and merge requests: the work in flight and its lifecycle."""
@@ -238,29 +241,37 @@ class WorkLedger(StoreBase):
                 "cost_usd": float(row[2])}
 
     def apply_polecat_event(self, rig: str, name: str, event: PolecatEvent, *,
-                            output_tail: str | None = None, **data: Any) -> Transition:
+                            output_tail: str | None = None, incarnation: str | None = None,
+                            **data: Any) -> Transition:
         """Apply a lifecycle event to the polecat's row, its bead, and the feed, atomically.
 
-        The decision is :func:`gastown.roles.core.lifecycle.transition`'s; a refusal raises
-        :class:`Refused` with its reason and changes nothing, and so does a transition
-        that changes nothing (no event either). Reaching ``nuked`` deletes the row, which
-        releases the name. Git and session effects are the caller's, and happen before
-        (nuke) or after (spawn) as the lifecycle requires. ``output_tail`` (the session's
-        last lines, kept on escalation) is stored on the row and carried by the event.
+        The decision is :func:`gastown.roles.core.lifecycle.transition`'s; this applies its
+        row effects and nothing else: the new state, the bead's status
+        (:class:`SetBead`), the polecat's open merge requests cancelled
+        (:class:`CancelMergeRequests`), the row moved to ``polecat_history`` when the name
+        is released (``nuked``), and the domain event. A refusal raises :class:`Refused`
+        with its reason and changes nothing, and so does a transition that changes nothing
+        (no event either). With ``incarnation`` it is a compare-and-set: a row of another
+        life of that name (the name was released and reused meanwhile) is :class:`NotFound`.
+        The world effects (session, worktree, branch) are the effect runner's, before.
+        ``output_tail`` (the session's last lines, kept on escalation) is stored on the row
+        and carried by the event.
         """
         with self.transaction() as conn:
             return self._apply_polecat_event(conn, rig, name, event, output_tail=output_tail,
-                                             **data)
+                                             incarnation=incarnation, **data)
 
     def _apply_polecat_event(self, conn: sqlite3.Connection, rig: str, name: str,
                              event: PolecatEvent, *, output_tail: str | None = None,
-                             **data: Any) -> Transition:
-        from ..core.lifecycle import Refusal
+                             incarnation: str | None = None, **data: Any) -> Transition:
+        from ..core.lifecycle import CancelMergeRequests, Refusal
 
         row = conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
                            (rig, name)).fetchone()
-        if row is None:
-            raise NotFound(f"no polecat {rig}/{name}")
+        if row is None or (incarnation is not None and row["incarnation"]
+                           and row["incarnation"] != incarnation):
+            raise NotFound(f"no polecat {rig}/{name}"
+                           + (" (its name was reused)" if row is not None else ""))
         result = transition(row["state"], event)
         if isinstance(result, Refusal):
             raise Refused(f"polecat {rig}/{name} ({row['state']}): {result.reason}")
@@ -268,7 +279,12 @@ class WorkLedger(StoreBase):
             return result  # e.g. SessionStarted after the agent already ran `done`
         now = time.time()
         reason = next((e.reason for e in result.effects if isinstance(e, SetBead)), None)
+        for effect in result.effects:
+            if isinstance(effect, CancelMergeRequests):
+                self._cancel_merge_requests(conn, rig, name, effect.reason)
         if result.state == "nuked":
+            self._keep_history(conn, row, ended=_ENDINGS.get(type(event).__name__, "nuked"),
+                               reason=reason, now=now)
             conn.execute("DELETE FROM polecats WHERE rig = ? AND name = ?", (rig, name))
         else:
             conn.execute("UPDATE polecats SET state = ?, reason = ?, "
@@ -284,6 +300,27 @@ class WorkLedger(StoreBase):
                    old=row["state"], reason=reason, **data)
         return result
 
+    @staticmethod
+    def _keep_history(conn: sqlite3.Connection, row: sqlite3.Row, *, ended: str,
+                      reason: str | None, now: float) -> None:
+        """The nuked polecat's last row, kept: who worked on a bead stays answerable."""
+        conn.execute(
+            "INSERT INTO polecat_history (rig, name, incarnation, bead, branch, agent, "
+            "last_state, ended, reason, created_at, nuked_at, row) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row["rig"], row["name"], row["incarnation"], row["bead"], row["branch"],
+             row["agent"], row["state"], ended, reason, row["created_at"], now,
+             json.dumps(dict(row))))
+
+    def polecat_history(self, *, rig: str | None = None,
+                        bead: str | None = None) -> list[dict[str, Any]]:
+        """Nuked polecats, oldest first: their last row and how they ended."""
+        rows = self._conn.execute(
+            "SELECT * FROM polecat_history WHERE (? IS NULL OR rig = ?) "
+            "AND (? IS NULL OR bead = ?) ORDER BY id", (rig, rig, bead, bead)).fetchall()
+        return [{key: value for key, value in dict(row).items() if key != "row"}
+                for row in rows]
+
     def record_done(self, rig: str, name: str, event: PolecatEvent, *, head: str, base: str,
                     with_mr: bool, output_tail: str | None = None, done_by: str = "agent",
                     **data: Any) -> MergeRequest | None:
@@ -295,15 +332,16 @@ class WorkLedger(StoreBase):
                                       head=head, mr=mr_id, **data)
             if mr_id is not None:
                 row = conn.execute(
-                    "SELECT p.bead, p.branch, b.priority FROM polecats p LEFT JOIN beads b "
-                    "ON b.id = p.bead WHERE p.rig = ? AND p.name = ?", (rig, name)).fetchone()
+                    "SELECT p.bead, p.branch, p.incarnation, b.priority FROM polecats p "
+                    "LEFT JOIN beads b ON b.id = p.bead WHERE p.rig = ? AND p.name = ?",
+                    (rig, name)).fetchone()
                 now = time.time()
                 conn.execute(
                     "INSERT INTO merge_requests (id, rig, bead, polecat, branch, state, "
-                    "priority, head, base, created_at, updated_at, done_by) VALUES "
-                    "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    "priority, head, base, created_at, updated_at, done_by, incarnation) "
+                    "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                     (mr_id, rig, row["bead"], name, row["branch"], row["priority"] or 2,
-                     head, base, now, now, done_by))
+                     head, base, now, now, done_by, row["incarnation"]))
                 self._emit(conn, "mr_created", rig=rig, polecat=name, bead=row["bead"],
                            mr=mr_id, branch=row["branch"], head=head, done_by=done_by)
         return self.merge_request(mr_id) if mr_id else None
@@ -326,14 +364,18 @@ class WorkLedger(StoreBase):
     def cancel_merge_requests(self, rig: str, polecat: str, *, reason: str) -> None:
         """Mark the polecat's unfinished merge requests cancelled (its branch is going away)."""
         with self.transaction() as conn:
-            rows = conn.execute("SELECT id FROM merge_requests WHERE rig = ? AND polecat = ? "
-                                "AND kind = 'polecat' AND state IN ('queued', 'running')",
-                                (rig, polecat)).fetchall()
-            for row in rows:
-                conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
-                             "updated_at = ? WHERE id = ?", (reason, time.time(), row["id"]))
-                self._emit(conn, "mr_cancelled", rig=rig, polecat=polecat, mr=row["id"],
-                           reason=reason)
+            self._cancel_merge_requests(conn, rig, polecat, reason)
+
+    def _cancel_merge_requests(self, conn: sqlite3.Connection, rig: str, polecat: str,
+                               reason: str) -> None:
+        rows = conn.execute("SELECT id FROM merge_requests WHERE rig = ? AND polecat = ? "
+                            "AND kind = 'polecat' AND state IN ('queued', 'running')",
+                            (rig, polecat)).fetchall()
+        for row in rows:
+            conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
+                         "updated_at = ? WHERE id = ?", (reason, time.time(), row["id"]))
+            self._emit(conn, "mr_cancelled", rig=rig, polecat=polecat, mr=row["id"],
+                       reason=reason)
 
     def merge_request(self, mr_id: str) -> MergeRequest:
         row = self._conn.execute("SELECT * FROM merge_requests WHERE id = ?",

@@ -11,10 +11,17 @@ marks it ``working`` (``spawning``), and a ``SessionStarted`` arriving after tha
 no-op. A person who fixed an ``escalated`` or ``rejected`` polecat's work by hand
 re-submits it with ``done`` (completed work only): a new merge request.
 
-:func:`transition` returns the new state and the effects to carry out, in order; the
-caller (an adapter) performs them. The one invariant this module exists to protect:
-no sequence of events reaches ``nuked`` unless the work landed (``merged``, or a nuke
-that verified nothing is unmerged) or the user forced it.
+:func:`transition` is the one decider: it returns the new state and the effects, in
+order. Two kinds of effect: *world* effects (:data:`WorldEffect`: stop the session,
+settle its token usage, remove the worktree, delete the branch), which the one effect
+runner (``operations.nuking.carry_out``) performs, idempotently, before anything is
+recorded; and *row* effects (set the bead, cancel open merge requests, release the
+name), which the store applies with the new state and the domain event in one
+transaction. A crash between two world effects leaves the row as it was, so the next
+pass (the witness, ``doctor``) decides again and finishes them. The one invariant this
+module exists to protect: no sequence of events reaches ``nuked`` unless the work landed
+(``merged``, or a nuke that verified nothing is unmerged) or the user forced it; and a
+branch is deleted unchecked only by a forced nuke (:class:`DeleteBranch`).
 """
 
 from __future__ import annotations
@@ -82,10 +89,14 @@ class Rejected:
 
 @dataclass(frozen=True)
 class Nuke:
-    """A nuke request; ``landed`` means git verified nothing unmerged and a clean tree."""
+    """A nuke request; ``landed`` means git verified nothing unmerged and a clean tree.
+
+    ``reason`` is what the polecat's unfinished merge requests are cancelled with.
+    """
 
     force: bool = False
     landed: bool = False
+    reason: str = "nuked"
 
 
 Event = (SessionStarted | SpawnFailed | SessionDied | Respawned | GaveUp | Done | MergeStarted
@@ -94,22 +105,37 @@ Event = (SessionStarted | SpawnFailed | SessionDied | Respawned | GaveUp | Done 
 
 @dataclass(frozen=True)
 class StopSession:
-    pass
+    """Stop the agent's session and every process still carrying the polecat's identity."""
+
+
+@dataclass(frozen=True)
+class SettleUsage:
+    """Read the agent's last token usage before its home goes."""
 
 
 @dataclass(frozen=True)
 class RemoveWorktree:
-    pass
+    """Remove the worktree (verified gone), the prompt and marker files, the agent home."""
 
 
 @dataclass(frozen=True)
 class DeleteBranch:
-    pass
+    """Delete the branch; unless ``unchecked`` (a forced nuke), only if every commit on it
+    has landed, checked again at that moment: work that arrived meanwhile is kept."""
+
+    unchecked: bool = False
+
+
+@dataclass(frozen=True)
+class CancelMergeRequests:
+    """The polecat's queued and running merge requests end ``cancelled`` with ``reason``."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
 class ReleaseName:
-    pass
+    """The name is free for the next polecat (the row becomes history)."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +144,21 @@ class SetBead:
     reason: str | None = None
 
 
-Effect = StopSession | RemoveWorktree | DeleteBranch | ReleaseName | SetBead
+#: What the effect runner does to the world (git, processes, files), in order.
+WorldEffect = StopSession | SettleUsage | RemoveWorktree | DeleteBranch
+#: What the store applies with the new state, in the same transaction.
+RowEffect = CancelMergeRequests | ReleaseName | SetBead
+Effect = WorldEffect | RowEffect
 
-_NUKE_EFFECTS: Final = (StopSession(), RemoveWorktree(), DeleteBranch(), ReleaseName())
+
+def _nuke_effects(*, unchecked: bool = False, settle: bool = True,
+                  cancel: str | None = None) -> tuple[Effect, ...]:
+    """A nuke, in the order that keeps work safe: the session stops before the worktree
+    goes (no agent writes into a void), the usage is read before the home goes, the branch
+    is deleted last of the world effects, the rows change after all of them."""
+    return (StopSession(), *((SettleUsage(),) if settle else ()), RemoveWorktree(),
+            DeleteBranch(unchecked=unchecked),
+            *((CancelMergeRequests(cancel),) if cancel is not None else ()), ReleaseName())
 
 
 @dataclass(frozen=True)
@@ -147,7 +185,7 @@ def transition(state: PolecatState, event: Event) -> Transition | Refusal:
             # The agent ran `done` (or more) before its spawn was marked finished.
             return Transition(state)
         case SpawnFailed(reason) if state == "spawning":
-            return Transition("nuked", (*_NUKE_EFFECTS, SetBead("open", reason)))
+            return Transition("nuked", (*_nuke_effects(settle=False), SetBead("open", reason)))
         case SessionDied() if state == "working":
             return Transition("stalled")
         case Respawned() if state == "stalled":
@@ -169,18 +207,18 @@ def transition(state: PolecatState, event: Event) -> Transition | Refusal:
         case MergeStarted() if state in ("done", "rejected"):
             return Transition("merging")
         case Merged() if state in ("done", "merging"):
-            return Transition("nuked", (*_NUKE_EFFECTS, SetBead("closed", "merged")))
+            return Transition("nuked", (*_nuke_effects(), SetBead("closed", "merged")))
         case Rejected(reason) if state in ("done", "merging"):
             return Transition("rejected", (SetBead("open", reason),))
-        case Nuke(force, landed):
+        case Nuke(force, landed, reason):
             if state == "spawning" and not force:
                 return Refusal("the polecat is still being created; retry, or use --force")
             if not (force or landed):
                 return Refusal("its work has not landed")
+            effects = _nuke_effects(unchecked=force, cancel=reason)
             if force and not landed:
-                return Transition("nuked", (*_NUKE_EFFECTS,
-                                            SetBead("open", "its polecat was nuked")))
-            return Transition("nuked", _NUKE_EFFECTS)
+                return Transition("nuked", (*effects, SetBead("open", "its polecat was nuked")))
+            return Transition("nuked", effects)
     return Refusal(f"{type(event).__name__} is not expected while {state}")
 
 

@@ -28,7 +28,8 @@ from ..core.config import AgentConfig
 from ..core.errors import GastownError
 from ..core.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
 from .nudges import deliver_nudge
-from .polecats import record_done, session_alive
+from .polecat_done import record_done
+from .polecat_sessions import session_alive
 
 #: How long the witness waits for an agent to come back to its prompt for a nudge.
 NUDGE_TIMEOUT: Final = 120.0

@@ -14,7 +14,7 @@ from ..adapters.agents import load_presets, resolve_agent
 from ..adapters.store import Polecat, Store
 from ..adapters.town import Town
 from ..core.errors import Refused
-from .polecats import session_alive, session_info, start_agent_session
+from .polecat_sessions import session_alive, session_info, start_agent_session
 
 #: Polecat states whose agent may still be told something.
 NUDGEABLE = ("working", "stalled", "done", "escalated", "rejected")

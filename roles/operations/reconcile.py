@@ -42,8 +42,8 @@ from ..adapters.store import Polecat, Store
 from ..adapters.town import Town
 from ..adapters.town_lock import read_supervisor
 from ..core.errors import GastownError, NotFound
-from ..core.lifecycle import Nuke
-from .polecat_sessions import done_marker_path, prompt_path, stop_polecat_session
+from .nuking import nuke_stale
+from .polecat_sessions import stop_polecat_session
 from .reconcile_branches import check_landed_mrs, check_orphan_branches
 from .reconcile_findings import STOP_GRACE, Ctx, RigView, kept, repair
 from .reconcile_findings import Finding as Finding
@@ -164,7 +164,8 @@ def check_stale_registrations(ctx: Ctx, rig: RigView) -> list[Finding]:
 
 
 def _nuke_stale(ctx: Ctx, rig: RigView, polecat: Polecat) -> str | None:
-    """Nuke a polecat whose folder is gone, re-checking under the repository lock."""
+    """Nuke a polecat whose folder is gone, re-checking under the repository lock, then
+    through the one nuke path (:func:`~gastown.roles.operations.nuking.nuke`)."""
     stop_polecat_session(ctx.town, polecat, grace=STOP_GRACE)
     with git.repo_lock(rig.clone):
         if Path(polecat.worktree).exists():
@@ -173,15 +174,9 @@ def _nuke_stale(ctx: Ctx, rig: RigView, polecat: Polecat) -> str | None:
             return "already gone (nuked meanwhile)"
         if _unlanded(rig, polecat.branch):
             return "left alone: its branch gained unmerged commits meanwhile"
-        git.delete_branch(rig.clone, polecat.branch)
-        git.prune_worktrees(rig.clone)
-    for extra in (prompt_path(ctx.town, rig.name, polecat.name),
-                  done_marker_path(ctx.town, rig.name, polecat.name)):
-        extra.unlink(missing_ok=True)
-    ctx.store.cancel_merge_requests(rig.name, polecat.name,
-                                    reason="doctor: the polecat's worktree was gone")
     try:
-        ctx.store.apply_polecat_event(rig.name, polecat.name, Nuke(force=True), doctor=True)
+        nuke_stale(ctx.town, ctx.store, polecat, grace=STOP_GRACE,
+                   reason="doctor: the polecat's worktree was gone")
     except NotFound:
         return "already gone (nuked meanwhile)"
     return None

@@ -194,7 +194,7 @@ def remove_rig(town: Town, store: Store, name: str, *, force: bool = False) -> R
             raise Refused(f"rig {name!r} has crew workspaces ({', '.join(crew[:5])}); "
                           "remove them first or pass --force")
     # Forced: the rig's agents go with it (their worktrees are about to be deleted).
-    from .polecats import stop_polecat_session
+    from .polecat_sessions import stop_polecat_session
 
     for polecat in store.polecats(name):
         stop_polecat_session(town, polecat, grace=2.0)

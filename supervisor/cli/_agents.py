@@ -56,7 +56,7 @@ def _payload(args: argparse.Namespace) -> dict[str, Any]:
 def _record(args: argparse.Namespace, payload: dict[str, Any]) -> None:
     from ...roles.adapters.log import bound, get_logger
     from ...roles.operations.agent_turns import record_hook_turn
-    from ...roles.operations.polecats import locate_polecat
+    from ...roles.operations.polecat_done import locate_polecat
 
     if payload.get("stop_hook_active"):
         return  # a turn that a Stop hook itself prolonged: the first Stop counted it

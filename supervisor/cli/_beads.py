@@ -92,7 +92,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_close(args: argparse.Namespace) -> int:
     from ...roles.adapters.log import bound, get_logger
-    from ...roles.operations.polecats import stop_polecat_session
+    from ...roles.operations.polecat_sessions import stop_polecat_session
 
     town = town_of(args)
     with store_of(town) as store:

@@ -241,7 +241,7 @@ def _roles_gone(town: Town) -> bool:
 
 def _stop_sessions(town: Town) -> int:
     """``down --all``: stop every polecat's agent session; worktrees and work stay."""
-    from ...roles.operations.polecats import session_alive, stop_polecat_session
+    from ...roles.operations.polecat_sessions import session_alive, stop_polecat_session
 
     with store_of(town) as store:
         polecats = store.polecats()

@@ -76,7 +76,7 @@ def cmd_sling(args: argparse.Namespace) -> int:
 def cmd_done(args: argparse.Namespace) -> int:
     from ...roles.adapters.log import bound, get_logger
     from ...roles.operations.crew_submit import locate_crew
-    from ...roles.operations.polecats import locate_polecat, record_done
+    from ...roles.operations.polecat_done import locate_polecat, record_done
 
     town = town_of(args)
     cwd = current_dir()
@@ -104,7 +104,7 @@ def cmd_prime(args: argparse.Namespace) -> int:
     polecat whatever can be read; outside one, one line and exit 1."""
     from ...roles.adapters.town import find_town
     from ...roles.operations import prime
-    from ...roles.operations.polecats import locate_polecat
+    from ...roles.operations.polecat_done import locate_polecat
     from ._context import search_dir
 
     town = None
@@ -153,7 +153,7 @@ def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
 
 
 def cmd_polecat_list(args: argparse.Namespace) -> int:
-    from ...roles.operations.polecats import session_alive
+    from ...roles.operations.polecat_sessions import session_alive
 
     town = town_of(args)
     with store_of(town) as store:
@@ -195,7 +195,7 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
 
 def cmd_polecat_nuke(args: argparse.Namespace) -> int:
     from ...roles.adapters.log import bound, get_logger
-    from ...roles.operations.polecats import nuke_polecat
+    from ...roles.operations.nuking import nuke_polecat
 
     rig, name = _rig_and_name(args.target)
     town = town_of(args)
@@ -209,7 +209,7 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    from ...roles.operations.polecats import session_info
+    from ...roles.operations.polecat_sessions import session_info
 
     rig, name = _rig_and_name(args.target)
     town = town_of(args)

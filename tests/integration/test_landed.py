@@ -10,7 +10,7 @@ import pytest
 from gastown.roles.adapters import git, landed
 from gastown.roles.adapters.store import Polecat, open_store
 from gastown.roles.adapters.town import install_town
-from gastown.roles.operations.polecats import unlanded_work
+from gastown.roles.operations.nuking import unlanded_work
 from gastown.roles.operations.rigs import add_rig
 from tests.conftest import make_repo
 
