@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from gastown.roles.core.lifecycle import (
     POLECAT_STATES,
+    DeleteBranch,
     Done,
     GaveUp,
     Merged,
@@ -16,10 +17,12 @@ from gastown.roles.core.lifecycle import (
     PolecatState,
     Refusal,
     Rejected,
+    RemoveWorktree,
     Respawned,
     SessionDied,
     SessionStarted,
     SetBead,
+    SettleUsage,
     SpawnFailed,
     StopSession,
     Transition,
@@ -31,13 +34,16 @@ from gastown.roles.core.names import (
     next_polecat_name,
 )
 
+#: The effects the effect runner performs (the others are the store's).
+WORLD_EFFECT_TYPES = (StopSession, SettleUsage, RemoveWorktree, DeleteBranch)
+
 EVENTS = st.one_of(
     st.just(SessionStarted()), st.just(SpawnFailed("x")), st.just(SessionDied()),
     st.just(Respawned()), st.just(GaveUp("x")),
     st.sampled_from([Done("completed"), Done("escalated"), Done("deferred"),
                      Done("escalated", "tests fail")]),
     st.just(MergeStarted()), st.just(Merged()), st.just(Rejected("conflict")),
-    st.builds(Nuke, force=st.booleans(), landed=st.booleans()),
+    st.builds(Nuke, force=st.booleans(), landed=st.booleans(), reason=st.just("nuked")),
 )
 
 
@@ -162,3 +168,24 @@ def test_default_pool_is_large_and_valid() -> None:
 
     assert len(set(DEFAULT_POLECAT_NAMES)) == len(DEFAULT_POLECAT_NAMES) >= 50
     assert all(name_problem("polecat", n) is None and len(n) <= 10 for n in DEFAULT_POLECAT_NAMES)
+
+
+@given(st.sampled_from(POLECAT_STATES), EVENTS)
+def test_world_effects_come_before_row_effects_in_the_safe_order(
+        state: PolecatState, event: object) -> None:
+    """The effect runner does the world first and the store the rows after, so a crash
+    leaves the row as it was; in the world, the session stops first and the branch goes
+    after the worktree; a branch is deleted unchecked only by a forced nuke."""
+    result = transition(state, event)  # type: ignore[arg-type]
+    if isinstance(result, Refusal):
+        return
+    kinds = ["world" if isinstance(e, WORLD_EFFECT_TYPES) else "row" for e in result.effects]
+    assert kinds == sorted(kinds, key=lambda k: k == "row"), result
+    world = [type(e) for e in result.effects if isinstance(e, WORLD_EFFECT_TYPES)]
+    if world:
+        assert world[0] is StopSession and world[-1] is DeleteBranch, result
+        assert world.index(RemoveWorktree) < world.index(DeleteBranch)
+        assert result.state == "nuked"
+    for effect in result.effects:
+        if isinstance(effect, DeleteBranch) and effect.unchecked:
+            assert isinstance(event, Nuke) and event.force, result
