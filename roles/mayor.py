@@ -19,7 +19,7 @@ import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
-from ..supervisor.bus.requests import Dispatch, Reply, Request
+from ..supervisor.bus.requests import Reply, Request
 from ..supervisor.bus.requests import Sling as SlingRequest
 from .adapters import log
 from .adapters.async_store import AsyncStore
@@ -160,7 +160,7 @@ class Mayor:
             self._wakeup.set()
             await event.wait()
             return self._results.pop(request.sling)
-        if isinstance(request, Dispatch):
+        if request.method == "dispatch":
             self._wakeup.set()
             return {"ok": True}
         raise LookupError(request.method)

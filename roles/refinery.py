@@ -37,7 +37,7 @@ import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
-from ..supervisor.bus.requests import Reply, Request, Wake
+from ..supervisor.bus.requests import Reply, Request
 from .adapters import git, log
 from .adapters.async_store import AsyncStore
 from .core.errors import GastownError, GitError
@@ -111,7 +111,7 @@ class Refinery:
         return self.state.status()
 
     async def handle(self, request: Request, sender: str) -> Reply:
-        if isinstance(request, Wake):
+        if request.method == "wake":
             self._wakeup.set()
             return {"ok": True}
         raise LookupError(request.method)

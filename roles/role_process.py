@@ -35,7 +35,7 @@ from typing import Any
 import trio
 
 from ..supervisor.bus.protocol import BUS_PEER
-from ..supervisor.bus.requests import Ping, Ready, Reply, Request, Shutdown, Status, typed_handler
+from ..supervisor.bus.requests import Ready, Reply, Request, typed_handler
 from .adapters import log
 from .adapters.children import LIFELINE_ENV
 from .adapters.faults import fault_action, fault_point
@@ -110,12 +110,12 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
     delay = 0.05
 
     async def handle(request: Request, sender: str) -> Reply:
-        if isinstance(request, Ping):
+        if request.method == "ping":
             return {"pong": ctx.name, "pid": os.getpid()}
-        if isinstance(request, Status):
+        if request.method == "status":
             return {"name": ctx.name, "pid": os.getpid(), "state": "running",
                     "uptime": time.time() - ctx.started_at, **behaviour.status()}
-        if isinstance(request, Shutdown):
+        if request.method == "shutdown":
             logger.info("role_stopping", reason=f"shutdown requested by {sender}")
             cancel.cancel()
             return {"stopping": ctx.name}

@@ -30,7 +30,7 @@ import trio
 
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
-from ..supervisor.bus.requests import Reply, Request, Settle, Wake
+from ..supervisor.bus.requests import Bare, Reply, Request
 from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import Polecat
@@ -104,7 +104,7 @@ class Witness:
                 "respawned": self.respawned}
 
     async def handle(self, request: Request, sender: str) -> Reply:
-        if isinstance(request, Settle):
+        if request.method == "settle":
             self._pass_needed.set()
             return {"ok": True}
         raise LookupError(request.method)
@@ -193,7 +193,7 @@ class Witness:
             self._log.info("polecat_done_seen")
             try:
                 assert self._client is not None
-                await self._client.call(f"refinery:{self.rig}", Wake(), timeout=5)
+                await self._client.call(f"refinery:{self.rig}", Bare("wake"), timeout=5)
             except Exception as exc:  # the refinery is restarting: it reads the queue then
                 self._log.info("refinery_not_woken", error=str(exc))
             self._pass_needed.set()

@@ -17,7 +17,7 @@ from ..roles.adapters import log
 from ..roles.adapters.async_store import AsyncStore
 from ..roles.adapters.faults import fault_point
 from ..roles.core.errors import GastownError
-from .bus.requests import Ping
+from .bus.requests import Bare
 from .role_runner import RoleRunner
 from .sd_notify import notify
 
@@ -88,7 +88,7 @@ async def watchdog(bus: Path, roles: Mapping[str, RoleRunner], interval: float) 
                     continue
                 with trio.move_on_after(interval / 2):
                     try:
-                        await client.call(runner.name, Ping(), timeout=interval / 2)
+                        await client.call(runner.name, Bare("ping"), timeout=interval / 2)
                         continue
                     except GastownError:
                         pass

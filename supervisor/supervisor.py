@@ -44,17 +44,7 @@ from ..roles.core.config import RigConfig
 from ..roles.core.errors import GastownError
 from ..roles.role_context import bus_path
 from . import __version__
-from .bus.requests import (
-    Outbox,
-    Ping,
-    Ready,
-    Reload,
-    Reply,
-    Request,
-    Shutdown,
-    Status,
-    typed_handler,
-)
+from .bus.requests import Ready, Reply, Request, typed_handler
 from .feed import EventLog
 from .readiness import StatusReporter, watchdog, watchdog_interval
 from .relay import OutboxRelay
@@ -301,16 +291,16 @@ class Supervisor:
             await self.spawner.record(runner, "role_ready")
             runner.first_outcome.set()
             return {"ok": True}
-        if isinstance(request, Status):
+        if request.method == "status":
             return self.status()
-        if isinstance(request, Ping):
+        if request.method == "ping":
             return {"pong": "bus", "pid": os.getpid()}
-        if isinstance(request, Outbox):
+        if request.method == "outbox":
             self._relay.poke()
             return {"ok": True}
-        if isinstance(request, Reload):
+        if request.method == "reload":
             return await self.reload(f"requested by {sender}")
-        if isinstance(request, Shutdown):
+        if request.method == "shutdown":
             self.request_stop(f"shutdown requested by {sender}")
             return {"stopping": True, "pid": os.getpid()}
         raise GastownError(f"the supervisor does not know the request {request.method!r}")

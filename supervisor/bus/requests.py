@@ -8,114 +8,67 @@ sends it with :meth:`BusClient.call` or :func:`call_sync`; a receiver serves a
 params into that object (or answers with the error), so a handler matches on the class
 instead of reading a ``dict[str, Any]``.
 
-Who answers what:
+Who answers what (``Bare(m)`` is a request ``m`` without parameters):
 
-- every role and the supervisor (``bus``): :class:`Ping`, :class:`Status`,
-  :class:`Shutdown`;
-- the supervisor only: :class:`Ready` (a role's readiness), :class:`Outbox` (new store
-  events to relay), :class:`Reload`;
+- every role and the supervisor (``bus``): ``ping``, ``status``, ``shutdown``;
+- the supervisor only: :class:`Ready` (a role's readiness), ``outbox`` (new store
+  events to relay), ``reload`` (re-read the configuration);
 - ``mayor``: :class:`Sling` (dispatch this queued sling and answer its outcome),
-  :class:`Dispatch` (look at the queue now);
-- ``witness:<rig>``: :class:`Settle` (run a pass now);
-- ``refinery:<rig>``: :class:`Wake` (look at the merge queue now).
+  ``dispatch`` (look at the sling queue now);
+- ``witness:<rig>``: ``settle`` (run a pass now);
+- ``refinery:<rig>``: ``wake`` (look at the merge queue now).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, ClassVar, Final, Literal, TypeAlias, get_args
+from typing import Any, ClassVar, Final, Literal, TypeAlias, cast, get_args
 
 from .errors import GastownError, ProtocolError
 from .protocol import RequestHandler
 
+#: The requests that say nothing but their name.
+BareMethod: TypeAlias = Literal["ping", "status", "shutdown", "outbox", "reload", "dispatch",
+                                "settle", "wake"]
+
 #: Every request method the town sends.
-Method: TypeAlias = Literal["ping", "status", "shutdown", "ready", "outbox", "reload",
-                            "sling", "dispatch", "settle", "wake"]
+Method: TypeAlias = BareMethod | Literal["ready", "sling"]
 
 #: What a handler answers: a JSON object.
 Reply: TypeAlias = dict[str, object]
 
 
 @dataclass(frozen=True)
-class Ping:
-    """Are you alive? Answered ``{"pong": <name>, "pid": <pid>}``."""
+class Bare:
+    """A request without parameters, e.g. ``Bare("ping")``; see the module's list."""
 
-    method: ClassVar[Literal["ping"]] = "ping"
-
-
-@dataclass(frozen=True)
-class Status:
-    """The answerer's state: a role's own fields, or the supervisor's roles."""
-
-    method: ClassVar[Literal["status"]] = "status"
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    """Stop: a role stops its process, the supervisor the whole town."""
-
-    method: ClassVar[Literal["shutdown"]] = "shutdown"
+    method: BareMethod
 
 
 @dataclass(frozen=True)
 class Ready:
     """A role tells the supervisor it is up; ``pid`` must be the process it spawned."""
 
-    pid: int
     method: ClassVar[Literal["ready"]] = "ready"
-
-
-@dataclass(frozen=True)
-class Outbox:
-    """The store has new events: the supervisor copies them to the feed and the bus."""
-
-    method: ClassVar[Literal["outbox"]] = "outbox"
-
-
-@dataclass(frozen=True)
-class Reload:
-    """Re-read the configuration; restart the roles whose part of it changed."""
-
-    method: ClassVar[Literal["reload"]] = "reload"
+    pid: int
 
 
 @dataclass(frozen=True)
 class Sling:
-    """Dispatch the queued sling ``sling`` (its id) and answer its outcome."""
+    """Ask the mayor to dispatch the queued sling whose id is ``sling``, and to answer
+    its outcome (``state``: queued, dispatched, failed, and its details)."""
 
-    sling: int
     method: ClassVar[Literal["sling"]] = "sling"
+    sling: int
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """Look at the sling queue now."""
+Request: TypeAlias = Bare | Ready | Sling
 
-    method: ClassVar[Literal["dispatch"]] = "dispatch"
-
-
-@dataclass(frozen=True)
-class Settle:
-    """Run a witness pass now."""
-
-    method: ClassVar[Literal["settle"]] = "settle"
-
-
-@dataclass(frozen=True)
-class Wake:
-    """Look at the merge queue now."""
-
-    method: ClassVar[Literal["wake"]] = "wake"
-
-
-Request: TypeAlias = (Ping | Status | Shutdown | Ready | Outbox | Reload | Sling | Dispatch
-                      | Settle | Wake)
-
-_BY_METHOD: Final[dict[str, type[Request]]] = {
-    kind.method: kind for kind in (Ping, Status, Shutdown, Ready, Outbox, Reload, Sling,
-                                   Dispatch, Settle, Wake)}
-assert set(_BY_METHOD) == set(get_args(Method)), "a Method without its request class"
+_BARE: Final[frozenset[str]] = frozenset(get_args(BareMethod))
+_WITH_PARAMS: Final[dict[str, type[Ready | Sling]]] = {"ready": Ready, "sling": Sling}
+#: Every name in :data:`Method`, for code that checks a name at run time.
+METHODS: Final[frozenset[str]] = _BARE | frozenset(_WITH_PARAMS)
 
 #: The JSON types a parameter may be declared with (annotations are strings here).
 _PARAM_TYPES: Final[dict[str, type]] = {"int": int, "str": str, "bool": bool}
@@ -135,7 +88,9 @@ def parse_request(method: str, params: Mapping[str, object]) -> Request:
         UnknownRequest: ``method`` is not one the town uses.
         ProtocolError: a parameter is missing or has the wrong type.
     """
-    kind = _BY_METHOD.get(method)
+    if method in _BARE:
+        return Bare(cast("BareMethod", method))
+    kind = _WITH_PARAMS.get(method)
     if kind is None:
         raise UnknownRequest(f"unknown request {method!r}")
     values: dict[str, object] = {}
@@ -151,7 +106,7 @@ def parse_request(method: str, params: Mapping[str, object]) -> Request:
 
 def params_of(request: Request) -> dict[str, object]:
     """The wire ``params`` of ``request``."""
-    return asdict(request)
+    return {} if isinstance(request, Bare) else asdict(request)
 
 
 def typed_handler(handler: TypedHandler, who: str) -> RequestHandler:

@@ -164,10 +164,10 @@ def poke_town(town: Town) -> None:
         return
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
-    from ..bus.requests import Outbox
+    from ..bus.requests import Bare
     from ..bus.sync_client import call_sync
 
     try:
-        call_sync(socket_path, BUS_PEER, Outbox(), timeout=5)
+        call_sync(socket_path, BUS_PEER, Bare("outbox"), timeout=5)
     except (BusError, OSError):
         pass

@@ -188,7 +188,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     from ...roles.core.errors import GastownError
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
-    from ..bus.requests import Shutdown
+    from ..bus.requests import Bare
     from ..bus.sync_client import call_sync
 
     town = town_of(args)
@@ -207,7 +207,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             return 1
         return _stop_sessions(town) if args.all else 0
     try:
-        call_sync(_bus(town), BUS_PEER, Shutdown(), timeout=10)
+        call_sync(_bus(town), BUS_PEER, Bare("shutdown"), timeout=10)
     except BusError:
         # The bus does not answer (hung or half-started supervisor): signal it instead.
         os.kill(running.pid, 15)
@@ -274,14 +274,14 @@ def gather_status(town: Town) -> dict[str, Any]:
     from ...roles.adapters.town_lock import read_supervisor
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
-    from ..bus.requests import Status
+    from ..bus.requests import Bare
     from ..bus.sync_client import call_sync
 
     running = read_supervisor(town.runtime_dir)
     live: dict[str, Any] | None = None
     if running is not None:
         try:
-            live = call_sync(_bus(town), BUS_PEER, Status(), timeout=10)
+            live = call_sync(_bus(town), BUS_PEER, Bare("status"), timeout=10)
         except BusError:
             live = None
     with store_of(town) as store:
@@ -422,7 +422,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
     from ...roles.core.errors import GastownError
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
-    from ..bus.requests import Reload
+    from ..bus.requests import Bare
     from ..bus.sync_client import call_sync
 
     # Not town_of(): that loads town.toml, and a broken one is exactly what the supervisor
@@ -431,7 +431,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     town = find_town(args.town, os.environ, search_dir(args.town))
     try:
-        result: dict[str, Any] = call_sync(_bus(town), BUS_PEER, Reload(), timeout=300)
+        result: dict[str, Any] = call_sync(_bus(town), BUS_PEER, Bare("reload"), timeout=300)
     except BusError as exc:
         raise GastownError(f"the town is not running ({exc.message})") from None
     if not result.get("ok"):
