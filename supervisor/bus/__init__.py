@@ -11,8 +11,10 @@ Layering, bottom to top (imports only flow upward through this list):
 - ``listener`` (the socket file: path checks, stale-socket probe, 0600 bind,
   ``SO_PEERCRED``) and ``outbox`` (one peer's bounded queue with drop counting),
   both trio adapters under ``server``;
-- ``server`` and ``client``: the trio server (run by the supervisor) and the
-  trio client (used by roles).
+- ``router``: the names peers hold and where each message goes (trio only for
+  the handler's task);
+- ``server`` and ``client``: the trio server (run by the supervisor; its
+  connections) and the trio client (used by roles).
 
 This package's ``__init__`` must stay importable without trio: ``gastown
 status`` imports :func:`request_sync` through it and should not pay trio's

@@ -59,6 +59,7 @@ PURE_MODULES = [
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
     "supervisor/bus/protocol.py",
+    "supervisor/bus/requests.py",
 ]
 
 #: What a pure module may import: the standard library's data modules and other pure modules.
@@ -68,6 +69,7 @@ ALLOWED = {
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
     "gastown.roles.core.lifecycle",
     "gastown.supervisor.bus.errors",
+    "gastown.supervisor.bus.protocol",
 }
 
 
