@@ -22,6 +22,7 @@ from ._store_base import (
     open_connection,
     recorded_identity,
 )
+from ._store_merges import MergeLedger
 from ._store_records import (
     BEAD_STATUSES,
     Bead,
@@ -35,7 +36,6 @@ from ._store_records import (
 )
 from ._store_schema import MIGRATIONS
 from ._store_town import TownLedger
-from ._store_work import WorkLedger
 
 __all__ = [
     "BEAD_STATUSES",
@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 
-class Store(WorkLedger, TownLedger):
+class Store(MergeLedger, TownLedger):
     """The town's store: every ledger over one connection (see the module docstring)."""
 
     def __enter__(self) -> Store:
