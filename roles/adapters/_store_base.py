@@ -33,6 +33,7 @@ from ..core.errors import (
 )
 from ._store_records import Event, event_of
 from ._store_schema import MIGRATIONS
+from .outbox_wake import send_wake, wake_path
 
 BUSY_TIMEOUT_MS = 30_000
 
@@ -247,6 +248,9 @@ class StoreBase:
             raise missing_error(path) from None
         self._file_id = (st.st_dev, st.st_ino)
         self._lost_reported = False
+        #: Whether the open transaction wrote a domain event (then the commit wakes the
+        #: supervisor's feed relay: :mod:`.outbox_wake`).
+        self._emitted = False
 
     def close(self) -> None:
         self._conn.close()
@@ -283,6 +287,7 @@ class StoreBase:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
             raise store_failure(self.path, exc, "written") from None
+        self._emitted = False
         try:
             yield self._conn
             self._conn.execute("COMMIT")
@@ -292,6 +297,9 @@ class StoreBase:
         except BaseException:
             self._rollback()
             raise
+        if self._emitted:
+            self._emitted = False
+            send_wake(wake_path(self.path))
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -303,6 +311,7 @@ class StoreBase:
     def _emit(self, conn: sqlite3.Connection, kind: str, *, rig: str | None = None,
               polecat: str | None = None, bead: str | None = None,
               **data: Any) -> None:
+        self._emitted = True
         conn.execute(
             "INSERT INTO events (ts, kind, rig, polecat, bead, data) VALUES (?, ?, ?, ?, ?, ?)",
             (time.time(), kind, rig, polecat, bead, json.dumps(data, sort_keys=True)))
