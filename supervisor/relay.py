@@ -1,22 +1,25 @@
 """The feed relay: the single writer of ``events.jsonl`` and the bus's publisher of events.
 
 Layer: supervisor (reads the store's outbox, writes :class:`~.feed.EventLog`, publishes on
-the running :class:`~.bus.server.BusServer`). Processes that change the store poke it (a
-``pub`` on topic ``outbox`` or an :class:`~.bus.requests.Outbox` request to ``bus``); it
-then copies the new outbox rows to the file and publishes each on the bus under its
-kind. A slow timer catches a poke lost to a process that died between its commit and
-its poke.
+the running :class:`~.bus.server.BusServer`). A store transaction that wrote events
+wakes it by itself after its commit (a datagram on ``.runtime/wake``, see
+:mod:`gastown.roles.adapters.outbox_wake`; a ``pub`` on topic ``outbox`` or an ``outbox``
+request to ``bus`` still pokes it too); it then copies the new outbox rows to the file
+and publishes each on the bus under its kind. A slow timer catches a wake lost to a
+process that died between its commit and its datagram.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from ..roles.adapters import log
 from ..roles.adapters.async_store import AsyncStore
+from ..roles.adapters.outbox_wake import WakeSocket
 from ..roles.core.errors import StoreError
 from .feed import EventLog
 
@@ -55,6 +58,29 @@ class OutboxRelay:
                 self._log.error("store_unwritable", event_kind=kind, error=exc.message)
                 return
         self.poke()
+
+    async def listen_for_wakes(self, path: Path, *,
+                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                               ) -> None:
+        """Poke on every wake datagram a committing store sends to ``path``, forever.
+
+        Without the socket (a path the system refuses) the town still works: the bus
+        pokes and the safety timer drain the outbox, later.
+        """
+        try:
+            wake = WakeSocket(path)
+        except OSError as exc:
+            self._log.warning("wake_socket_unavailable", path=str(path), error=str(exc))
+            task_status.started()
+            return
+        try:
+            task_status.started()
+            while True:
+                await trio.lowlevel.wait_readable(wake.sock)
+                if wake.drain():
+                    self.poke()
+        finally:
+            wake.close()
 
     async def run(self, after: Callable[[bool], Awaitable[None]]) -> None:
         """Drain on every poke (and every :data:`OUTBOX_SAFETY_INTERVAL`), forever;

@@ -38,6 +38,7 @@ from ..roles.adapters import log
 from ..roles.adapters.async_store import AsyncStore
 from ..roles.adapters.children import Lifeline
 from ..roles.adapters.faults import fault_point
+from ..roles.adapters.outbox_wake import wake_path
 from ..roles.adapters.store import Store
 from ..roles.adapters.town import Town
 from ..roles.core.config import RigConfig
@@ -102,6 +103,7 @@ class Supervisor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_signals, signals)
+                await nursery.start(self._relay.listen_for_wakes, wake_path(self.town.db_path))
                 self._relay.bus = await nursery.start(partial(
                     serve_bus, bus_path(self.town),
                     handler=typed_handler(self._handle, "the supervisor"),
