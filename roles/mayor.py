@@ -65,7 +65,6 @@ class Mayor:
         try:
             for line in await self.store.call(recover_spawning, self.town, self.store.store):
                 self._log.warning("spawn_recovered", detail=line)
-            await client.publish("outbox", {})
             events = await client.subscribe(*WAKE_TOPICS)
             self._wakeup.set()  # dispatch whatever was queued while the town was down
             async with trio.open_nursery() as nursery:
@@ -93,8 +92,6 @@ class Mayor:
             if result["state"] == "queued":
                 waiting += 1
                 result["position"] = waiting
-            else:
-                await client.publish("outbox", {})
             self._answer(sling.id, result)
         for sling_id in list(self._waiters):
             settled = await self._settled(sling_id)

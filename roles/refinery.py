@@ -45,7 +45,7 @@ from .core.merge_queue import next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
 from .operations.merge_site import MergeSite, QueueState, QueueStatus, off_thread
 from .operations.merging import fail_batch, run_plan
-from .role_context import RoleContext, announce
+from .role_context import RoleContext
 
 #: Events after which there may be work for the queue.
 WAKE_TOPICS: Final = ("mr_created", "mr_requeued", "mq_resume_requested")
@@ -72,7 +72,7 @@ class Refinery:
     async def run(self, client: BusClient) -> None:
         store = await AsyncStore.open(self.town.db_path)
         self._site = MergeSite(town=self.town, rig=self.rig, role=self.ctx.name,
-                               clone=self.clone, store=store, announce=self._announce,
+                               clone=self.clone, store=store,
                                state=self.state)
         try:
             self._client = client
@@ -92,9 +92,6 @@ class Refinery:
         async for message in events:
             if message.data.get("rig") in (None, self.rig):
                 self._wakeup.set()
-
-    async def _announce(self) -> None:
-        await announce(self._client)
 
     @property
     def site(self) -> MergeSite:
@@ -135,7 +132,6 @@ class Refinery:
         batch = next_batch(queued, config.merge_queue.batch_size)
         ids = [mr.id for mr in batch]
         await self.store.call(self.store.store.start_merge_requests, ids)
-        await self._announce()
         by_id = {mr.id: mr for mr in batch}
         for attempt in range(config.merge_queue.push_retries + 1):
             try:
@@ -173,5 +169,4 @@ class Refinery:
                     break
         state.current = {}
         await off_thread(git.clean_checkout, self.clone, config.default_branch)
-        await self._announce()
         return True

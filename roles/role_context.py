@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..supervisor.bus.requests import Reply, Request
 from .adapters.town import Town
-from .core.errors import GastownError
 
 if TYPE_CHECKING:
     from ..supervisor.bus.client import BusClient
@@ -24,15 +23,6 @@ if TYPE_CHECKING:
 def bus_path(town: Town) -> Path:
     """The town's bus socket."""
     return town.runtime_dir / "bus.sock"
-
-
-async def announce(client: BusClient | None) -> None:
-    """Ask the supervisor to copy the new outbox rows to the feed and the bus."""
-    assert client is not None
-    try:
-        await client.publish("outbox", {})
-    except GastownError:
-        pass  # the events are in the store; the next poke carries them
 
 
 @dataclass

@@ -112,7 +112,7 @@ class Witness:
     async def run(self, client: BusClient) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
         self._agents = AgentWatch(self.town, self.rig, self._store, WitnessHooks(
-            announce=self._announce, watch=self._ensure_watched,
+            watch=self._ensure_watched,
             wake_refinery=self._marker, escalate=self._escalate))
         self._client = client
         try:
@@ -133,13 +133,6 @@ class Witness:
                     self._pass_needed = trio.Event()
         finally:
             self.store.close()
-
-    async def _announce(self) -> None:
-        assert self._client is not None
-        try:
-            await self._client.publish("outbox", {})
-        except GastownError:
-            pass
 
     # -- events ------------------------------------------------------------------------
 
@@ -213,8 +206,6 @@ class Witness:
         for finding in findings:
             self._log.warning("reconciled", kind=finding.kind, subject=finding.subject,
                               detail=finding.detail, action=finding.action, fixed=finding.fixed)
-        if findings:
-            await self._announce()
 
     async def _settle(self) -> None:
         """Bring every polecat of the rig in line with what happened."""
@@ -251,7 +242,6 @@ class Witness:
                 self._log.info("polecat_nuked_after_merge")
             if name in self._watched:
                 self._watched.pop(name)[1].cancel()
-            await self._announce()
 
     async def _update_crew(self, name: str) -> None:
         """A crew workspace's MR merged: nothing is nuked; the workspace is brought up to
@@ -268,7 +258,6 @@ class Witness:
                 self._log.warning("crew_update_failed", error=exc.message)
                 return
             self._log.info("crew_updated", detail=detail)
-            await self._announce()
 
     # -- sessions ----------------------------------------------------------------------
 
@@ -323,8 +312,6 @@ class Witness:
                                                        self.store.store, polecat, kind)
                 except GastownError as exc:
                     self._log.info("turn_not_read", error=exc.message)
-                if ended_turn:
-                    await self._announce()
             if polecat.state != "working" or session_alive(polecat):
                 return  # it ran `gastown done` (or was nuked, or respawned) first
             if ended_turn:
@@ -337,7 +324,6 @@ class Witness:
             except GastownError as exc:  # nuked or finished meanwhile
                 self._log.info("session_end_ignored", reason=exc.message)
                 return
-            await self._announce()
             await self._after_death(name)
 
     async def _after_death(self, name: str) -> None:
@@ -376,7 +362,6 @@ class Witness:
                 return
             self.respawned += 1
             self._log.info("polecat_respawned", respawns=current.respawns + 1)
-            await self._announce()
             self._ensure_watched(await self.store.call(self.store.store.polecat, self.rig,
                                                        name))
 
@@ -388,7 +373,6 @@ class Witness:
         await self.store.call(self.store.store.apply_polecat_event, self.rig, polecat.name,
                               GaveUp(reason), output_tail=tail)
         self._log.warning("polecat_escalated", reason=reason)
-        await self._announce()
 
     # -- silence -----------------------------------------------------------------------
 
@@ -423,7 +407,6 @@ class Witness:
                 await self.store.call(self.store.store.note_polecat, self.rig,
                                       polecat.name, f"silent for {how_long}")
                 self._log.warning("polecat_silent", polecat=polecat.name, seconds=quiet)
-                await self._announce()
 
 
 def _activity_mark(town_root: Path, polecat: Polecat) -> str:

@@ -39,7 +39,6 @@ NUDGE_TIMEOUT: Final = 120.0
 class WitnessHooks:
     """What the witness's loop does for :class:`AgentWatch`."""
 
-    announce: Callable[[], Awaitable[None]]
     watch: Callable[[Polecat], None]
     wake_refinery: Callable[[str], Awaitable[None]]
     escalate: Callable[[Polecat, str], Awaitable[None]]
@@ -108,7 +107,6 @@ class AgentWatch:
             except GastownError as exc:
                 self._log.warning("nudge_failed", error=exc.message)
                 return
-            await self.hooks.announce()
             self.hooks.watch(await self.store.call(self.store.store.polecat,
                                                        self.rig, name))
         elif isinstance(decision, RecordDone):
@@ -124,7 +122,6 @@ class AgentWatch:
                 return
             self._log.info("done_by_witness",
                            mr=result.merge_request.id if result.merge_request else None)
-            await self.hooks.announce()
             await self.hooks.wake_refinery(name)
         elif isinstance(decision, Escalate):
             await self.hooks.escalate(polecat, decision.reason)
@@ -179,4 +176,3 @@ class AgentWatch:
                                       reason)
             except GastownError:
                 return
-            await self.hooks.announce()

@@ -79,8 +79,6 @@ async def recover(site: MergeSite) -> None:
             await store.call(store.store.requeue_merge_request, mr.id,
                              "the refinery restarted mid-merge")
             _log.info("mr_recovered_requeued", mr=mr.id, bead=mr.bead)
-    if running:
-        await site.announce()
 
 
 async def _landed_on(site: MergeSite, mr: MergeRequest, branch: str) -> str | None:
@@ -162,7 +160,6 @@ async def caught_up(site: MergeSite, head: str) -> None:
         await site.store.call(site.store.store.record_pushed, site.rig, head)
         site.state.unpushed = False
         _log.info("push_caught_up", head=short(head))
-        await site.announce()
 
 
 async def _record_unpushed(site: MergeSite, branch: str, landed: str, upstream: str | None,
@@ -175,7 +172,6 @@ async def _record_unpushed(site: MergeSite, branch: str, landed: str, upstream: 
     await site.store.call(site.store.store.record_unpushed, site.rig, landed_head=landed,
                           remote_head=upstream, error=error, count=count)
     site.state.unpushed = True
-    await site.announce()
 
 
 async def _pause_diverged(site: MergeSite, branch: str, local: str, upstream: str) -> None:
@@ -208,7 +204,6 @@ async def set_paused(site: MergeSite, reason: str | None) -> None:
         _log.info("mq_resumed", was=site.state.paused)
     await site.store.call(site.store.store.set_mq_paused, site.rig, reason)
     site.state.paused = reason
-    await site.announce()
 
 
 # -- landing a tested candidate ---------------------------------------------------------

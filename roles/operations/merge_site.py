@@ -1,7 +1,7 @@
 """Where a rig's merge work happens: the refinery's clone, its store and its queue state.
 
 Its one job: hold what the merge operations (:mod:`.merging`, :mod:`.landing`) share —
-the rig, the refinery's clone, the store, the way to announce new events, and the
+the rig, the refinery's clone, the store, and the
 queue's state the refinery reports (the step in progress, the counters, the mirrors of
 the rig's ``mq_paused`` and unpushed work) — and run blocking git calls off the trio
 thread. Layer: operations; it decides nothing.
@@ -9,7 +9,7 @@ thread. Layer: operations; it decides nothing.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -91,8 +91,6 @@ class MergeSite:
     role: str
     clone: Path
     store: AsyncStore
-    #: Ask the supervisor to copy the new outbox rows to the feed and the bus.
-    announce: Callable[[], Awaitable[None]]
     state: QueueState
 
     def config(self) -> RigConfig:

@@ -170,7 +170,6 @@ async def _land(site: MergeSite, mrs: Sequence[str], candidate: str,
         by_id.pop(mr_id, None)
         site.state.merged += 1
         _log.info("mr_merged", mr=mr_id, commit=short(candidate))
-    await site.announce()
 
 
 async def fail_batch(site: MergeSite, by_id: dict[str, MergeRequest], reason: str) -> None:
@@ -206,4 +205,3 @@ async def reject(site: MergeSite, by_id: dict[str, MergeRequest], mr_id: str, re
             _log.info("bead_reslung", bead=mr.bead, sling=sling.id)
         except GastownError as exc:
             _log.warning("resling_failed", bead=mr.bead, error=exc.message)
-    await site.announce()

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from ._context import current_dir, poke_town, store_of, town_of
+from ._context import current_dir, store_of, town_of
 from ._polecats import _rig_and_name
 
 
@@ -23,7 +23,6 @@ def cmd_nudge(args: argparse.Namespace) -> int:
         how = deliver_nudge(town, store, polecat, args.text, by="human",
                             timeout=args.timeout)
         get_logger().info("polecat_nudged", by="human", how=how)
-    poke_town(town)
     print(f"nudged {rig}/{name} ({how})")
     return 0
 
@@ -71,4 +70,3 @@ def _record(args: argparse.Namespace, payload: dict[str, Any]) -> None:
         if after is None:
             return
         get_logger().info("agent_turn_ended", turn=after.turns, event=args.event)
-    poke_town(town)

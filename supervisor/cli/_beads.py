@@ -10,7 +10,6 @@ from ._context import (
     age,
     iso,
     mr_json,
-    poke_town,
     print_json,
     print_table,
     require_rig,
@@ -39,7 +38,6 @@ def cmd_create(args: argparse.Namespace) -> int:
                                  description=args.description, priority=args.priority)
     with bound(bead=bead.id, rig=bead.rig):
         get_logger().info("bead_created", title=bead.title, priority=bead.priority)
-    poke_town(town)
     print(bead.id)
     return 0
 
@@ -85,7 +83,6 @@ def cmd_update(args: argparse.Namespace) -> int:
     with store_of(town) as store:
         bead = store.update_bead(args.id, title=title, description=args.description,
                                  priority=args.priority, status=args.status)
-    poke_town(town)
     print(f"{bead.id} updated ({bead.status}, priority {bead.priority}): {bead.title}")
     return 0
 
@@ -112,7 +109,6 @@ def cmd_close(args: argparse.Namespace) -> int:
                 stop_polecat_session(town, polecat)
             except OSError as exc:
                 log.warning("session_stop_failed", polecat=polecat.name, error=str(exc))
-    poke_town(town)
     print(f"{bead.id} closed" + (f" (landed as {commit[:10]})" if commit else ""))
     for polecat in stop:
         print(f"  stopped polecat {polecat.rig}/{polecat.name}; its work is kept in "
@@ -149,7 +145,6 @@ def cmd_reopen(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         bead = store.reopen_bead(args.id, reason=args.reason)
-    poke_town(town)
     print(f"{bead.id} reopened")
     return 0
 

@@ -151,23 +151,3 @@ def age(since: float, now: float | None = None) -> str:
 
 def iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def poke_town(town: Town) -> None:
-    """Tell a running supervisor that the store has new events (no-op when the town is down).
-
-    Best effort by design: the event is already committed in the store's outbox, and the
-    supervisor copies it at its next poke or start, so a lost poke only delays it.
-    """
-    socket_path = town.runtime_dir / "bus.sock"
-    if not socket_path.exists():
-        return
-    from ..bus.errors import BusError
-    from ..bus.protocol import BUS_PEER
-    from ..bus.requests import Bare
-    from ..bus.sync_client import call_sync
-
-    try:
-        call_sync(socket_path, BUS_PEER, Bare("outbox"), timeout=5)
-    except (BusError, OSError):
-        pass

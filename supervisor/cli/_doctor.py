@@ -13,7 +13,7 @@ import argparse
 
 from ...roles.adapters.town import Town
 from ...roles.operations.reconcile import Finding
-from ._context import poke_town, print_json, town_of
+from ._context import print_json, town_of
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -44,8 +44,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         with store:
             findings = reconcile(town, store, rig=args.rig, fix=args.fix)
     findings = _config_findings(town) + findings
-    if any(f.fixed for f in findings):
-        poke_town(town)
     if args.json:
         print_json(findings)
     elif not findings:

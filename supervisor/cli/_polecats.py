@@ -12,7 +12,6 @@ from ...roles.core.errors import GastownError, UsageError
 from ._context import (
     age,
     current_dir,
-    poke_town,
     print_json,
     print_table,
     require_rig,
@@ -50,7 +49,6 @@ def cmd_sling(args: argparse.Namespace) -> int:
         town.rig_config(args.rig)
     with store_of(town) as store:
         sling = store.queue_sling(args.bead, args.rig, agent=args.agent, force=args.force)
-    poke_town(town)
     if read_supervisor(town.runtime_dir) is None:
         print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}: the town is down; "
               "it runs at 'gastown up'")
@@ -90,7 +88,6 @@ def cmd_done(args: argparse.Namespace) -> int:
         result = record_done(town, store, rig, name, args.status, reason=args.reason)
         get_logger().info("polecat_done", outcome=args.status,
                           mr=result.merge_request.id if result.merge_request else None)
-    poke_town(town)
     if result.merge_request is not None:
         print(f"done: merge request {result.merge_request.id} queued for "
               f"{result.merge_request.branch}")
@@ -146,7 +143,6 @@ def _crew_done(args: argparse.Namespace, town: Any, rig: str, name: str) -> int:
     with store_of(town) as store, bound(rig=rig, crew=name):
         mr = submit_crew(town, store, rig, name, bead=args.bead)
         get_logger().info("crew_submitted", mr=mr.id, bead=mr.bead)
-    poke_town(town)
     print(f"done: merge request {mr.id} queued for {mr.branch} (bead {mr.bead}); the "
           "workspace stays and is brought up to date after the merge")
     return 0
@@ -203,7 +199,6 @@ def cmd_polecat_nuke(args: argparse.Namespace) -> int:
         polecat = nuke_polecat(town, store, rig, name, force=args.force,
                                reason="nuked by hand" + (" (forced)" if args.force else ""))
         get_logger().info("polecat_nuked", forced=args.force, bead=polecat.bead)
-    poke_town(town)
     print(f"nuked {rig}/{name}")
     return 0
 

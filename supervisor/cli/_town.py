@@ -10,7 +10,6 @@ from pathlib import Path
 from ._context import (
     age,
     current_dir,
-    poke_town,
     print_json,
     print_table,
     store_of,
@@ -45,7 +44,6 @@ def cmd_rig_add(args: argparse.Namespace) -> int:
                       prefix=args.prefix, push_to_checkout=args.push_to_checkout)
         get_logger().info("rig_added", repo=rig.repo, default_branch=rig.default_branch,
                           prefix=rig.prefix)
-    poke_town(town)
     print(f"added rig {rig.name} (branch {rig.default_branch}, bead prefix {rig.prefix}) "
           f"at {town.rig_dir(rig.name)}")
     if args.check:
@@ -90,7 +88,6 @@ def cmd_mq_resume(args: argparse.Namespace) -> int:
         rig = store.rig(args.rig)
         store.emit("mq_resume_requested", rig=rig.name)
         get_logger().info("mq_resume_requested")
-    poke_town(town)
     from ...roles.adapters.town_lock import read_supervisor
 
     state = f"paused: {rig.mq_paused}" if rig.mq_paused else "not paused"
@@ -111,7 +108,6 @@ def cmd_rig_remove(args: argparse.Namespace) -> int:
     with store_of(town) as store, bound(rig=args.name):
         remove_rig(town, store, args.name, force=args.force)
         get_logger().info("rig_removed", force=args.force)
-    poke_town(town)
     print(f"removed rig {args.name}")
     return 0
 
