@@ -63,7 +63,7 @@ class Mayor:
     async def run(self, client: BusClient) -> None:
         self._store = await AsyncStore.open(self.town.db_path)
         try:
-            for line in await self.store.call(recover_spawning, self.town, self.store.store):
+            for line in await self.store.operate(recover_spawning, self.town):
                 self._log.warning("spawn_recovered", detail=line)
             events = await client.subscribe(*WAKE_TOPICS)
             self._wakeup.set()  # dispatch whatever was queued while the town was down
@@ -118,8 +118,7 @@ class Mayor:
     async def _dispatch(self, sling: Sling) -> SlingResult:
         with log.bound(bead=sling.bead, rig=sling.rig):
             try:
-                polecat = await self.store.call(spawn_polecat, self.town, self.store.store,
-                                                sling)
+                polecat = await self.store.operate(spawn_polecat, self.town, sling)
             except GastownError as exc:
                 self._log.warning("sling_failed", sling=sling.id, error=exc.message)
                 await self._fail_if_queued(sling, exc.message)

@@ -32,9 +32,10 @@ from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
 from ..supervisor.bus.requests import Bare, Reply, Request
 from .adapters import log
-from .adapters.async_store import AsyncStore
+from .adapters.async_store import AsyncStore, OperationLocks
 from .adapters.store import Polecat
 from .core.errors import GastownError
+from .core.events import CrewUpdated
 from .core.lifecycle import GaveUp, SessionDied
 from .operations.agent_turns import print_turn
 from .operations.agent_watch import AgentWatch, WitnessHooks
@@ -85,6 +86,8 @@ class Witness:
         self._client: BusClient | None = None
         self._pass_needed = trio.Event()
         self._reviving: set[str] = set()
+        #: One operation at a time per polecat (a nuke, a respawn); others run alongside.
+        self.operations = OperationLocks()
         self._agents: AgentWatch | None = None
         self.nuked = 0
         self.respawned = 0
@@ -198,8 +201,7 @@ class Witness:
         from .operations.reconcile import reconcile
 
         try:
-            findings = await self.store.call(reconcile, self.town, self.store.store,
-                                             rig=self.rig, fix=True)
+            findings = await self.store.operate(reconcile, self.town, rig=self.rig, fix=True)
         except GastownError as exc:
             self._log.warning("reconcile_failed", error=exc.message)
             return
@@ -228,8 +230,8 @@ class Witness:
     async def _nuke(self, name: str) -> None:
         with log.bound(polecat=name):
             try:
-                kept = await self.store.call(nuke_merged, self.town, self.store.store,
-                                             self.rig, name)
+                async with self.operations.hold(name):
+                    kept = await self.store.operate(nuke_merged, self.town, self.rig, name)
             except GastownError as exc:
                 self._log.info("nuke_skipped", reason=exc.message)
                 return
@@ -252,8 +254,8 @@ class Witness:
             try:
                 detail = await self.store.call(update_crew_after_merge, self.town,
                                                self.store.store, self.rig, name)
-                await self.store.call(self.store.store.emit, "crew_updated", rig=self.rig,
-                                      crew=name, detail=detail)
+                await self.store.call(self.store.store.emit,
+                                      CrewUpdated(rig=self.rig, crew=name, detail=detail))
             except GastownError as exc:
                 self._log.warning("crew_update_failed", error=exc.message)
                 return
@@ -355,8 +357,8 @@ class Witness:
             if current.state != "stalled":
                 return
             try:
-                await self.store.call(respawn_session, self.town, self.store.store,
-                                      self.rig, name)
+                async with self.operations.hold(name):
+                    await self.store.operate(respawn_session, self.town, self.rig, name)
             except GastownError as exc:
                 await self._escalate(current, f"respawn failed: {exc.message}")
                 return

@@ -107,16 +107,13 @@ class AgentWatch:
             except GastownError as exc:
                 self._log.warning("nudge_failed", error=exc.message)
                 return
-            self.hooks.watch(await self.store.call(self.store.store.polecat,
-                                                       self.rig, name))
+            self.hooks.watch(await self.store.call(self.store.store.polecat, self.rig, name))
         elif isinstance(decision, RecordDone):
             try:
-                result = await self.store.call(record_done, self.town, self.store.store,
-                                               self.rig, name, "completed",
-                                               reason="recorded by the witness: the agent "
-                                                      "committed its work but did not run "
-                                                      "`gastown done`",
-                                               done_by="witness")
+                result = await self.store.operate(
+                    record_done, self.town, self.rig, name, "completed",
+                    reason="recorded by the witness: the agent committed its work but did "
+                           "not run `gastown done`", done_by="witness")
             except GastownError as exc:
                 self._log.warning("witness_done_refused", error=exc.message)
                 return
