@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,21 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_EMAIL": "author@example.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
 }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite starts thousands of Python processes (every CLI call, every role). When
+    the environment forbids bytecode files (``PYTHONDONTWRITEBYTECODE``, set on this
+    machine so the tree stays free of ``__pycache__``), each of them would compile every
+    gastown module again: they share compiled files kept outside the tree instead
+    (``PYTHONPYCACHEPREFIX``; Python checks each against its source, so an edited module
+    is compiled afresh)."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+        prefix = Path(tempfile.gettempdir()) / f"gastown-tests-pycache-{os.getuid()}"
+        os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+        del os.environ["PYTHONDONTWRITEBYTECODE"]
+        sys.pycache_prefix = str(prefix)
+        sys.dont_write_bytecode = False
 
 
 @pytest.fixture(autouse=True)
