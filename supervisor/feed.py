@@ -18,71 +18,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
+from ..roles.core.event_text import describe_exit as describe_exit
+from ..roles.core.event_text import describe_fields
+
 _TAIL_BYTES: Final = 1 << 16
-
-#: How each event kind reads in the feed; unknown kinds print their raw fields.
-_TEMPLATES: Final = {
-    "rig_added": "rig {rig} added ({repo}, branch {default_branch}, prefix {prefix})",
-    "rig_removed": "rig {rig} removed",
-    "bead_created": "bead {bead} created: {title}",
-    "bead_status_changed": "bead {bead} {old} -> {new}{because}",
-    "sling_queued": "sling #{sling} queued: {bead} -> {rig}",
-    "sling_failed": "sling #{sling} of {bead} to {rig} failed: {error}",
-    "sling_cancelled": "sling #{sling} of {bead} to {rig} cancelled: {reason}",
-    "bead_updated": "bead {bead} updated ({fields})",
-    "polecat_spawning": "polecat {rig}/{polecat} spawning for {bead} on {branch} ({agent})",
-    "polecat_working": "polecat {rig}/{polecat} working on {bead}",
-    "polecat_done": "polecat {rig}/{polecat} done ({bead})",
-    "polecat_stalled": "polecat {rig}/{polecat} stalled",
-    "polecat_escalated": "polecat {rig}/{polecat} ESCALATED: {reason}",
-    "polecat_rejected": "polecat {rig}/{polecat} rejected: {reason}",
-    "polecat_merging": "polecat {rig}/{polecat} merging",
-    "polecat_nuked": "polecat {rig}/{polecat} nuked",
-    "mr_created": "merge request {mr} queued: {branch} ({bead}){done_by_text}",
-    "mr_cancelled": "merge request {mr} cancelled: {reason}",
-    "mr_started": "merge request {mr} started ({bead})",
-    "mr_merged": "merge request {mr} MERGED as {short_commit} ({bead})",
-    "mr_rejected": "merge request {mr} REJECTED: {reason} ({bead})",
-    "mr_requeued": "merge request {mr} queued again: {reason}",
-    "polecat_noted": "polecat {rig}/{polecat}: {reason}",
-    "agent_turn_ended": "{rig}/{polecat} turn {turn} ended: {short_in} in, {short_out} out"
-                        "{cost_text}",
-    "polecat_nudged": "{rig}/{polecat} nudged{by_text}: {first_line}",
-    "doctor_fixed": "doctor fixed {rig}: {detail}",
-    "mq_paused": "merge queue of {rig} PAUSED: {reason}",
-    "mq_resumed": "merge queue of {rig} running again",
-    "mq_resume_requested": "merge queue of {rig}: resume requested",
-    "push_refused": "{rig}: {count} merged commit(s) kept in the refinery's clone, not on "
-                    "the remote: {reason}",
-    "push_caught_up": "{rig}: the remote has every merged commit again (at {short_head})",
-    "crew_updated": "crew {rig}/{crew}: {detail}",
-    "store_created": "an empty store was created at {path}",
-    "store_adopted": "{path} was adopted as the town's store",
-    "role_started": "{role} started (pid {pid})",
-    "role_ready": "{role} ready (pid {pid})",
-    "role_exited": "{role} exited ({exit}), restarts so far {restarts}",
-    "role_restarting": "{role} restarting in {delay}s",
-    "role_failed": "{role} FAILED: {reason}",
-    "role_stopped": "{role} stopped",
-    "supervisor_started": "supervisor started (pid {pid})",
-    "town_reloaded": "configuration reloaded ({reason}); restarted: {restarted}",
-    "reload_refused": "configuration reload REFUSED ({reason}): {error}",
-    "supervisor_stopping": "supervisor stopping ({reason})",
-}
-
-
-def describe_exit(code: int | None) -> str:
-    """``0`` -> ``exit 0``, ``-9`` -> ``killed by SIGKILL``, None -> ``did not start``."""
-    import signal
-
-    if code is None:
-        return "did not start"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
 
 
 class EventLog:
@@ -148,49 +87,6 @@ def read_feed(path: Path, outbox: Iterable[dict[str, Any]] = ()) -> Iterator[dic
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """One readable line: ``HH:MM:SS  kind  text``."""
+    """One readable line: ``YYYY-MM-DD HH:MM:SS  text`` (the text: :mod:`event_text`)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event.get("ts", 0)))
-    fields = {k: _text(v) for k, v in event.items()}
-    if "last_exit" in fields:
-        fields["exit"] = describe_exit(fields["last_exit"])
-    fields["because"] = f" ({fields['reason']})" if fields.get("reason") else ""
-    fields["short_commit"] = str(fields.get("commit", ""))[:10]
-    fields["short_head"] = str(fields.get("head", ""))[:10]
-    if event.get("kind") in ("agent_turn_ended", "polecat_nudged", "mr_created"):
-        _agent_fields(event, fields)
-    template = _TEMPLATES.get(event.get("kind", ""))
-    if template is not None:
-        try:
-            return f"{stamp}  {template.format_map(_Missing(fields))}"
-        except (ValueError, IndexError):
-            pass
-    extra = " ".join(f"{k}={_text(v)}" for k, v in event.items()
-                     if k not in ("seq", "ts", "kind"))
-    return f"{stamp}  {event.get('kind')} {extra}".rstrip()
-
-
-def _agent_fields(event: dict[str, Any], fields: dict[str, Any]) -> None:
-    """Fields of the agents' events: short token counts, the cost, who nudged or recorded."""
-    from ..roles.adapters.agent_usage import dollars, short_count
-
-    for key, short in (("tokens_in", "short_in"), ("tokens_out", "short_out")):
-        value = event.get(key)
-        fields[short] = short_count(value) if isinstance(value, int) else "?"
-    cost = event.get("cost_usd")
-    fields["cost_text"] = f", {dollars(cost)}" if isinstance(cost, int | float) and cost > 0 \
-        else ""
-    fields["by_text"] = f" by {event['by']}" if event.get("by") else ""
-    fields["first_line"] = (str(event.get("text") or "").strip().splitlines() or [""])[0]
-    fields["done_by_text"] = " (by witness)" if event.get("done_by") == "witness" else ""
-
-
-def _text(value: Any) -> Any:
-    """Lists read as the CLI prints them: ``a, b`` (``nothing`` when empty)."""
-    if isinstance(value, list | tuple):
-        return ", ".join(str(v) for v in value) if value else "nothing"
-    return value
-
-
-class _Missing(dict[str, Any]):
-    def __missing__(self, key: str) -> str:
-        return "?"
+    return f"{stamp}  {describe_fields(event)}"

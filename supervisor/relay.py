@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -21,6 +21,7 @@ from ..roles.adapters import log
 from ..roles.adapters.async_store import AsyncStore
 from ..roles.adapters.outbox_wake import WakeSocket
 from ..roles.core.errors import StoreError
+from ..roles.core.events import DomainEvent
 from .feed import EventLog
 
 if TYPE_CHECKING:
@@ -49,13 +50,13 @@ class OutboxRelay:
         """The store has new events: drain them soon."""
         self._poked.set()
 
-    async def emit(self, kind: str, **data: Any) -> None:
-        """Record the supervisor's own event ``kind`` in the store, then drain it."""
+    async def emit(self, event: DomainEvent) -> None:
+        """Record the supervisor's own ``event`` in the store, then drain it."""
         with trio.CancelScope(shield=True):
             try:
-                await self.store.call(self.store.store.emit, kind, **data)
+                await self.store.call(self.store.store.emit, event)
             except StoreError as exc:
-                self._log.error("store_unwritable", event_kind=kind, error=exc.message)
+                self._log.error("store_unwritable", event_kind=event.kind, error=exc.message)
                 return
         self.poke()
 

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 import trio
@@ -33,6 +34,14 @@ from ..roles.adapters.town import Town
 from ..roles.adapters.town_lock import ROLE_LOCKED_EXIT, role_lock_holder
 from ..roles.core.config import TownConfig
 from ..roles.core.errors import StoreError
+from ..roles.core.events import (
+    RoleChanged,
+    RoleExited,
+    RoleFailed,
+    RoleRestartScheduled,
+    RoleStarted,
+    RoleStopped,
+)
 from .feed import describe_exit
 from .restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
 
@@ -164,7 +173,7 @@ class Spawner:
                         runner.reason = f"could not start: {exc}"
                     else:
                         runner.pid, runner.started_at = proc.pid, time.time()
-                        await self.record(runner, "role_started")
+                        await self.record(runner, RoleStarted)
                         code = await proc.wait()
                         proc = None
                         runner.history = runner.history.record_exit(self.policy,
@@ -182,15 +191,16 @@ class Spawner:
                         last = (runner.reason if code == ROLE_LOCKED_EXIT and runner.reason
                                 else describe_exit(code))
                         runner.state, runner.reason = "failed", f"{decision.reason}; last {last}"
-                        await self.record(runner, "role_failed")
+                        await self.record(runner, RoleFailed)
                         runner.first_outcome.set()
                         if runner.critical:
                             self._give_up(runner)
                         return
                     runner.state = "backoff"
-                    await self.record(runner, "role_exited")
+                    await self.record(runner, RoleExited)
                     runner.restarts += 1
-                    await self.record(runner, "role_restarting", delay=round(decision.delay, 3))
+                    await self.record(runner, partial(RoleRestartScheduled,
+                                                      delay=round(decision.delay, 3)))
                     await trio.sleep(decision.delay)
             finally:
                 with trio.CancelScope(shield=True):
@@ -201,7 +211,7 @@ class Spawner:
                     runner.token = None
                     if runner.state != "failed":
                         runner.state = "stopped"
-                        await self.record(runner, "role_stopped")
+                        await self.record(runner, RoleStopped)
                     runner.first_outcome.set()
                     runner.done.set()
 
@@ -210,21 +220,27 @@ class Spawner:
         who = f"pid {holder}" if holder is not None else "a process that has exited since"
         return f"could not start: another instance ({who}) held the role's lock"
 
-    async def record(self, runner: RoleRunner, event: str, **data: Any) -> None:
-        """Log ``event`` of ``runner`` and record the role's new state in the store."""
-        self._log.info(event, role_name=runner.name, pid=runner.pid, restarts=runner.restarts,
-                       last_exit=runner.last_exit, reason=runner.reason, **data)
+    async def record(self, runner: RoleRunner, event: Callable[..., RoleChanged]) -> None:
+        """Log the role event ``event`` of ``runner`` (a :data:`RoleChanged` class, or a
+        partial of one with its own fields: the back-off's delay) and record the role's new
+        state with it in the store."""
+        made = event(role=runner.name, state=runner.state, pid=runner.pid,
+                     restarts=runner.restarts, last_exit=runner.last_exit, reason=runner.reason)
+        extra = {"delay": made.delay} if isinstance(made, RoleRestartScheduled) else {}
+        self._log.info(made.kind, role_name=runner.name, pid=runner.pid,
+                       restarts=runner.restarts, last_exit=runner.last_exit,
+                       reason=runner.reason, **extra)
         try:
             await self.store.call(self.store.store.record_role, runner.name,
                                   state=runner.state, pid=runner.pid,
                                   started_at=runner.started_at, restarts=runner.restarts,
                                   last_exit=runner.last_exit, reason=runner.reason,
-                                  event=event, **data)
+                                  event=made)
         except StoreError as exc:
             # The store is gone or unwritable (deleted, disk full): supervising the roles
             # (and stopping them) must go on regardless; the log line says why the store
             # missed this change.
-            self._log.error("store_unwritable", role_name=runner.name, event_kind=event,
+            self._log.error("store_unwritable", role_name=runner.name, event_kind=made.kind,
                             error=exc.message)
             return
         self._poke()

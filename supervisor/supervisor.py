@@ -43,6 +43,13 @@ from ..roles.adapters.store import Store
 from ..roles.adapters.town import Town
 from ..roles.core.config import RigConfig
 from ..roles.core.errors import GastownError
+from ..roles.core.events import (
+    ReloadRefused,
+    RoleReady,
+    SupervisorStarted,
+    SupervisorStopRequested,
+    TownReloaded,
+)
 from ..roles.role_context import bus_path
 from . import __version__
 from .bus.requests import Ready, Reply, Request, typed_handler
@@ -112,8 +119,7 @@ class Supervisor:
                 interval = watchdog_interval(os.environ, os.getpid())
                 if interval is not None:
                     nursery.start_soon(watchdog, bus_path(self.town), self.roles, interval)
-                await self._relay.emit("supervisor_started", pid=os.getpid(),
-                                       version=__version__)
+                await self._relay.emit(SupervisorStarted(pid=os.getpid(), version=__version__))
                 await self._reconcile_roles()
                 nursery.start_soon(self._report_ready, on_ready)
                 await self._stop_requested.wait()
@@ -149,8 +155,7 @@ class Supervisor:
             self._stop_reason = reason
             self._stop_requested.set()
             assert self._nursery is not None
-            self._nursery.start_soon(partial(self._relay.emit, "supervisor_stopping",
-                                             reason=reason))
+            self._nursery.start_soon(self._relay.emit, SupervisorStopRequested(reason=reason))
 
     def _give_up(self, runner: RoleRunner) -> None:
         self.request_stop(f"critical role {runner.name} failed", exit_code=1)
@@ -187,7 +192,7 @@ class Supervisor:
                     read_rig_config, self.town.rig_config_path(rig)) for rig in rigs}
             except GastownError as exc:
                 self._log.error("reload_refused", reason=reason, error=exc.message)
-                await self._relay.emit("reload_refused", reason=reason, error=exc.message)
+                await self._relay.emit(ReloadRefused(reason=reason, error=exc.message))
                 notify("READY=1", f"STATUS={await self._status.line()}")
                 return {"ok": False, "error": exc.message}
             old_rigs = {rig: self.rig_configs.get(rig, new_rigs[rig]) for rig in rigs}
@@ -205,7 +210,7 @@ class Supervisor:
                 assert self._nursery is not None
                 self._nursery.start_soon(self.spawner.run, fresh)
             self._log.info("town_reloaded", reason=reason, restarted=restart)
-            await self._relay.emit("town_reloaded", reason=reason, restarted=restart)
+            await self._relay.emit(TownReloaded(reason=reason, restarted=tuple(restart)))
             notify("READY=1", f"STATUS={await self._status.line()}")
             return {"ok": True, "restarted": restart}
 
@@ -290,7 +295,7 @@ class Supervisor:
                                    "this supervisor")
             runner.state = "running"
             runner.reason = None
-            await self.spawner.record(runner, "role_ready")
+            await self.spawner.record(runner, RoleReady)
             runner.first_outcome.set()
             return {"ok": True}
         if request.method == "status":

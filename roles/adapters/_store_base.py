@@ -21,7 +21,6 @@ import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import (
@@ -31,6 +30,7 @@ from ..core.errors import (
     StoreMissing,
     StoreReplaced,
 )
+from ..core.events import UNSET, BeadStatusChanged, DomainEvent, Unset, to_row
 from ._store_records import Event, event_of
 from ._store_schema import MIGRATIONS
 from .outbox_wake import send_wake, wake_path
@@ -308,16 +308,18 @@ class StoreBase:
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
 
-    def _emit(self, conn: sqlite3.Connection, kind: str, *, rig: str | None = None,
-              polecat: str | None = None, bead: str | None = None,
-              **data: Any) -> None:
+    def _emit(self, conn: sqlite3.Connection, event: DomainEvent) -> None:
+        """Record ``event`` in the transaction ``conn`` (the outbox the feed is copied from)."""
         self._emitted = True
+        row = to_row(event)
         conn.execute(
             "INSERT INTO events (ts, kind, rig, polecat, bead, data) VALUES (?, ?, ?, ?, ?, ?)",
-            (time.time(), kind, rig, polecat, bead, json.dumps(data, sort_keys=True)))
+            (time.time(), row.kind, row.rig, row.polecat, row.bead,
+             json.dumps(row.data, sort_keys=True)))
 
     def _set_bead(self, conn: sqlite3.Connection, bead_id: str, status: str,
-                  reason: str | None, **data: Any) -> None:
+                  reason: str | None, *, polecat: str | None = None,
+                  crew: str | Unset = UNSET) -> None:
         old = conn.execute("SELECT status, rig FROM beads WHERE id = ?", (bead_id,)).fetchone()
         if old is None or (old["status"] == "closed" and status != "closed"):
             return  # a closed bead's work landed: nothing reopens it
@@ -325,14 +327,14 @@ class StoreBase:
             return
         conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
                      (status, reason, time.time(), bead_id))
-        self._emit(conn, "bead_status_changed", rig=old["rig"], bead=bead_id,
-                   old=old["status"], new=status, reason=reason, **data)
+        self._emit(conn, BeadStatusChanged(rig=old["rig"], bead=bead_id, polecat=polecat,
+                                           old=old["status"], new=status, reason=reason,
+                                           crew=crew))
 
-    def emit(self, kind: str, *, rig: str | None = None, polecat: str | None = None,
-             bead: str | None = None, **data: Any) -> None:
+    def emit(self, event: DomainEvent) -> None:
         """Record a domain event that changes no other table (e.g. a role restart)."""
         with self.transaction() as conn:
-            self._emit(conn, kind, rig=rig, polecat=polecat, bead=bead, **data)
+            self._emit(conn, event)
 
     def recent_events(self, kinds: Sequence[str], limit: int = 5) -> list[Event]:
         """The newest ``limit`` events of these kinds, newest first."""

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..core.errors import NotFound, Refused
+from ..core.events import BeadCreated, MrCreated, MrMerged, MrRejected, MrRequeued, MrStarted
 from ..core.lifecycle import Event as PolecatEvent
 from ..core.lifecycle import (
     MergeStarted,
@@ -51,8 +52,8 @@ class MergeLedger(PolecatLedger):
                     "VALUES (?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
                     (mr_id, rig, row["bead"], name, row["branch"], row["priority"] or 2,
                      head, base, now, now, done_by, row["incarnation"]))
-                self._emit(conn, "mr_created", rig=rig, polecat=name, bead=row["bead"],
-                           mr=mr_id, branch=row["branch"], head=head, done_by=done_by)
+                self._emit(conn, MrCreated(rig=rig, polecat=name, bead=row["bead"], mr=mr_id,
+                                           branch=row["branch"], head=head, done_by=done_by))
         return self.merge_request(mr_id) if mr_id else None
 
     def cancel_merge_requests(self, rig: str, polecat: str, *, reason: str) -> None:
@@ -85,8 +86,8 @@ class MergeLedger(PolecatLedger):
                     continue
                 conn.execute("UPDATE merge_requests SET state = 'running', step = 'queued', "
                              "updated_at = ? WHERE id = ?", (time.time(), mr_id))
-                self._emit(conn, "mr_started", rig=row["rig"], polecat=row["polecat"],
-                           bead=row["bead"], mr=mr_id)
+                self._emit(conn, MrStarted(rig=row["rig"], polecat=row["polecat"],
+                                           bead=row["bead"], mr=mr_id))
                 if row["kind"] == "polecat":  # a crew MR names a workspace, not a polecat
                     self._polecat_event_if_present(conn, row["rig"], row["polecat"],
                                                    MergeStarted())
@@ -128,9 +129,9 @@ class MergeLedger(PolecatLedger):
                          (commit, time.time(), mr_id))
             self._set_bead(conn, row["bead"], "closed", f"merged in {mr_id}",
                            polecat=row["polecat"])
-            self._emit(conn, "mr_merged", rig=row["rig"], polecat=row["polecat"],
-                       bead=row["bead"], mr=mr_id, commit=commit, branch=row["branch"],
-                       mr_kind=row["kind"])
+            self._emit(conn, MrMerged(rig=row["rig"], polecat=row["polecat"],
+                                      bead=row["bead"], mr=mr_id, commit=commit,
+                                      branch=row["branch"], mr_kind=row["kind"]))
 
     def merge_rejected(self, mr_id: str, reason: str, *, tail: str = "") -> None:
         """The MR will not land: rejected with ``reason``; its polecat and bead are told."""
@@ -141,8 +142,9 @@ class MergeLedger(PolecatLedger):
             conn.execute("UPDATE merge_requests SET state = 'rejected', step = NULL, "
                          "gate = NULL, reason = ?, tail = ?, updated_at = ? WHERE id = ?",
                          (reason, tail[-4000:] or None, time.time(), mr_id))
-            self._emit(conn, "mr_rejected", rig=row["rig"], polecat=row["polecat"],
-                       bead=row["bead"], mr=mr_id, reason=reason, tail=tail[-2000:])
+            self._emit(conn, MrRejected(rig=row["rig"], polecat=row["polecat"],
+                                        bead=row["bead"], mr=mr_id, reason=reason,
+                                        tail=tail[-2000:]))
             polecat = None
             if row["kind"] == "polecat":  # a crew MR names a workspace, not a polecat
                 self._polecat_event_if_present(conn, row["rig"], row["polecat"],
@@ -160,8 +162,8 @@ class MergeLedger(PolecatLedger):
                 return
             conn.execute("UPDATE merge_requests SET state = 'queued', step = NULL, gate = NULL,"
                          " candidate = NULL, updated_at = ? WHERE id = ?", (time.time(), mr_id))
-            self._emit(conn, "mr_requeued", rig=row["rig"], polecat=row["polecat"],
-                       bead=row["bead"], mr=mr_id, reason=reason)
+            self._emit(conn, MrRequeued(rig=row["rig"], polecat=row["polecat"],
+                                        bead=row["bead"], mr=mr_id, reason=reason))
 
     def merge_requests(self, rig: str | None = None) -> list[MergeRequest]:
         sql, params = "SELECT * FROM merge_requests", []
@@ -197,7 +199,7 @@ class MergeLedger(PolecatLedger):
                 conn.execute("INSERT INTO beads (id, rig, title, description, priority, status, "
                              "created_at, updated_at) VALUES (?, ?, ?, '', 2, 'open', ?, ?)",
                              (bead, rig, title, now, now))
-                self._emit(conn, "bead_created", rig=rig, bead=bead, title=title, priority=2)
+                self._emit(conn, BeadCreated(rig=rig, bead=bead, title=title, priority=2))
             row = conn.execute("SELECT * FROM beads WHERE id = ?", (bead,)).fetchone()
             if row is None:
                 raise NotFound(f"no bead {bead!r}")
@@ -210,6 +212,6 @@ class MergeLedger(PolecatLedger):
                 "(?, ?, ?, ?, ?, 'queued', ?, ?, ?, 'crew', ?, ?)",
                 (mr_id, rig, bead, crew, branch, row["priority"], head, base, now, now))
             self._set_bead(conn, bead, "in_review", None, crew=crew)
-            self._emit(conn, "mr_created", rig=rig, polecat=crew, bead=bead, mr=mr_id,
-                       branch=branch, head=head, mr_kind="crew")
+            self._emit(conn, MrCreated(rig=rig, polecat=crew, bead=bead, mr=mr_id,
+                                       branch=branch, head=head, mr_kind="crew"))
         return self.merge_request(mr_id)

@@ -14,6 +14,18 @@ from collections.abc import Mapping, Sequence, Set
 from typing import Any
 
 from ..core.errors import NotFound, Refused
+from ..core.events import (
+    POLECAT_MOVES,
+    AgentTurnEnded,
+    AgentUsageSettled,
+    BeadStatusChanged,
+    MrCancelled,
+    PolecatNoted,
+    PolecatNudged,
+    PolecatSpawnStarted,
+    SlingFailed,
+    SlingQueued,
+)
 from ..core.lifecycle import (
     ACTIVE_STATES,
     SetBead,
@@ -70,8 +82,8 @@ class PolecatLedger(StoreBase):
                 "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (bead_id, rig, agent, int(force), note, now, now))
             sling_id = cur.lastrowid
-            self._emit(conn, "sling_queued", rig=rig, bead=bead_id, sling=sling_id,
-                       agent=agent, force=force)
+            self._emit(conn, SlingQueued(rig=rig, bead=bead_id, sling=sling_id, agent=agent,
+                                         force=force))
         return self.sling(int(sling_id or 0))
 
     def sling(self, sling_id: int) -> Sling:
@@ -92,8 +104,8 @@ class PolecatLedger(StoreBase):
                 return
             conn.execute("UPDATE slings SET state = 'queued', polecat = NULL, updated_at = ? "
                          "WHERE id = ?", (time.time(), sling_id))
-            self._emit(conn, "sling_queued", rig=row["rig"], bead=row["bead"], sling=sling_id,
-                       requeued=True)
+            self._emit(conn, SlingQueued(rig=row["rig"], bead=row["bead"], sling=sling_id,
+                                         requeued=True))
 
     def fail_sling(self, sling_id: int, error: str) -> None:
         """Mark the sling ``failed`` (gone from the queue); idempotent: one event."""
@@ -104,8 +116,8 @@ class PolecatLedger(StoreBase):
             conn.execute("UPDATE slings SET state = 'failed', error = ?, updated_at = ? "
                          "WHERE id = ?", (error, time.time(), sling_id))
             if row is not None:
-                self._emit(conn, "sling_failed", rig=row["rig"], bead=row["bead"],
-                           sling=sling_id, error=error)
+                self._emit(conn, SlingFailed(rig=row["rig"], bead=row["bead"],
+                                             sling=sling_id, error=error))
 
     def reserve_polecat(self, sling_id: int, *, pool: Sequence[str], branch_template: str,
                         polecats_dir: str, agent: str, rig_cap: int, town_cap: int,
@@ -150,11 +162,12 @@ class PolecatLedger(StoreBase):
                          "WHERE id = ?", (name, now, sling_id))
             conn.execute("UPDATE beads SET status = 'hooked', reason = NULL, updated_at = ? "
                          "WHERE id = ?", (now, sling["bead"]))
-            self._emit(conn, "bead_status_changed", rig=sling["rig"], bead=sling["bead"],
-                       polecat=name, old=bead["status"], new="hooked", reason=None)
-            self._emit(conn, "polecat_spawning", rig=sling["rig"], polecat=name,
-                       bead=sling["bead"], branch=branch, agent=agent, sling=sling_id,
-                       incarnation=incarnation)
+            self._emit(conn, BeadStatusChanged(rig=sling["rig"], bead=sling["bead"],
+                                               polecat=name, old=bead["status"], new="hooked",
+                                               reason=None))
+            self._emit(conn, PolecatSpawnStarted(rig=sling["rig"], polecat=name,
+                                                 bead=sling["bead"], branch=branch, agent=agent,
+                                                 sling=sling_id, incarnation=incarnation))
         return self.polecat(sling["rig"], name)
 
     def polecat(self, rig: str, name: str) -> Polecat:
@@ -182,8 +195,8 @@ class PolecatLedger(StoreBase):
                 return
             conn.execute("UPDATE polecats SET reason = ?, updated_at = ? WHERE rig = ? AND "
                          "name = ?", (reason, time.time(), rig, name))
-            self._emit(conn, "polecat_noted", rig=rig, polecat=name, bead=row["bead"],
-                       reason=reason)
+            self._emit(conn, PolecatNoted(rig=rig, polecat=name, bead=row["bead"],
+                                          reason=reason))
 
     def set_polecat_session(self, rig: str, name: str, session: Mapping[str, Any] | None,
                             *, respawned: bool = False) -> None:
@@ -223,12 +236,14 @@ class PolecatLedger(StoreBase):
                              "WHERE id = ?", (tokens_in, tokens_out, cost_usd, row["bead"]))
             after = polecat_of(conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
                                             (rig, name)).fetchone())
-            kind = "agent_turn_ended" if ended_turn else "agent_usage_settled"
-            self._emit(conn, kind, rig=rig, polecat=name, bead=row["bead"],
-                       turn=after.turns, tokens_in=tokens_in, tokens_out=tokens_out,
-                       cost_usd=cost_usd, agent_session=after.agent_session,
-                       total_tokens_in=after.tokens_in, total_tokens_out=after.tokens_out,
-                       total_cost_usd=after.cost_usd)
+            usage: type[AgentTurnEnded | AgentUsageSettled] = \
+                AgentTurnEnded if ended_turn else AgentUsageSettled
+            self._emit(conn, usage(rig=rig, polecat=name, bead=row["bead"], turn=after.turns,
+                                   tokens_in=tokens_in, tokens_out=tokens_out,
+                                   cost_usd=cost_usd, agent_session=after.agent_session,
+                                   total_tokens_in=after.tokens_in,
+                                   total_tokens_out=after.tokens_out,
+                                   total_cost_usd=after.cost_usd))
         return after
 
     def usage_totals(self) -> dict[str, float]:
@@ -298,8 +313,8 @@ class PolecatLedger(StoreBase):
         for effect in result.effects:
             if isinstance(effect, SetBead) and row["bead"]:
                 self._set_bead(conn, row["bead"], effect.status, effect.reason, polecat=name)
-        self._emit(conn, f"polecat_{result.state}", rig=rig, polecat=name, bead=row["bead"],
-                   old=row["state"], reason=reason, **data)
+        self._emit(conn, POLECAT_MOVES[result.state](rig=rig, polecat=name, bead=row["bead"],
+                                                     old=row["state"], reason=reason, **data))
         return result
 
     @staticmethod
@@ -334,8 +349,8 @@ class PolecatLedger(StoreBase):
             nudges = row["nudges"] + (1 if by == "witness" else 0)
             conn.execute("UPDATE polecats SET nudges = ?, updated_at = ? WHERE rig = ? "
                          "AND name = ?", (nudges, time.time(), rig, name))
-            self._emit(conn, "polecat_nudged", rig=rig, polecat=name, bead=row["bead"],
-                       text=text, by=by, nudges=nudges)
+            self._emit(conn, PolecatNudged(rig=rig, polecat=name, bead=row["bead"], text=text,
+                                           by=by, nudges=nudges))
         return int(nudges)
 
     def _cancel_merge_requests(self, conn: sqlite3.Connection, rig: str, polecat: str,
@@ -346,5 +361,5 @@ class PolecatLedger(StoreBase):
         for row in rows:
             conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
                          "updated_at = ? WHERE id = ?", (reason, time.time(), row["id"]))
-            self._emit(conn, "mr_cancelled", rig=rig, polecat=polecat, mr=row["id"],
-                       reason=reason)
+            self._emit(conn, MrCancelled(rig=rig, polecat=polecat, bead=None, mr=row["id"],
+                                         reason=reason))

@@ -10,6 +10,22 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..core.errors import GastownError, NotFound, Refused
+from ..core.events import (
+    UNSET,
+    BeadCreated,
+    BeadStatusChanged,
+    BeadUpdated,
+    MqPaused,
+    MqResumed,
+    MrCancelled,
+    PolecatEscalated,
+    PushCaughtUp,
+    PushRefused,
+    RigAdded,
+    RigRemoved,
+    RoleChanged,
+    SlingCancelled,
+)
 from ..core.names import bead_id
 from ._store_base import StoreBase
 from ._store_records import (
@@ -76,15 +92,15 @@ class TownLedger(StoreBase):
                 "INSERT INTO rigs (name, prefix, repo, default_branch, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
                 (rig.name, rig.prefix, rig.repo, rig.default_branch, rig.created_at))
-            self._emit(conn, "rig_added", rig=rig.name, prefix=rig.prefix, repo=rig.repo,
-                       default_branch=rig.default_branch)
+            self._emit(conn, RigAdded(rig=rig.name, prefix=rig.prefix, repo=rig.repo,
+                                      default_branch=rig.default_branch))
 
     def remove_rig(self, name: str) -> None:
         with self.transaction() as conn:
             if conn.execute("DELETE FROM rigs WHERE name = ?", (name,)).rowcount == 0:
                 raise NotFound(f"no rig named {name!r} in this town")
             conn.execute("DELETE FROM polecats WHERE rig = ?", (name,))
-            self._emit(conn, "rig_removed", rig=name)
+            self._emit(conn, RigRemoved(rig=name))
 
     def set_mq_paused(self, name: str, reason: str | None) -> bool:
         """Stop the rig's merge queue for ``reason``, or resume it (None); True if it changed.
@@ -99,9 +115,9 @@ class TownLedger(StoreBase):
                 return False
             conn.execute("UPDATE rigs SET mq_paused = ? WHERE name = ?", (reason, name))
             if reason is None:
-                self._emit(conn, "mq_resumed", rig=name, was=row["mq_paused"])
+                self._emit(conn, MqResumed(rig=name, was=row["mq_paused"]))
             else:
-                self._emit(conn, "mq_paused", rig=name, reason=reason)
+                self._emit(conn, MqPaused(rig=name, reason=reason))
             return True
 
     def record_unpushed(self, name: str, *, landed_head: str, remote_head: str | None,
@@ -120,8 +136,8 @@ class TownLedger(StoreBase):
                 return
             conn.execute("UPDATE rigs SET landed_head = ?, remote_head = ?, push_error = ? "
                          "WHERE name = ?", (landed_head, remote_head, error, name))
-            self._emit(conn, "push_refused", rig=name, landed_head=landed_head,
-                       remote_head=remote_head, reason=error, count=count)
+            self._emit(conn, PushRefused(rig=name, landed_head=landed_head,
+                                         remote_head=remote_head, reason=error, count=count))
 
     def record_pushed(self, name: str, head: str) -> None:
         """The remote's branch has everything that landed (``head``): forget the backlog.
@@ -135,8 +151,7 @@ class TownLedger(StoreBase):
                 return
             conn.execute("UPDATE rigs SET landed_head = NULL, remote_head = NULL, "
                          "push_error = NULL WHERE name = ?", (name,))
-            self._emit(conn, "push_caught_up", rig=name, head=head,
-                       was=row["push_error"])
+            self._emit(conn, PushCaughtUp(rig=name, head=head, was=row["push_error"]))
 
     def live_polecats(self, rig: str) -> list[str]:
         """Names of the rig's polecats (a nuked polecat's row is deleted with it)."""
@@ -160,8 +175,8 @@ class TownLedger(StoreBase):
                         "INSERT INTO beads (id, rig, title, description, priority, status, "
                         "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'open', ?, ?)",
                         (candidate, rig, title, description, priority, now, now))
-                    self._emit(conn, "bead_created", rig=rig, bead=candidate, title=title,
-                               priority=priority)
+                    self._emit(conn, BeadCreated(rig=rig, bead=candidate, title=title,
+                                                 priority=priority))
             except sqlite3.IntegrityError as exc:
                 if "beads.id" not in str(exc):
                     raise
@@ -201,8 +216,8 @@ class TownLedger(StoreBase):
                 raise NotFound(f"no bead {bead_id!r}")
             conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? WHERE id = ?",
                          (status, reason, time.time(), bead_id))
-            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
-                       old=row["status"], new=status, reason=reason)
+            self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
+                                               old=row["status"], new=status, reason=reason))
         return self.bead(bead_id)
 
     def update_bead(self, bead_id: str, *, title: str | None = None,
@@ -235,14 +250,16 @@ class TownLedger(StoreBase):
                 conn.execute("UPDATE merge_requests SET priority = ? WHERE bead = ? AND "
                              "state = 'queued'", (changes["priority"], bead_id))
             if changes:
-                self._emit(conn, "bead_updated", rig=row["rig"], bead=bead_id,
-                           fields=sorted(changes),
-                           **{k: v for k, v in changes.items() if k != "description"})
+                self._emit(conn, BeadUpdated(rig=row["rig"], bead=bead_id,
+                                             fields=tuple(sorted(changes)),
+                                             title=changes.get("title", UNSET),
+                                             priority=changes.get("priority", UNSET)))
             if status is not None and status != row["status"]:
                 conn.execute("UPDATE beads SET status = ?, reason = ?, updated_at = ? "
                              "WHERE id = ?", (status, "set by hand", now, bead_id))
-                self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
-                           old=row["status"], new=status, reason="set by hand")
+                self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
+                                                   old=row["status"], new=status,
+                                                   reason="set by hand"))
         return self.bead(bead_id)
 
     def close_bead(self, bead_id: str, *, reason: str | None = None,
@@ -285,25 +302,25 @@ class TownLedger(StoreBase):
             for sling in slings:
                 conn.execute("UPDATE slings SET state = 'cancelled', error = ?, updated_at = ? "
                              "WHERE id = ?", (note, now, sling["id"]))
-                self._emit(conn, "sling_cancelled", rig=sling["rig"], bead=bead_id,
-                           sling=sling["id"], reason=note)
+                self._emit(conn, SlingCancelled(rig=sling["rig"], bead=bead_id,
+                                                sling=sling["id"], reason=note))
             for mr in mrs:
                 conn.execute("UPDATE merge_requests SET state = 'cancelled', reason = ?, "
                              "updated_at = ? WHERE id = ?", (note, now, mr["id"]))
-                self._emit(conn, "mr_cancelled", rig=mr["rig"], polecat=mr["polecat"],
-                           bead=bead_id, mr=mr["id"], reason=note)
+                self._emit(conn, MrCancelled(rig=mr["rig"], polecat=mr["polecat"],
+                                             bead=bead_id, mr=mr["id"], reason=note))
             kept = f"{note}; worktree and branch kept"
             for polecat in live:
                 conn.execute("UPDATE polecats SET state = 'escalated', reason = ?, "
                              "updated_at = ? WHERE rig = ? AND name = ?",
                              (kept, now, polecat.rig, polecat.name))
-                self._emit(conn, "polecat_escalated", rig=polecat.rig, polecat=polecat.name,
-                           bead=bead_id, old=polecat.state, reason=kept)
+                self._emit(conn, PolecatEscalated(rig=polecat.rig, polecat=polecat.name,
+                                                  bead=bead_id, old=polecat.state, reason=kept))
             conn.execute("UPDATE beads SET status = 'closed', reason = ?, closed_commit = ?, "
                          "updated_at = ? WHERE id = ?", (reason, commit, now, bead_id))
-            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
-                       old=row["status"], new="closed", reason=reason, commit=commit,
-                       by_hand=True)
+            self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
+                                               old=row["status"], new="closed", reason=reason,
+                                               commit=commit, by_hand=True))
         return [p for p in live if p.state in ("working", "stalled")]
 
     def reopen_bead(self, bead_id: str, *, reason: str | None = None) -> Bead:
@@ -315,8 +332,8 @@ class TownLedger(StoreBase):
                 raise Refused(f"bead {bead_id} is {row['status']}, not closed or blocked")
             conn.execute("UPDATE beads SET status = 'open', reason = ?, closed_commit = NULL, "
                          "updated_at = ? WHERE id = ?", (reason, time.time(), bead_id))
-            self._emit(conn, "bead_status_changed", rig=row["rig"], bead=bead_id,
-                       old=row["status"], new="open", reason=reason)
+            self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
+                                               old=row["status"], new="open", reason=reason))
         return self.bead(bead_id)
 
     def bead_work(self, bead_id: str) -> BeadWork:
@@ -352,7 +369,7 @@ class TownLedger(StoreBase):
 
     def record_role(self, name: str, *, state: str, pid: int | None, started_at: float | None,
                     restarts: int, last_exit: int | None, reason: str | None = None,
-                    event: str | None = None, **data: Any) -> None:
+                    event: RoleChanged | None = None) -> None:
         """Upsert the role's row; when ``event`` is given, emit it in the same transaction."""
         with self.transaction() as conn:
             conn.execute(
@@ -363,9 +380,7 @@ class TownLedger(StoreBase):
                 " reason = excluded.reason, updated_at = excluded.updated_at",
                 (name, state, pid, started_at, restarts, last_exit, reason, time.time()))
             if event is not None:
-                rig = name.partition(":")[2] or None
-                self._emit(conn, event, rig=rig, role=name, state=state, pid=pid,
-                           restarts=restarts, last_exit=last_exit, reason=reason, **data)
+                self._emit(conn, event)
 
     def roles(self) -> list[RoleRecord]:
         rows = self._conn.execute("SELECT * FROM roles ORDER BY name").fetchall()

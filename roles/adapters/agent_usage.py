@@ -24,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+# How the CLI prints usage; defined with the feed's text, re-exported here.
+from ..core.event_text import dollars as dollars
+from ..core.event_text import short_count as short_count
+
 Kind = Literal["claude", "codex"]
 
 
@@ -273,16 +277,3 @@ def print_turn_completed(kind: str, log_text: str) -> bool:
         return ended
     return False
 
-
-def short_count(n: int) -> str:
-    """A token count for a narrow column: ``950``, ``1.2k``, ``12.3k``, ``4.5M``."""
-    if n < 1000:
-        return str(n)
-    if n < 999_950:  # above, it would round to "1000.0k"
-        return f"{n / 1000:.1f}k"
-    return f"{n / 1_000_000:.1f}M"
-
-
-def dollars(cost: float) -> str:
-    """A cost as people read it: ``$0.0040``, ``$12.35``."""
-    return f"${cost:.2f}" if cost >= 1 else f"${cost:.4f}"

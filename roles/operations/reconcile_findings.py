@@ -20,6 +20,7 @@ from ..adapters.log import get_logger
 from ..adapters.store import Store
 from ..adapters.town import Town
 from ..core.errors import GastownError, NotFound
+from ..core.events import DoctorFixed
 
 #: How long an orphan session's processes get between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 2.0
@@ -77,9 +78,9 @@ def record(ctx: Ctx, finding: Finding, *, polecat: str | None = None) -> Finding
     """Log ``finding``; a fixed one is also a ``doctor_fixed`` domain event (the feed)."""
     log = get_logger(rig=finding.rig, polecat=polecat)
     if finding.fixed:
-        ctx.store.emit("doctor_fixed", rig=finding.rig or None, polecat=polecat,
-                       check=finding.kind, subject=finding.subject, detail=finding.detail,
-                       action=finding.action)
+        ctx.store.emit(DoctorFixed(rig=finding.rig or None, polecat=polecat,
+                                   check=finding.kind, subject=finding.subject,
+                                   detail=finding.detail, action=finding.action))
         log.info("doctor_fixed", check=finding.kind, subject=finding.subject,
                  action=finding.action)
     else:

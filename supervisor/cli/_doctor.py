@@ -76,14 +76,15 @@ def _recover_store(town: Town, *, adopt: bool) -> None:
     from ...roles.adapters.store import open_store
     from ...roles.adapters.town_lock import read_supervisor
     from ...roles.core.errors import Refused
+    from ...roles.core.events import StoreAdopted, StoreCreated
 
     running = read_supervisor(town.runtime_dir)
     if running is not None:
         raise Refused(f"the town is up (supervisor pid {running.pid}) and its processes "
                       "still have the old store open: stop it with 'gastown down' first")
     with open_store(town.db_path, new_store=not adopt, adopt=adopt) as store:
-        kind = "store_adopted" if adopt else "store_created"
-        store.emit(kind, path=str(town.db_path))
-    get_logger().warning(kind, path=str(town.db_path))
+        event = (StoreAdopted if adopt else StoreCreated)(path=str(town.db_path))
+        store.emit(event)
+    get_logger().warning(event.kind, path=str(town.db_path))
     print(f"adopted {town.db_path} as the town's store" if adopt
           else f"created an empty store at {town.db_path}")

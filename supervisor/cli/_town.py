@@ -80,13 +80,14 @@ def cmd_rig_list(args: argparse.Namespace) -> int:
 def cmd_mq_resume(args: argparse.Namespace) -> int:
     """Ask the rig's refinery to look again: resume a paused queue, re-push unpushed work."""
     from ...roles.adapters.log import bound, get_logger
+    from ...roles.core.events import MqResumeRequested
     from ...roles.core.names import validate_name
 
     validate_name("rig", args.rig)
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.rig):
         rig = store.rig(args.rig)
-        store.emit("mq_resume_requested", rig=rig.name)
+        store.emit(MqResumeRequested(rig=rig.name))
         get_logger().info("mq_resume_requested")
     from ...roles.adapters.town_lock import read_supervisor
 

@@ -12,6 +12,7 @@ from gastown.roles.adapters.async_store import AsyncStore
 from gastown.roles.adapters.outbox_wake import WakeSocket, send_wake, wake_path
 from gastown.roles.adapters.store import open_store
 from gastown.roles.core.errors import NotFound
+from gastown.roles.core.events import BeadCreated
 from gastown.supervisor.feed import EventLog
 from gastown.supervisor.relay import OutboxRelay
 
@@ -36,7 +37,7 @@ def test_a_commit_with_events_wakes_and_one_without_does_not(town_dir: Path) -> 
                 store.polecat("web", "nobody")
             assert wake.drain() == 0
             with pytest.raises(RuntimeError), store.transaction() as conn:
-                store._emit(conn, "bead_created", bead="gt-x")
+                store._emit(conn, BeadCreated(rig=None, bead="gt-x", title="x", priority=2))
                 raise RuntimeError("rolled back")
             assert wake.drain() == 0  # rolled back: nothing committed, nothing to say
     finally:

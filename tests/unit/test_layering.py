@@ -55,6 +55,8 @@ PURE_MODULES = [
     "roles/core/lifecycle.py",
     "roles/core/merge_queue.py",
     "roles/core/turn_end.py",
+    "roles/core/events.py",
+    "roles/core/event_text.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
@@ -66,8 +68,9 @@ PURE_MODULES = [
 ALLOWED = {
     "__future__", "collections", "collections.abc", "dataclasses", "enum", "functools",
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
+    "signal",  # only its names of signal numbers (describe_exit): nothing is installed
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
-    "gastown.roles.core.lifecycle",
+    "gastown.roles.core.lifecycle", "gastown.roles.core.events",
     "gastown.supervisor.bus.errors",
     "gastown.supervisor.bus.protocol",
 }
