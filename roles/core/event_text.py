@@ -122,11 +122,12 @@ def describe(event: DomainEvent) -> str:
 
 
 def flat(row: Row) -> dict[str, object]:
-    """The feed's JSON shape of a row: ``kind``, the columns that are set, the data."""
+    """The feed's JSON shape of a row: ``kind``, the columns that are set, the data (its
+    keys sorted, as the store writes them)."""
     out: dict[str, object] = {"kind": row.kind}
     out.update({key: value for key, value in zip(COLUMNS, (row.rig, row.polecat, row.bead),
                                                  strict=True) if value is not None})
-    out.update(row.data)
+    out.update(sorted(row.data.items()))
     return out
 
 
