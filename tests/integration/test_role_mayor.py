@@ -1,0 +1,130 @@
+"""The mayor in the test's trio loop: real bus, store, git worktrees and agent sessions.
+
+It turns queued slings into polecats (worktree, branch, a running session with the
+polecat's environment), answers ``sling`` requests with the outcome, keeps slings
+beyond the rig's cap queued, and dispatches them when a slot frees (woken by
+``polecat_nuked``, never by a timer). Cancelled, it stops and loses no sling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gastown.roles.operations.nuking import nuke_polecat
+from gastown.roles.operations.polecat_sessions import session_alive
+from gastown.supervisor.bus.requests import Sling as SlingRequest
+from tests.conftest import git
+from tests.integration.roles_world import (
+    RIG,
+    Site,
+    as_mapping,
+    environ_of,
+    make_fifo,
+    make_site,
+    release,
+    remove_site,
+    running_world,
+    show,
+)
+from tests.integration.roles_world import site as site  # the fixture
+
+
+@pytest.fixture
+def capped_site(tmp_path: Path) -> Iterator[Site]:
+    """A rig that runs one polecat at a time."""
+    built = make_site(tmp_path, rig_toml="\n[polecats]\nmax = 1\n")
+    yield built
+    remove_site(built)
+
+
+async def test_a_sling_becomes_a_polecat_with_a_worktree_and_a_running_session(
+        site: Site, tmp_path: Path) -> None:
+    go = make_fifo(tmp_path / "go")
+    async with running_world(site) as world, world.role("mayor"):
+        bead = await world.bead("say hello", f"read line < {go}; echo hello > hello.txt")
+        sling = await world.queue_sling(bead)
+
+        reply = as_mapping(await world.client.call("mayor", SlingRequest(sling=sling.id)))
+
+        assert reply["state"] == "dispatched", reply
+        name = str(reply["polecat"])
+        worktree = Path(str(reply["worktree"]))
+        assert worktree == site.town.polecats_dir(RIG) / name
+        assert reply["branch"] == f"polecat/{name}"
+        # A real worktree of the rig's clone, on the polecat's branch, at main.
+        assert str(worktree) in git("worktree", "list", "--porcelain", cwd=site.clone)
+        assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=worktree).strip() == \
+            f"polecat/{name}"
+        assert git("rev-parse", "HEAD", cwd=worktree) == git("rev-parse", "main",
+                                                             cwd=site.clone)
+        polecat = await world.polecat(name)
+        assert (polecat.state, polecat.bead) == ("working", bead.id)
+        assert session_alive(polecat)
+        assert polecat.session is not None
+        env = environ_of(int(polecat.session["pid"]))
+        assert (env["GASTOWN_POLECAT"], env["GASTOWN_BEAD"], env["GASTOWN_BRANCH"]) == \
+            (name, bead.id, f"polecat/{name}")
+        assert env["GASTOWN_TOWN"] == str(site.root)
+        assert (await world.store.call(world.store.store.bead, bead.id)).status == "hooked"
+        assert (await world.store.call(world.store.store.sling, sling.id)).state == \
+            "dispatched"
+        await world.wait_event("polecat_working", polecat=name, bead=bead.id)
+
+        # The session is the agent's: let it work; it commits and runs `gastown done`.
+        await release(go)
+        created = await world.wait_event("mr_created", polecat=name)
+        assert show(site.clone, f"{created['head']}:hello.txt") == "hello\n"
+        assert world.bus.peers().count("mayor") == 1
+
+
+async def test_beyond_the_cap_a_sling_waits_and_is_dispatched_when_a_polecat_is_nuked(
+        capped_site: Site) -> None:
+    site = capped_site
+    async with running_world(site) as world:
+        async with world.role("mayor"):
+            one = await world.bead("one", "sleep 300")
+            first = as_mapping(await world.client.call(
+                "mayor", SlingRequest(sling=(await world.queue_sling(one)).id)))
+            assert first["state"] == "dispatched", first
+            two = await world.bead("two", "sleep 300")
+            queued = await world.queue_sling(two)
+
+            reply = as_mapping(await world.client.call("mayor",
+                                                       SlingRequest(sling=queued.id)))
+
+            assert reply == {"state": "queued", "position": 1}
+            assert (await world.store.call(world.store.store.sling, queued.id)).state == \
+                "queued"
+            assert not world.seen("polecat_spawning", bead=two.id)
+            assert [p.name for p in await world.store.call(world.store.store.polecats,
+                                                           RIG)] == [first["polecat"]]
+
+            # A slot frees: the mayor hears polecat_nuked and dispatches the waiting sling.
+            await world.store.operate(nuke_polecat, world.town, RIG, str(first["polecat"]),
+                                      force=True)
+            working = await world.wait_event("polecat_working", bead=two.id)
+            second = await world.polecat(str(working["polecat"]))
+            assert (second.state, second.bead) == ("working", two.id)
+            assert session_alive(second) and Path(second.worktree).is_dir()
+            # The name is free again, so it may be reused: a new incarnation all the same.
+            nuked = world.seen("polecat_nuked", polecat=first["polecat"])
+            assert nuked and nuked[0]["bead"] == one.id
+
+            # One more beyond the cap, then the mayor is cancelled while it waits.
+            three = await world.bead("three", "sleep 300")
+            later = await world.queue_sling(three)
+            reply = as_mapping(await world.client.call("mayor", SlingRequest(sling=later.id)))
+            assert reply["state"] == "queued"
+
+        # No mayor now: the slot frees, the sling stays queued, nothing is lost.
+        await world.store.operate(nuke_polecat, world.town, RIG, second.name, force=True)
+        await world.wait_event("polecat_nuked", polecat=second.name)
+        assert (await world.store.call(world.store.store.sling, later.id)).state == "queued"
+
+        # A new mayor dispatches what was queued while it was away, at start.
+        async with world.role("mayor"):
+            working = await world.wait_event("polecat_working", bead=three.id)
+            assert session_alive(await world.polecat(str(working["polecat"])))
