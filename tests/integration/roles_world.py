@@ -334,3 +334,30 @@ def environ_of(pid: int) -> dict[str, str]:
     raw = Path(f"/proc/{pid}/environ").read_bytes()
     pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
     return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+
+
+async def land(world: World, mr_id: str) -> str:
+    """What the refinery does for an MR, done by hand (no refinery runs): its commits put
+    on main in the rig's clone and pushed, the MR marked running then merged (so the
+    store announces ``mr_merged``). Returns main's new commit."""
+    mr = await world.merge_request(mr_id)
+    clone = world.site.clone
+
+    def on_main() -> str:
+        git("cherry-pick", f"{mr.base}..{mr.head}", cwd=clone)
+        git("push", "-q", "origin", "main", cwd=clone)
+        return git("rev-parse", "HEAD", cwd=clone).strip()
+
+    commit = await trio.to_thread.run_sync(on_main)
+    await world.store.call(world.store.store.start_merge_requests, [mr_id])
+    await world.store.call(world.store.store.merge_landed, mr_id, commit)
+    return commit
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
