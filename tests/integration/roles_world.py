@@ -161,9 +161,11 @@ class World:
         return [e for e in self.events
                 if e.get("kind") == kind and all(e.get(k) == v for k, v in match.items())]
 
-    async def wait_event(self, kind: str, *, timeout: float = EVENT_TIMEOUT,
+    async def wait_event(self, kind: str, *, timeout: float | None = None,
                          **match: object) -> dict[str, Any]:
-        """The first event of ``kind`` (seen already, or still to come) matching ``match``."""
+        """The first event of ``kind`` (seen already, or still to come) matching ``match``;
+        fails the test after ``timeout`` (default :data:`EVENT_TIMEOUT`) seconds."""
+        timeout = EVENT_TIMEOUT if timeout is None else timeout
         with trio.move_on_after(timeout):
             while True:
                 found = self.seen(kind, **match)
