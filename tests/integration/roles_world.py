@@ -26,7 +26,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -363,3 +363,14 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+async def until(check: Callable[[], bool], *, what: str,
+                timeout: float | None = None) -> None:
+    """Wait until ``check()`` (in-process state, cheap) holds; for what no event says."""
+    timeout = EVENT_TIMEOUT if timeout is None else timeout
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"not within {timeout}s: {what}")

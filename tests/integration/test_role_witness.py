@@ -28,6 +28,7 @@ from tests.integration.roles_world import (
     remove_site,
     running_world,
     show,
+    until,
 )
 from tests.integration.roles_world import site as site  # the fixture
 
@@ -39,15 +40,22 @@ def branches(site: Site) -> list[str]:
 
 
 async def test_the_witness_nukes_a_polecat_whose_merge_request_merged(site: Site) -> None:
-    async with running_world(site) as world, world.role(WITNESS):
+    async with running_world(site) as world:
         polecat = await world.spawn("add a feature", "echo feature > feature.txt")
         created = await world.wait_event("mr_created", polecat=polecat.name)
         assert Path(polecat.worktree).is_dir()
         assert polecat.branch in branches(site)
+        sleeper = await world.spawn("a long job", "sleep 300")
+        async with world.role(WITNESS) as witness:
+            assert isinstance(witness, Witness)
+            # Its first pass is over once it watches the working one; from then on only
+            # `mr_merged` can make it look at the done one again (no timer within 300 s).
+            await until(lambda: sleeper.name in witness.status()["watching"],
+                        what="the witness's first pass")
+            commit = await land(world, str(created["mr"]))
+            nuked = await world.wait_event("polecat_nuked", polecat=polecat.name)
+            assert witness.status()["watching"] == [sleeper.name]
 
-        commit = await land(world, str(created["mr"]))
-
-        nuked = await world.wait_event("polecat_nuked", polecat=polecat.name)
         assert nuked["old"] == "merging"
         assert not Path(polecat.worktree).exists()
         assert polecat.worktree not in git("worktree", "list", cwd=site.clone)
