@@ -6,9 +6,11 @@ Layering, top to bottom (imports only flow downward), one folder a layer:
   with the embedded ``script_agent`` program, these are the modules at the top;
 - ``operations/``: what the roles and the CLI do to the town (sling and nuke in
   ``polecats``, ``rigs``, ``crew``, ``gates``, ``reconcile``, the agent watch);
-- ``adapters/``: one kind of I/O each: ``store`` (SQLite), ``git``, ``sessions`` and
-  ``tmux_input`` (tmux), ``processes`` (process trees, ``/proc``), ``children`` (role
-  processes, lifelines), ``town_lock`` (the supervisor, role and start locks), ``log``;
+- ``adapters/``: one kind of I/O each: ``store`` (SQLite), ``git`` (over ``git_command``),
+  ``tmux`` (the only module that runs tmux; ``sessions`` and ``tmux_input`` above it),
+  ``processes`` (the only one that reads ``/proc`` and stops process trees), ``children``
+  (role processes, lifelines), ``town_lock`` and ``role_lock`` (the supervisor, start and
+  role locks, over ``flocks``), ``files``, ``log``;
 - ``core/``: pure decisions with no I/O: ``lifecycle``, ``merge_queue``, ``turn_end``,
   ``names``, ``config``, ``errors``, ``agent_screen``.
 Below ``roles`` is only the bus (``gastown.supervisor.bus``, where :class:`GastownError`
