@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from ..adapters.agents import (
     resolve_agent,
 )
 from ..adapters.faults import fault_point
-from ..adapters.processes import processes_with_env, terminate_process_group
+from ..adapters.processes import processes_with_env, stop_process
 from ..adapters.store import Polecat, Store
 from ..adapters.town import Town
 from .agent_turns import SESSION_START_MARK
@@ -221,14 +220,4 @@ def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0) -> No
         stop_session(info, grace=grace)
     for pid in processes_with_env({"GASTOWN_TOWN": str(town.root), "GASTOWN_RIG": polecat.rig,
                                    "GASTOWN_POLECAT": polecat.name}):
-        try:
-            pgid = os.getpgid(pid)
-        except ProcessLookupError:
-            continue
-        if pgid == pid:
-            terminate_process_group(pgid, grace)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_process(pid, grace)
