@@ -154,11 +154,13 @@ def cmd_show(args: argparse.Namespace) -> int:
     with store_of(town) as store:
         bead = store.bead(args.id)
         work = store.bead_work(bead.id)
+        history = store.polecat_history(bead=bead.id)
     if args.json:
         print_json({**asdict(bead),
                     "polecats": [_polecat_json(p) for p in work.polecats],
                     "merge_requests": [mr_json(m) for m in work.merge_requests],
-                    "queued_slings": [_sling_json(q) for q in work.queued_slings]})
+                    "queued_slings": [_sling_json(q) for q in work.queued_slings],
+                    "past_polecats": history})
         return 0
     print(f"{bead.id}  {bead.title}")
     print(f"  status:   {bead.status}" + (f" ({bead.reason})" if bead.reason else ""))
@@ -186,6 +188,10 @@ def cmd_show(args: argparse.Namespace) -> int:
               + (f" ({polecat.reason})" if polecat.reason else ""))
         print(f"    worktree {polecat.worktree} on {polecat.branch}")
         _print_tail("session output", polecat.output_tail)
+    for past in history:
+        print(f"  past polecat {past['rig']}/{past['name']} ({past['incarnation'] or '-'}): "
+              f"{past['ended']} {age(past['nuked_at'])} ago, after {past['last_state']}"
+              + (f" ({past['reason']})" if past["reason"] else ""))
     for mr in work.merge_requests:
         print(f"  merge request {mr.id}: {mr.state}" + (f" ({mr.reason})" if mr.reason else "")
               + (f", merged as {mr.merged_commit[:10]}" if mr.merged_commit else ""))

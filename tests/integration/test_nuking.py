@@ -4,6 +4,8 @@ arrives late is kept, merge requests belong to one incarnation, nuked rows are h
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from gastown.roles.operations.nuking import (
     nuke_merged,
     nuke_polecat,
 )
-from tests.conftest import git
+from tests.conftest import Cli, git
 from tests.integration.test_reconcile import (  # the town and polecat builders
     add_worktree,
     branches,
@@ -98,7 +100,8 @@ def test_a_commit_that_arrives_after_the_check_keeps_the_branch(
 
 def test_a_forced_nuke_deletes_unchecked_and_reopens_the_bead(
         town: Town, store: Store) -> None:
-    """``--force`` is the one way to delete unlanded work; the bead goes back to open."""
+    """``--force`` is the one way to delete unlanded work; the bead goes back to open, and
+    ``bead show`` still says which polecat worked on it and how it ended."""
     worktree = add_worktree(town, "toast")
     polecat = polecat_row(town, store, "toast")
     commit(worktree, "unlanded.txt")
@@ -106,6 +109,12 @@ def test_a_forced_nuke_deletes_unchecked_and_reopens_the_bead(
     assert "polecat/toast" not in branches(town)
     assert polecat.bead is not None and store.bead(polecat.bead).status == "open"
     assert [h["ended"] for h in store.polecat_history(bead=polecat.bead)] == ["nuked"]
+    cli = Cli(cwd=town.root, env={**os.environ, "GASTOWN_TOWN": str(town.root)})
+    shown = cli.ok("bead", "show", polecat.bead)
+    assert f"past polecat web/toast ({polecat.incarnation}): nuked" in shown
+    past = json.loads(cli.ok("bead", "show", polecat.bead, "--json"))["past_polecats"]
+    assert [(p["name"], p["ended"], p["last_state"]) for p in past] == [
+        ("toast", "nuked", "working")]
 
 
 def test_a_merged_request_of_an_earlier_life_is_not_the_new_ones(
