@@ -1,5 +1,9 @@
 """Shipped defaults: ``town.toml`` and ``rig.toml`` templates and, later, the systemd unit.
 
+Layer: config, the bottom of the town: it imports nothing from gastown; the config loader
+(:mod:`gastown.roles.core.config`, through :mod:`gastown.roles.adapters.town`) and the agent
+presets read its files.
+
 The TOML files here are the single source of every default value: the config loader
 overlays a user's file on them, so a key documented here is a key that exists.
 """

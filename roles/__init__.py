@@ -1,5 +1,9 @@
 """The town's domain: mayor, witness and refinery, and what they share.
 
+Layer: core, as far as its own code goes: only ``__version__``, which
+:mod:`.adapters.town_lock` records in the lock files; the package holds every layer of
+``roles``, listed below.
+
 Layering, top to bottom (imports only flow downward), one folder a layer:
 - the role process (``role_process``, run by ``python -m gastown.roles``), which runs
   one role loop: ``mayor``, ``witness``, ``refinery`` (they get a ``role_context``);

@@ -1,5 +1,7 @@
 """The mayor: dispatches slings into polecats, in order, as capacity allows.
 
+Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
+
 Slings are recorded in the store by whoever asks (``gastown sling``, even while the
 town is down); the mayor turns queued slings into polecats one at a time (worktree,
 branch, session: :func:`gastown.roles.operations.polecats.spawn_polecat`). A sling that finds no

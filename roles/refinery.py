@@ -6,8 +6,9 @@ age), a batch at a time, woken by events (``mr_created``, ``mr_requeued``,
 (:func:`~gastown.roles.operations.merging.run_plan`: stack, gate, land or reject); and
 reports. A remote that moved meanwhile is fetched and rebased on, never overwritten
 (bounded by ``push_retries``); an unreachable remote puts the batch back in the queue
-and is retried after a back-off. Layer: a role loop, at the top of ``roles``; run by
-:mod:`~gastown.roles.role_process`.
+and is retried after a back-off.
+
+Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
 
 The default branch only ever moves forward, in the clone and on the remote; nothing
 resets it (:mod:`~gastown.roles.operations.landing`). Work that landed in the clone but

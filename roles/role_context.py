@@ -1,8 +1,9 @@
 """What a role loop is given and what it must provide: its context and its behaviour.
 
-Layer: roles, below the role loops (``mayor``, ``witness``, ``refinery``) and the loop
-that runs them (:mod:`gastown.roles.role_process`): the loops import their context from
-here, and the role process imports the loops, so the graph stays one way.
+Layer: role loop, the top of ``roles``, below the loops themselves (``mayor``, ``witness``,
+``refinery``) and the loop that runs them (:mod:`gastown.roles.role_process`): the loops
+import their context from here, and the role process imports the loops, so the graph stays
+one way.
 """
 
 from __future__ import annotations

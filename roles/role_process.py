@@ -1,5 +1,8 @@
 """The loop every role process shares: connect to the bus, report ready, serve, stop.
 
+Layer: role loop: the top of ``roles``, above the loops it runs (``mayor``, ``witness``,
+``refinery``); only :mod:`gastown.roles.__main__` imports it.
+
 ``python -m gastown.roles ROLE --town PATH`` runs one role (``mayor``, ``witness:<rig>``
 or ``refinery:<rig>``) until SIGTERM, a ``shutdown`` request, or the supervisor's death
 (seen as EOF on the lifeline pipe, so no role outlives a SIGKILLed supervisor). A lost

@@ -1,5 +1,8 @@
 """The ``script`` agent: runs the bead's description as a shell script, commits, done.
 
+Layer: entry point, at the top of ``roles``: run as a program in a polecat's session (the
+``script`` preset), imported by nothing.
+
 It is the embedded agent of the demo and the tests: deterministic, fast, and a real
 client of the contract every agent follows (work in the worktree, commit, then run
 ``gastown done``). It reads its bead from the store through ``GASTOWN_TOWN`` and

@@ -1,5 +1,7 @@
 """The witness: watches one rig's polecats and cleans up after them.
 
+Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
+
 It reacts to events, never to a polling loop:
 
 - a completion marker appearing in ``<rig>/polecats/`` (watchfiles, on that one folder,

@@ -1,4 +1,8 @@
-"""``python -m gastown.supervisor`` is the same as the ``gastown`` command."""
+"""``python -m gastown.supervisor`` is the same as the ``gastown`` command.
+
+Layer: supervisor, the top of the town: the ``gastown`` command's other way in; it only
+calls the CLI's :func:`~gastown.supervisor.cli.main`.
+"""
 
 from .cli import main
 

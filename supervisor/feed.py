@@ -1,5 +1,8 @@
 """The domain event feed: ``events.jsonl``, its single writer, and how it reads to people.
 
+Layer: supervisor (a file), used by the relay (the single writer) and by the CLI's ``feed``
+and ``status`` (readers).
+
 The store's ``events`` table is the outbox: every state change writes its event in the
 same transaction. The supervisor is the only process that appends to ``events.jsonl``
 (:class:`EventLog`), copying outbox rows in sequence order; the ``seq`` of the last line

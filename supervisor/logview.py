@@ -1,5 +1,7 @@
 """Reading the town's logs: role log files merged by time, and following them live.
 
+Layer: supervisor (log files), used by the CLI's ``logs``.
+
 Each process writes JSON lines to its own ``logs/<role>.log`` (rotated to ``.log.1``,
 ``.log.2`` ...). Readers merge them by timestamp; followers watch the ``logs/`` folder
 (watchfiles, non-recursive) and notice a rotation by the file's inode changing, finish

@@ -1,5 +1,8 @@
 """Pure: which roles a configuration change must restart.
 
+Layer: supervisor, pure (no I/O), used by :mod:`.supervisor` on ``gastown reload`` or
+SIGHUP.
+
 ``gastown reload`` (or SIGHUP) re-reads ``town.toml`` and every ``rig.toml``; only the
 roles whose configuration changed are restarted, so a new gate command for one rig
 restarts that rig's refinery and nothing else. The supervisor's own settings (restart

@@ -1,5 +1,7 @@
 """When to restart a role that exited, and when to give up: a pure decision.
 
+Layer: supervisor, pure (no I/O), used by :mod:`.role_runner`.
+
 The supervisor records what happened to a role in a :class:`RoleHistory` and asks
 :func:`decide_restart` what to do. Time comes in as an argument (the supervisor passes
 ``trio.current_time()``, a monotonic clock: supervisord needed clock-rollback patches

@@ -1,5 +1,7 @@
 """Tell systemd about the supervisor's state (``Type=notify``): one datagram, stdlib only.
 
+Layer: supervisor (a datagram socket), used by :mod:`.supervisor` and :mod:`.readiness`.
+
 The protocol (``sd_notify(3)``) is newline-separated ``KEY=value`` assignments in one
 datagram to the ``AF_UNIX`` socket named by ``$NOTIFY_SOCKET``; a leading ``@`` means
 the abstract namespace. No ``SCM_CREDENTIALS`` are needed: the kernel attaches the

@@ -1,5 +1,7 @@
 """The town's systemd unit: render it (pure), then install or remove it (file I/O).
 
+Layer: supervisor (the unit file, ``systemctl``), used by the CLI's ``service`` commands.
+
 One unit per town, named after the town's folder (``gastown-<folder>.service``): a
 machine can run several towns, each with its own ``TimeoutStopSec=`` (it depends on the
 town's rig count), and ``systemctl --user status gastown-gt`` is what a user types.

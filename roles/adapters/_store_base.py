@@ -1,5 +1,8 @@
 """The store's connection, its write transactions, and the outbox of domain events.
 
+Layer: adapters (SQLite), under :mod:`.store`, which is what the rest of the town imports;
+the ledgers (``_store_town``, ``_store_polecats``, ``_store_merges``) build on it.
+
 Identity: ``gastown install`` gives a town's store a random id, written in the database
 header (SQLite's ``application_id``) and in ``<town>/.runtime/store-id``. Every open
 compares the two, so a deleted store is an error (:class:`StoreMissing`), never a

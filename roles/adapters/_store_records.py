@@ -1,4 +1,7 @@
-"""What the store hands out: frozen records, built from rows here and nowhere else."""
+"""What the store hands out: frozen records, built from rows here and nowhere else.
+
+Layer: adapters (SQLite rows in, records out); every layer above reads these records.
+"""
 
 from __future__ import annotations
 

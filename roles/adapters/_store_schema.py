@@ -1,4 +1,7 @@
-"""The store's schema: migrations applied in order, ``PRAGMA user_version`` counting them."""
+"""The store's schema: migrations applied in order, ``PRAGMA user_version`` counting them.
+
+Layer: adapters (SQLite), used by :mod:`._store_base` when a store is opened.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""The store's ledger of rigs, beads and roles."""
+"""The store's ledger of rigs, beads and roles.
+
+Layer: adapters (SQLite), one of the ledgers :class:`~.store.Store` is made of.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,10 @@
 """What a real agent CLI needs before it can start unattended, prepared in the polecat's
 own agent home (``<town>/.runtime/agent-homes/<rig>/<name>/``).
 
+Layer: adapters (the file system), used by the operations that start, watch and nuke a
+polecat's session (``polecat_sessions``, ``agent_turns``, ``nuking``,
+``reconcile_worktrees``).
+
 An interactive Claude Code stops at first-run dialogs that nobody answers in a detached
 session (onboarding, "use this API key?", "do you trust this folder?" for every new
 worktree, the bypass-permissions warning); Codex asks to trust the folder. Each CLI keeps

@@ -1,5 +1,8 @@
 """What an agent's turn cost, read from what its CLI wrote: tokens, dollars, its session id.
 
+Layer: adapters (reads agent CLIs' output files), used by :mod:`..operations.agent_turns`
+and the CLI's listings.
+
 Each CLI reports usage its own way (the project's agent-clis reference, sections 1.3, 1.6,
 3.4 and 3.8; the fixtures of ``tests/unit/agent_output`` are real output of the pinned CLIs):
 

@@ -1,5 +1,8 @@
 """Which command a polecat's agent session runs, what it is told, and its environment.
 
+Layer: adapters (reads the shipped presets file), used by the operations that start and
+nudge agents and by ``gastown sling``.
+
 Presets ship in ``config/agents.toml``; a town's ``[agents.NAME]`` tables add or replace
 them. Everything here is pure given its inputs, except :func:`load_presets`, which
 reads the shipped file.

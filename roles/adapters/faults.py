@@ -1,5 +1,8 @@
 """Fail points: named places where a test can make a process exit, pause or misbehave.
 
+Layer: adapters (the environment, ``os._exit``, a marker file), called from risky steps in
+every layer above.
+
 Crash-safety is only believable if it is tested at each step, so the code marks its
 risky steps with :func:`fault_point` and tests arm them through the environment:
 ``GASTOWN_FAULTS="mayor@sling.after_worktree=pause:30;witness:web@start=exit:3"``.

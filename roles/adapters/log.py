@@ -1,5 +1,8 @@
 """Logging set-up shared by every gastown process: structlog, JSON lines, context.
 
+Layer: adapters (log files, stderr), configured once by every process: the role process, the
+supervisor and the CLI.
+
 Each process calls :func:`configure_logging` once. Every event becomes one JSON line in
 ``logs/<role>.log`` (rotated by size, keeping N files) and, when asked, a readable line
 on stderr. ``role``, ``rig``, ``polecat`` and ``bead`` travel as context variables

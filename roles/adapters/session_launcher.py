@@ -1,5 +1,7 @@
 """The few lines that run between a caller and its agent, so the agent is no one's child.
 
+Layer: adapters (processes), below :mod:`.sessions`, its only user.
+
 Two modes, both used only by :mod:`gastown.roles.adapters.sessions`:
 
 ``spawn`` (process backend), run as ``python -m gastown.roles.adapters.session_launcher spawn``

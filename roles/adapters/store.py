@@ -1,5 +1,8 @@
 """The town's truth: a SQLite database (WAL) of rigs, beads, polecats and domain events.
 
+Layer: adapters (SQLite): the one door to the database for operations, role loops, the
+supervisor and the CLI.
+
 Every state change is one transaction, and the domain event describing it is written
 in that same transaction (the ``events`` table is an outbox), so a process killed at
 any instant leaves either both or neither. The feed (``events.jsonl``) is filled from

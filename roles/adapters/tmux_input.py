@@ -3,8 +3,10 @@
 The I/O half of :mod:`gastown.roles.core.agent_screen` (which decides what a screen shows).
 Everything here is synchronous and bounded: a few tmux round trips per poll, each limited
 by :data:`~gastown.roles.adapters.tmux.COMMAND_TIMEOUT`, and every wait by the caller's
-``timeout``. Roles call it through ``trio.to_thread.run_sync``. Layer: a roles adapter,
-above :mod:`.tmux` (which runs every tmux command) and :mod:`.sessions`.
+``timeout``. Roles call it through ``trio.to_thread.run_sync``.
+
+Layer: a roles adapter, above :mod:`.tmux` (which runs every tmux command) and
+:mod:`.sessions`.
 
 A screen is inherently polled (tmux has no "screen changed" event we could wait on), every
 :data:`POLL_INTERVAL` seconds. Nothing presses a key at a screen it does not recognise:

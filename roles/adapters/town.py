@@ -1,5 +1,8 @@
 """Where a town lives on disk, how commands find it, and how one is created.
 
+Layer: adapters (the file system), used by nearly every operation, the role loops, the
+supervisor and the CLI.
+
 A town is a directory holding ``town.toml``. Everything else about its layout is
 named here once (see the README's "A town on disk"), so no other module builds a
 path by hand.

@@ -1,5 +1,7 @@
 """What an agent CLI's tmux screen shows: ready, busy, a dialog to answer, or not yet known.
 
+Layer: core (pure), used by :mod:`gastown.roles.adapters.tmux_input`.
+
 Pure: :func:`read_screen` takes the text of ``tmux capture-pane -p`` (no escape sequences)
 and the agent's kind, and says what is on it. The rules are based on screens captured
 from the real CLIs (Claude Code 2.1.197, Codex 0.171.0) in a 200x50 tmux pane; the

@@ -1,5 +1,8 @@
 """Pure: TOML text in, frozen dataclasses out, with one precise error line when not.
 
+Layer: core (pure), used by :mod:`gastown.roles.adapters.town` (which reads the files) and
+by operations and the supervisor that read settings.
+
 The shipped files in :mod:`gastown.config` hold every default; a user's file is laid
 over them key by key (tables merge, everything else replaces), then validated against
 the dataclasses below. An unknown key, a wrong type or malformed TOML raises

@@ -1,5 +1,8 @@
 """The errors a user can cause, each carrying a message written for that user.
 
+Layer: core (pure), the bottom of ``roles``: every layer raises these; their root,
+:class:`GastownError`, comes from the bus (:mod:`gastown.supervisor.bus.errors`).
+
 ``gastown.supervisor.cli.main`` is the only place that catches them: it prints
 ``gastown: <message>`` on one line and exits with :attr:`GastownError.exit_code`.
 Anything else that escapes is a bug and keeps its traceback.

@@ -1,5 +1,8 @@
 """Pure: the polecat lifecycle as a state machine, and what each transition must do.
 
+Layer: core (pure), used by the store's polecat and merge ledgers, the one nuke
+(:mod:`gastown.roles.operations.nuking`), the spawn, ``done`` and the witness.
+
 A polecat is ``spawning`` while the mayor builds it, ``working`` while its agent runs,
 ``done`` once ``gastown done`` recorded its merge request, ``merging`` while the
 refinery holds it, ``stalled`` when its session died without ``done``, ``escalated``

@@ -1,5 +1,8 @@
 """Pure: the merge queue's order, and batch-then-bisect as a state machine.
 
+Layer: core (pure), driven by the refinery's role loop and
+:mod:`gastown.roles.operations.merging`.
+
 The refinery takes MRs in queue order (:func:`next_batch`) and drives a :class:`Plan`
 for each batch. It asks :func:`next_action` what to do, does it (all the I/O is
 the refinery's), and reports back:

@@ -1,5 +1,7 @@
 """Pure rules for the names users and agents give us: validation and derivation.
 
+Layer: core (pure), used by the operations, the store and the CLI wherever a name comes in.
+
 Every command that takes a rig, polecat, crew or branch name validates it here, so
 a name that reaches the filesystem, git or tmux has already been checked once, the
 same way, with the same message. No I/O: this module imports only the standard

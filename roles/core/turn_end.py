@@ -1,5 +1,7 @@
 """Pure: what the witness does when an agent's turn ends without ``gastown done``.
 
+Layer: core (pure), carried out by :mod:`gastown.roles.operations.agent_watch`.
+
 Real agent CLIs stop in two ways that are not a crash: an interactive Claude or Codex
 finishes its turn and sits at its prompt (the process never exits), and a print-mode run
 finishes its one turn and exits. Upstream Gas Town's most common complaint is polecats

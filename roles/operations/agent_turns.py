@@ -1,6 +1,9 @@
 """Hearing that an agent's turn ended, and what it cost: the shell around the
 usage parsers (:mod:`..adapters.agent_usage`) and the decisions (:mod:`..core.turn_end`).
 
+Layer: operations, used by the witness's role loop, the nuke (:mod:`.nuking`), the polecat's
+session (:mod:`.polecat_sessions`) and ``gastown agent-hook``.
+
 Three signals, one record (``store.record_turn`` -> ``agent_turn_ended``):
 
 - Claude Code's ``Stop`` hook runs ``gastown agent-hook claude-stop`` with a JSON object

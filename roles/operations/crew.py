@@ -1,5 +1,8 @@
 """Crew workspaces and cross-rig worktrees: git worktrees of a rig's canonical clone.
 
+Layer: operations, used by :mod:`.crew_submit` and the CLI's ``crew`` and ``worktree``
+commands.
+
 A crew workspace is ``<town>/<rig>/crew/<name>`` on its own branch ``crew/<name>``,
 started from the rig's default branch. A cross-rig worktree lets that crew member
 work in another rig under their home identity: ``<town>/<target>/crew/<home>-<name>``

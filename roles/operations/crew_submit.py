@@ -1,5 +1,7 @@
 """Crew work into the merge queue: ``gastown done`` in a crew workspace, and after the merge.
 
+Layer: operations, used by ``gastown done`` (the CLI) and the witness's role loop.
+
 A crew workspace (``<rig>/crew/<name>`` on ``crew/<name>``, or a cross-rig worktree
 ``<rig>/crew/<home>-<name>``) is a person's long-lived checkout. ``done`` there submits
 its branch as a merge request of kind ``crew`` (the MR's ``polecat`` field names the

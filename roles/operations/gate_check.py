@@ -1,5 +1,7 @@
 """A rig's gates run on its default branch, outside the merge queue (``gastown mq check``).
 
+Layer: operations, used by the CLI (``gastown mq check``), over :mod:`.gates`.
+
 So that a user learns that their test suite fails on a clean checkout before the first
 merge request is rejected for it. The gates run in a scratch worktree of the refinery's
 clone, detached at the default branch's commit: never in the refinery's own checkout,

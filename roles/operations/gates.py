@@ -1,5 +1,7 @@
 """Running a rig's gates on a merge candidate: ordered shell commands, each with a timeout.
 
+Layer: operations, used by :mod:`.merging` (the refinery) and :mod:`.gate_check`.
+
 The refinery calls :func:`run_gates` on a checkout of the candidate; main may move only
 if every gate passed. Each gate is ``sh -c <command>`` started by trio
 (``trio.lowlevel.open_process``) as the leader of its own session and process group,

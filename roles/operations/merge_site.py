@@ -4,7 +4,9 @@ Its one job: hold what the merge operations (:mod:`.merging`, :mod:`.landing`) s
 the rig, the refinery's clone, the store, and the
 queue's state the refinery reports (the step in progress, the counters, the mirrors of
 the rig's ``mq_paused`` and unpushed work) — and run blocking git calls off the trio
-thread. Layer: operations; it decides nothing.
+thread.
+
+Layer: operations; it decides nothing.
 """
 
 from __future__ import annotations

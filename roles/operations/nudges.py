@@ -1,6 +1,8 @@
 """Telling a running agent something: a person's ``gastown nudge`` or the witness's nudge
 after a turn that ended without ``gastown done``.
 
+Layer: operations, used by :mod:`.agent_watch` (the witness) and ``gastown nudge``.
+
 In tmux the text is typed at the agent's input prompt once the agent is idle there (the
 screen is read, not slept on: :mod:`gastown.roles.adapters.tmux_input`). In the process backend an
 agent runs one turn per process, so a nudge is a new turn: the agent's conversation

@@ -2,6 +2,8 @@
 resumed or restarted (Claude Code runs it from its ``SessionStart`` hook; its output joins
 the agent's context).
 
+Layer: operations, used by the CLI (``gastown prime``).
+
 It reads the store and git only (no bus round trip) and never fails inside a polecat: a
 hook that fails would disturb the agent, so what cannot be read is said in a ``notes``
 line and the rest is printed anyway.

@@ -1,5 +1,7 @@
 """Adding and removing rigs: the clone, the rig's folders, its ``rig.toml`` and its row.
 
+Layer: operations, used by the CLI (``rig add|remove``, ``up``) and by :mod:`.landing`.
+
 A rig appears all at once or not at all. It is assembled in a staging folder under
 ``.runtime/`` (same filesystem), moved into place with one ``rename``, and only then
 registered in the store; any failure before registration removes the moved folder

@@ -1,5 +1,8 @@
 """The local message bus: request/reply and pub/sub between the supervisor, roles and CLI.
 
+Layer: bus, the bottom of the town with ``config``: nothing here imports ``roles``,
+``config`` or the rest of ``supervisor``.
+
 Layering, bottom to top (imports only flow upward through this list):
 
 - ``errors``: the exception classes (no trio);

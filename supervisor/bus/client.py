@@ -1,5 +1,8 @@
 """The trio bus client: what roles (and async code in general) use to talk over the bus.
 
+Layer: bus (trio), used by the role loops, the role process and the supervisor's readiness
+checks.
+
 A client is a connection with a name. It sends requests and waits for their
 replies, publishes, subscribes, and answers requests addressed to its name.
 It never blocks its own reader on a slow consumer: subscription channels are

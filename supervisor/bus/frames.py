@@ -1,5 +1,7 @@
 """Framing for the bus: a 4-byte big-endian length, then that many bytes of UTF-8 JSON.
 
+Layer: bus, pure (no I/O), under every other module of the bus.
+
 Pure: bytes in, dicts out. It must never import trio, ``os`` or ``socket``; the
 trio server and client and the blocking CLI client all share it.
 

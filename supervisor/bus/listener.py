@@ -1,5 +1,7 @@
 """The bus's socket file: a safe place, a private mode, one live owner, peer credentials.
 
+Layer: bus (a socket file), used by :mod:`.server` only.
+
 An adapter for :mod:`gastown.supervisor.bus.server`, kept apart because each
 rule here is a trap someone already fell into (see
 ``reference/process-supervisors.md``, pitfall 8): ``sun_path`` is 108 bytes;

@@ -1,5 +1,7 @@
 """One peer's queue of frames waiting to be written: bounded, and honest about drops.
 
+Layer: bus (trio memory channels), used by :mod:`.server` and :mod:`.router`.
+
 Used by :mod:`gastown.supervisor.bus.server`, one per connection, filled by
 other peers' reader tasks (which must never block) and drained by the peer's
 own writer task.

@@ -1,5 +1,8 @@
 """The bus's messages: their wire shapes, builders, and validation of what arrives.
 
+Layer: bus, pure (no I/O), spoken by the bus's server and clients, the role loops and the
+CLI.
+
 Pure: dicts in, typed dicts out; it must never do I/O or import trio. The
 server, the trio client and the blocking CLI client all speak through it, so
 a shape is defined once.

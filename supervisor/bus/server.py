@@ -1,5 +1,7 @@
 """The bus server: one Unix socket, request/reply routing and topic fan-out between peers.
 
+Layer: bus (trio, a Unix socket), run by the supervisor.
+
 The supervisor runs :func:`serve_bus` once; the roles and the CLI connect to it.
 Its one job is to carry messages; it never decides anything about them. What
 it guarantees:

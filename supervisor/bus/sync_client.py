@@ -1,5 +1,7 @@
 """A blocking bus client for the CLI: one request, or following publications, without trio.
 
+Layer: bus (a blocking socket), used by the CLI.
+
 The CLI must start fast, so this module imports no trio (and nothing that
 does): a plain blocking ``socket``, the shared framing and protocol, and the
 shared error classes, so that ``except RemoteError`` means the same thing

@@ -1,5 +1,8 @@
 """The ``gastown`` command: parse, call, print one line on error, exit.
 
+Layer: cli, at the top of the town with the rest of ``supervisor``: it may import anything,
+and nothing but ``python -m gastown.supervisor`` imports it.
+
 This package is imported by every invocation, so it imports only ``argparse`` and the
 standard library at module level; each command's module is imported when that
 command runs (``gastown --version`` and ``--help`` stay fast).

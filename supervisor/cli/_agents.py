@@ -1,4 +1,8 @@
-"""``gastown nudge`` (people) and ``gastown agent-hook`` (agent CLIs' own hooks)."""
+"""``gastown nudge`` (people) and ``gastown agent-hook`` (agent CLIs' own hooks).
+
+Layer: cli, over :mod:`gastown.roles.operations.nudges` and
+:mod:`gastown.roles.operations.agent_turns`.
+"""
 
 from __future__ import annotations
 

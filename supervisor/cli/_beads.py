@@ -1,4 +1,7 @@
-"""Commands of the bead ledger: ``bead create|list|show|update|close|reopen``."""
+"""Commands of the bead ledger: ``bead create|list|show|update|close|reopen``.
+
+Layer: cli, over the store (:mod:`gastown.roles.adapters.store`).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""What every command needs: the town it acts on, its store, its log, and output helpers."""
+"""What every command needs: the town it acts on, its store, its log, and output helpers.
+
+Layer: cli, under every command module of :mod:`gastown.supervisor.cli`.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Commands for crew: ``crew add|list|remove`` and ``worktree RIG|list|remove RIG``.
 
+Layer: cli, over :mod:`gastown.roles.operations.crew`.
+
 Creation prints only the path on stdout, so scripts can ``cd "$(gastown worktree web)"``.
 """
 

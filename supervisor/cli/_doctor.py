@@ -1,5 +1,7 @@
 """``gastown doctor [--fix] [--rig R] [--json]``: find and repair orphans and stale rows.
 
+Layer: cli, over :mod:`gastown.roles.operations.reconcile`.
+
 Exit 0 when nothing is wrong or everything found was fixed, 1 when problems remain
 (kept work, failed repairs, or simply not ``--fix``), so scripts and CI can use it.
 

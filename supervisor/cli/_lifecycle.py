@@ -1,5 +1,8 @@
 """Commands that start, stop and inspect the running town: ``up``, ``down``, ``status``.
 
+Layer: cli, over the supervisor (which ``up`` starts) and the bus (which ``down`` and
+``status`` ask).
+
 ``up`` and ``down`` agree on the town's state through locks, never through timing:
 ``up`` holds ``.runtime/start.lock`` from before it spawns the supervisor until that
 supervisor holds the town's lock (or died), so a ``down`` issued during a start-up

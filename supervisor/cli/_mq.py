@@ -1,5 +1,8 @@
 """``gastown mq list|show|check``: the merge queue — queued, running (which gate), recent
-outcomes, one MR's steps and gate output, and a rig's gates run on its default branch."""
+outcomes, one MR's steps and gate output, and a rig's gates run on its default branch.
+
+Layer: cli, over the store and :mod:`gastown.roles.operations.gate_check`.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Commands that watch the town: ``logs`` (role log files) and ``feed`` (domain events)."""
+"""Commands that watch the town: ``logs`` (role log files) and ``feed`` (domain events).
+
+Layer: cli, over :mod:`gastown.supervisor.logview` and :mod:`gastown.supervisor.feed`.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """The command-line grammar. Handlers are named as ``"module:function"`` strings and
-imported only when their command runs."""
+imported only when their command runs.
+
+Layer: cli, used by :func:`gastown.supervisor.cli.main` only.
+"""
 
 from __future__ import annotations
 

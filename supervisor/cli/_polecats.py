@@ -1,4 +1,8 @@
-"""Commands about polecats: ``sling``, ``done``, ``polecat list|nuke``, ``attach``."""
+"""Commands about polecats: ``sling``, ``done``, ``polecat list|nuke``, ``attach``.
+
+Layer: cli, over the polecat operations (:mod:`gastown.roles.operations.polecats` and its
+neighbours) and the bus.
+"""
 
 from __future__ import annotations
 

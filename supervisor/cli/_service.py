@@ -1,5 +1,7 @@
 """``gastown service install|uninstall``: a systemd unit that runs this town's supervisor.
 
+Layer: cli, over :mod:`gastown.supervisor.service`.
+
 Gathers the facts (the town, this interpreter, ``supervisor.stop_timeout``, the number of
 roles, the user) and hands them to :mod:`gastown.supervisor.service`, which renders and
 writes. Never enables, starts or stops the service: it prints the commands for that.

@@ -1,5 +1,9 @@
 """Commands about the town itself: ``install``, ``rig add|list|remove``, ``mq resume``,
-``config show``."""
+``config show``.
+
+Layer: cli, over :mod:`gastown.roles.adapters.town` and
+:mod:`gastown.roles.operations.rigs`.
+"""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ every package folder.
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
@@ -374,3 +375,68 @@ def test_role_loops_are_at_the_top_of_roles() -> None:
     assert not wrong, ("only role_process runs the role loops:\n"
                        + describe(sorted(wrong, key=Import.where)))
 
+
+
+# -- every module says its layer --------------------------------------------------------
+
+#: How a ``Layer:`` line may name each layer (case does not matter); the first layer it
+#: names is the one it claims.
+LAYER_WORDS: Final = {
+    "core": r"\bcores?\b",
+    "adapters": r"\badapters?\b",
+    "operations": r"\boperations?\b",
+    "role loop": r"\brole loops?\b|\brole process\b|\bentry points?\b|\btop of ``roles``",
+    "bus": r"\bbus\b",
+    "cli": r"\bcli\b|\bcommand line\b",
+    "supervisor": r"\bsupervisor\b(?![/.]\w)",
+    "config": r"\bconfig\b(?![/.]\w)|\bshipped defaults\b",
+}
+
+
+def folder_layer(module: str) -> str:
+    """The layer a module's folder puts it in, by the names of :data:`LAYER_WORDS`."""
+    if layer(module) == "roles":
+        sublayer = roles_sublayer(module)
+        return "role loop" if sublayer == "top" else sublayer
+    if module == "gastown.supervisor.cli" or module.startswith("gastown.supervisor.cli."):
+        return "cli"
+    return layer(module)
+
+
+def claimed_layer(docstring: str) -> str | None:
+    """The layer the docstring's first line starting with ``Layer:`` names first.
+
+    None when no line starts with ``Layer:``; ``""`` when that line names no layer.
+    """
+    for line in docstring.splitlines():
+        text = line.strip()
+        if text.startswith("Layer:"):
+            named = [(match.start(), name) for name, words in LAYER_WORDS.items()
+                     if (match := re.search(words, text, re.IGNORECASE)) is not None]
+            return min(named)[1] if named else ""
+    return None
+
+
+def test_claimed_layer_reads_the_layer_line() -> None:
+    assert claimed_layer("Does X.\n\nLayer: adapters (git), used by the role loops.") \
+        == "adapters"
+    assert claimed_layer("Does X.\n\nLayer: a roles adapter.") == "adapters"
+    assert claimed_layer("Layer: bus (``supervisor/bus``), below the supervisor.") == "bus"
+    assert claimed_layer("Does X.\n\nLayer: roles, above the adapters.") == "adapters"
+    assert claimed_layer("Does X.\n\nLayer: somewhere.") == ""
+    assert claimed_layer("Does X. Layer: core.") is None
+    assert claimed_layer("Does X.") is None
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_every_module_says_its_one_job_and_its_layer(module: str) -> None:
+    """A docstring whose first line says the job and a ``Layer:`` line names the folder's layer."""
+    path = modules()[module]
+    docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+    assert docstring, f"{path.relative_to(ROOT)} has no docstring"
+    assert docstring.splitlines()[0].strip(), f"{path.relative_to(ROOT)}: no first line"
+    claimed = claimed_layer(docstring)
+    assert claimed is not None, f"{path.relative_to(ROOT)}: no line starts with 'Layer:'"
+    assert claimed == folder_layer(module), (
+        f"{path.relative_to(ROOT)}: its 'Layer:' line names {claimed or 'no layer'!r}, "
+        f"its folder puts it in {folder_layer(module)!r}")
