@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 # How the CLI prints usage; defined with the feed's text, re-exported here.
 from ..core.event_text import dollars as dollars
@@ -98,12 +98,20 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _claude_tokens(usage: Any) -> tuple[int, int]:
+#: The keys of Claude's token counts, input (fresh, cache creation, cache read) then output:
+#: a run's or a message's ``usage`` spells them in snake_case, ``modelUsage`` in camelCase.
+_USAGE_KEYS: Final = ("input_tokens", "cache_creation_input_tokens",
+                      "cache_read_input_tokens", "output_tokens")
+_MODEL_USAGE_KEYS: Final = ("inputTokens", "cacheCreationInputTokens", "cacheReadInputTokens",
+                            "outputTokens")
+
+
+def _claude_tokens(usage: Any, keys: tuple[str, ...] = _USAGE_KEYS) -> tuple[int, int]:
+    """(tokens in, tokens out) of one of Claude's usage objects; (0, 0) if it is not one."""
     if not isinstance(usage, dict):
         return 0, 0
-    tokens_in = (_int(usage, "input_tokens") + _int(usage, "cache_creation_input_tokens")
-                 + _int(usage, "cache_read_input_tokens"))
-    return tokens_in, _int(usage, "output_tokens")
+    *inputs, output = keys
+    return sum(_int(usage, key) for key in inputs), _int(usage, output)
 
 
 def claude_print_result(log_text: str) -> Usage | None:
@@ -125,7 +133,7 @@ def claude_print_result(log_text: str) -> Usage | None:
     tokens_in, tokens_out = _claude_tokens(result.get("usage"))
     models = result.get("modelUsage")
     if isinstance(models, dict) and models:
-        per_model = [_claude_model_tokens(m) for m in models.values()]
+        per_model = [_claude_tokens(m, _MODEL_USAGE_KEYS) for m in models.values()]
         tokens_in, tokens_out = sum(t[0] for t in per_model), sum(t[1] for t in per_model)
     return Usage(tokens_in, tokens_out, _float(result.get("total_cost_usd")),
                  _str(result.get("session_id")))
@@ -133,14 +141,6 @@ def claude_print_result(log_text: str) -> Usage | None:
 
 def _claude_run_starts(obj: Mapping[str, Any]) -> bool:
     return obj.get("type") == "system" and obj.get("subtype") == "init"
-
-
-def _claude_model_tokens(usage: Any) -> tuple[int, int]:
-    if not isinstance(usage, dict):
-        return 0, 0
-    tokens_in = (_int(usage, "inputTokens") + _int(usage, "cacheCreationInputTokens")
-                 + _int(usage, "cacheReadInputTokens"))
-    return tokens_in, _int(usage, "outputTokens")
 
 
 def _is_prompt(obj: Mapping[str, Any]) -> bool:
