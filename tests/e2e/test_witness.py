@@ -182,6 +182,8 @@ def _inotify_watches(pid: int) -> int:
     return total
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # 250,000 files checked out and removed: minutes on a loaded machine
 def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Path) -> None:
     """50 live polecats on a 5,000-file repository: the witness holds < 200 inotify watches."""
     files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
