@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 from ._context import (
     age,
     iso,
+    listed_rig,
     mr_json,
     print_json,
+    print_json_or_empty,
     print_table,
     require_rig,
     store_of,
@@ -58,14 +60,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                              f"{', '.join(BEAD_STATUSES)})")
     town = town_of(args)
     with store_of(town) as store:
-        if args.rig is not None:
-            require_rig(store, args.rig)
-        beads = store.beads(rig=args.rig, statuses=statuses)
-    if args.json:
-        print_json(beads)
-        return 0
-    if not beads:
-        print("no beads")
+        beads = store.beads(rig=listed_rig(store, args.rig), statuses=statuses)
+    if print_json_or_empty(args.json, beads, lambda bead: bead, "no beads"):
         return 0
     print_table(["ID", "P", "STATUS", "RIG", "AGE", "TITLE"],
                 [[b.id, b.priority, b.status, b.rig, age(b.created_at), b.title]

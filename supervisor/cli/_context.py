@@ -10,14 +10,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ...roles.adapters.store import MergeRequest, Rig, Store, open_store
 from ...roles.adapters.town import Town, find_town
+
+T = TypeVar("T")
 
 
 def town_of(args: argparse.Namespace) -> Town:
@@ -100,6 +102,13 @@ def require_rig(store: Store, rig: str) -> Rig:
     return store.rig(validate_name("rig", rig))
 
 
+def listed_rig(store: Store, rig: str | None) -> str | None:
+    """A listing's ``[RIG]``: None (every rig), or the name of a rig that exists."""
+    if rig is not None:
+        require_rig(store, rig)
+    return rig
+
+
 def mr_json(m: MergeRequest) -> dict[str, Any]:
     """A merge request as ``mq list --json``, ``mq show --json`` and ``bead show --json``
     print it."""
@@ -135,6 +144,20 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> Non
     for row in cells:
         parts = [c.ljust(widths[i]) for i, c in enumerate(row[:-1])] + [row[-1]]
         print("  ".join(parts).rstrip())
+
+
+def print_json_or_empty(as_json: bool, rows: Sequence[T], as_json_row: Callable[[T], Any],
+                        empty: str) -> bool:
+    """The start of a listing: with ``--json`` every row (as ``as_json_row`` has it), else
+    the line ``empty`` when there is no row. True when that was the whole listing; False
+    when the caller prints its table."""
+    if as_json:
+        print_json([as_json_row(row) for row in rows])
+        return True
+    if not rows:
+        print(empty)
+        return True
+    return False
 
 
 def _cell(value: object) -> str:

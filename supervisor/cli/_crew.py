@@ -15,6 +15,7 @@ from ...roles.core.names import validate_name
 from ._context import (
     current_dir,
     print_json,
+    print_json_or_empty,
     print_table,
     store_of,
     town_of,
@@ -54,11 +55,8 @@ def cmd_crew_list(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         found = list_crew(town, store, args.rig)
-    if args.json:
-        print_json([_json_row(ws) for ws in found])
-        return 0
-    if not found:
-        print("no crew workspaces; add one with 'gastown crew add NAME --rig R'")
+    if print_json_or_empty(args.json, found, _json_row,
+                           "no crew workspaces; add one with 'gastown crew add NAME --rig R'"):
         return 0
     print_table(["RIG", "NAME", "BRANCH", "STATE", "HOME", "PATH"],
                 [[ws.rig, ws.name, ws.branch, ws.state,
@@ -122,11 +120,7 @@ def _worktree_list(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         found = list_cross_rig_worktrees(town, store, current_dir())
-    if args.json:
-        print_json([_json_row(ws) for ws in found])
-        return 0
-    if not found:
-        print("no other rigs in this town")
+    if print_json_or_empty(args.json, found, _json_row, "no other rigs in this town"):
         return 0
     print_table(["RIG", "STATE", "PATH"], [[ws.rig, ws.state, ws.path] for ws in found])
     return 0

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from ._context import (
     age,
     iso,
+    listed_rig,
     mr_json,
     print_json,
+    print_json_or_empty,
     print_table,
     require_rig,
     store_of,
@@ -34,18 +36,12 @@ def cmd_mq_list(args: argparse.Namespace) -> int:
 
     town = town_of(args)
     with store_of(town) as store:
-        if args.rig is not None:
-            require_rig(store, args.rig)
-        mrs = store.merge_requests(args.rig)
+        mrs = store.merge_requests(listed_rig(store, args.rig))
     active = [m for m in mrs if m.state in ("queued", "running")]
     done = sorted((m for m in mrs if m.state not in ("queued", "running")),
                   key=lambda m: m.updated_at, reverse=True)[:RECENT]
     rows = active + done
-    if args.json:
-        print_json([mr_json(m) for m in rows])
-        return 0
-    if not rows:
-        print("the merge queue is empty")
+    if print_json_or_empty(args.json, rows, mr_json, "the merge queue is empty"):
         return 0
 
     def what(m: object) -> str:

@@ -10,18 +10,22 @@ import argparse
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...roles.core.errors import GastownError, UsageError
 from ._context import (
     age,
     current_dir,
+    listed_rig,
     print_json,
+    print_json_or_empty,
     print_table,
-    require_rig,
     store_of,
     town_of,
 )
+
+if TYPE_CHECKING:
+    from ...roles.adapters.store import Polecat
 
 #: How long ``sling`` waits for the mayor to create the polecat (worktree + session).
 SLING_TIMEOUT = 300.0
@@ -157,22 +161,20 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
 
     town = town_of(args)
     with store_of(town) as store:
-        if args.rig is not None:
-            require_rig(store, args.rig)
-        polecats = store.polecats(args.rig)
+        polecats = store.polecats(listed_rig(store, args.rig))
     alive = {(p.rig, p.name): session_alive(p) for p in polecats}
-    if args.json:
-        print_json([{"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
-                     "state": p.state, "session_alive": alive[p.rig, p.name],
-                     "agent": p.agent, "worktree": p.worktree, "respawns": p.respawns,
-                     "reason": p.reason, "output_tail": p.output_tail,
-                     "incarnation": p.incarnation, "created_at": p.created_at,
-                     "age": round(time.time() - p.created_at, 1), "turns": p.turns,
-                     "tokens_in": p.tokens_in, "tokens_out": p.tokens_out,
-                     "cost_usd": p.cost_usd, "nudges": p.nudges} for p in polecats])
-        return 0
-    if not polecats:
-        print("no polecats")
+
+    def as_json_row(p: Polecat) -> dict[str, Any]:
+        return {"rig": p.rig, "name": p.name, "bead": p.bead, "branch": p.branch,
+                "state": p.state, "session_alive": alive[p.rig, p.name],
+                "agent": p.agent, "worktree": p.worktree, "respawns": p.respawns,
+                "reason": p.reason, "output_tail": p.output_tail,
+                "incarnation": p.incarnation, "created_at": p.created_at,
+                "age": round(time.time() - p.created_at, 1), "turns": p.turns,
+                "tokens_in": p.tokens_in, "tokens_out": p.tokens_out,
+                "cost_usd": p.cost_usd, "nudges": p.nudges}
+
+    if print_json_or_empty(args.json, polecats, as_json_row, "no polecats"):
         return 0
     from ...roles.adapters.agent_usage import short_count
 

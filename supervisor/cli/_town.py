@@ -15,6 +15,7 @@ from ._context import (
     age,
     current_dir,
     print_json,
+    print_json_or_empty,
     print_table,
     store_of,
     to_jsonable,
@@ -65,12 +66,10 @@ def cmd_rig_list(args: argparse.Namespace) -> int:
         rigs = store.rigs()
         live = {r.name: len(store.live_polecats(r.name)) for r in rigs}
     notes = {r.name: merge_queue_notes(town, r) for r in rigs}
-    if args.json:
-        print_json([{**to_jsonable(r), "path": str(town.rig_dir(r.name)),
-                     "polecats": live[r.name], **notes[r.name]} for r in rigs])
-        return 0
-    if not rigs:
-        print("no rigs yet; add one with 'gastown rig add NAME REPO'")
+    if print_json_or_empty(args.json, rigs,
+                           lambda r: {**to_jsonable(r), "path": str(town.rig_dir(r.name)),
+                                      "polecats": live[r.name], **notes[r.name]},
+                           "no rigs yet; add one with 'gastown rig add NAME REPO'"):
         return 0
     print_table(["NAME", "PREFIX", "BRANCH", "POLECATS", "AGE", "REPO"],
                 [[r.name, r.prefix, r.default_branch, live[r.name], age(r.created_at), r.repo]
