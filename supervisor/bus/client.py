@@ -45,11 +45,10 @@ from .errors import (
     ProtocolError,
     RemoteError,
 )
-from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .frames import MAX_FRAME, READ_CHUNK, FrameDecoder, encode_frame
 from .protocol import BusMessage, RequestHandler
 from .requests import Request, params_of
 
-_CHUNK: Final = 1 << 16
 #: Frames queued for the writer before ``publish``/``request`` wait for it.
 _OUTGOING_BUFFER: Final = 1000
 #: How long the hello, a subscription's acknowledgement and a clean exit's flush may take.
@@ -243,7 +242,7 @@ class BusClient:
         decoder = FrameDecoder(self._max_frame)
         while True:
             try:
-                data = await self._stream.receive_some(_CHUNK)
+                data = await self._stream.receive_some(READ_CHUNK)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 return f"the bus connection broke: {exc.__cause__ or exc}"
             if not data:

@@ -29,6 +29,9 @@ MAX_FRAME: Final = 1 << 20
 #: Size of the length header, in bytes.
 HEADER_SIZE: Final = 4
 
+#: Bytes a reader (the server, either client) asks its socket for at a time.
+READ_CHUNK: Final = 1 << 16
+
 
 def encode_frame(msg: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
     """Return the frame (header + body) carrying ``msg``.

@@ -50,7 +50,7 @@ import trio
 
 from . import protocol
 from .errors import FrameError, ProtocolError
-from .frames import MAX_FRAME, FrameDecoder
+from .frames import MAX_FRAME, READ_CHUNK, FrameDecoder
 from .listener import (
     bind_private,
     check_path,
@@ -61,9 +61,6 @@ from .listener import (
 from .outbox import Outbox
 from .protocol import RequestHandler
 from .router import Authorizer, ClaimRefused, Peer, Router, bus_logger
-
-#: Bytes read per ``receive_some``.
-_CHUNK: Final = 1 << 16
 
 #: Default time a peer has to complete a frame once its first byte arrived (and to
 #: say ``hello`` after connecting).
@@ -154,7 +151,7 @@ class BusServer:
             data: bytes | None = None
             with trio.move_on_at(deadline if deadline is not None else math.inf):
                 try:
-                    data = await peer.stream.receive_some(_CHUNK)
+                    data = await peer.stream.receive_some(READ_CHUNK)
                 except trio.BrokenResourceError as exc:
                     return f"read failed: {exc.__cause__ or exc}"
             if data is None:

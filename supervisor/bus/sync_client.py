@@ -24,11 +24,10 @@ from .errors import (
     NameRefused,
     RemoteError,
 )
-from .frames import MAX_FRAME, FrameDecoder, encode_frame
+from .frames import MAX_FRAME, READ_CHUNK, FrameDecoder, encode_frame
 from .protocol import BusMessage
 from .requests import Request, params_of
 
-_CHUNK: Final = 1 << 16
 _HELLO_ID: Final = 0
 _REQUEST_ID: Final = 1
 
@@ -61,7 +60,7 @@ def _receive(sock: socket.socket, decoder: FrameDecoder,
                 raise TimeoutError
             sock.settimeout(remaining)
         try:
-            data = sock.recv(_CHUNK)
+            data = sock.recv(READ_CHUNK)
         except (ConnectionResetError, BrokenPipeError) as exc:
             raise BusDisconnected(f"the bus connection broke: {exc}") from exc
         if not data:
