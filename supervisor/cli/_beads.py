@@ -141,16 +141,14 @@ def _landed_commit(town: Town, store: Store, bead: Bead, commit: str) -> str:
 
 
 def cmd_reopen(args: argparse.Namespace) -> int:
-    town = town_of(args)
-    with store_of(town) as store:
+    with store_of(town_of(args)) as store:
         bead = store.reopen_bead(args.id, reason=args.reason)
     print(f"{bead.id} reopened")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    town = town_of(args)
-    with store_of(town) as store:
+    with store_of(town_of(args)) as store:
         bead = store.bead(args.id)
         work = store.bead_work(bead.id)
         history = store.polecat_history(bead=bead.id)
