@@ -26,7 +26,9 @@ from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
     beads,
     clone,
+    configure,
     events,
+    gate,
     polecats,
     role_processes,
     script_town,
@@ -209,10 +211,15 @@ def test_conflict_resolved_by_hand_is_resubmitted(cli: Cli, town: Path, feed: Fe
                                                   remote: Path) -> None:
     """Two beads write the same file: one merges, the other is rejected (conflict); a
     person rebases and resolves it in the rejected worktree, runs `done`: merged."""
+    # The merge queue waits until both MRs exist: a second polecat spawned after the first
+    # merge would start from it and merge cleanly (seen in a fast run).
+    configure(town, gate("hold", f"while [ ! -e {town}/release ]; do sleep 0.05; done"))
     cli.ok("up")
     one = cli.ok("bead", "create", "one", "--rig", "web", "-d", "echo one > same.txt").strip()
     two = cli.ok("bead", "create", "two", "--rig", "web", "-d", "echo two > same.txt").strip()
     slung = {bead: cli.ok("sling", bead, "web").split() for bead in (one, two)}
+    feed.wait_each("mr_created", "bead", (one, two), what="both MRs")
+    (town / "release").touch()
 
     rejected = feed.wait("polecat_rejected", where=lambda e: e.get("bead") in slung,
                          what="the second MR to be rejected (conflict)")
