@@ -3,8 +3,10 @@
 Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
 
 Slings are recorded in the store by whoever asks (``gastown sling``, even while the
-town is down); the mayor turns queued slings into polecats one at a time (worktree,
-branch, session: :func:`gastown.roles.operations.polecats.spawn_polecat`). A sling that finds no
+town is down); the mayor turns queued slings into polecats: it reserves each (a name, a
+``spawning`` row: :func:`~gastown.roles.operations.polecats.reserve_spawn`) in queue order,
+then builds several at once (worktree, branch, session:
+:func:`~gastown.roles.operations.polecats.build_spawn`). A sling that finds no
 free slot stays queued and is retried when a slot frees: the mayor wakes on the domain
 events that free one (a polecat done, escalated or nuked), never on a timer.
 
@@ -15,6 +17,7 @@ while the town was down.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, TypedDict
 
 import trio
@@ -25,9 +28,10 @@ from ..supervisor.bus.requests import Reply, Request
 from ..supervisor.bus.requests import Sling as SlingRequest
 from .adapters import log
 from .adapters.async_store import AsyncStore
-from .adapters.store import Sling
+from .adapters.store import Polecat, Sling
+from .adapters.town import Town
 from .core.errors import GastownError
-from .operations.polecats import recover_spawning, spawn_polecat
+from .operations.polecats import build_spawn, recover_spawning, reserve_spawn
 from .role_context import RoleContext
 
 #: Domain events after which a queued sling may find a slot (or a new sling exists).
@@ -37,6 +41,10 @@ WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "pole
 #: A sling's outcome as ``sling`` answers it: ``state`` (queued, dispatched, failed) and
 #: its details (``error``; ``rig``, ``polecat``, ``worktree``, ``branch``; ``position``).
 SlingResult = dict[str, object]
+
+#: How many reserved polecats get their worktree and session made at once (one rig's
+#: worktrees are still added one at a time, under its repository lock).
+SPAWN_CONCURRENCY: Final = 4
 
 
 class MayorStatus(TypedDict):
@@ -56,6 +64,10 @@ class Mayor:
         self._results: dict[int, SlingResult] = {}
         self._log = log.get_logger()
         self.dispatched = 0
+        #: Slings reserved whose worktree and session are being made (they answer later).
+        self._building: set[int] = set()
+        self._spawn_limit = trio.CapacityLimiter(SPAWN_CONCURRENCY)
+        self._nursery: trio.Nursery | None = None
 
     @property
     def store(self) -> AsyncStore:
@@ -70,6 +82,7 @@ class Mayor:
             events = await client.subscribe(*WAKE_TOPICS)
             self._wakeup.set()  # dispatch whatever was queued while the town was down
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._wake_on_events, events)
                 await self._dispatch_forever(client)
         finally:
@@ -86,21 +99,57 @@ class Mayor:
             await self._dispatch_queued(client)
 
     async def _dispatch_queued(self, client: BusClient) -> None:
-        """One pass over the queue, oldest first; a full rig does not block other rigs."""
+        """One pass over the queue, oldest first; a full rig does not block other rigs.
+
+        Reservations (a name, a ``spawning`` row) are made here, one after the other in
+        queue order, so the caps and the order hold; the slow rest of each spawn (worktree,
+        session) runs in the background, up to :data:`SPAWN_CONCURRENCY` at once, and
+        answers its sling when it is done.
+        """
         queued = await self.store.call(self.store.store.queued_slings)
         waiting = 0
         for sling in queued:
-            result = await self._dispatch(sling)
+            with log.bound(bead=sling.bead, rig=sling.rig):
+                reserved = await self._attempt(sling, reserve_spawn, self.town, sling)
+            if isinstance(reserved, Polecat):
+                self._building.add(sling.id)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._build, sling, reserved)
+                continue
+            result: SlingResult = reserved or {"state": "queued"}
             if result["state"] == "queued":
                 waiting += 1
                 result["position"] = waiting
             self._answer(sling.id, result)
         for sling_id in list(self._waiters):
+            if sling_id in self._building:
+                continue  # its build answers it
             settled = await self._settled(sling_id)
             if settled is None:
                 self._wakeup.set()  # queued after this pass read the queue: one more pass
             else:
                 self._answer(sling_id, settled)
+
+    async def _build(self, sling: Sling, reserved: Polecat) -> None:
+        """Worktree and session of a reserved polecat; then its sling is answered."""
+        try:
+            async with self._spawn_limit:
+                with log.bound(bead=sling.bead, rig=sling.rig):
+                    built = await self._attempt(sling, build_spawn, self.town, sling,
+                                                reserved)
+            if isinstance(built, Polecat):
+                self.dispatched += 1
+                self._log.info("polecat_slung", polecat=built.name, worktree=built.worktree,
+                               bead=sling.bead, rig=sling.rig)
+                result: SlingResult = {"state": "dispatched", "rig": built.rig,
+                                       "polecat": built.name, "worktree": built.worktree,
+                                       "branch": built.branch}
+            else:
+                result = built or {"state": "failed", "error": "no polecat"}
+        finally:
+            self._building.discard(sling.id)
+        self._answer(sling.id, result)
+        self._wakeup.set()  # a failed build freed its slot
 
     async def _settled(self, sling_id: int) -> SlingResult | None:
         """The outcome of a sling this pass did not see, or None while it is queued."""
@@ -117,25 +166,21 @@ class Mayor:
         return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
                 "worktree": polecat.worktree, "branch": polecat.branch}
 
-    async def _dispatch(self, sling: Sling) -> SlingResult:
-        with log.bound(bead=sling.bead, rig=sling.rig):
-            try:
-                polecat = await self.store.operate(spawn_polecat, self.town, sling)
-            except GastownError as exc:
-                self._log.warning("sling_failed", sling=sling.id, error=exc.message)
-                await self._fail_if_queued(sling, exc.message)
-                return {"state": "failed", "error": exc.message}
-            except Exception as exc:  # a bug or an OS error: the sling fails, the mayor lives
-                self._log.exception("sling_failed", sling=sling.id)
-                error = f"{type(exc).__name__}: {exc}"
-                await self._fail_if_queued(sling, error)
-                return {"state": "failed", "error": error}
-            if polecat is None:
-                return {"state": "queued"}
-            self.dispatched += 1
-            self._log.info("polecat_slung", polecat=polecat.name, worktree=polecat.worktree)
-            return {"state": "dispatched", "rig": polecat.rig, "polecat": polecat.name,
-                    "worktree": polecat.worktree, "branch": polecat.branch}
+    async def _attempt(self, sling: Sling, step: Callable[..., Polecat | None], town: Town,
+                       *args: object) -> Polecat | SlingResult | None:
+        """One spawn step as an operation: its polecat, None (no free slot), or the
+        sling's failure (recorded: a sling that failed leaves the queue)."""
+        try:
+            return await self.store.operate(step, town, *args)
+        except GastownError as exc:
+            self._log.warning("sling_failed", sling=sling.id, error=exc.message)
+            await self._fail_if_queued(sling, exc.message)
+            return {"state": "failed", "error": exc.message}
+        except Exception as exc:  # a bug or an OS error: the sling fails, the mayor lives
+            self._log.exception("sling_failed", sling=sling.id)
+            error = f"{type(exc).__name__}: {exc}"
+            await self._fail_if_queued(sling, error)
+            return {"state": "failed", "error": error}
 
     async def _fail_if_queued(self, sling: Sling, error: str) -> None:
         """A sling reported as failed leaves the queue (spawn_polecat usually did that)."""

@@ -52,7 +52,21 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
 
     Returns None (and changes nothing) when the rig or the town has no free slot.
     Raises on failure after rolling everything back: no folder, no branch, no row,
-    the bead ``open`` again with the reason, the sling ``failed``.
+    the bead ``open`` again with the reason, the sling ``failed``. The two halves,
+    :func:`reserve_spawn` and :func:`build_spawn`, let the mayor reserve in queue order
+    and build several polecats at once.
+    """
+    polecat = reserve_spawn(town, store, sling)
+    if polecat is None:
+        return None
+    return build_spawn(town, store, sling, polecat, process=process)
+
+
+def reserve_spawn(town: Town, store: Store, sling: Sling) -> Polecat | None:
+    """The spawn's first step, quick and in queue order: a name and a ``spawning`` row.
+
+    Returns None (and changes nothing) when the rig or the town has no free slot; a
+    failure here (an unknown agent, a broken rig) fails the sling, once, and raises.
     """
     try:
         rig_config = town.rig_config(sling.rig)
@@ -64,7 +78,7 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
         on_disk = {p.name for p in polecats_dir.iterdir() if not p.name.startswith(".")}
         on_disk |= names_with_branches(town.refinery_clone(sling.rig),
                                        rig_config.polecats.branch_template)
-        polecat = store.reserve_polecat(
+        return store.reserve_polecat(
             sling.id, pool=rig_config.polecats.names or DEFAULT_POLECAT_NAMES,
             branch_template=rig_config.polecats.branch_template,
             polecats_dir=str(polecats_dir), agent=agent_name, rig_cap=rig_config.polecats.max,
@@ -73,10 +87,18 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
         store.fail_sling(sling.id, exc.message if isinstance(exc, GastownError) else
                          f"{type(exc).__name__}: {exc}")
         raise
-    if polecat is None:
-        return None
+
+
+def build_spawn(town: Town, store: Store, sling: Sling, polecat: Polecat, *,
+                process: str = "mayor") -> Polecat:
+    """The rest of a reserved spawn: worktree, session, ``working``; rolled back on failure.
+
+    Polecats of one rig add their worktrees one at a time (the repository lock); their
+    sessions, and polecats of other rigs, start side by side.
+    """
     fault_point(process, "sling.after_reserve")
     try:
+        rig_config = town.rig_config(sling.rig)
         clone = town.refinery_clone(sling.rig)
         with git.repo_lock(clone):
             git.add_worktree(clone, Path(polecat.worktree), polecat.branch,

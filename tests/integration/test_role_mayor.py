@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from gastown.roles.operations.nuking import nuke_polecat
 from gastown.roles.operations.polecat_sessions import session_alive
@@ -128,3 +129,38 @@ async def test_beyond_the_cap_a_sling_waits_and_is_dispatched_when_a_polecat_is_
         async with world.role("mayor"):
             working = await world.wait_event("polecat_working", bead=three.id)
             assert session_alive(await world.polecat(str(working["polecat"])))
+
+
+async def test_a_slow_spawn_does_not_hold_up_the_next_one(
+        site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spawns are reserved in queue order and built side by side: while one polecat's
+    spawn hangs after its worktree, the next sling is dispatched and answered."""
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    state = tmp_path / "faults"
+    state.mkdir()
+    monkeypatch.setenv("GASTOWN_FAULTS", f"mayor@sling.after_worktree=hang-while:{hold}:once")
+    monkeypatch.setenv("GASTOWN_FAULT_STATE", str(state))
+    async with running_world(site) as world, world.role("mayor"):
+        slings = [await world.queue_sling(await world.bead(f"b{i}", "sleep 30"))
+                  for i in range(2)]
+        replies: dict[int, dict[str, object]] = {}
+        first_answer = trio.Event()
+
+        async def ask(sling_id: int) -> None:
+            replies[sling_id] = dict(as_mapping(
+                await world.client.call("mayor", SlingRequest(sling=sling_id))))
+            first_answer.set()
+
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                for sling in slings:
+                    nursery.start_soon(ask, sling.id)
+                # One spawn hangs (the fail point fires once); the other is answered.
+                await first_answer.wait()
+                assert len(replies) == 1, replies
+                (answered,) = replies.values()
+                assert answered["state"] == "dispatched", answered
+                hold.unlink()  # the hung spawn goes on
+        assert sorted(str(r["state"]) for r in replies.values()) == ["dispatched"] * 2
+        assert len({str(r["polecat"]) for r in replies.values()}) == 2
