@@ -65,6 +65,9 @@ SAFETY_INTERVAL: Final = 300.0
 RESPAWN_BASE: Final = 1.0
 RESPAWN_MAX: Final = 60.0
 
+#: How many merged polecats are nuked at once (a batch merges several together).
+NUKE_CONCURRENCY: Final = 4
+
 
 class WitnessStatus(TypedDict):
     """The witness's fields in its role's ``status`` answer."""
@@ -90,6 +93,7 @@ class Witness:
         self._reviving: set[str] = set()
         #: One operation at a time per polecat (a nuke, a respawn); others run alongside.
         self.operations = OperationLocks()
+        self._nuke_limit = trio.CapacityLimiter(NUKE_CONCURRENCY)
         self._agents: AgentWatch | None = None
         self.nuked = 0
         self.respawned = 0
@@ -148,7 +152,8 @@ class Witness:
             if message.topic == "mr_merged" and message.data.get("mr_kind") == "crew":
                 await self._update_crew(str(message.data.get("polecat")))
             elif message.topic == "mr_merged":
-                await self._nuke(str(message.data.get("polecat")))
+                assert self._nursery is not None
+                self._nursery.start_soon(self._nuke, str(message.data.get("polecat")))
             elif message.topic == "agent_turn_ended":
                 assert self._nursery is not None
                 self._nursery.start_soon(self.agents.turn_ended, str(message.data.get("polecat")))
@@ -219,7 +224,8 @@ class Witness:
         for polecat in polecats:
             # By incarnation: a merged MR of an earlier polecat of this name is not its own.
             if polecat.state == "merging" and any(mr.submitted_by(polecat) for mr in merged):
-                await self._nuke(polecat.name)
+                assert self._nursery is not None
+                self._nursery.start_soon(self._nuke, polecat.name)
             elif polecat.state == "working":
                 self._ensure_watched(polecat)
             elif polecat.state == "stalled" and polecat.name not in self._reviving:
@@ -230,9 +236,11 @@ class Witness:
                 self._watched.pop(name)[1].cancel()
 
     async def _nuke(self, name: str) -> None:
+        """Nuke a merged polecat; several run at once (a batch merges several), one at a
+        time per polecat."""
         with log.bound(polecat=name):
             try:
-                async with self.operations.hold(name):
+                async with self._nuke_limit, self.operations.hold(name):
                     kept = await self.store.operate(nuke_merged, self.town, self.rig, name)
             except GastownError as exc:
                 self._log.info("nuke_skipped", reason=exc.message)
