@@ -8,6 +8,12 @@ Each process calls :func:`configure_logging` once. Every event becomes one JSON 
 on stderr. ``role``, ``rig``, ``polecat`` and ``bead`` travel as context variables
 (:func:`bind` / :func:`bound`), so a line logged deep inside git plumbing still says
 which polecat it was for.
+
+structlog is imported, and the pipeline built, at the first line actually logged, not
+at :func:`configure_logging`: importing structlog pulls in asyncio (about a third of a
+short CLI command's start-up), and most CLI commands log nothing. The context lives in
+a context variable of this module, so :func:`bind` and :func:`bound` cost no import
+either.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
-import structlog
-from structlog.typing import EventDict, WrappedLogger
+if TYPE_CHECKING:
+    import structlog
+    from structlog.typing import EventDict, WrappedLogger
 
 LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
@@ -173,12 +181,12 @@ class _Tee:
             self.file.write_line(line)
         if self.journal is not None:
             self.journal.send(journal_fields(event_dict, readable(event_dict)))
-            raise structlog.DropEvent
+            raise _drop()
         if self.json_console:
             return line
         if self.console is not None:
             return str(self.console(logger, method, dict(event_dict)))
-        raise structlog.DropEvent
+        raise _drop()
 
 
 def _order_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -197,8 +205,23 @@ def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
 
     ``console=None`` means: readable lines on stderr when it is a terminal.
     ``journal=None`` means: to journald (native protocol, context as fields) when running
-    under it; stderr then carries nothing, so the journal gets each line once.
+    under it; stderr then carries nothing, so the journal gets each line once. The
+    pipeline is built at the first line logged (see the module's docstring).
     """
+    global _pending
+    _context.set({"role": role})
+    _pending = lambda: _configure(logs_dir, role=role, level=level, console=console,  # noqa: E731
+                                  json_console=json_console, max_bytes=max_bytes,
+                                  backups=backups, journal=journal)
+    if "structlog" in sys.modules:  # already paid for: apply now, as before
+        _apply_pending()
+
+
+def _configure(logs_dir: Path | None, *, role: str, level: str, console: bool | None,
+               json_console: bool, max_bytes: int, backups: int,
+               journal: bool | None) -> None:
+    import structlog
+
     if journal is None:
         journal = under_journald(os.environ)
     sink = (JournalSink(os.environ.get(JOURNAL_SOCKET_ENV, "/run/systemd/journal/socket"))
@@ -210,7 +233,7 @@ def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
     renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console else None
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            _merge_context,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -221,24 +244,71 @@ def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(role=role)
+
+
+#: This context's keys (``role``, ``rig``, ``polecat``, ``bead``...), merged into each line.
+_context: ContextVar[Mapping[str, str] | None] = ContextVar("gastown_log_context",
+                                                            default=None)
+
+
+def _current() -> Mapping[str, str]:
+    return _context.get() or {}
+
+
+def _drop() -> BaseException:
+    """structlog's "drop this line" (structlog is loaded: a line is being logged)."""
+    from structlog import DropEvent
+
+    return DropEvent()
+
+#: The configuration :func:`configure_logging` asked for, not built yet.
+_pending: Callable[[], None] | None = None
+
+
+def _apply_pending() -> None:
+    global _pending
+    pending, _pending = _pending, None
+    if pending is not None:
+        pending()
+
+
+def _merge_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """The context's keys, under what the call itself passed (the call wins)."""
+    return {**_current(), **event_dict}
 
 
 def bind(**context: str | None) -> None:
     """Add ``rig``/``polecat``/``bead`` (or any key) to every later line of this context."""
-    structlog.contextvars.bind_contextvars(**{k: v for k, v in context.items()
-                                              if v is not None})
+    _context.set({**_current(), **{k: v for k, v in context.items() if v is not None}})
 
 
 @contextmanager
 def bound(**context: str | None) -> Iterator[None]:
     """Like :func:`bind`, for the duration of a ``with`` block."""
-    with structlog.contextvars.bound_contextvars(**{k: v for k, v in context.items()
-                                                    if v is not None}):
+    token = _context.set({**_current(),
+                          **{k: v for k, v in context.items() if v is not None}})
+    try:
         yield
+    finally:
+        _context.reset(token)
+
+
+class _FirstUse:
+    """A logger that imports structlog and applies the configuration at its first use."""
+
+    def __init__(self, initial: dict[str, Any]) -> None:
+        self._initial = initial
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            _apply_pending()
+            self._logger = structlog.get_logger(**self._initial)
+        return getattr(self._logger, name)
 
 
 def get_logger(**initial: Any) -> Any:
-    """A structlog logger; the configured pipeline applies."""
-    return structlog.get_logger(**initial)
+    """A structlog logger; the configured pipeline applies (built at its first use)."""
+    return _FirstUse(initial)
