@@ -3,7 +3,7 @@
 Layer: a roles adapter (it touches processes and pipes), below the role loops and the
 supervisor: the supervisor starts and stops its children with it, a role process watches
 its lifeline and reads its token with it, and the gates run their checks through
-:func:`child_env` and :func:`stop_child`. It imports nothing from ``gastown``.
+:func:`child_env` and :func:`stop_child`. Of ``gastown`` it imports only the log.
 
 This module carries out what the supervisor decided; it never decides (when to
 restart is :mod:`gastown.supervisor.restart_policy`'s job). Every role process is
@@ -40,10 +40,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-import structlog
 import trio
 
-log = structlog.get_logger()
+from .log import get_logger
+
+log = get_logger()
 
 #: The environment variable that tells a role which fd is its end of the lifeline.
 LIFELINE_ENV: Final = "GASTOWN_LIFELINE_FD"

@@ -9,9 +9,10 @@ on stderr. ``role``, ``rig``, ``polecat`` and ``bead`` travel as context variabl
 (:func:`bind` / :func:`bound`), so a line logged deep inside git plumbing still says
 which polecat it was for.
 
-structlog is imported, and the pipeline built, at the first line actually logged, not
-at :func:`configure_logging`: importing structlog pulls in asyncio (about a third of a
-short CLI command's start-up), and most CLI commands log nothing. The context lives in
+For the CLI's short commands (``lazy``), structlog is imported, and the pipeline built,
+at the first line actually logged, not at :func:`configure_logging`: importing structlog
+pulls in asyncio (about a fifth of a short command's start-up), and most commands log
+nothing. The context lives in
 a context variable of this module, so :func:`bind` and :func:`bound` cost no import
 either.
 """
@@ -200,28 +201,18 @@ def _order_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 def configure_logging(logs_dir: Path | None, *, role: str, level: str = "info",
                       console: bool | None = None, json_console: bool = False,
                       max_bytes: int = 10 * 1024 * 1024, backups: int = 5,
-                      journal: bool | None = None) -> None:
+                      journal: bool | None = None, lazy: bool = False) -> None:
     """Route this process's structlog output to ``logs_dir/<role>.log`` and maybe stderr.
 
     ``console=None`` means: readable lines on stderr when it is a terminal.
     ``journal=None`` means: to journald (native protocol, context as fields) when running
-    under it; stderr then carries nothing, so the journal gets each line once. The
-    pipeline is built at the first line logged (see the module's docstring).
+    under it; stderr then carries nothing, so the journal gets each line once. The log
+    file is opened here (a file that cannot be written is the first error a command
+    reports). With ``lazy`` (the CLI's short commands) structlog's pipeline is built at
+    the first line logged through :func:`get_logger`; long-running processes build it now,
+    since some of their modules log through structlog directly.
     """
     global _pending
-    _context.set({"role": role})
-    _pending = lambda: _configure(logs_dir, role=role, level=level, console=console,  # noqa: E731
-                                  json_console=json_console, max_bytes=max_bytes,
-                                  backups=backups, journal=journal)
-    if "structlog" in sys.modules:  # already paid for: apply now, as before
-        _apply_pending()
-
-
-def _configure(logs_dir: Path | None, *, role: str, level: str, console: bool | None,
-               json_console: bool, max_bytes: int, backups: int,
-               journal: bool | None) -> None:
-    import structlog
-
     if journal is None:
         journal = under_journald(os.environ)
     sink = (JournalSink(os.environ.get(JOURNAL_SOCKET_ENV, "/run/systemd/journal/socket"))
@@ -230,6 +221,17 @@ def _configure(logs_dir: Path | None, *, role: str, level: str, console: bool | 
         console = sys.stderr.isatty() and sink is None
     file = (RotatingLog(logs_dir / log_file_name(role), max_bytes, backups)
             if logs_dir is not None else None)
+    _context.set({"role": role})
+    _pending = lambda: _configure(file, sink, console=console,  # noqa: E731
+                                  json_console=json_console, level=level)
+    if not lazy or "structlog" in sys.modules:
+        _apply_pending()
+
+
+def _configure(file: RotatingLog | None, sink: JournalSink | None, *, console: bool,
+               json_console: bool, level: str) -> None:
+    import structlog
+
     renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()) if console else None
     structlog.configure(
         processors=[

@@ -25,15 +25,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-import structlog
-
 from ..core.agent_screen import Screen, read_screen, tail, terminal_text
+from .log import get_logger
 from .sessions import SessionInfo
 from .tmux import SessionError
 from .tmux import run_tmux as _run_tmux
 from .tmux import tmux_binary as _tmux_binary
 
-log = structlog.get_logger()
+log = get_logger()
 
 #: How often a screen is captured while waiting for it to change.
 POLL_INTERVAL: Final = 0.2

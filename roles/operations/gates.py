@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import structlog
 import trio
 
 from ..adapters.children import child_env, stop_child
+from ..adapters.log import get_logger
 from ..core.config import GateConfig
 
-log = structlog.get_logger()
+log = get_logger()
 
 #: At most this many lines of a gate's output are kept in :attr:`GateResult.tail`.
 TAIL_LINES: Final = 20

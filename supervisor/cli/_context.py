@@ -83,7 +83,7 @@ def _configure_cli_logging(town: Town, *, verbose: bool, config_optional: bool =
         level, max_bytes, backups = "info", 10 * 1024 * 1024, 5
     configure_logging(town.logs_dir if town.logs_dir.is_dir() else None, role="cli",
                       level="debug" if verbose else level, console=verbose,
-                      max_bytes=max_bytes, backups=backups)
+                      max_bytes=max_bytes, backups=backups, lazy=True)
 
 
 @contextmanager

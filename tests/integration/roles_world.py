@@ -232,6 +232,9 @@ class World:
             finally:
                 stopped.set()
 
+        # Children this process had before (a resource tracker another test of this
+        # xdist worker started, say) are not the role's.
+        before = set(self.leftover_processes())
         async with trio.open_nursery() as nursery:
             await nursery.start(serve)
             try:
@@ -242,7 +245,8 @@ class World:
                 # its one call first): a deadlock here fails the test instead of hanging.
                 with trio.fail_after(STOP_TIMEOUT):
                     await stopped.wait()
-        leftovers = self.leftover_processes()
+        leftovers = {pid: argv for pid, argv in self.leftover_processes().items()
+                     if pid not in before}
         assert not leftovers, f"{name} left processes behind: {leftovers}"
 
     def leftover_processes(self) -> dict[int, str]:
