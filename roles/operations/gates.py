@@ -33,6 +33,14 @@ from ..core.config import GateConfig
 
 log = get_logger()
 
+#: Variables a gate never inherits. A bytecode cache outside the tree
+#: (``PYTHONPYCACHEPREFIX``) survives the ``git clean`` between two candidates checked out
+#: in the same folder, and Python trusts a cached file whose source has the same size and
+#: the same mtime second: a one-character edit (``a + b`` -> ``a - b``) then runs the old
+#: code, and a gate passes or fails for the wrong candidate. Without it the cache lives in
+#: the tree, where each checkout's clean removes it.
+GATE_DROPPED_ENV: Final = ("PYTHONPYCACHEPREFIX",)
+
 #: At most this many lines of a gate's output are kept in :attr:`GateResult.tail`.
 TAIL_LINES: Final = 20
 #: ... and at most this many bytes of it are read back from the log.
@@ -55,6 +63,12 @@ class GateResult:
     timed_out: bool
     duration: float
     tail: str
+
+
+def gate_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a gate: ``env`` without :data:`GATE_DROPPED_ENV`, and
+    scrubbed as for every child (:func:`~gastown.roles.adapters.children.child_env`)."""
+    return child_env({k: v for k, v in env.items() if k not in GATE_DROPPED_ENV}, {})
 
 
 async def run_gates(
@@ -124,7 +138,7 @@ async def _run_gate(
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,
-            env=child_env(env, {}),
+            env=gate_env(env),
             start_new_session=True,
         )
     except OSError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -251,3 +253,29 @@ async def test_missing_cwd_raises(tmp_path: Path, env: dict[str, str]) -> None:
 async def test_no_gates_is_an_empty_result(clone: Path, tmp_path: Path) -> None:
     """A rig without gates runs nothing and passes vacuously."""
     assert await run_gates([], cwd=clone, log_path=tmp_path / "mr.log", env={}) == []
+
+
+async def test_a_python_gate_never_runs_bytecode_cached_for_another_candidate(
+    clone: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """Two candidates in one folder whose module differs by one character, same size, same
+    mtime second (what a checkout within a second does): with the refinery's environment
+    pointing Python at a cache outside the tree, the second gate must still run its own
+    code, not the first candidate's cached bytecode (the demo's conflicting pair was once
+    rejected for the broken change's failure this way)."""
+    module = clone / "calc.py"
+    test = f"{sys.executable} -c 'import calc, sys; sys.exit(0 if calc.add(2, 1) == 3 else 1)'"
+    gates = [gate("test", test)]
+    with_cache = {**env, "PYTHONPYCACHEPREFIX": str(tmp_path / "pycache")}
+    with_cache.pop("PYTHONDONTWRITEBYTECODE", None)
+    module.write_text("def add(a, b):\n    return a + b\n")
+    os.utime(module, (1_700_000_000, 1_700_000_000))
+    (first,) = await run_gates(gates, cwd=clone, log_path=tmp_path / "a.log", env=with_cache)
+    assert first.ok, first
+    # The next candidate: same size, same mtime; the checkout's `git clean -ffdx` removes
+    # the tree's own caches.
+    shutil.rmtree(clone / "__pycache__", ignore_errors=True)
+    module.write_text("def add(a, b):\n    return a - b\n")
+    os.utime(module, (1_700_000_000, 1_700_000_000))
+    (second,) = await run_gates(gates, cwd=clone, log_path=tmp_path / "b.log", env=with_cache)
+    assert not second.ok, "the gate ran the first candidate's cached code"
