@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -46,6 +46,9 @@ from .adapters.town import Town
 from .core.errors import GastownError, StoreError, UsageError
 from .core.names import validate_name
 from .role_context import Behaviour, RoleContext, bus_path
+
+if TYPE_CHECKING:
+    from ..supervisor.bus.client import BusClient
 
 ROLE_KINDS = ("mayor", "witness", "refinery")
 RECONNECT_MAX_DELAY = 2.0
@@ -138,7 +141,7 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
                 logger.info("role_ready", pid=os.getpid())
                 fault_point(ctx.name, "ready")
                 delay = 0.05
-                await behaviour.run(client)
+                await _run_behaviour(behaviour, client)
         except NameRefused as exc:
             # Not the process the supervisor started for this name (started by hand, or
             # its supervisor is gone): it has no business running.
@@ -150,6 +153,28 @@ async def _serve_bus(ctx: RoleContext, behaviour: Behaviour,
             logger.warning("bus_lost", error=str(exc), retry_in=delay)
         await trio.sleep(delay)
         delay = min(delay * 2, RECONNECT_MAX_DELAY)
+
+
+async def _run_behaviour(behaviour: Behaviour, client: BusClient) -> None:
+    """Run the behaviour's main task; a lost bus comes out as itself, never in a group.
+
+    A behaviour runs its work in nurseries of its own, so a bus call that fails in one of
+    their tasks (the supervisor was killed mid-request) reaches here as an exception group
+    of :class:`BusDisconnected`. The role reconnects after that like after any other lost
+    bus; only a group with something else in it is a crash.
+    """
+    from ..supervisor.bus.errors import BusDisconnected, BusUnavailable
+
+    try:
+        await behaviour.run(client)
+    except BaseExceptionGroup as group:
+        lost, rest = group.split((BusDisconnected, BusUnavailable))
+        if lost is None or rest is not None:
+            raise
+        leaf: BaseException = lost
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        raise leaf from group
 
 
 async def run_role(ctx: RoleContext, behaviour: Behaviour | None = None) -> None:
