@@ -97,6 +97,7 @@ def real_town(request: pytest.FixtureRequest, cli: Cli, tmp_path: Path,
         tear_down_town(cli, root)
 
 
+@pytest.mark.timeout(600)
 def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_path: Path,
                               model_server: ModelServer) -> None:
     agent, backend, root = real_town
@@ -127,10 +128,11 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
         return now if done and now[stuck]["status"] == "blocked" else None
 
     try:
-        final = wait_until(settled, timeout=float(os.environ.get("REAL_AGENT_WAIT", "300")),
+        # Well under the test's own timeout, so that a stuck town is described below.
+        final = wait_until(settled, timeout=float(os.environ.get("REAL_AGENT_WAIT", "360")),
                            what="every bead merged or escalated")
     except AssertionError:
-        print(cli("bead", "list").out, cli("polecat", "list").out, cli("feed").out[-6000:])
+        _describe_town(cli, root)
         raise
     assert final[stuck]["reason"] and "contradicts" in str(final[stuck]["reason"])
     shown = cli.ok("bead", "show", stuck)
@@ -192,6 +194,25 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
     assert json.loads((home / ".claude.json").read_text()) == USER_CLAUDE_JSON
     assert json.loads((home / ".claude" / "settings.json").read_text()) == {"model": "mine"}
     del agent
+
+
+def _describe_town(cli: Cli, root: Path) -> None:
+    """Print what a stuck run needs to be understood: the beads, the polecats with their
+    notes, the feed, each tmux session's screen and each session log's tail."""
+    print(cli("bead", "list").out, cli("polecat", "list").out, cli("feed").out[-8000:])
+    from gastown.roles.adapters.sessions import tmux_socket_name
+
+    socket = tmux_socket_name(root)
+    listed = subprocess.run(["tmux", "-L", socket, "list-sessions", "-F", "#{session_name}"],
+                            capture_output=True, text=True)
+    for session in listed.stdout.split():
+        screen = subprocess.run(["tmux", "-L", socket, "capture-pane", "-p", "-t", session],
+                                capture_output=True, text=True).stdout
+        print(f"--- screen of {session} ---\n{screen.rstrip()}")
+    for log in sorted((root / "logs").rglob("*")):
+        if log.is_file():
+            print(f"--- tail of {log.relative_to(root)} ---\n"
+                  f"{log.read_text(errors='replace')[-2500:]}")
 
 
 def _kill_agent(root: Path, name: str) -> None:
