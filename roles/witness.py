@@ -131,6 +131,7 @@ class Witness:
                 nursery.start_soon(self._listen, events)
                 await nursery.start(self._watch_markers)
                 nursery.start_soon(self._watch_silence)
+                nursery.start_soon(self.agents.watch_idle)
                 next_reconcile = trio.current_time()
                 while True:
                     if trio.current_time() >= next_reconcile:

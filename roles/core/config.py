@@ -59,6 +59,7 @@ class AgentConfig:
 class SessionsConfig:
     backend: SessionBackend
     start_timeout: Seconds
+    idle_turn_after: Seconds
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ still ``working`` gets, in order:
 2. if its next turn ends the same way: the witness records the merge request itself
    (``done_by = "witness"``) when the branch has commits and a clean tree — the work is
    there and checked by the gates anyway — and otherwise escalates, worktree kept.
+
+An interactive agent whose turn end never reached the witness (see :func:`idle_turn`) is
+handled the same way once it has sat idle at its prompt long enough.
 """
 
 from __future__ import annotations
@@ -78,3 +81,36 @@ def after_turn(facts: TurnFacts, *, max_nudges: int = MAX_NUDGES) -> AfterTurn:
     what = "uncommitted changes" if facts.dirty else "no commits"
     return Escalate(f"the agent ended its turn without `gastown done` after "
                     f"{facts.nudges} nudge(s), with {what}; worktree kept")
+
+
+# -- a turn end that never arrived ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class IdleMark:
+    """Since when an agent's screen has shown an idle prompt, and the polecat's turn and
+    nudge counts then: a turn end or a nudge since makes it a new idle spell."""
+
+    since: float
+    turns: int
+    nudges: int
+
+
+def idle_turn(mark: IdleMark | None, *, now: float, idle: bool, turns: int, nudges: int,
+              after: float) -> tuple[IdleMark | None, bool]:
+    """The new mark, and whether the agent's idle spell is now a turn end to handle.
+
+    A turn end normally reaches the witness from the agent's own hook (Claude's Stop hook,
+    Codex's notify). When it does not (a nudge typed while the machine was too slow to
+    show it, whose Enter was then taken as part of the text; a hook that failed), the
+    polecat would sit at its prompt until the 30-minute silence note. An idle prompt seen
+    for ``after`` seconds (``sessions.idle_turn_after``) with no turn end and no nudge
+    recorded meanwhile is that lost turn end; handling it once resets the mark, so the
+    next one needs a new spell.
+    """
+    if not idle:
+        return None, False
+    if mark is None or (mark.turns, mark.nudges) != (turns, nudges):
+        return IdleMark(now, turns, nudges), False
+    if now - mark.since >= after:
+        return None, True
+    return mark, False

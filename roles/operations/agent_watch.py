@@ -12,7 +12,7 @@ refinery, escalation).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -24,12 +24,25 @@ from ..adapters.async_store import AsyncStore
 from ..adapters.sessions import SessionInfo
 from ..adapters.store import Polecat
 from ..adapters.town import Town
+from ..core.agent_screen import read_screen
 from ..core.config import AgentConfig
 from ..core.errors import GastownError
-from ..core.turn_end import Escalate, Nothing, Nudge, RecordDone, TurnFacts, after_turn
+from ..core.turn_end import (
+    Escalate,
+    IdleMark,
+    Nothing,
+    Nudge,
+    RecordDone,
+    TurnFacts,
+    after_turn,
+    idle_turn,
+)
 from .nudges import deliver_nudge
 from .polecat_done import record_done
-from .polecat_sessions import session_alive
+from .polecat_sessions import session_alive, session_info
+
+#: How often the witness looks at the screens of real agents in tmux for an idle prompt.
+IDLE_CHECK: Final = 15.0
 
 #: How long the witness waits for an agent to come back to its prompt for a nudge.
 NUDGE_TIMEOUT: Final = 120.0
@@ -53,6 +66,7 @@ class AgentWatch:
         self._log = log.get_logger()
         self._turning: set[str] = set()
         self._again: set[str] = set()
+        self._idle: dict[str, IdleMark] = {}
 
     def agent(self, polecat: Polecat) -> AgentConfig:
         _, agent = resolve_agent(polecat.agent, self.town.config, load_presets())
@@ -105,10 +119,16 @@ class AgentWatch:
                 await self.store.call(deliver_nudge, self.town, self.store.store, polecat,
                                       decision.text, by="witness", timeout=NUDGE_TIMEOUT)
             except GastownError as exc:
+                # Not typed (its prompt never came back, the keys were refused): as good
+                # as a nudge it ignored. Deciding now keeps it from waiting for a turn
+                # end that cannot come.
                 self._log.warning("nudge_failed", error=exc.message)
+                decision = after_turn(replace(facts, nudges=facts.nudges + 1))
+            else:
+                self.hooks.watch(await self.store.call(self.store.store.polecat, self.rig,
+                                                       name))
                 return
-            self.hooks.watch(await self.store.call(self.store.store.polecat, self.rig, name))
-        elif isinstance(decision, RecordDone):
+        if isinstance(decision, RecordDone):
             try:
                 result = await self.store.operate(
                     record_done, self.town, self.rig, name, "completed",
@@ -122,6 +142,51 @@ class AgentWatch:
             await self.hooks.wake_refinery(name)
         elif isinstance(decision, Escalate):
             await self.hooks.escalate(polecat, decision.reason)
+
+    async def watch_idle(self) -> None:
+        """Every :data:`IDLE_CHECK` seconds, hand the turn ends that never arrived (see
+        :meth:`idle_pass`) to :meth:`turn_ended`."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                after = self.town.config.sessions.idle_turn_after
+                await trio.sleep(min(IDLE_CHECK, max(0.5, after / 3)))
+                try:
+                    working = await self.store.call(self.store.store.polecats, self.rig,
+                                                    {"working"})
+                    for name in await self.idle_pass(working):
+                        nursery.start_soon(self.turn_ended, name)
+                except GastownError as exc:  # e.g. the rig is being removed
+                    self._log.info("idle_check_skipped", reason=exc.message)
+
+    async def idle_pass(self, polecats: list[Polecat]) -> list[str]:
+        """The working polecats whose real agent in tmux has sat idle at its prompt long
+        enough, with no turn end recorded, to be handled as a turn end
+        (:func:`~gastown.roles.core.turn_end.idle_turn`); one screen capture each."""
+        due: list[str] = []
+        seen: set[str] = set()
+        for polecat in polecats:
+            kind = self.screen_kind(polecat)
+            info = session_info(polecat)
+            if kind is None or info is None or info.backend != "tmux" \
+                    or polecat.name in self._turning:
+                continue
+            seen.add(polecat.name)
+            idle = await trio.to_thread.run_sync(_idle_at_prompt, info, kind)
+            mark, handle = idle_turn(self._idle.get(polecat.name), now=trio.current_time(),
+                                     idle=idle, turns=polecat.turns, nudges=polecat.nudges,
+                                     after=self.town.config.sessions.idle_turn_after)
+            if mark is None:
+                self._idle.pop(polecat.name, None)
+            else:
+                self._idle[polecat.name] = mark
+            if handle:
+                with log.bound(polecat=polecat.name):
+                    self._log.warning("agent_idle_without_turn_end", turns=polecat.turns,
+                                      nudges=polecat.nudges)
+                due.append(polecat.name)
+        for gone in set(self._idle) - seen:
+            del self._idle[gone]
+        return due
 
     def turn_facts(self, polecat: Polecat) -> TurnFacts:
         from ..adapters import git
@@ -173,3 +238,13 @@ class AgentWatch:
                                       reason)
             except GastownError:
                 return
+
+
+def _idle_at_prompt(info: SessionInfo, kind: str) -> bool:
+    """The agent's screen shows its prompt, not a turn in progress (False when unreadable)."""
+    from ..adapters.tmux_input import capture
+
+    try:
+        return read_screen(capture(info), kind).state == "ready"
+    except GastownError:
+        return False

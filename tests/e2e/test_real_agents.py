@@ -283,3 +283,41 @@ def test_a_start_stuck_on_an_unknown_screen_is_reported(cli: Cli, tmp_path: Path
         assert "got:" not in screen  # no key was pressed at the unknown screen
     finally:
         tear_down_town(cli, root)
+
+
+def test_an_agent_idle_at_its_prompt_without_a_turn_end_is_handled(cli: Cli,
+                                                                   tmp_path: Path) -> None:
+    """A real agent in tmux that sits at its prompt with no turn end from its hook (a
+    nudge whose Enter was lost, a hook that failed) is not left for the silence note: the
+    witness treats the idle spell as a turn end — a nudge, then, still idle, its committed
+    work recorded as its MR and merged. The program stands in for Claude's *screen* only
+    (it commits, draws Claude's idle prompt and never reports a turn): what is tested is
+    the witness watching a `kind = "claude"` agent."""
+    screen = Path(__file__).parents[1] / "unit" / "screens" / "claude_ready_after_turn.txt"
+    remote = make_remote(tmp_path / "remote.git")
+    root = new_town_root()
+    cli.ok("install", str(root))
+    program = (f"echo idle > idle.txt && git add idle.txt && git commit -qm idle && "
+               f"stty -echo && cat {screen} && exec cat >/dev/null")
+    (root / "town.toml").write_text(
+        'default_agent = "quiet"\n'
+        '[sessions]\nbackend = "tmux"\nstart_timeout = "5s"\nidle_turn_after = "1s"\n'
+        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
+        f'[agents.quiet]\nkind = "claude"\ncommand = ["sh", "-c", {json.dumps(program)}]\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    try:
+        cli.ok("up")
+        bead = cli.ok("bead", "create", "quiet", "--rig", "web").strip()
+        name = cli.ok("sling", bead, "web").split()[0]
+        wait_until(lambda: beads(cli)[bead]["status"] == "closed", timeout=120,
+                   what="the idle agent's work merged")
+        feed = events(cli)
+        assert [e.get("by") for e in feed
+                if e["kind"] == "polecat_nudged" and e.get("polecat") == name] == ["witness"]
+        created = [e for e in feed if e["kind"] == "mr_created" and e.get("bead") == bead]
+        assert [e.get("done_by") for e in created] == ["witness"]
+        assert subprocess.run(["git", "show", "main:idle.txt"], cwd=clone(root),
+                              capture_output=True, text=True).stdout == "idle\n"
+    finally:
+        tear_down_town(cli, root)
