@@ -183,9 +183,10 @@ def _inotify_watches(pid: int) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # 250,000 files checked out and removed: minutes on a loaded machine
+@pytest.mark.timeout(600)  # 50,000 files checked out and removed
 def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Path) -> None:
-    """50 live polecats on a 5,000-file repository: the witness holds < 200 inotify watches."""
+    """10 live polecats on a 5,000-file repository (51 folders each): the witness holds
+    fewer than 30 inotify watches; a watch per folder would be over 500."""
     files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
     src = make_repo(tmp_path / "src-big", files=files)
     big = tmp_path / "big.git"
@@ -200,14 +201,14 @@ def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Pat
         rig_toml = root / "big" / "rig.toml"
         rig_toml.write_text(rig_toml.read_text() + "[polecats]\nmax = 60\n")
         cli.ok("up")
-        for i in range(50):
+        for i in range(10):
             bead = cli.ok("bead", "create", f"b{i}", "--rig", "big").strip()
             cli.ok("sling", bead, "big", "--agent", "sleeper")
-        assert sum(1 for p in polecats(cli).values() if p["session_alive"]) == 50
+        assert sum(1 for p in polecats(cli).values() if p["session_alive"]) == 10
         witness = role_processes(root)["witness:big"]
         watches = _inotify_watches(witness)
-        print(f"witness inotify watches with 50 polecats x 5000 files: {watches}")
-        assert 0 < watches < 200
+        print(f"witness inotify watches with 10 polecats x 5000 files: {watches}")
+        assert 0 < watches < 30
     finally:
         cli("down", "--all")
         for pid in town_processes(root):
