@@ -141,11 +141,11 @@ class Spawner:
         self._give_up = give_up
         self._log = log.get_logger()
         self.configure(town.config)
-        self._env = dict(os.environ)
+        self.env = dict(os.environ)
         if log.under_journald(os.environ):
             # JOURNAL_STREAM is scrubbed from children (it names *our* stderr); tell the
             # roles explicitly that their lines belong in the journal.
-            self._env[log.JOURNAL_ENV] = "1"
+            self.env[log.JOURNAL_ENV] = "1"
 
     def configure(self, config: TownConfig) -> None:
         self.policy = policy_of(config)
@@ -163,7 +163,7 @@ class Spawner:
                     runner.history = runner.history.record_start(trio.current_time())
                     runner.token = secrets.token_urlsafe(32)
                     try:
-                        proc = await start_child(argv, env=self._env, cwd=self.town.root,
+                        proc = await start_child(argv, env=self.env, cwd=self.town.root,
                                                  lifeline=self.lifeline,
                                                  stdout_path=stdout_path, token=runner.token)
                     except OSError as exc:

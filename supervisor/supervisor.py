@@ -53,6 +53,7 @@ from ..roles.core.events import (
 from ..roles.role_context import bus_path
 from . import __version__
 from .bus.requests import Ready, Reply, Request, typed_handler
+from .cli_server_runner import keep_cli_server
 from .feed import EventLog
 from .readiness import StatusReporter, watchdog, watchdog_interval
 from .relay import OutboxRelay
@@ -121,6 +122,8 @@ class Supervisor:
                     nursery.start_soon(watchdog, bus_path(self.town), self.roles, interval)
                 await self._relay.emit(SupervisorStarted(pid=os.getpid(), version=__version__))
                 await self._reconcile_roles()
+                nursery.start_soon(keep_cli_server, self.town, self.spawner.lifeline,
+                                   self.spawner.env)
                 nursery.start_soon(self._report_ready, on_ready)
                 await self._stop_requested.wait()
                 await self._stop_all()

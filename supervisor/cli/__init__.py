@@ -14,7 +14,24 @@ that turns a :class:`~gastown.roles.core.errors.GastownError` into ``gastown: <m
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+
+#: ``typing.TYPE_CHECKING`` without importing typing (every command pays for its imports);
+#: type checkers treat a constant of this name as true.
+TYPE_CHECKING = False
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    """The ``gastown`` executable: the command runs in the town's CLI fork server when
+    the town runs one (:mod:`._remote`: the same :func:`main`, without the start-up
+    cost), else in this process."""
+    from ._remote import run_remote
+
+    words = list(sys.argv[1:] if argv is None else argv)
+    status = run_remote(words)
+    return main(words) if status is None else status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         args.help_parser.print_help(sys.stderr)
         return 2
+    from ...roles.adapters.faults import fault_point
     from ...roles.core.errors import GastownError
 
     try:
+        fault_point("cli", "command.start")
         return run_handler(args)
     except GastownError as exc:
         print(f"gastown: {exc.message}", file=sys.stderr)

@@ -17,8 +17,9 @@ RIG: Final = "web"
 TARGETS: Final = ("supervisor", "mayor", "witness", "refinery", "agent", "gate")
 
 #: The fail points a run may arm (``grep -rn 'fault_point(' roles supervisor``), by the
-#: process that passes them. ``cli@crew.after_worktree`` (no crew here) and
-#: ``supervisor@watchdog.tick`` (only under systemd's watchdog) are never reached.
+#: process that passes them. ``cli@crew.after_worktree`` (no crew here),
+#: ``supervisor@watchdog.tick`` (only under systemd's watchdog) and ``cli@command.start``
+#: (it would pause the harness's own commands) are never armed.
 FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
     ("supervisor", "start"),
     ("supervisor", "start.locked"),
@@ -40,7 +41,7 @@ FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 #: Fail points the harness knows are unreachable in its towns (see above).
-UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick"})
+UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick", "command.start"})
 
 BeadKind = Literal["independent", "conflict", "broken"]
 Reaction = Literal["kill-process", "kill-supervisor"]

@@ -1,0 +1,249 @@
+"""The town's CLI fork server: a template process that runs ``gastown`` commands by fork.
+
+Layer: supervisor, the top of the town: started by the supervisor for the town's life
+(:mod:`gastown.supervisor.cli_server_runner`); its client is
+:mod:`gastown.supervisor.cli._remote`.
+
+Why: every ``gastown`` command paid Python's start and ~120 ms of imports (the store, the
+configuration, the domain events) before doing a few milliseconds of work, and agents and
+scripts run commands in loops. This process imports all of that once, listens on
+``<town>/.runtime/cli-1.sock`` (0600, in the owner-only runtime folder; a peer of another
+user is refused by its credentials), and for each request forks a child that takes the
+client's stdin, stdout, stderr, working directory, environment and umask and runs the
+ordinary :func:`~gastown.supervisor.cli.main`. The child is the command: it writes to the
+client's own descriptors, reports its exit status itself, and runs in a session of its
+own, so that stopping the town never cuts a command short that had already begun (it
+finishes like any process whose parent went away).
+
+Why fork is safe here: this process is single-threaded, runs no event loop, opens no
+database and holds no lock; it only imports modules and waits in ``selectors``. A child
+that dies of a signal is reported to its client by this process, which keeps each
+connection until it has reaped the child (a pidfd per child, no SIGCHLD handler).
+
+It exits when the supervisor closes its lifeline or sends SIGTERM; children still running
+go on alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import os
+import selectors
+import signal
+import socket
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Final
+
+from ..roles import __version__
+from ..roles.adapters.children import LIFELINE_ENV
+from .cli._remote import SOCKET_NAME, read_request, send_line
+
+#: Modules every command needs, imported once here instead of once per command.
+PRELOAD: Final = (
+    "gastown.supervisor.cli",
+    "gastown.supervisor.cli._parser",
+    "gastown.supervisor.cli._context",
+    "gastown.supervisor.cli._beads",
+    "gastown.supervisor.cli._polecats",
+    "gastown.supervisor.cli._lifecycle",
+    "gastown.supervisor.cli._observe",
+    "gastown.supervisor.cli._agents",
+    "gastown.supervisor.cli._mq",
+    "gastown.supervisor.cli._crew",
+    "gastown.supervisor.cli._town",
+    "gastown.supervisor.cli._doctor",
+    "gastown.roles.adapters.store",
+    "gastown.roles.core.events",
+    "gastown.roles.adapters.log",
+    "structlog",
+)
+
+
+#: Exit status when the socket cannot exist (its path is too long for a Unix socket):
+#: the supervisor does not start the server again; clients run commands themselves.
+UNUSABLE: Final = 78
+
+#: The longest path a Unix socket can be bound at (``sun_path`` minus its NUL).
+_MAX_SOCKET_PATH: Final = 107
+
+
+def serve(root: Path, lifeline_fd: int | None) -> int:
+    """Accept commands until the lifeline closes or SIGTERM; fork one child per command."""
+    path = root / ".runtime" / SOCKET_NAME
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        print(f"gastown cli server: {path} is too long for a Unix socket; commands "
+              f"run in their own processes", flush=True)
+        return UNUSABLE
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()  # a dead predecessor's: the supervisor runs one server per town
+    old_mask = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old_mask)
+    listener.listen(64)
+    bound = path.stat().st_ino  # at exit, only our own socket file is removed
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    if lifeline_fd is not None:
+        selector.register(lifeline_fd, selectors.EVENT_READ, "lifeline")
+    stop_r, stop_w = os.pipe()
+    os.set_blocking(stop_w, False)
+    signal.set_wakeup_fd(stop_w)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    selector.register(stop_r, selectors.EVENT_READ, "signal")
+    waiting: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
+    print(f"gastown cli server: listening on {path}", flush=True)
+    try:
+        while True:
+            for key, _ in selector.select():
+                if key.data == "accept":
+                    _accept(listener, selector, waiting, keep={lifeline_fd, stop_r, stop_w})
+                elif key.data in ("lifeline", "signal"):
+                    return 0
+                else:
+                    _reap(int(key.fd), selector, waiting)
+    finally:
+        with contextlib.suppress(OSError):
+            if path.stat().st_ino == bound:
+                path.unlink()
+        listener.close()
+
+
+def _accept(listener: socket.socket, selector: selectors.BaseSelector,
+            waiting: dict[int, tuple[int, socket.socket]], keep: set[int | None]) -> None:
+    conn, _ = listener.accept()
+    conn.settimeout(5.0)  # one slow client must not hold the others up
+    try:
+        uid = struct_ucred_uid(conn)
+        if uid != os.getuid():
+            send_line(conn, "refused", 1)
+            conn.close()
+            return
+        request, fds = read_request(conn)
+    except (OSError, ValueError):
+        conn.close()
+        return
+    if request.get("version") != __version__:
+        # Another gastown than the one this server runs (upgraded while the town is up):
+        # the command runs in its own process, with its own code.
+        for fd in fds:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            send_line(conn, "refused", 1)
+        conn.close()
+        return
+    try:
+        pid = os.fork()
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        conn.close()  # the client sees no pid and runs the command itself
+        return
+    if pid == 0:  # pragma: no cover - the child's coverage is the commands themselves
+        selector.close()
+        listener.close()
+        for kept in keep:
+            if kept is not None:
+                with contextlib.suppress(OSError):
+                    os.close(kept)
+        os._exit(_run_command(conn, request, fds))
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    waiting[pidfd] = (pid, conn)
+    selector.register(pidfd, selectors.EVENT_READ, "child")
+
+
+def _reap(pidfd: int, selector: selectors.BaseSelector,
+          waiting: dict[int, tuple[int, socket.socket]]) -> None:
+    selector.unregister(pidfd)
+    pid, conn = waiting.pop(pidfd)
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):  # the child could not say it: tell its client
+        with contextlib.suppress(OSError):
+            conn.settimeout(1.0)
+            send_line(conn, "signal", os.WTERMSIG(status))
+    conn.close()
+
+
+def struct_ucred_uid(conn: socket.socket) -> int:
+    """The uid of the peer process (``SO_PEERCRED``: pid, uid, gid as three ints)."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    return int.from_bytes(creds[4:8], sys.byteorder)
+
+
+def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+    """In the forked child: become the client's command, run it, report its status."""
+    os.setsid()
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds[:3]):
+        os.dup2(fd, target)
+    os.fchdir(fds[3])
+    for fd in fds:
+        if fd > 2:
+            os.close(fd)
+    os.environ.clear()
+    os.environ.update({str(k): str(v) for k, v in request["env"].items()})
+    os.umask(int(request.get("umask", 0o022)))
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                 encoding="utf-8", errors="surrogateescape")
+    sys.stdout = _output(1, errors="strict")
+    sys.stderr = _output(2, errors="backslashreplace", line_buffering=True)
+    argv = [str(word) for word in request["argv"]]
+    sys.argv = ["gastown", *argv]
+    code = 1
+    try:
+        send_line(conn, "pid", os.getpid())
+        from .cli import main
+
+        code = main(argv)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = int(exc.code or 0)
+        else:
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gastown: interrupted", file=sys.stderr)
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    with contextlib.suppress(OSError):
+        send_line(conn, "exit", code)
+    return code
+
+
+def _output(fd: int, *, errors: str, line_buffering: bool | None = None) -> io.TextIOWrapper:
+    tty = os.isatty(fd)
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(io.BufferedWriter(raw), encoding="utf-8", errors=errors,
+                            line_buffering=tty if line_buffering is None else line_buffering,
+                            write_through=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gastown.supervisor.cli_server",
+                                     description="Run gastown commands for a town by fork.")
+    parser.add_argument("--town", required=True, help="the town's root directory")
+    args = parser.parse_args(argv)
+    for module in PRELOAD:
+        importlib.import_module(module)
+    lifeline = os.environ.get(LIFELINE_ENV)
+    return serve(Path(args.town).absolute(), int(lifeline) if lifeline else None)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""The supervisor's side of the CLI fork server: keep one running for the town's life.
+
+Layer: supervisor, the top of the town; runs in the supervisor's nursery.
+
+The server (:mod:`gastown.supervisor.cli_server`) only makes commands start faster:
+clients run a command themselves whenever it is not there. So it is not a role: it has
+no place in ``status``, no restart budget and no domain events, and it never holds up
+readiness. A server that dies is started again after a pause that doubles up to a
+minute (and resets after a minute of health); it is stopped with the town, and its
+lifeline makes it exit if the supervisor is killed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Final
+
+import trio
+
+from ..roles.adapters import log
+from ..roles.adapters.children import Lifeline, start_child, stop_child
+from ..roles.adapters.town import Town
+from .cli_server import UNUSABLE
+
+#: Set to ``0`` (in the supervisor's environment) to run no CLI server.
+ENV_SWITCH: Final = "GASTOWN_CLI_SERVER"
+
+FIRST_DELAY: Final = 1.0
+MAX_DELAY: Final = 60.0
+HEALTHY_AFTER: Final = 60.0
+
+
+async def keep_cli_server(town: Town, lifeline: Lifeline, env: Mapping[str, str]) -> None:
+    """Run the town's CLI fork server until cancelled, restarting it when it dies."""
+    if env.get(ENV_SWITCH) == "0":
+        return
+    logger = log.get_logger()
+    argv = [sys.executable, "-m", "gastown.supervisor.cli_server", "--town", str(town.root)]
+    stdout_path = town.logs_dir / "cli-server.out"
+    delay = FIRST_DELAY
+    while True:
+        proc: trio.Process | None = None
+        try:
+            proc = await start_child(argv, env=env, cwd=town.root, lifeline=lifeline,
+                                     stdout_path=stdout_path)
+            started = trio.current_time()
+            code = await proc.wait()
+            proc = None
+            if code == UNUSABLE:
+                logger.info("cli_server_unusable", town=str(town.root))
+                return
+            if trio.current_time() - started >= HEALTHY_AFTER:
+                delay = FIRST_DELAY
+            logger.warning("cli_server_exited", status=code, retry_in=delay)
+        except OSError as exc:
+            logger.warning("cli_server_not_started", error=str(exc), retry_in=delay)
+        finally:
+            if proc is not None:
+                with trio.CancelScope(shield=True):
+                    await stop_child(proc, 2.0)
+        await trio.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY)
+
