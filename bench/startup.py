@@ -42,7 +42,8 @@ def main(rounds: int = 21, json_path: Path | None = None) -> dict[str, dict[str,
     gastown(env, "up")
     gastown(env, "bead", "create", "a bead", "--rig", "web")
     alone = dict(env, GASTOWN_CLI_SERVER="0")
-    exe = [sys.executable, "-m", "gastown.supervisor"]
+    script = Path(sys.executable).with_name("gastown")  # what users run
+    exe = [str(script)] if script.exists() else [sys.executable, "-m", "gastown.supervisor"]
     cases: dict[str, tuple[list[str], dict[str, str]]] = {
         "python -c pass": ([sys.executable, "-c", "pass"], env),
         "gastown --version": ([*exe, "--version"], env),

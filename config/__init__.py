@@ -8,12 +8,15 @@ The TOML files here are the single source of every default value: the config loa
 overlays a user's file on them, so a key documented here is a key that exists.
 """
 
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
 
+@cache
 def default_text(name: str) -> str:
-    """The text of a shipped file such as ``"town.toml"``."""
+    """The text of a shipped file such as ``"town.toml"``: read once per process (the
+    files ship with the code, which a running process does not see change either)."""
     return files(__name__).joinpath(name).read_text(encoding="utf-8")
 
 

@@ -27,9 +27,14 @@ def entry(argv: Sequence[str] | None = None) -> int:
     """The ``gastown`` executable: the command runs in the town's CLI fork server when
     the town runs one (:mod:`._remote`: the same :func:`main`, without the start-up
     cost), else in this process."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if words == ["--version"]:  # what argparse would print, without building the parser
+        from .. import __version__
+
+        print(f"gastown {__version__}")
+        return 0
     from ._remote import run_remote
 
-    words = list(sys.argv[1:] if argv is None else argv)
     status = run_remote(words)
     return main(words) if status is None else status
 

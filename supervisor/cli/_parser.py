@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Callable
+from functools import cache
 from typing import cast
 
 from .. import __version__
@@ -53,7 +54,10 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
+@cache
 def build_parser() -> _Parser:
+    """The whole command line's parser; built once per process (the CLI server builds it
+    before it forks, so that no command pays for it)."""
     parser = _Parser(
         prog="gastown",
         description="Run many AI coding agents on one repository: each in its own git "

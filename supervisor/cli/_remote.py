@@ -22,11 +22,11 @@ and ``GASTOWN_CLI_SERVER=0`` always run here.
 
 from __future__ import annotations
 
+# The C module under socket (and below, under signal): their Python wrappers import enum,
+# ~5 ms of each command's start.
+import _socket
 import marshal
 import os
-import signal
-import socket
-import struct
 import sys
 
 #: ``typing.TYPE_CHECKING`` without importing typing (every command pays for its imports);
@@ -34,8 +34,12 @@ import sys
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:  # not imported at run time: every command pays for what this imports
+    import signal as _signal
+    import socket
     from collections.abc import Sequence
     from typing import Any, Final
+else:
+    import _signal  # the same functions and numbers as signal's (typeshed has no stub)
 
 #: The socket of the town's CLI fork server, under ``<town>/.runtime``. The number is the
 #: protocol's version: a client and a server that speak different ones never meet (the
@@ -62,9 +66,7 @@ _GROUPS: Final = frozenset({"rig", "bead", "polecat", "mq", "crew", "config"})
 _LOCAL_WORDS: Final = frozenset({"-f", "--follow", "-h", "--help", "--version"})
 
 #: Signals the client passes on to the child that runs its command.
-FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-
-_LENGTH: Final = struct.Struct(">I")
+FORWARDED: Final = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
 
 def served_town(argv: Sequence[str], environ: dict[str, str], cwd: str) -> str | None:
@@ -121,7 +123,7 @@ def run_remote(argv: Sequence[str]) -> int | None:
     # From before the request leaves: a Ctrl-C between the fork and our reading of the
     # child's pid must reach the child too, not kill this client and leave it running.
     forwarder = _Forwarder()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             conn.connect(os.path.join(root, ".runtime", SOCKET_NAME))
@@ -147,7 +149,8 @@ class _Forwarder:
     def __init__(self) -> None:
         self.pid: int | None = None
         self.pending: list[int] = []
-        self._previous = {signum: signal.signal(signum, self._handle) for signum in FORWARDED}
+        self._previous = {signum: _signal.signal(signum, self._handle)
+                          for signum in FORWARDED}
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.pid is None:
@@ -162,7 +165,7 @@ class _Forwarder:
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
 
 
 def _kill(pid: int, signum: int) -> None:
@@ -173,12 +176,12 @@ def _kill(pid: int, signum: int) -> None:
 
 
 def _interrupted(signum: int) -> int:
-    if signum == signal.SIGINT:
+    if signum == _signal.SIGINT:
         print("gastown: interrupted", file=sys.stderr)
     return 128 + signum
 
 
-def _hand_over(conn: socket.socket, argv: Sequence[str]) -> tuple[int, bytes] | None:
+def _hand_over(conn: _socket.socket, argv: Sequence[str]) -> tuple[int, bytes] | None:
     """Send the command with our fds; the child's pid once it runs, or None if refused."""
     mask = os.umask(0)
     os.umask(mask)
@@ -188,7 +191,11 @@ def _hand_over(conn: socket.socket, argv: Sequence[str]) -> tuple[int, bytes] | 
                              "version": _version()})
     cwd_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        socket.send_fds(conn, [_LENGTH.pack(len(request)) + request], [0, 1, 2, cwd_fd])
+        fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (0, 1, 2, cwd_fd))
+        data = len(request).to_bytes(4, "big") + request
+        sent = conn.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        if sent < len(data):
+            conn.sendall(data[sent:])
     finally:
         os.close(cwd_fd)
     buffer = b""
@@ -210,7 +217,7 @@ def _version() -> str:
     return __version__
 
 
-def _wait_for_exit(conn: socket.socket, buffer: bytes) -> int:
+def _wait_for_exit(conn: _socket.socket, buffer: bytes) -> int:
     """The child's exit status, once it reports it (our signals go to it meanwhile)."""
     try:
         while b"\n" not in buffer:
@@ -233,12 +240,14 @@ def read_request(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         ValueError: a malformed request (its fds are closed).
         OSError: the connection failed.
     """
+    import socket
+
     data, fds, _flags, _addr = socket.recv_fds(conn, 65536, 4)
     try:
-        if len(fds) != 4 or len(data) < _LENGTH.size:
+        if len(fds) != 4 or len(data) < 4:
             raise ValueError("a request needs its length and four descriptors")
-        (length,) = _LENGTH.unpack_from(data)
-        body = data[_LENGTH.size:]
+        length = int.from_bytes(data[:4], "big")
+        body = data[4:]
         while len(body) < length:
             chunk = conn.recv(length - len(body))
             if not chunk:
