@@ -96,16 +96,15 @@ class PolecatLedger(StoreBase):
         rows = self._conn.execute("SELECT * FROM slings WHERE state = 'queued' ORDER BY id")
         return [sling_of(r) for r in rows.fetchall()]
 
-    def requeue_sling(self, sling_id: int) -> None:
+    def _requeue_sling(self, conn: sqlite3.Connection, sling_id: int) -> None:
         """Put a dispatched sling back in the queue (its polecat was rolled back)."""
-        with self.transaction() as conn:
-            row = conn.execute("SELECT * FROM slings WHERE id = ?", (sling_id,)).fetchone()
-            if row is None:
-                return
-            conn.execute("UPDATE slings SET state = 'queued', polecat = NULL, updated_at = ? "
-                         "WHERE id = ?", (time.time(), sling_id))
-            self._emit(conn, SlingQueued(rig=row["rig"], bead=row["bead"], sling=sling_id,
-                                         requeued=True))
+        row = conn.execute("SELECT * FROM slings WHERE id = ?", (sling_id,)).fetchone()
+        if row is None:
+            return
+        conn.execute("UPDATE slings SET state = 'queued', polecat = NULL, updated_at = ? "
+                     "WHERE id = ?", (time.time(), sling_id))
+        self._emit(conn, SlingQueued(rig=row["rig"], bead=row["bead"], sling=sling_id,
+                                     requeued=True))
 
     def fail_sling(self, sling_id: int, error: str) -> None:
         """Mark the sling ``failed`` (gone from the queue); idempotent: one event."""
@@ -259,7 +258,7 @@ class PolecatLedger(StoreBase):
 
     def apply_polecat_event(self, rig: str, name: str, event: PolecatEvent, *,
                             output_tail: str | None = None, incarnation: str | None = None,
-                            **data: Any) -> Transition:
+                            requeue_sling: bool = False, **data: Any) -> Transition:
         """Apply a lifecycle event to the polecat's row, its bead, and the feed, atomically.
 
         The decision is :func:`gastown.roles.core.lifecycle.transition`'s; this applies its
@@ -272,11 +271,20 @@ class PolecatLedger(StoreBase):
         life of that name (the name was released and reused meanwhile) is :class:`NotFound`.
         The world effects (session, worktree, branch) are the effect runner's, before.
         ``output_tail`` (the session's last lines, kept on escalation) is stored on the row
-        and carried by the event.
+        and carried by the event. With ``requeue_sling``, a polecat that ends ``nuked``
+        puts its sling back in the queue in the same transaction (a rolled-back spawn:
+        the user's request still happens, and no crash leaves the sling dispatched to a
+        polecat that is gone).
         """
         with self.transaction() as conn:
-            return self._apply_polecat_event(conn, rig, name, event, output_tail=output_tail,
-                                             incarnation=incarnation, **data)
+            row = conn.execute("SELECT sling FROM polecats WHERE rig = ? AND name = ?",
+                               (rig, name)).fetchone()
+            result = self._apply_polecat_event(conn, rig, name, event,
+                                               output_tail=output_tail,
+                                               incarnation=incarnation, **data)
+            if requeue_sling and result.state == "nuked" and row is not None and row["sling"]:
+                self._requeue_sling(conn, row["sling"])
+            return result
 
     def _apply_polecat_event(self, conn: sqlite3.Connection, rig: str, name: str,
                              event: PolecatEvent, *, output_tail: str | None = None,

@@ -71,7 +71,8 @@ def unlanded_work(town: Town, polecat: Polecat) -> list[str]:
 
 
 def nuke(town: Town, store: Store, polecat: Polecat, event: Nuke | Merged | SpawnFailed, *,
-         grace: float = SESSION_GRACE, **data: Any) -> Transition:
+         grace: float = SESSION_GRACE, requeue_sling: bool = False,
+         **data: Any) -> Transition:
     """End ``polecat`` with ``event``: decide, carry out the world effects, apply the rows.
 
     Raises :class:`Refused` when the lifecycle refuses, :class:`WorkKept` when the branch
@@ -84,7 +85,8 @@ def nuke(town: Town, store: Store, polecat: Polecat, event: Nuke | Merged | Spaw
                       f"{decision.reason}")
     carry_out(town, store, polecat, decision.effects, grace=grace)
     return store.apply_polecat_event(polecat.rig, polecat.name, event,
-                                     incarnation=polecat.incarnation, **data)
+                                     incarnation=polecat.incarnation,
+                                     requeue_sling=requeue_sling, **data)
 
 
 def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect, ...], *,
@@ -193,8 +195,10 @@ def nuke_stale(town: Town, store: Store, polecat: Polecat, *, reason: str,
     nuke(town, store, polecat, Nuke(force=True, reason=reason), grace=grace, doctor=True)
 
 
-def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> str | None:
-    """Undo a spawn completely: session, worktree, branch, files, then the row.
+def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str, *,
+                   requeue_sling: bool = False) -> str | None:
+    """Undo a spawn completely: session, worktree, branch, files, then the row (and with
+    ``requeue_sling``, its sling back in the queue in the row's transaction).
 
     Returns None when it did. Work is never deleted: if the agent already committed
     something that has not landed (or the state of the worktree cannot be read), the
@@ -217,7 +221,8 @@ def rollback_spawn(town: Town, store: Store, polecat: Polecat, reason: str) -> s
     if problems:
         return _keep_spawned_work(town, store, current, reason, problems)
     try:
-        nuke(town, store, current, SpawnFailed(reason), grace=ROLLBACK_GRACE)
+        nuke(town, store, current, SpawnFailed(reason), grace=ROLLBACK_GRACE,
+             requeue_sling=requeue_sling)
     except WorkKept as exc:
         return _keep_spawned_work(town, store, current, reason, [exc.message])
     except NotFound:

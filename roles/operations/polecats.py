@@ -157,12 +157,11 @@ def recover_spawning(town: Town, store: Store) -> list[str]:
                         f"{adopted.session['pid'] if adopted.session else '?'}) but never "
                         "recorded: adopted, now working")
             continue
-        kept = rollback_spawn(town, store, polecat, "interrupted while spawning")
+        kept = rollback_spawn(town, store, polecat, "interrupted while spawning",
+                              requeue_sling=True)
         if kept is not None:
             done.append(f"{polecat.rig}/{polecat.name}: not rolled back: {kept}")
             continue
-        if polecat.sling is not None:
-            store.requeue_sling(polecat.sling)
         done.append(f"{polecat.rig}/{polecat.name}: half-created, rolled back")
     return done
 

@@ -272,10 +272,20 @@ def test_kill_9_mayor_mid_sling_leaves_nothing_half_made(cli: Cli, town: Path,
 
     def settled() -> tuple[list[dict[str, object]]] | None:
         # A tuple, so that "no polecat at all" (rolled back: a valid outcome) is truthy.
+        # No polecat is only an outcome once no sling for the bead waits either: a
+        # rolled-back spawn's sling is queued again and dispatched a moment later.
         mine = [p for p in polecats(cli).values() if p["bead"] == bead]
-        return (mine,) if all(p["state"] == "working" for p in mine) else None
+        if mine:
+            return (mine,) if all(p["state"] == "working" for p in mine) else None
+        shown = json.loads(cli.ok("bead", "show", bead, "--json"))
+        return None if shown["queued_slings"] or shown["status"] != "open" else (mine,)
 
-    (mine,) = wait_until(settled, what="recovery to settle")
+    try:
+        (mine,) = wait_until(settled, what="recovery to settle")
+    except AssertionError:  # what a stuck recovery needs to be understood
+        print(cli("bead", "show", bead).out, cli("polecat", "list").out,
+              cli("feed").out[-5000:], (town / "logs" / "mayor.log").read_text()[-6000:])
+        raise
     status = bead_status(cli, bead)
     clone = clone_of(town)
     worktrees = git("worktree", "list", "--porcelain", cwd=clone)

@@ -173,3 +173,32 @@ def test_delete_branch_is_unchecked_only_for_a_forced_nuke() -> None:
             assert isinstance(decision, Transition)
             deletes = [e for e in decision.effects if isinstance(e, DeleteBranch)]
             assert deletes == [DeleteBranch(unchecked=force)]
+
+
+def test_a_rolled_back_spawn_requeues_its_sling_with_the_row(
+        town: Town, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery's rollback removes the row and puts the sling back in the queue in one
+    transaction: a failure between the two (here the requeue raising) leaves both as they
+    were, never a sling dispatched to a polecat that is gone (stranded: nothing would
+    dispatch it again)."""
+    from gastown.roles.core.errors import StoreError
+    from gastown.roles.operations.nuking import rollback_spawn
+
+    add_worktree(town, "toast")
+    spawning = polecat_row(town, store, "toast", working=False)
+    assert spawning.state == "spawning" and spawning.sling is not None
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Store, "_requeue_sling", broken)
+        with pytest.raises(StoreError):
+            rollback_spawn(town, store, spawning, "interrupted", requeue_sling=True)
+    assert store.polecat("web", "toast").state == "spawning"
+    assert store.sling(spawning.sling).state == "dispatched"
+
+    assert rollback_spawn(town, store, store.polecat("web", "toast"), "interrupted",
+                          requeue_sling=True) is None
+    assert store.polecats("web") == []
+    assert store.sling(spawning.sling).state == "queued"
