@@ -116,10 +116,16 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
     for bead in (good, obeys, ignores, stuck, killed):
         cli.ok("sling", bead, "web")
 
-    # The killed bead: wait until its agent runs the long step, then kill the agent.
+    # The killed bead: wait until its agent runs the long step, and its conversation
+    # (the CLI's transcript in the polecat's agent home) holds that call, then kill it.
+    # Killed any earlier, there is no conversation to resume: another scenario.
     model_server.wait_for(lambda r: r.get("command") == "sleep 600", timeout=120)
     victim = polecats(cli)
     name = next(n for n, p in victim.items() if p["bead"] == killed)
+    home = root / ".runtime" / "agent-homes" / "web" / name
+    wait_until(lambda: any("sleep 600" in path.read_text(errors="replace")
+                           for path in home.rglob("*.jsonl") if path.is_file()),
+               timeout=60, what="the long step in the agent's transcript")
     _kill_agent(root, name)
 
     def settled() -> dict[str, dict[str, object]] | None:
@@ -133,6 +139,8 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
                            what="every bead merged or escalated")
     except AssertionError:
         _describe_town(cli, root)
+        for request in model_server.requests():
+            print("model request:", json.dumps(request)[:600])
         raise
     assert final[stuck]["reason"] and "contradicts" in str(final[stuck]["reason"])
     shown = cli.ok("bead", "show", stuck)
