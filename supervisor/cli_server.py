@@ -152,8 +152,14 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector,
         conn.close()  # the client sees no pid and runs the command itself
         return
     if pid == 0:  # pragma: no cover - the child's coverage is the commands themselves
+        # Nothing of the server's stays open in the command: not its socket, pipes and
+        # lifeline, nor the pidfds and connections of the other commands in flight (a
+        # copy held here would keep their clients from ever seeing the end of them).
         selector.close()
         listener.close()
+        for pidfd, (_, other) in waiting.items():
+            os.close(pidfd)
+            other.close()
         for kept in keep:
             if kept is not None:
                 with contextlib.suppress(OSError):

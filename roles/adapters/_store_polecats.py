@@ -277,18 +277,14 @@ class PolecatLedger(StoreBase):
         polecat that is gone).
         """
         with self.transaction() as conn:
-            row = conn.execute("SELECT sling FROM polecats WHERE rig = ? AND name = ?",
-                               (rig, name)).fetchone()
-            result = self._apply_polecat_event(conn, rig, name, event,
-                                               output_tail=output_tail,
-                                               incarnation=incarnation, **data)
-            if requeue_sling and result.state == "nuked" and row is not None and row["sling"]:
-                self._requeue_sling(conn, row["sling"])
-            return result
+            return self._apply_polecat_event(conn, rig, name, event, output_tail=output_tail,
+                                             incarnation=incarnation,
+                                             requeue_sling=requeue_sling, **data)
 
     def _apply_polecat_event(self, conn: sqlite3.Connection, rig: str, name: str,
                              event: PolecatEvent, *, output_tail: str | None = None,
-                             incarnation: str | None = None, **data: Any) -> Transition:
+                             incarnation: str | None = None, requeue_sling: bool = False,
+                             **data: Any) -> Transition:
         from ..core.lifecycle import CancelMergeRequests, Refusal
 
         row = conn.execute("SELECT * FROM polecats WHERE rig = ? AND name = ?",
@@ -311,6 +307,8 @@ class PolecatLedger(StoreBase):
             self._keep_history(conn, row, ended=_ENDINGS.get(type(event).__name__, "nuked"),
                                reason=reason, now=now)
             conn.execute("DELETE FROM polecats WHERE rig = ? AND name = ?", (rig, name))
+            if requeue_sling and row["sling"]:
+                self._requeue_sling(conn, row["sling"])
         else:
             conn.execute("UPDATE polecats SET state = ?, reason = ?, "
                          "output_tail = COALESCE(?, output_tail), updated_at = ? "

@@ -36,7 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # not imported at run time: every command pays for what this imports
     import signal as _signal
     import socket
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
     from typing import Any, Final
 else:
     import _signal  # the same functions and numbers as signal's (typeshed has no stub)
@@ -69,7 +69,7 @@ _LOCAL_WORDS: Final = frozenset({"-f", "--follow", "-h", "--help", "--version"})
 FORWARDED: Final = (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP, _signal.SIGQUIT)
 
 
-def served_town(argv: Sequence[str], environ: dict[str, str], cwd: str) -> str | None:
+def served_town(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> str | None:
     """The root of the town whose fork server should run ``argv``, or None to run here.
 
     Mirrors the parser's global options (``--town PATH``, ``-v``) and
@@ -117,7 +117,7 @@ def run_remote(argv: Sequence[str]) -> int | None:
         cwd = os.getcwd()
     except OSError:  # the working directory was removed: let the local run say so
         return None
-    root = served_town(argv, dict(os.environ), cwd)
+    root = served_town(argv, os.environ, cwd)
     if root is None:
         return None
     # From before the request leaves: a Ctrl-C between the fork and our reading of the

@@ -204,6 +204,22 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
     del agent
 
 
+def _stand_in_claude_town(cli: Cli, tmp_path: Path, sessions: str, program: str) -> Path:
+    """A town (not started) with rig ``web`` whose default agent is ``sh -c program`` in
+    tmux, watched as a ``kind = "claude"`` agent: a stand-in for Claude's *screen*."""
+    remote = make_remote(tmp_path / "remote.git")
+    root = new_town_root()
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(
+        'default_agent = "standin"\n[sessions]\nbackend = "tmux"\n' + sessions
+        + '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
+        '[agents.standin]\nkind = "claude"\n'
+        f'command = ["sh", "-c", {json.dumps(program)}]\n')
+    cli.env["GASTOWN_TOWN"] = str(root)
+    cli.ok("rig", "add", "web", str(remote))
+    return root
+
+
 def _describe_town(cli: Cli, root: Path) -> None:
     """Print what a stuck run needs to be understood: the beads, the polecats with their
     notes, the feed, each tmux session's screen and each session log's tail."""
@@ -260,17 +276,10 @@ def test_a_start_stuck_on_an_unknown_screen_is_reported(cli: Cli, tmp_path: Path
     new CLI version, say) is noted on the polecat with the screen's last lines, not left
     silent, and no key is pressed at it. The program is a stand-in for the *screen* only:
     what is tested is the witness watching a `kind = "claude"` start."""
-    remote = make_remote(tmp_path / "remote.git")
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(
-        'default_agent = "odd"\n[sessions]\nbackend = "tmux"\nstart_timeout = "3s"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
-        '[agents.odd]\nkind = "claude"\n'
-        'command = ["sh", "-c", "printf \'Pick a colour scheme for your new terminal\\\\n'
-        '  (a) ocean\\\\n  (b) forest\\\\n\'; read answer; echo got:$answer; sleep 600"]\n')
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
+    root = _stand_in_claude_town(
+        cli, tmp_path, 'start_timeout = "3s"\n',
+        r"printf 'Pick a colour scheme for your new terminal\n  (a) ocean\n  (b) forest\n'; "
+        "read answer; echo got:$answer; sleep 600")
     try:
         cli.ok("up")
         bead = cli.ok("bead", "create", "odd", "--rig", "web").strip()
@@ -302,18 +311,10 @@ def test_an_agent_idle_at_its_prompt_without_a_turn_end_is_handled(cli: Cli,
     (it commits, draws Claude's idle prompt and never reports a turn): what is tested is
     the witness watching a `kind = "claude"` agent."""
     screen = Path(__file__).parents[1] / "unit" / "screens" / "claude_ready_after_turn.txt"
-    remote = make_remote(tmp_path / "remote.git")
-    root = new_town_root()
-    cli.ok("install", str(root))
-    program = (f"echo idle > idle.txt && git add idle.txt && git commit -qm idle && "
-               f"stty -echo && cat {screen} && exec cat >/dev/null")
-    (root / "town.toml").write_text(
-        'default_agent = "quiet"\n'
-        '[sessions]\nbackend = "tmux"\nstart_timeout = "5s"\nidle_turn_after = "1s"\n'
-        '[supervisor]\nstop_timeout = "3s"\nrestart_delay = "0.05s"\n'
-        f'[agents.quiet]\nkind = "claude"\ncommand = ["sh", "-c", {json.dumps(program)}]\n')
-    cli.env["GASTOWN_TOWN"] = str(root)
-    cli.ok("rig", "add", "web", str(remote))
+    root = _stand_in_claude_town(
+        cli, tmp_path, 'start_timeout = "5s"\nidle_turn_after = "1s"\n',
+        "echo idle > idle.txt && git add idle.txt && git commit -qm idle && "
+        f"stty -echo && cat {screen} && exec cat >/dev/null")
     try:
         cli.ok("up")
         bead = cli.ok("bead", "create", "quiet", "--rig", "web").strip()
