@@ -190,7 +190,11 @@ def test_witness_watches_do_not_grow_with_the_repository(cli: Cli, tmp_path: Pat
     files = {f"pkg{i // 100}/mod{i}.py": f"x = {i}\n" for i in range(5000)}
     src = make_repo(tmp_path / "src-big", files=files)
     big = tmp_path / "big.git"
-    subprocess.run(["git", "clone", "-q", "--bare", str(src), str(big)], check=True)
+    # --no-local: twice in CI runs the local copy of 5,000 loose objects failed with
+    # "failed to copy file to big.git/objects/..: No such file or directory"; a packed
+    # transfer does not copy files one by one.
+    subprocess.run(["git", "clone", "-q", "--bare", "--no-local", str(src), str(big)],
+                   check=True)
     root = new_town_root()
     cli.ok("install", str(root))
     (root / "town.toml").write_text('max_polecats = 60\n[sessions]\nbackend = "process"\n'
