@@ -1,0 +1,121 @@
+"""Sandbox creation and removal: ``gastown sling``/``polecat nuke`` vs raw git, per repo size.
+
+On a generated repository of 50 and of 5,000 files (~1 KiB each) behind a bare remote:
+- sling: ``gastown sling`` of one bead (agent: ``sleep``) until the polecat is working,
+  read from the feed (``polecat_working`` ts) - vs ``git worktree add -b`` in a clone;
+- nuke: ``gastown polecat nuke`` (the CLI call's wall time; the worktree is gone when it
+  returns) - vs ``git worktree remove`` + ``git branch -D``;
+- ``git clone --local`` and ``--no-local`` of the remote, with the clone's disk use.
+Rounds interleave the cases in shuffled order; figures are medians. The warm pool
+(issue 14) is not built: its column says so.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench._town import SCRIPT_TOWN, Feed, gastown, git, running_town
+
+SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+
+
+def _timed(argv: list[str], cwd: Path | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _du_kib(path: Path) -> int:
+    return int(subprocess.run(["du", "-sk", str(path)], capture_output=True, text=True,
+                              check=True).stdout.split()[0])
+
+
+def measure(files: int, rounds: int) -> dict[str, Any]:
+    samples: dict[str, list[float]] = {k: [] for k in (
+        "sling", "worktree add", "nuke", "worktree remove + branch -D", "clone --local",
+        "clone --no-local")}
+    disk: dict[str, int] = {}
+    with running_town(bare_remote=True, files=files, town_toml=SCRIPT_TOWN + SLEEPER) as (
+            env, town):
+        remote = town.parent / "web.git"
+        work = town.parent / "raw"
+        git("clone", "-q", str(remote), str(work / "clone"))
+        feed = Feed(env)
+        try:
+            def sling(i: int) -> None:
+                bead = gastown(env, "bead", "create", f"s{i}", "--rig", "web").strip()
+                start = time.time()
+                gastown(env, "sling", bead, "web", "--agent", "sleeper")
+                feed.wait(lambda es: any(e.get("kind") == "polecat_working"
+                                         and e.get("bead") == bead for e in es),
+                          what=f"{bead} working")
+                ev = next(e for e in feed.events if e.get("kind") == "polecat_working"
+                      and e.get("bead") == bead)
+                samples["sling"].append(float(ev["ts"]) - start)
+                start = time.perf_counter()
+                gastown(env, "polecat", "nuke", f"web/{ev['polecat']}")
+                samples["nuke"].append(time.perf_counter() - start)
+
+            def raw(i: int) -> None:
+                clone = work / "clone"
+                samples["worktree add"].append(_timed(
+                    ["git", "worktree", "add", "-q", "-b", f"b{i}", str(work / f"w{i}"),
+                     "main"], clone))
+                start = time.perf_counter()
+                subprocess.run(["git", "worktree", "remove", str(work / f"w{i}")], cwd=clone,
+                               check=True)
+                subprocess.run(["git", "branch", "-q", "-D", f"b{i}"], cwd=clone, check=True)
+                samples["worktree remove + branch -D"].append(time.perf_counter() - start)
+
+            def clone(mode: str) -> Callable[[int], None]:
+                def run(i: int) -> None:
+                    dest = work / f"c{mode}{i}"
+                    samples[f"clone {mode}"].append(_timed(
+                        ["git", "clone", "-q", mode, str(remote), str(dest)]))
+                    disk[f"clone {mode}"] = _du_kib(dest)
+                    shutil.rmtree(dest)
+                return run
+
+            cases = [sling, raw, clone("--local"), clone("--no-local")]
+            for i in range(rounds):
+                random.shuffle(cases)
+                for case in cases:
+                    case(i)
+        finally:
+            feed.close()
+    med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    return {"median_ms": med, "disk_kib": disk,
+            "ratios": {"sling / worktree add": med["sling"] / med["worktree add"],
+                       "nuke / worktree remove": med["nuke"]
+                       / med["worktree remove + branch -D"]}}
+
+
+def main(sizes: tuple[int, ...] = (50, 5000), rounds: int = 5) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    print(f"{'files':>6} {'case':30} {'median ms':>10} {'x raw git':>10} {'pool':>10} "
+          f"{'disk KiB':>9}")
+    for files in sizes:
+        r = results[str(files)] = measure(files, rounds)
+        m = r["median_ms"]
+        base = {"sling": m["worktree add"], "nuke": m["worktree remove + branch -D"]}
+        for name, ms in m.items():
+            ratio = f"{ms / base[name]:10.2f}" if name in base else f"{'':10}"
+            pool = f"{'not built':>10}" if name in base else f"{'':10}"
+            kib = f"{r['disk_kib'].get(name, ''):>9}"
+            print(f"{files:6} {name:30} {ms:10.1f} {ratio} {pool} {kib}")
+    print(f"({rounds} interleaved rounds; medians; sling: the CLI call until the feed's "
+          "polecat_working; the warm pool is not built yet)")
+    return results
+
+
+if __name__ == "__main__":
+    main(rounds=int(sys.argv[1]) if len(sys.argv) > 1 else 5)
