@@ -39,12 +39,12 @@ import trio
 from ..supervisor.bus.client import BusClient
 from ..supervisor.bus.protocol import BusMessage
 from ..supervisor.bus.requests import Reply, Request
-from .adapters import git, log
+from .adapters import log
 from .adapters.async_store import AsyncStore
 from .core.errors import GastownError, GitError
-from .core.merge_queue import next_batch
+from .core.merge_queue import AutoBatch, batch_limit, next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
-from .operations.merge_site import MergeSite, QueueState, QueueStatus, off_thread
+from .operations.merge_site import MergeSite, QueueState, QueueStatus, clean_checkout
 from .operations.merging import fail_batch, run_plan
 from .role_context import RoleContext
 
@@ -67,6 +67,8 @@ class Refinery:
         self._wakeup = trio.Event()
         self._log = log.get_logger()
         self._backoff = 1.0
+        #: What ``batch_size = "auto"`` learnt from the batches so far.
+        self._auto = AutoBatch()
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -130,14 +132,18 @@ class Refinery:
                 return False
             if not queued:
                 return False
-        batch = next_batch(queued, config.merge_queue.batch_size)
+        batch = next_batch(queued, batch_limit(config.merge_queue.batch_size, self._auto,
+                                               len(queued)))
         ids = [mr.id for mr in batch]
         await self.store.call(self.store.store.start_merge_requests, ids)
         by_id = {mr.id: mr for mr in batch}
         for attempt in range(config.merge_queue.push_retries + 1):
             try:
-                await run_plan(site, config, by_id)
+                finished = await run_plan(site, config, by_id)
                 self._backoff = 1.0
+                self._auto = self._auto.after(len(batch), not finished.rejected)
+                if config.merge_queue.batch_size == "auto":
+                    self._log.info("batch_size_auto", batch=len(batch), next=self._auto.size)
                 break
             except QueuePaused:
                 for mr_id in list(by_id):
@@ -169,5 +175,6 @@ class Refinery:
                                               "push: the remote kept moving")
                     break
         state.current = {}
-        await off_thread(git.clean_checkout, self.clone, config.default_branch)
+        # The batch's one clean: the next batch (and a wake-up's catch-up) starts from it.
+        await clean_checkout(site, config.default_branch, force=True)
         return True

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
 
 from .errors import ConfigError
+from .merge_queue import BatchSize
 from .names import DEFAULT_POLECAT_NAMES, name_problem, prefix_problem
 
 Seconds = NewType("Seconds", float)
@@ -108,7 +109,7 @@ class PolecatsConfig:
 
 @dataclass(frozen=True)
 class MergeQueueConfig:
-    batch_size: int
+    batch_size: BatchSize
     on_conflict: OnConflict
     retry_flaky: int
     push_retries: int
@@ -226,6 +227,11 @@ class _Validator:
 
     def convert(self, tp: Any, value: object, where: tuple[str, ...]) -> Any:
         dotted = ".".join(where)
+        if tp == BatchSize:
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool)):
+                self.fail(where, f"'{dotted}' must be a positive integer or \"auto\", "
+                                 f"not {value!r}")
+            return value
         if tp is Seconds:
             seconds = parse_duration(value)
             if seconds is None:
@@ -375,7 +381,8 @@ def load_rig_config(text: str, path: str, defaults: str) -> RigConfig:
     _check_branch_template(v, config)
     _check_duration(v, ("polecats", "stall_timeout"), config.polecats.stall_timeout)
     mq = config.merge_queue
-    _check_positive(v, ("merge_queue", "batch_size"), mq.batch_size)
+    if mq.batch_size != "auto":
+        _check_positive(v, ("merge_queue", "batch_size"), mq.batch_size)
     _check_positive(v, ("merge_queue", "retry_flaky"), mq.retry_flaky, minimum=0)
     _check_positive(v, ("merge_queue", "push_retries"), mq.push_retries, minimum=0)
     seen: set[str] = set()

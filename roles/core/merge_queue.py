@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, TypeVar, cast, overload
+from typing import Final, Literal, Protocol, TypeVar, cast, overload
 
 # --------------------------------------------------------------------------- queue order
 
@@ -97,6 +97,48 @@ def next_batch(queued: Sequence[T], batch_size: int,
         raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     sort_key = key if key is not None else cast("Callable[[T], OrderKey]", mr_order_key)
     return sorted(queued, key=sort_key)[:batch_size]
+
+
+# --------------------------------------------------------------------------- batch size
+
+#: ``merge_queue.batch_size``: a fixed number of MRs, or ``"auto"`` (:class:`AutoBatch`).
+BatchSize = int | Literal["auto"]
+
+#: The largest batch ``batch_size = "auto"`` grows to.
+AUTO_BATCH_CAP: Final = 16
+
+
+@dataclass(frozen=True)
+class AutoBatch:
+    """``batch_size = "auto"``: the size the next batch may have, learnt from the last ones.
+
+    It starts at 1, doubles after a full batch (as many MRs as the size allowed) whose MRs
+    all landed, up to ``cap``, and falls back to 1 as soon as a batch had an MR rejected
+    (that batch is bisected as any other). A batch that ended without a verdict (the
+    remote unreachable, the queue paused) leaves it as it was.
+    """
+
+    size: int = 1
+    cap: int = AUTO_BATCH_CAP
+
+    def after(self, taken: int, all_landed: bool) -> AutoBatch:
+        """The size after a batch of ``taken`` MRs that ``all_landed`` (or not)."""
+        if not all_landed:
+            return replace(self, size=1)
+        if taken >= self.size:
+            return replace(self, size=min(self.cap, self.size * 2))
+        return self
+
+
+def batch_limit(batch_size: BatchSize, auto: AutoBatch, ready: int) -> int:
+    """How many of the ``ready`` MRs the next batch takes: never more than ``ready``, never
+    0 while one is ready, and for ``"auto"`` never more than ``auto.cap``."""
+    if ready <= 0:
+        return 0
+    wanted = auto.size if batch_size == "auto" else batch_size
+    if wanted < 1:
+        raise ValueError(f"batch_size must be at least 1, not {wanted}")
+    return min(wanted, ready)
 
 
 # --------------------------------------------------------------------------- actions

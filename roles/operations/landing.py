@@ -27,7 +27,7 @@ from ..adapters.faults import fault_point
 from ..adapters.processes import processes_with_env, terminate_process_group
 from ..adapters.store import MergeRequest
 from ..core.errors import GastownError
-from .merge_site import MergeSite, commit_of, off_thread, short
+from .merge_site import MergeSite, clean_checkout, commit_of, off_thread, short
 from .rigs import is_url
 
 #: Git operations that talk to the remote: their failure means "unreachable, retry later".
@@ -64,7 +64,7 @@ async def recover(site: MergeSite) -> None:
     for pgid in groups:
         _log.warning("stray_gate_killed", pgid=pgid)
         await trio.to_thread.run_sync(terminate_process_group, pgid, 2.0)
-    await off_thread(git.clean_checkout, site.clone, branch)
+    await clean_checkout(site, branch, force=True)
     running = await store.call(store.store.merge_requests_in, site.rig, ["running"])
     # Forward only, like every catch-up: tested merges that never reached the remote
     # (killed before the push, or refused) are pushed again, never dropped.
@@ -113,7 +113,7 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
     - they diverged: stop the queue with the reason (:class:`QueuePaused`).
     """
     clone = site.clone
-    await off_thread(git.clean_checkout, clone, branch)
+    await clean_checkout(site, branch)  # a no-op right after the previous batch's clean
     local = await commit_of(site, branch)
     if not await off_thread(git.has_remote, clone):
         return local

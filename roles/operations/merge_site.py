@@ -94,6 +94,9 @@ class MergeSite:
     clone: Path
     store: AsyncStore
     state: QueueState
+    #: The checkout is known pristine on the default branch: cleaned (by
+    #: :func:`clean_checkout`) and not touched since. False at start, so recovery cleans.
+    checkout_clean: bool = False
 
     def config(self) -> RigConfig:
         return self.town.rig_config(self.rig)
@@ -101,3 +104,16 @@ class MergeSite:
     def gate_tag(self) -> dict[str, str]:
         """Environment that marks this rig's gate processes, so a restart can find them."""
         return {"GASTOWN_GATE_OF": f"{self.town.root}:{self.rig}"}
+
+
+async def clean_checkout(site: MergeSite, branch: str, *, force: bool = False) -> None:
+    """Leave the checkout pristine on ``branch`` (:func:`git.clean_checkout`), unless it is
+    known to be already (``site.checkout_clean``, and not ``force``): one clean per batch.
+
+    Whatever touches the tree (a candidate, a gate) clears ``site.checkout_clean`` first.
+    """
+    if site.checkout_clean and not force:
+        return
+    site.checkout_clean = False
+    await off_thread(git.clean_checkout, site.clone, branch)
+    site.checkout_clean = True

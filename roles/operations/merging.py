@@ -52,7 +52,8 @@ class BatchState:
     tips: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
-async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeRequest]) -> None:
+async def run_plan(site: MergeSite, config: RigConfig,
+                   by_id: dict[str, MergeRequest]) -> Finished:
     """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled.
 
     Raises :class:`.landing.QueuePaused` (before anything is built) and
@@ -62,6 +63,7 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
     # The base: the default branch, caught up with the remote (forward only). Known
     # unpushed work is not pushed here: the landing pushes it with the candidate on it.
     base = await catch_up(site, branch, push=not site.state.unpushed)
+    site.checkout_clean = False  # candidates and gates use the checkout from here on
     state = BatchState(base=base)
     plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky)
     tested: tuple[tuple[str, ...], str] | None = None
@@ -69,7 +71,7 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
     while True:
         action = next_action(plan)
         if isinstance(action, Finished):
-            return
+            return action
         if isinstance(action, Test):
             candidate, conflict = await _stack(site, state, action.mrs, by_id)
             if conflict is not None:

@@ -222,6 +222,34 @@ def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path, fe
     assert "bad.txt" not in files and sum(f.startswith("good") for f in files) == 15
 
 
+def test_auto_batch_size_grows_and_bisects_out_the_bad_one(cli: Cli, town: Path,
+                                                           feed: FeedWaiter,
+                                                           tmp_path: Path) -> None:
+    """batch_size = "auto", 8 MRs, one bad: batches of 1, 2, then 4 (which fails and is
+    bisected); exactly the 7 good land, in queue order, and the bad one is rejected."""
+    runs = tmp_path / "runs.txt"
+    configure(town, '[merge_queue]\nbatch_size = "auto"\n[polecats]\nmax = 20\n' +
+              gate("test", f"echo $GASTOWN_MRS >> {runs}; test ! -e bad.txt"))
+    cli.ok("up")
+    polecats = sleeper_polecats(cli, 8)
+    cli.ok("down")  # all 8 MRs queued before the refinery looks
+    for i, (_bead, worktree) in enumerate(polecats):
+        commit_in(worktree, "bad.txt" if i == 5 else f"good{i}.txt", f"{i}\n")
+        done_in(cli, worktree)
+    cli.ok("up")
+    found = {m["bead"]: m for m in settled(cli, feed, 8, timeout=180)}
+    bad = polecats[5][0]
+    assert found[bad]["state"] == "rejected"
+    assert all(m["state"] == "merged" for b, m in found.items() if b != bad)
+    sizes = [len(line.split()) for line in runs.read_text().splitlines()]
+    print(f"gate runs (MRs per candidate): {sizes}")
+    assert sizes[:3] == [1, 2, 4]  # grew while batches passed; the third one failed
+    subjects = [line.split(" ", 1)[1] for line in main_log(clone(town))]
+    assert subjects[:7][::-1] == [f"edit good{i}.txt" for i in range(8) if i != 5]
+    files = git("ls-tree", "--name-only", "main", cwd=clone(town)).split()
+    assert "bad.txt" not in files and sum(f.startswith("good") for f in files) == 7
+
+
 @pytest.mark.parametrize("point", ["merge.before_rebase", "merge.before_gates",
                                    "merge.after_gates", "merge.after_ff", "merge.after_push"])
 def test_kill_9_refinery_at_each_step(cli: Cli, town: Path, feed: FeedWaiter, tmp_path: Path,

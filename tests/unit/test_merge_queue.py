@@ -12,12 +12,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gastown.roles.core.merge_queue import (
+    AUTO_BATCH_CAP,
     Action,
+    AutoBatch,
     Finished,
     Land,
     Plan,
     Reject,
     Test,
+    batch_limit,
     drop,
     max_gate_runs,
     mr_order_key,
@@ -324,3 +327,69 @@ def test_next_batch_with_a_key_and_bad_size() -> None:
     assert next_batch(items, 2, key=lambda t: order_key(t[1], t[2], t[0])) == [items[2], items[1]]
     with pytest.raises(ValueError):
         next_batch(items, 0, key=lambda t: order_key(t[1], t[2], t[0]))
+
+
+# --------------------------------------------------------------------------- batch size
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[tuple[int, bool]]:
+    """Batches as (MRs ready, did every MR of the batch land)."""
+    return draw(st.lists(st.tuples(st.integers(0, 60), st.booleans()), max_size=40))
+
+
+@given(histories(), st.integers(1, 32))
+def test_auto_batch_stays_within_the_cap_and_the_ready_count(history: list[tuple[int, bool]],
+                                                             cap: int) -> None:
+    """However batches went, the next one takes 1..min(cap, ready) MRs, 0 only when none
+    is ready; a fixed size is taken as it is, up to the ready count."""
+    auto = AutoBatch(cap=cap)
+    for ready, landed in history:
+        taken = batch_limit("auto", auto, ready)
+        assert (taken == 0) == (ready == 0)
+        assert taken <= min(cap, ready)
+        assert batch_limit(5, auto, ready) == min(5, ready)
+        if taken:
+            before = auto.size
+            auto = auto.after(taken, landed)
+            assert 1 <= auto.size <= cap
+            assert auto.size == (1 if not landed else
+                                 min(cap, 2 * before) if taken == before else before)
+
+
+def test_auto_batch_grows_on_passing_full_batches_and_drops_to_one_on_a_failure() -> None:
+    """1, 2, 4, 8, 16, 16 while full batches pass; 1 after a rejection; a short batch
+    (fewer ready than allowed) that passes keeps the size."""
+    auto, sizes = AutoBatch(), []
+    for _ in range(6):
+        sizes.append(batch_limit("auto", auto, 100))
+        auto = auto.after(sizes[-1], True)
+    assert sizes == [1, 2, 4, 8, 16, 16] and AUTO_BATCH_CAP == 16
+    assert auto.after(16, False).size == 1
+    assert auto.after(3, True).size == 16
+    assert AutoBatch(size=4).after(2, True).size == 4
+    with pytest.raises(ValueError):
+        batch_limit(0, auto, 3)
+
+
+@given(queues(max_size=60), st.integers(0, 2), st.integers(1, 16))
+@settings(deadline=None)
+def test_auto_batches_land_exactly_the_good_in_order(queue: tuple[list[str], set[str]],
+                                                     retry: int, cap: int) -> None:
+    """The queue worked off in "auto" batches, each bisected as usual: exactly the good MRs
+    land, in queue order, the bad ones are rejected, every batch within its bounds."""
+    names, bad = queue
+    auto, remaining, main, rejected = AutoBatch(cap=cap), list(names), [], set()
+    while remaining:
+        taken = batch_limit("auto", auto, len(remaining))
+        assert 1 <= taken <= min(cap, len(remaining))
+        run = drive(start_plan(remaining[:taken], retry_flaky=retry), deterministic(bad))
+        assert run.finished.gate_runs <= max_gate_runs(
+            taken, len(bad.intersection(remaining[:taken])), retry)
+        main += run.main
+        rejected |= {r.mr for r in run.finished.rejected}
+        auto = auto.after(taken, not run.finished.rejected)
+        remaining = remaining[taken:]
+    assert main == [m for m in names if m not in bad]
+    assert rejected == bad
+

@@ -1,0 +1,79 @@
+"""The merge queue's git calls, counted: one ``clean_checkout`` per batch, not two per merge.
+
+A ``git`` wrapper first on the town's ``PATH`` logs every call made in the refinery's
+clone (its working directory), then runs the real git. Five MRs, one batch each: the
+refinery's checkout is cleaned (``git reset --hard``) once per batch plus once at start
+(recovery), and the figures are printed for the record.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Cli, git, make_remote
+from tests.e2e.feed_waiter import FeedWaiter
+from tests.e2e.town_helpers import clone, configure, gate, script_town, tear_down_town
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Path:
+    return make_remote(tmp_path / "remote.git", files={"README.md": "hello\n"})
+
+
+@pytest.fixture
+def calls(tmp_path: Path) -> Path:
+    return tmp_path / "git-calls.log"
+
+
+@pytest.fixture
+def town(cli: Cli, remote: Path, tmp_path: Path, calls: Path) -> Iterator[Path]:
+    real = shutil.which("git")
+    assert real is not None
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\nparent=$(tr "\\\\000" " " < /proc/$PPID/cmdline)\n'
+                       f'printf "%s\\t%s\\t%s\\n" "$PWD" "$parent" "$*" >> {calls}\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    cli.env["PATH"] = f"{bin_dir}{os.pathsep}{cli.env['PATH']}"
+    root = script_town(cli, remote)
+    yield root
+    tear_down_town(cli, root)
+
+
+def refinery_calls(calls: Path, checkout: Path) -> list[str]:
+    """The git commands the refinery ran in its checkout (its working directory)."""
+    out = []
+    for line in calls.read_text().splitlines():
+        cwd, parent, args = line.split("\t", 2)
+        if Path(cwd).resolve() == checkout.resolve() and "gastown.roles refinery:" in parent:
+            out.append(args)
+    return out
+
+
+def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
+                                      calls: Path) -> None:
+    configure(town, gate("test", "true"))
+    cli.ok("up")
+    for i in range(5):
+        bead = cli.ok("bead", "create", f"file {i}", "--rig", "web", "-d",
+                      f"echo {i} > file{i}.txt").strip()
+        cli.ok("sling", bead, "web")
+        feed.wait_settled(i + 1, timeout=90)
+    seen = refinery_calls(calls, clone(town))
+    by_command = Counter(args.split()[0] for args in seen)
+    resets = sum(args.startswith("reset") for args in seen)
+    print(f"git calls in the refinery's checkout for 5 MRs: {len(seen)} "
+          f"({dict(sorted(by_command.items()))}); clean_checkouts: {resets}")
+    # Recovery at start cleans once; then one clean per batch of one MR.
+    assert resets <= 1 + 5
+    assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=clone(town)).strip() == "main"
