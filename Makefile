@@ -69,8 +69,9 @@ typecheck: $(STAMP)
 	cd build/src && MYPYPATH=. ../../$(BIN)/mypy --config-file ../../pyproject.toml -p gastown.supervisor -p gastown.roles -p gastown.config
 	MYPYPATH=build/src $(BIN)/mypy tests bench demo
 
+## bench: the benchmark suite (bench/README.md); make bench BENCH_ARGS=--full adds N = 200
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## chaos: the long run of the chaos test (tests/chaos/README.md), e.g. make chaos RUNS=200 SEED=1
 RUNS ?= 20
