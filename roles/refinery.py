@@ -6,7 +6,10 @@ age), a batch at a time, woken by events (``mr_created``, ``mr_requeued``,
 (:func:`~gastown.roles.operations.merging.run_plan`: stack, gate, land or reject); and
 reports. A remote that moved meanwhile is fetched and rebased on, never overwritten
 (bounded by ``push_retries``); an unreachable remote puts the batch back in the queue
-and is retried after a back-off.
+and is retried after a back-off. The batch size is ``batch_size``, or learnt
+(:class:`~gastown.roles.core.merge_queue.AutoBatch`) when it is ``"auto"``; with
+``speculative = true`` the next batch is taken (marked ``running``) with the current one
+and gated on top of it meanwhile (:mod:`~gastown.roles.operations.speculation`).
 
 Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
 
@@ -41,11 +44,13 @@ from ..supervisor.bus.protocol import BusMessage
 from ..supervisor.bus.requests import Reply, Request
 from .adapters import log
 from .adapters.async_store import AsyncStore
+from .adapters.store import MergeRequest
 from .core.errors import GastownError, GitError
 from .core.merge_queue import AutoBatch, batch_limit, next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
 from .operations.merge_site import MergeSite, QueueState, QueueStatus, clean_checkout
 from .operations.merging import fail_batch, run_plan
+from .operations.speculation import Ahead, Speculated
 from .role_context import RoleContext
 
 #: Events after which there may be work for the queue.
@@ -69,6 +74,8 @@ class Refinery:
         self._backoff = 1.0
         #: What ``batch_size = "auto"`` learnt from the batches so far.
         self._auto = AutoBatch()
+        #: The next batch, marked running and gated ahead (``merge_queue.speculative``).
+        self._ahead: Ahead | None = None
 
     # -- main loop ---------------------------------------------------------------------
 
@@ -122,9 +129,15 @@ class Refinery:
         """Merge or reject the next batch; returns False when the queue is empty."""
         site, state = self.site, self.state
         config = site.config()
+        mq = config.merge_queue
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                        ["queued"])
-        if not queued or state.paused:
+        # The batch gated ahead during the previous one: already running, taken first.
+        ahead, self._ahead = self._ahead, None
+        if state.paused and ahead is not None:
+            await self._requeue(ahead.by_id, "the merge queue is paused")
+            ahead = None
+        if (not queued and ahead is None) or state.paused:
             # Woken with a stopped queue or work the remote has not taken yet: look again
             # (a resume, or the next MR); while it stays stopped, the MRs stay queued.
             if (state.paused or state.unpushed) and \
@@ -132,14 +145,30 @@ class Refinery:
                 return False
             if not queued:
                 return False
-        batch = next_batch(queued, batch_limit(config.merge_queue.batch_size, self._auto,
-                                               len(queued)))
+        speculated: Speculated | None = None
+        if ahead is not None:
+            batch, speculated = list(ahead.by_id.values()), ahead.result
+        else:
+            batch = next_batch(queued, batch_limit(mq.batch_size, self._auto, len(queued)))
+            await self.store.call(self.store.store.start_merge_requests,
+                                  [mr.id for mr in batch])
         ids = [mr.id for mr in batch]
-        await self.store.call(self.store.store.start_merge_requests, ids)
         by_id = {mr.id: mr for mr in batch}
+        if mq.speculative:
+            rest = [mr for mr in queued if mr.id not in by_id]
+            # Sized as if this batch lands whole: the only case its result is used in.
+            size = batch_limit(mq.batch_size, self._auto.after(len(batch), True), len(rest))
+            if size:
+                nxt = next_batch(rest, size)
+                await self.store.call(self.store.store.start_merge_requests,
+                                      [mr.id for mr in nxt])
+                self._ahead = Ahead(by_id={mr.id: mr for mr in nxt})
+        done = False
         for attempt in range(config.merge_queue.push_retries + 1):
             try:
-                finished = await run_plan(site, config, by_id)
+                finished = await run_plan(site, config, by_id, ahead=self._ahead,
+                                          speculated=speculated)
+                done = True
                 self._backoff = 1.0
                 self._auto = self._auto.after(len(batch), not finished.rejected)
                 if config.merge_queue.batch_size == "auto":
@@ -174,7 +203,15 @@ class Refinery:
                         await self.store.call(self.store.store.merge_rejected, mr_id,
                                               "push: the remote kept moving")
                     break
+        if not done and self._ahead is not None:
+            await self._requeue(self._ahead.by_id, "the batch before it did not finish")
+            self._ahead = None
         state.current = {}
         # The batch's one clean: the next batch (and a wake-up's catch-up) starts from it.
         await clean_checkout(site, config.default_branch, force=True)
         return True
+
+    async def _requeue(self, by_id: dict[str, MergeRequest], reason: str) -> None:
+        """Put a batch taken ahead back in the queue (marked running, never gated for real)."""
+        for mr_id in by_id:
+            await self.store.call(self.store.store.requeue_merge_request, mr_id, reason)

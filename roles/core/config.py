@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
 
 from .errors import ConfigError
-from .merge_queue import BatchSize
 from .names import DEFAULT_POLECAT_NAMES, name_problem, prefix_problem
 
 Seconds = NewType("Seconds", float)
@@ -107,6 +106,11 @@ class PolecatsConfig:
     stall_timeout: Seconds
 
 
+#: ``merge_queue.batch_size``: a positive number of MRs, or ``"auto"`` (grown and shrunk
+#: by :class:`~gastown.roles.core.merge_queue.AutoBatch`).
+BatchSize = int | Literal["auto"]
+
+
 @dataclass(frozen=True)
 class MergeQueueConfig:
     batch_size: BatchSize
@@ -114,6 +118,8 @@ class MergeQueueConfig:
     retry_flaky: int
     push_retries: int
     gates: tuple[GateConfig, ...]
+    #: Gate the next batch on top of the running one, in a second checkout.
+    speculative: bool = False
 
 
 @dataclass(frozen=True)

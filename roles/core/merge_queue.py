@@ -50,6 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final, Literal, Protocol, TypeVar, cast, overload
 
+from .config import BatchSize
+
 # --------------------------------------------------------------------------- queue order
 
 OrderKey = tuple[int, float, str]
@@ -100,9 +102,6 @@ def next_batch(queued: Sequence[T], batch_size: int,
 
 
 # --------------------------------------------------------------------------- batch size
-
-#: ``merge_queue.batch_size``: a fixed number of MRs, or ``"auto"`` (:class:`AutoBatch`).
-BatchSize = int | Literal["auto"]
 
 #: The largest batch ``batch_size = "auto"`` grows to.
 AUTO_BATCH_CAP: Final = 16

@@ -8,7 +8,8 @@ on the remote (a refused push, a crash before it) is pushed again, and a refusal
 recorded in the rig's row (``landed_head``, ``remote_head``, ``push_error``); when the
 two diverged the queue stops (``rigs.mq_paused``) with the way out in the reason, and
 it starts again once the remote's branch holds that work. :func:`recover` settles what
-a crashed refinery left: stray gates, a dirty checkout, ``running`` MRs (``merged`` when
+a crashed refinery left: stray gates, a dirty checkout (and the second one of speculative
+gating), ``running`` MRs (``merged`` when
 their change is on the default branch, here or on the remote, else queued again).
 
 Layer: operations, called by the refinery's role loop and by :mod:`.merging`.
@@ -29,6 +30,7 @@ from ..adapters.store import MergeRequest
 from ..core.errors import GastownError
 from .merge_site import MergeSite, clean_checkout, commit_of, off_thread, short
 from .rigs import is_url
+from .speculation import remove_checkout
 
 #: Git operations that talk to the remote: their failure means "unreachable, retry later".
 NETWORK_OPS: Final = ("fetch", "push", "ls-remote")
@@ -65,6 +67,7 @@ async def recover(site: MergeSite) -> None:
         _log.warning("stray_gate_killed", pgid=pgid)
         await trio.to_thread.run_sync(terminate_process_group, pgid, 2.0)
     await clean_checkout(site, branch, force=True)
+    await remove_checkout(site)  # the second checkout of speculative gating, if any
     running = await store.call(store.store.merge_requests_in, site.rig, ["running"])
     # Forward only, like every catch-up: tested merges that never reached the remote
     # (killed before the push, or refused) are pushed again, never dropped.

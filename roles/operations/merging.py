@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 import trio
 
@@ -40,6 +41,7 @@ from ..core.merge_queue import (
 from .gates import run_gates
 from .landing import catch_up, land
 from .merge_site import MergeSite, off_thread, short
+from .speculation import Ahead, Speculated, prepare_checkout
 
 _log = log.get_logger()
 
@@ -52,9 +54,14 @@ class BatchState:
     tips: dict[tuple[str, ...], str] = field(default_factory=dict)
 
 
-async def run_plan(site: MergeSite, config: RigConfig,
-                   by_id: dict[str, MergeRequest]) -> Finished:
+async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeRequest], *,
+                   ahead: Ahead | None = None,
+                   speculated: Speculated | None = None) -> Finished:
     """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled.
+
+    With ``ahead`` (``merge_queue.speculative``), that next batch is gated on top of
+    this one's whole-batch candidate meanwhile (:func:`speculate`). ``speculated`` is
+    such a run of these very MRs: used instead of gating them when it was on this base.
 
     Raises :class:`.landing.QueuePaused` (before anything is built) and
     :class:`.landing.RemoteMoved` (a landing lost the race for the remote's branch).
@@ -65,6 +72,10 @@ async def run_plan(site: MergeSite, config: RigConfig,
     base = await catch_up(site, branch, push=not site.state.unpushed)
     site.checkout_clean = False  # candidates and gates use the checkout from here on
     state = BatchState(base=base)
+    if speculated is not None and speculated.base == base:
+        state.tips.update(speculated.tips)  # the same commits: the result applies to them
+    else:
+        speculated = None
     plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky)
     tested: tuple[tuple[str, ...], str] | None = None
     last_failure, last_tail = "gate failed", ""
@@ -81,7 +92,18 @@ async def run_plan(site: MergeSite, config: RigConfig,
                 plan = drop(plan, mr_id, reason)
                 continue
             assert candidate is not None
-            ok, failure, tail = await _gate(site, config, action.mrs, candidate)
+            if speculated is not None and action.kind == "batch" and \
+                    (speculated.mrs, speculated.candidate) == (tuple(action.mrs), candidate):
+                # Gated ahead on exactly this base: the result stands, no second run.
+                ok, failure, tail = speculated.ok, speculated.failure, speculated.tail
+                _log.info("speculative_result_used", mrs=list(action.mrs), ok=ok,
+                          candidate=short(candidate))
+            elif ahead is not None and action.kind == "batch":
+                ok, failure, tail = await _gate_and_speculate(site, config, action.mrs,
+                                                              candidate, ahead)
+            else:
+                ok, failure, tail = await _gate(site, config, action.mrs, candidate)
+            speculated = None
             if not ok:
                 # The last red run holds the culprit (bisection only narrows onto it).
                 last_failure, last_tail = failure, tail
@@ -98,14 +120,68 @@ async def run_plan(site: MergeSite, config: RigConfig,
             plan = record_done(plan)
 
 
+async def _gate_and_speculate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
+                              candidate: str, ahead: Ahead) -> tuple[bool, str, str]:
+    """:func:`_gate` on ``candidate`` while ``ahead`` is gated on top of it; a red
+    ``candidate`` cancels that run (its gates are killed as a group, nothing recorded)."""
+    spec_scope = trio.CancelScope()
+
+    async def run_ahead() -> None:
+        with spec_scope:
+            await speculate(site, config, ahead, candidate)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_ahead)
+            ok, failure, tail = await _gate(site, config, mrs, candidate)
+            if not ok:
+                spec_scope.cancel()
+    except BaseExceptionGroup as group:  # speculate() raises nothing of its own
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+    if spec_scope.cancelled_caught:
+        ahead.discarded += 1
+        _log.info("speculation_discarded", mrs=list(ahead.mrs), under=list(mrs))
+    return ok, failure, tail
+
+
+async def speculate(site: MergeSite, config: RigConfig, ahead: Ahead, base: str) -> None:
+    """Stack ``ahead``'s MRs on ``base`` in the second checkout and gate them; the result
+    goes to ``ahead.result``. A conflict or an error leaves no result (the batch is then
+    built and gated as usual when its turn comes)."""
+    ahead.started += 1
+    ahead.result = None
+    mrs = list(ahead.mrs)
+    _log.info("speculation_started", mrs=mrs, base=short(base))
+    try:
+        checkout = await prepare_checkout(site, base)
+        state = BatchState(base=base)
+        candidate, conflict = await _stack(site, state, mrs, ahead.by_id, checkout=checkout)
+        if candidate is None:
+            _log.info("speculation_conflict", mrs=mrs, conflict=conflict)
+            return
+        fault_point(site.role, "merge.speculating")
+        ok, failure, tail = await _gate(site, config, mrs, candidate, checkout=checkout)
+    except (GastownError, OSError) as exc:
+        _log.warning("speculation_failed", mrs=mrs, error=str(exc))
+        return
+    ahead.result = Speculated(mrs=tuple(mrs), base=base, candidate=candidate, ok=ok,
+                              failure=failure, tail=tail, tips=dict(state.tips))
+    _log.info("speculation_finished", mrs=mrs, ok=ok, candidate=short(candidate))
+
+
 async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
-                 by_id: dict[str, MergeRequest],
+                 by_id: dict[str, MergeRequest], *, checkout: Path | None = None,
                  ) -> tuple[str | None, tuple[str, list[str]] | None]:
-    """The candidate for ``base + mrs``, built by rebasing each MR onto the previous tip.
+    """The candidate for ``base + mrs``, built by rebasing each MR onto the previous tip
+    in ``checkout`` (the refinery's own by default).
 
     Returns ``(commit, None)``, or ``(None, (mr_id, files))`` for the first MR that
     conflicts. Prefixes already built for this base are reused.
     """
+    own = checkout is None
+    where = site.clone if checkout is None else checkout
     tip = state.base
     prefix: tuple[str, ...] = ()
     for mr_id in mrs:
@@ -115,12 +191,13 @@ async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
             continue
         mr = by_id[mr_id]
         await site.store.call(site.store.store.set_merge_step, [mr_id], "rebasing")
-        site.state.current = {"mrs": list(mrs), "step": "rebasing", "mr": mr_id}
-        fault_point(site.role, "merge.before_rebase")
-        head = mr.head or await off_thread(git.rev, site.clone, mr.branch)
-        if not head or not await off_thread(git.rev, site.clone, head):
+        if own:
+            site.state.current = {"mrs": list(mrs), "step": "rebasing", "mr": mr_id}
+            fault_point(site.role, "merge.before_rebase")
+        head = mr.head or await off_thread(git.rev, where, mr.branch)
+        if not head or not await off_thread(git.rev, where, head):
             return None, (mr_id, ["(branch missing)"])
-        new_tip, files = await off_thread(git.rebase_detached, site.clone, head, tip)
+        new_tip, files = await off_thread(git.rebase_detached, where, head, tip)
         if new_tip is None:
             return None, (mr_id, files)
         state.tips[prefix] = new_tip
@@ -129,30 +206,37 @@ async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
 
 
 async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
-                candidate: str) -> tuple[bool, str, str]:
-    """Run the gates on ``candidate``: (passed, ``gate <name> (<why>)``, output tail)."""
+                candidate: str, *, checkout: Path | None = None) -> tuple[bool, str, str]:
+    """Run the gates on ``candidate`` in ``checkout`` (the refinery's own by default):
+    (passed, ``gate <name> (<why>)``, output tail)."""
     store = site.store
-    await off_thread(git.checkout_detached, site.clone, candidate)
+    own = checkout is None
+    where = site.clone if checkout is None else checkout
+    await off_thread(git.checkout_detached, where, candidate)
     log_path = site.town.logs_dir / "mq" / f"{site.rig}-{mrs[-1]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     await store.call(store.store.set_merge_step, list(mrs), "gating",
                      candidate=candidate, log_path=str(log_path))
-    fault_point(site.role, "merge.before_gates")
+    if own:
+        fault_point(site.role, "merge.before_gates")
     env = dict(os.environ)
     env.update({"GASTOWN_RIG": site.rig, "GASTOWN_MRS": " ".join(mrs),
                 "GASTOWN_CANDIDATE": candidate, **site.gate_tag()})
     async with trio.open_nursery() as nursery:
 
         def on_gate(name: str) -> None:
-            site.state.current = {"mrs": list(mrs), "step": "gating", "gate": name,
-                                  "candidate": short(candidate)}
-            _log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate))
+            if own:
+                site.state.current = {"mrs": list(mrs), "step": "gating", "gate": name,
+                                      "candidate": short(candidate)}
+            _log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate),
+                      speculative=not own)
             nursery.start_soon(partial(store.call, store.store.set_merge_step,
                                        list(mrs), "gating", gate=name))
 
-        results = await run_gates(config.merge_queue.gates, cwd=site.clone,
+        results = await run_gates(config.merge_queue.gates, cwd=where,
                                   log_path=log_path, env=env, on_gate=on_gate)
-    fault_point(site.role, "merge.after_gates")
+    if own:
+        fault_point(site.role, "merge.after_gates")
     failed = [r for r in results if not r.ok]
     if failed:
         gate = failed[0]
