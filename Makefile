@@ -69,7 +69,7 @@ typecheck: $(STAMP)
 	cd build/src && MYPYPATH=. ../../$(BIN)/mypy --config-file ../../pyproject.toml -p gastown.supervisor -p gastown.roles -p gastown.config
 	MYPYPATH=build/src $(BIN)/mypy tests bench demo
 
-## bench: the benchmark suite (bench/README.md); make bench BENCH_ARGS=--full adds N = 200
+## bench: the benchmark suite, ~9 min (bench/README.md); BENCH_ARGS=--quick skips N = 200
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 

@@ -158,14 +158,16 @@ def main(rounds: int = 5) -> dict[str, Any]:
     try:
         for role, sock in (("bus", "bus.sock"), ("direct", "direct.sock")):
             procs.append(subprocess.Popen([sys.executable, "-m", "bench.bus", role,
-                                           str(d / sock)], stderr=subprocess.DEVNULL))
+                                           str(d / sock)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             deadline = time.monotonic() + 30
             while not (d / sock).exists():  # start-up, not a measurement
                 if time.monotonic() > deadline:
                     raise SystemExit(f"the {role} server did not start")
                 time.sleep(0.02)
         procs.append(subprocess.Popen([sys.executable, "-m", "bench.bus", "peer",
-                                       str(d / "bus.sock")], stderr=subprocess.DEVNULL))
+                                       str(d / "bus.sock")],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         time.sleep(1.0)  # the peer says hello
         out = trio.run(bench, d, rounds)
     finally:
