@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench._town import gastown, make_town
+from bench._town import gastown, make_town, tear_down
 
 
 def _once(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -61,8 +61,7 @@ def main(rounds: int = 21, json_path: Path | None = None) -> dict[str, dict[str,
             for name in order:
                 samples[name].append(_once(*cases[name]))
     finally:
-        gastown(env, "down")
-    del town
+        tear_down(env, town)
     results: dict[str, dict[str, float]] = {}
     for name, runs in samples.items():
         results[name] = {"wall_ms": statistics.median(w for w, _ in runs) * 1000,
