@@ -200,10 +200,15 @@ def session_alive(info: SessionInfo) -> bool:
 def stop_session(info: SessionInfo, grace: float = 5.0) -> None:
     """Stop the session's whole process tree: SIGTERM, up to ``grace`` s, then SIGKILL.
 
-    The tree is every process in the agent's kernel session (the agent is its leader in
-    both backends), not just its process group: a shell with job control gives each
-    pipeline a group of its own inside the same session. Only a descendant that calls
-    ``setsid`` itself escapes; nothing short of a cgroup would catch it.
+    The agent leads its kernel session and process group in both backends, so the
+    record's pid names them: the tree is every process in that session or group (a
+    shell with job control gives each pipeline a group of its own inside the session)
+    and every live descendant of the agent, found in one pass over ``/proc/*/stat``
+    and held by pidfds; the agent's death is awaited on them, not polled
+    (:func:`~gastown.roles.adapters.processes.stop_process_tree`). What escapes: a
+    process that called ``setsid`` itself and is no longer the agent's descendant (an
+    ancestor exited, a daemon's double fork, or the agent itself is gone); nothing
+    short of a cgroup would catch it, a search by identity (``environ``) may.
 
     For tmux the session is then killed too, if it still holds the agent's pane (a newer
     session that reuses the name is left alone). Idempotent: everything may already be

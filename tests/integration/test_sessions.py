@@ -207,6 +207,85 @@ def test_stop_kills_children_in_other_process_groups(backend: Backend,
     assert all(dead(pid) for pid in members), [proc_stat(pid) for pid in members]
 
 
+# An agent whose child leaves its kernel session (as Node's `detached: true` does).
+SETSID_AGENT = """
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(300)
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_kills_a_child_that_left_the_session(backend: Backend, sessions: Sessions,
+                                                  tmp_path: Path) -> None:
+    """A child of the agent that called setsid is in the agent's tree while the agent
+    lives: it dies with the session (before, only a scan of every environ caught it)."""
+    report = tmp_path / "child.pid"
+    info = sessions.start(sessions.spec(backend, [PYTHON, "-c", SETSID_AGENT, str(report)]))
+    wait_until(report.exists)
+    child = int(report.read_text())
+    assert proc_stat(child) is not None and proc_stat(child)[2] == child  # type: ignore[index]
+    stop_session(info, grace=2.0)
+    assert dead(child)
+    assert dead(info.pid)
+
+
+# An agent that exits on SIGTERM at once, with a child in its group that ignores it.
+ABANDONING_AGENT = ["sh", "-c", "(trap '' TERM; exec sleep 300) & exec sleep 300"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_stop_kills_a_child_that_outlives_the_agent(backend: Backend,
+                                                    sessions: Sessions) -> None:
+    """The agent dies on SIGTERM; its child ignores SIGTERM and is SIGKILLed after the
+    grace, though the agent it was awaited through is gone."""
+    info = sessions.start(sessions.spec(backend, ABANDONING_AGENT))
+    wait_until(lambda: len(tree_members(info.pid)) >= 2)
+    members = tree_members(info.pid)
+    stop_session(info, grace=0.3)
+    assert all(dead(pid) for pid in members), [proc_stat(pid) for pid in members]
+
+
+# An agent whose SIGTERM handler takes a while to clean up, then says so.
+SLOW_TO_CLEAN_AGENT = """
+import signal, sys, time
+def clean(*_):
+    time.sleep(0.5)
+    open(sys.argv[1], "w").close()
+    sys.exit(0)
+signal.signal(signal.SIGTERM, clean)
+open(sys.argv[1] + ".ready", "w").close()
+time.sleep(300)
+"""
+
+
+def test_stop_gives_the_agent_its_grace(sessions: Sessions, tmp_path: Path) -> None:
+    """The agent's death is awaited, not assumed: a SIGTERM handler that needs half a
+    second finishes before stop_session returns, and is not SIGKILLed."""
+    cleaned = tmp_path / "cleaned"
+    info = sessions.start(sessions.spec("process", [PYTHON, "-c", SLOW_TO_CLEAN_AGENT,
+                                                    str(cleaned)]))
+    wait_until(Path(f"{cleaned}.ready").exists)
+    stop_session(info, grace=30.0)
+    assert cleaned.exists()
+    assert dead(info.pid)
+
+
+def test_stop_after_the_agent_exited_kills_what_it_left(sessions: Sessions) -> None:
+    """The agent exited by itself, leaving a child in its group: stopping the session
+    still finds and stops the child (the group and session ids outlive the leader)."""
+    info = sessions.start(sessions.spec("process", ["sh", "-c", "sleep 300 & exit 0"]))
+    wait_until(lambda: not session_alive(info))
+    left = tree_members(info.pid)
+    assert left
+    stop_session(info, grace=2.0)
+    assert all(dead(pid) for pid in left)
+
+
 def test_stop_kills_a_group_that_ignores_sigterm(sessions: Sessions) -> None:
     """An agent that ignores SIGTERM is SIGKILLed after the grace period."""
     info = sessions.start(sessions.spec("process", ["sh", "-c", "trap '' TERM; sleep 300"]))
