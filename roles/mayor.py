@@ -13,6 +13,11 @@ events that free one (a polecat done, escalated or nuked), never on a timer.
 At start it first repairs spawns that a crash interrupted
 (:func:`~gastown.roles.operations.polecats.recover_spawning`), then dispatches what was queued
 while the town was down.
+
+It also tends the rigs' warm worktree pools
+(:func:`~gastown.roles.operations.worktree_pool.tend`: leftovers removed, trees moved to
+the default branch's tip, the pool filled) in the background, off the slings' path: at
+start, after merges and nukes, and once no build is running after slings took trees.
 """
 
 from __future__ import annotations
@@ -32,11 +37,16 @@ from .adapters.store import Polecat, Sling
 from .adapters.town import Town
 from .core.errors import GastownError
 from .operations.polecats import build_spawn, recover_spawning, reserve_spawn
+from .operations.worktree_pool import tend
 from .role_context import RoleContext
 
 #: Domain events after which a queued sling may find a slot (or a new sling exists).
 WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",
                       "polecat_rejected", "rig_added")
+
+#: Domain events after which a rig's warm worktree pool may need tending: the default
+#: branch moved (its trees follow), a nuke recycled or dropped a tree, a rig appeared.
+POOL_TOPICS: Final = ("mr_merged", "polecat_nuked", "rig_added")
 
 #: A sling's outcome as ``sling`` answers it: ``state`` (queued, dispatched, failed) and
 #: its details (``error``; ``rig``, ``polecat``, ``worktree``, ``branch``; ``position``).
@@ -60,6 +70,7 @@ class Mayor:
         self.town = ctx.town
         self._store: AsyncStore | None = None
         self._wakeup = trio.Event()
+        self._pool_wakeup = trio.Event()
         self._waiters: dict[int, trio.Event] = {}
         self._results: dict[int, SlingResult] = {}
         self._log = log.get_logger()
@@ -79,18 +90,42 @@ class Mayor:
         try:
             for line in await self.store.operate(recover_spawning, self.town):
                 self._log.warning("spawn_recovered", detail=line)
-            events = await client.subscribe(*WAKE_TOPICS)
+            events = await client.subscribe(*dict.fromkeys(WAKE_TOPICS + POOL_TOPICS))
             self._wakeup.set()  # dispatch whatever was queued while the town was down
+            self._pool_wakeup.set()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._wake_on_events, events)
+                nursery.start_soon(self._tend_pools_forever)
                 await self._dispatch_forever(client)
         finally:
             self.store.close()
 
     async def _wake_on_events(self, events: trio.MemoryReceiveChannel[BusMessage]) -> None:
-        async for _message in events:
-            self._wakeup.set()
+        async for message in events:
+            if message.topic not in POOL_TOPICS or message.topic in WAKE_TOPICS:
+                self._wakeup.set()
+            if message.topic not in WAKE_TOPICS or message.topic in POOL_TOPICS:
+                self._pool_wakeup.set()
+
+    async def _tend_pools_forever(self) -> None:
+        """Tend the pools after each wake-up, in a worker thread, never during builds."""
+        while True:
+            await self._pool_wakeup.wait()
+            self._pool_wakeup = trio.Event()
+            if self._building:
+                continue  # the last build to end wakes this again
+            for rig in await self.store.call(self.store.store.rigs):
+                try:
+                    done = await trio.to_thread.run_sync(tend, self.town, rig.name)
+                except GastownError as exc:
+                    self._log.warning("pool_not_tended", rig=rig.name, error=exc.message)
+                    continue
+                except Exception:  # a bug or an OS error: the pool waits, the mayor lives
+                    self._log.exception("pool_not_tended", rig=rig.name)
+                    continue
+                if done:
+                    self._log.info("pool_tended", rig=rig.name, done=done)
 
     async def _dispatch_forever(self, client: BusClient) -> None:
         while True:
@@ -148,6 +183,8 @@ class Mayor:
                 result = built or {"state": "failed", "error": "no polecat"}
         finally:
             self._building.discard(sling.id)
+            if not self._building:
+                self._pool_wakeup.set()  # refill what the builds took
         self._answer(sling.id, result)
         self._wakeup.set()  # a failed build freed its slot
 

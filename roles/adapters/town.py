@@ -68,6 +68,10 @@ class Town:
     def polecats_dir(self, rig: str) -> Path:
         return self.root / rig / "polecats"
 
+    def pool_dir(self, rig: str) -> Path:
+        """Idle worktrees of the rig's warm pool (``polecats.pool_size``)."""
+        return self.root / rig / "pool"
+
     def crew_dir(self, rig: str) -> Path:
         return self.root / rig / "crew"
 

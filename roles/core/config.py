@@ -104,6 +104,9 @@ class PolecatsConfig:
     branch_template: str
     max_respawns: int
     stall_timeout: Seconds
+    #: Idle worktrees kept ready (detached at the default branch) for the next slings;
+    #: 0 = no pool (a sling adds its worktree).
+    pool_size: int = 0
 
 
 #: ``merge_queue.batch_size``: a positive number of MRs, or ``"auto"`` (grown and shrunk
@@ -384,6 +387,7 @@ def load_rig_config(text: str, path: str, defaults: str) -> RigConfig:
             v.fail(("polecats", "names"), f"polecat name {name!r} {problem}")
     if len(set(config.polecats.names)) != len(config.polecats.names):
         v.fail(("polecats", "names"), "'polecats.names' lists a name twice")
+    _check_positive(v, ("polecats", "pool_size"), config.polecats.pool_size, minimum=0)
     _check_branch_template(v, config)
     _check_duration(v, ("polecats", "stall_timeout"), config.polecats.stall_timeout)
     mq = config.merge_queue

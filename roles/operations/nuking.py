@@ -9,7 +9,8 @@ ours?), then :func:`nuke` does the same three things in the same order:
 1. decide: :func:`gastown.roles.core.lifecycle.transition` says whether this event may end
    the polecat and with which effects (a refusal changes nothing);
 2. :func:`carry_out` the world effects, in the lifecycle's order, each idempotent: stop
-   the session, settle the token usage, remove the worktree, delete the branch (re-checked
+   the session, settle the token usage, remove the worktree (or, with a warm pool, clean
+   it and put it back: :func:`.worktree_pool.recycle`), delete the branch (re-checked
    for unlanded commits at that moment, unless forced: work that arrived meanwhile is kept
    and the nuke stops there);
 3. the store applies the row effects (bead, cancelled MRs, the name released, the row
@@ -52,6 +53,7 @@ from .polecat_sessions import (
     session_output_tail,
     stop_polecat_session,
 )
+from .worktree_pool import pool_size, recycle
 
 #: How long a stopping session gets between SIGTERM and SIGKILL, by who ends it.
 SESSION_GRACE = 5.0
@@ -108,8 +110,11 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
 
                 settle_usage(town, store, polecat)
             case RemoveWorktree():
-                with git.repo_lock(clone):
-                    git.remove_worktree(clone, Path(polecat.worktree))
+                if pool_size(town, polecat.rig) > 0:
+                    recycle(town, polecat.rig, Path(polecat.worktree))  # or removed
+                else:
+                    with git.repo_lock(clone):
+                        git.remove_worktree(clone, Path(polecat.worktree))
                 for path in (prompt_path(town, polecat.rig, polecat.name),
                              done_marker_path(town, polecat.rig, polecat.name)):
                     path.unlink(missing_ok=True)

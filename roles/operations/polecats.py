@@ -44,6 +44,7 @@ from .polecat_sessions import (
     start_agent_session,
     stop_polecat_session,
 )
+from .worktree_pool import take
 
 
 def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "mayor",
@@ -94,15 +95,20 @@ def build_spawn(town: Town, store: Store, sling: Sling, polecat: Polecat, *,
     """The rest of a reserved spawn: worktree, session, ``working``; rolled back on failure.
 
     Polecats of one rig add their worktrees one at a time (the repository lock); their
-    sessions, and polecats of other rigs, start side by side.
+    sessions, and polecats of other rigs, start side by side. With a warm pool
+    (``polecats.pool_size``) the worktree is a pooled tree moved into place
+    (:func:`.worktree_pool.take`); without a ready one it is added as usual.
     """
     fault_point(process, "sling.after_reserve")
     try:
         rig_config = town.rig_config(sling.rig)
         clone = town.refinery_clone(sling.rig)
         with git.repo_lock(clone):
-            git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
-                             rig_config.default_branch)
+            if rig_config.polecats.pool_size <= 0 or not take(
+                    clone, town.pool_dir(sling.rig), Path(polecat.worktree), polecat.branch,
+                    rig_config.default_branch, process=process):
+                git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
+                                 rig_config.default_branch)
         fault_point(process, "sling.after_worktree")
         start_agent_session(town, store, polecat, note=sling.note, process=process)
         fault_point(process, "sling.after_session")

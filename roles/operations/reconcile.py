@@ -51,12 +51,16 @@ from .reconcile_findings import row_exists as _row_exists
 from .reconcile_findings import unlanded as _unlanded
 from .reconcile_sessions import check_orphan_sessions
 from .reconcile_staging import check_staging_leftovers
-from .reconcile_worktrees import check_orphan_folders, check_stale_git_worktrees
+from .reconcile_worktrees import (
+    check_orphan_folders,
+    check_pool_leftovers,
+    check_stale_git_worktrees,
+)
 
 #: The finding kinds, in the order the checks run.
 KINDS: Final = ("missing_clone", "stale_git_worktree", "landed_mr", "orphan_worktree",
-                "half_created", "stale_registration", "orphan_branch", "orphan_session",
-                "staging_leftover")
+                "half_created", "stale_registration", "orphan_branch", "pool_leftover",
+                "orphan_session", "staging_leftover")
 
 
 def reconcile(town: Town, store: Store, *, rig: str | None = None, fix: bool = False,
@@ -86,6 +90,7 @@ def reconcile(town: Town, store: Store, *, rig: str | None = None, fix: bool = F
         findings += check_orphan_folders(ctx, view)
         findings += check_stale_registrations(ctx, view)
         findings += check_orphan_branches(ctx, view)
+        findings += check_pool_leftovers(ctx, view)
     findings += check_orphan_sessions(ctx, checked, all_rigs=[r.name for r in store.rigs()])
     findings += check_staging_leftovers(ctx, rig)
     return findings

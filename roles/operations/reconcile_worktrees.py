@@ -1,5 +1,5 @@
-"""``gastown doctor``'s checks of polecat worktrees: git's worktree registry and the
-polecat folders that have no row.
+"""``gastown doctor``'s checks of polecat worktrees: git's worktree registry, the
+polecat folders that have no row, and the warm pool's leftovers (``<rig>/pool``).
 
 Layer: roles operations, called by :mod:`.reconcile` (the driver). Stale registry entries
 are pruned; an orphan folder is removed only when it holds nothing unlanded (a dirty
@@ -14,6 +14,7 @@ from pathlib import Path
 from ..adapters import git, landed
 from ..adapters.agent_homes import agent_home, remove_home
 from ..core.errors import GastownError
+from . import worktree_pool
 from .polecat_sessions import done_marker_path, prompt_path
 from .reconcile_findings import (
     Ctx,
@@ -136,3 +137,29 @@ def _orphan_worktree(ctx: Ctx, rig: RigView, path: Path, worktree: git.Worktree)
                   todo=f"remove the {what}", done=f"removed the {what} (nothing unlanded)",
                   do=lambda: _remove_orphan_folder(ctx, rig, path, branch),
                   polecat=path.name)
+
+
+def check_pool_leftovers(ctx: Ctx, rig: RigView) -> list[Finding]:
+    """The warm pool's folder (``<rig>/pool``): trees a crashed process left half-made.
+
+    A pool tree never holds anyone's work (a polecat's tree enters the pool only after
+    the nuke that ended it, and a tree leaves it before it gets a branch), so a busy
+    folder whose worker died (its lock is free) is removed. Busy folders whose lock is
+    held are at work and left alone, whether the town is up or not; ready trees are the
+    mayor's to tend, not orphans.
+    """
+    pool = ctx.town.pool_dir(rig.name)
+    findings = []
+    for busy in worktree_pool.leftovers(pool):
+        findings.append(repair(
+            ctx, rig.name, "pool_leftover", str(pool / busy),
+            "a pool tree a crashed process left half-made (its lock is free)",
+            todo="remove it", done="removed it",
+            do=partial(_remove_pool_leftover, rig.clone, pool, busy)))
+    return findings
+
+
+def _remove_pool_leftover(clone: Path, pool: Path, busy: str) -> str | None:
+    if worktree_pool.remove_leftover(clone, pool, busy):
+        return None
+    return "left alone: a process took it up meanwhile"

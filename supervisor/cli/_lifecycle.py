@@ -254,6 +254,13 @@ def _stop_sessions(town: Town) -> int:
         stop_polecat_session(town, polecat)
         stopped += alive
     print(f"stopped {stopped} agent session(s); worktrees are kept")
+    from ...roles.operations.worktree_pool import drain
+
+    with store_of(town) as store:
+        rigs = [rig.name for rig in store.rigs()]
+    pooled = sum(drain(town, rig) for rig in rigs)
+    if pooled:
+        print(f"removed {pooled} idle pooled worktree(s)")
     return 0
 
 

@@ -55,6 +55,7 @@ PURE_MODULES = [
     "roles/core/config.py",
     "roles/core/lifecycle.py",
     "roles/core/merge_queue.py",
+    "roles/core/pool.py",
     "roles/core/turn_end.py",
     "roles/core/events.py",
     "roles/core/event_text.py",
