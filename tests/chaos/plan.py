@@ -40,8 +40,10 @@ FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
     (f"refinery:{RIG}", "merge.after_push"),
 )
 
-#: Fail points the harness knows are unreachable in its towns (see above).
-UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick", "command.start"})
+#: Fail points the harness knows are unreachable in its towns (see above);
+#: ``sling.after_pool_take`` needs a warm pool (``polecats.pool_size``), which they lack.
+UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick", "command.start",
+                                     "sling.after_pool_take"})
 
 BeadKind = Literal["independent", "conflict", "broken"]
 Reaction = Literal["kill-process", "kill-supervisor"]
