@@ -104,7 +104,10 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
     for effect in effects:
         match effect:
             case StopSession():
-                stop_polecat_session(town, polecat, grace=grace)
+                # By the record (its leader's pid and start time), no search of every
+                # /proc/*/environ unless there is no record: the witness searches once
+                # per batch of nukes (stop_ended_strays).
+                stop_polecat_session(town, polecat, grace=grace, strays=False)
             case SettleUsage():
                 from .agent_turns import settle_usage
 

@@ -31,9 +31,10 @@ from ..adapters.agents import (
     resolve_agent,
 )
 from ..adapters.faults import fault_point
-from ..adapters.processes import processes_with_env, stop_process
+from ..adapters.processes import process_environ, processes_with_env, stop_process
 from ..adapters.store import Polecat, Store
 from ..adapters.town import Town
+from ..core.errors import NotFound
 from .agent_turns import SESSION_START_MARK
 
 
@@ -211,13 +212,57 @@ def adopt_unrecorded_session(town: Town, store: Store, polecat: Polecat) -> Pole
     return None
 
 
-def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0) -> None:
-    """Stop the recorded session and any process still carrying this polecat's identity."""
+def stop_polecat_session(town: Town, polecat: Polecat, grace: float = 5.0, *,
+                         strays: bool = True) -> None:
+    """Stop the recorded session and, with ``strays``, any process still carrying this
+    polecat's identity.
+
+    The recorded session is stopped through its leader's pid and start time (its
+    session, group and descendants, deaths awaited on pidfds: no ``environ`` is read).
+    Without a record (never saved, or unreadable) the identity search always runs.
+    With ``strays=False`` (a nuke: it must cost what git costs) a process that called
+    ``setsid`` and is no longer the agent's descendant survives the stop; the witness
+    looks for those once per batch of nukes (:func:`stop_ended_strays`).
+    """
     from ..adapters.sessions import stop_session
 
-    info = session_info(polecat)
+    try:
+        info = session_info(polecat)
+    except ValueError:  # an unreadable record: the identity search must find the agent
+        info = None
     if info is not None:
         stop_session(info, grace=grace)
-    for pid in processes_with_env({"GASTOWN_TOWN": str(town.root), "GASTOWN_RIG": polecat.rig,
-                                   "GASTOWN_POLECAT": polecat.name}):
-        stop_process(pid, grace)
+    if strays or info is None:
+        for pid in processes_with_env({"GASTOWN_TOWN": str(town.root),
+                                       "GASTOWN_RIG": polecat.rig,
+                                       "GASTOWN_POLECAT": polecat.name}):
+            stop_process(pid, grace)
+
+
+def stop_ended_strays(town: Town, store: Store, ended: list[Polecat],
+                      grace: float = 2.0) -> list[int]:
+    """One search of every ``/proc/*/environ`` for the processes that outlived the
+    sessions of the ``ended`` (nuked) polecats; each is stopped. Returns their pids.
+
+    A process matches by rig, name *and* incarnation, and never while the store holds
+    that incarnation in a live state, so an agent of a new polecat that reuses the
+    name is left alone. Polecats without an incarnation (rows from before them) are
+    skipped: their nuke searched by name itself.
+    """
+    wanted = {(p.rig, p.name, p.incarnation) for p in ended if p.incarnation}
+    for key in list(wanted):
+        try:
+            current = store.polecat(key[0], key[1])
+        except NotFound:
+            continue
+        if current.incarnation == key[2] and current.state != "nuked":
+            wanted.discard(key)
+    stopped = []
+    for pid in processes_with_env({"GASTOWN_TOWN": str(town.root)}) if wanted else []:
+        env = process_environ(pid)
+        key = (env.get("GASTOWN_RIG", ""), env.get("GASTOWN_POLECAT", ""),
+               env.get("GASTOWN_INCARNATION", ""))
+        if key in wanted:
+            stop_process(pid, grace)
+            stopped.append(pid)
+    return stopped
