@@ -43,6 +43,7 @@ from typing import Any, Final
 from ..roles import __version__
 from ..roles.adapters.children import LIFELINE_ENV
 from .cli._remote import SOCKET_NAME, read_request, send_line
+from .role_template import CHANNEL_ENV, RoleTemplate
 
 #: The packages whose every module is imported once here: a command's handler imports what
 #: it needs inside the function, and each forked child would otherwise do it again.
@@ -77,25 +78,34 @@ UNUSABLE: Final = 78
 _MAX_SOCKET_PATH: Final = 107
 
 
-def serve(root: Path, lifeline_fd: int | None) -> int:
-    """Accept commands until the lifeline closes or SIGTERM; fork one child per command."""
+def serve(root: Path, lifeline_fd: int | None, channel_fd: int | None = None) -> int:
+    """Accept commands until the lifeline closes or SIGTERM; fork one child per command,
+    and one per role the supervisor asks for on ``channel_fd`` (:mod:`.role_template`)."""
     path = root / ".runtime" / SOCKET_NAME
-    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+    usable = len(os.fsencode(path)) <= _MAX_SOCKET_PATH
+    if not usable:
         print(f"gastown cli server: {path} is too long for a Unix socket; commands "
               f"run in their own processes", flush=True)
-        return UNUSABLE
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()  # a dead predecessor's: the supervisor runs one server per town
-    old_mask = os.umask(0o177)
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old_mask)
-    listener.listen(64)
-    bound = path.stat().st_ino  # at exit, only our own socket file is removed
+        if channel_fd is None:
+            return UNUSABLE
     selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, "accept")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = None
+    if usable:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a dead predecessor's: the supervisor runs one server per town
+        old_mask = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old_mask)
+        listener.listen(64)
+        bound = path.stat().st_ino  # at exit, only our own socket file is removed
+        selector.register(listener, selectors.EVENT_READ, "accept")
+    template = None
+    if channel_fd is not None:
+        template = RoleTemplate(socket.socket(fileno=channel_fd))
+        selector.register(template.channel, selectors.EVENT_READ, "channel")
     if lifeline_fd is not None:
         selector.register(lifeline_fd, selectors.EVENT_READ, "lifeline")
     stop_r, stop_w = os.pipe()
@@ -104,19 +114,36 @@ def serve(root: Path, lifeline_fd: int | None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: None)
     selector.register(stop_r, selectors.EVENT_READ, "signal")
     waiting: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, connection)
-    print(f"gastown cli server: listening on {path}", flush=True)
+    if usable:
+        print(f"gastown cli server: listening on {path}", flush=True)
+    if template is not None:
+        template.send({"op": "ready"})
     try:
         while True:
             for key, _ in selector.select():
                 if key.data == "accept":
-                    _accept(listener, selector, waiting, keep={lifeline_fd, stop_r, stop_w})
+                    roles = set(template.children) | {template.channel.fileno()} if template \
+                        else set()
+                    _accept(listener, selector, waiting,
+                            keep={lifeline_fd, stop_r, stop_w, *roles})
                 elif key.data in ("lifeline", "signal"):
                     return 0
+                elif key.data == "channel" and template is not None:
+                    requests = template.read()
+                    if requests is None:  # the supervisor is gone
+                        return 0
+                    for request in requests:
+                        # The role keeps the lifeline; nothing else of this process.
+                        template.handle(request, selector, keep=[
+                            listener.fileno(), stop_r, stop_w,
+                            *waiting, *(conn.fileno() for _, conn in waiting.values())])
+                elif key.data == "role" and template is not None:
+                    template.reap(int(key.fd), selector)
                 else:
                     _reap(int(key.fd), selector, waiting)
     finally:
         with contextlib.suppress(OSError):
-            if path.stat().st_ino == bound:
+            if bound is not None and path.stat().st_ino == bound:
                 path.unlink()
         listener.close()
 
@@ -252,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     preload()
     lifeline = os.environ.get(LIFELINE_ENV)
-    return serve(Path(args.town).absolute(), int(lifeline) if lifeline else None)
+    channel = os.environ.pop(CHANNEL_ENV, None)
+    return serve(Path(args.town).absolute(), int(lifeline) if lifeline else None,
+                 int(channel) if channel else None)
 
 
 if __name__ == "__main__":

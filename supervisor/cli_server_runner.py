@@ -22,6 +22,8 @@ from ..roles.adapters import log
 from ..roles.adapters.children import Lifeline, start_child, stop_child
 from ..roles.adapters.town import Town
 from .cli_server import UNUSABLE
+from .role_forks import RoleForks
+from .role_template import CHANNEL_ENV
 
 #: Set to ``0`` (in the supervisor's environment) to run no CLI server.
 ENV_SWITCH: Final = "GASTOWN_CLI_SERVER"
@@ -31,8 +33,10 @@ MAX_DELAY: Final = 60.0
 HEALTHY_AFTER: Final = 60.0
 
 
-async def keep_cli_server(town: Town, lifeline: Lifeline, env: Mapping[str, str]) -> None:
-    """Run the town's CLI fork server until cancelled, restarting it when it dies."""
+async def keep_cli_server(town: Town, lifeline: Lifeline, env: Mapping[str, str],
+                          forks: RoleForks | None = None) -> None:
+    """Run the town's CLI fork server until cancelled, restarting it when it dies; with
+    ``forks``, it is also the template roles are forked from (:mod:`.role_forks`)."""
     if env.get(ENV_SWITCH) == "0":
         return
     logger = log.get_logger()
@@ -41,11 +45,19 @@ async def keep_cli_server(town: Town, lifeline: Lifeline, env: Mapping[str, str]
     delay = FIRST_DELAY
     while True:
         proc: trio.Process | None = None
+        pair = forks.new_channel() if forks is not None else None
         try:
+            extra = {CHANNEL_ENV: pair[1].fileno()} if pair is not None else None
             proc = await start_child(argv, env=env, cwd=town.root, lifeline=lifeline,
-                                     stdout_path=stdout_path)
+                                     stdout_path=stdout_path, extra_fds=extra)
             started = trio.current_time()
-            code = await proc.wait()
+            async with trio.open_nursery() as nursery:
+                if forks is not None and pair is not None:
+                    pair[1].close()
+                    nursery.start_soon(forks.serve, pair[0])
+                    pair = None
+                code = await proc.wait()
+                nursery.cancel_scope.cancel()
             proc = None
             if code == UNUSABLE:
                 logger.info("cli_server_unusable", town=str(town.root))
@@ -55,7 +67,12 @@ async def keep_cli_server(town: Town, lifeline: Lifeline, env: Mapping[str, str]
             logger.warning("cli_server_exited", status=code, retry_in=delay)
         except OSError as exc:
             logger.warning("cli_server_not_started", error=str(exc), retry_in=delay)
+            if forks is not None:
+                forks.abandon()
         finally:
+            if pair is not None:
+                pair[0].close()
+                pair[1].close()
             if proc is not None:
                 with trio.CancelScope(shield=True):
                     await stop_child(proc, 2.0)

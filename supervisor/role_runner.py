@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -44,6 +45,7 @@ from ..roles.core.events import (
 )
 from .feed import describe_exit
 from .restart_policy import GiveUp, RestartPolicy, RoleHistory, decide_restart
+from .role_forks import ForkedRole, RoleForks
 
 #: Roles whose loss the town cannot work around: giving up on one stops the supervisor
 #: with a non-zero status, so that systemd (Restart=on-failure) takes over.
@@ -133,8 +135,10 @@ class Spawner:
     """
 
     def __init__(self, town: Town, store: AsyncStore, lifeline: Lifeline, *,
-                 poke: Callable[[], None], give_up: Callable[[RoleRunner], None]) -> None:
+                 poke: Callable[[], None], give_up: Callable[[RoleRunner], None],
+                 forks: RoleForks | None = None) -> None:
         self.town = town
+        self.forks = forks
         self.store = store
         self.lifeline = lifeline
         self._poke = poke
@@ -155,7 +159,7 @@ class Spawner:
         """Own one role process for its whole life: spawn, await, decide, back off."""
         argv = [sys.executable, "-m", "gastown.roles", runner.name, "--town", str(self.town.root)]
         stdout_path = self.town.logs_dir / (runner.name.replace(":", "-") + ".out")
-        proc: trio.Process | None = None
+        proc: trio.Process | ForkedRole | None = None
         with log.bound(role_name=runner.name), runner.scope:
             try:
                 while not runner.stopping:
@@ -163,9 +167,7 @@ class Spawner:
                     runner.history = runner.history.record_start(trio.current_time())
                     runner.token = secrets.token_urlsafe(32)
                     try:
-                        proc = await start_child(argv, env=self.env, cwd=self.town.root,
-                                                 lifeline=self.lifeline,
-                                                 stdout_path=stdout_path, token=runner.token)
+                        proc = await self._start(argv, stdout_path, runner.token)
                     except OSError as exc:
                         runner.history = runner.history.record_exit(self.policy,
                                                                     trio.current_time())
@@ -174,8 +176,12 @@ class Spawner:
                     else:
                         runner.pid, runner.started_at = proc.pid, time.time()
                         await self.record(runner, RoleStarted)
+                        forked = isinstance(proc, ForkedRole)
                         code = await proc.wait()
                         proc = None
+                        if code is None and forked:
+                            runner.reason = ("its exit status is unknown: the fork server "
+                                             "that started it went first")
                         runner.history = runner.history.record_exit(self.policy,
                                                                     trio.current_time())
                         if code == ROLE_LOCKED_EXIT:
@@ -206,7 +212,9 @@ class Spawner:
                 with trio.CancelScope(shield=True):
                     if proc is not None:
                         runner.state = "stopping"
-                        runner.last_exit = await stop_child(proc, self.stop_timeout)
+                        runner.last_exit = (
+                            await proc.stop(self.stop_timeout) if isinstance(proc, ForkedRole)
+                            else await stop_child(proc, self.stop_timeout))
                         runner.pid = None
                     runner.token = None
                     if runner.state != "failed":
@@ -214,6 +222,18 @@ class Spawner:
                         await self.record(runner, RoleStopped)
                     runner.first_outcome.set()
                     runner.done.set()
+
+    async def _start(self, argv: list[str], stdout_path: Path,
+                     token: str | None) -> trio.Process | ForkedRole:
+        """Fork the role from the template when there is one; else ``exec`` it."""
+        if self.forks is not None:
+            forked = await self.forks.spawn(argv[3:], env=self.env, cwd=self.town.root,
+                                            lifeline=self.lifeline, stdout_path=stdout_path,
+                                            token=token, title=" ".join(argv))
+            if forked is not None:
+                return forked
+        return await start_child(argv, env=self.env, cwd=self.town.root,
+                                 lifeline=self.lifeline, stdout_path=stdout_path, token=token)
 
     def _lock_refusal(self, role: str) -> str:
         holder = role_lock_holder(self.town.runtime_dir, role)

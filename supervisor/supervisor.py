@@ -57,6 +57,7 @@ from .cli_server_runner import keep_cli_server
 from .feed import EventLog
 from .readiness import StatusReporter, watchdog, watchdog_interval
 from .relay import OutboxRelay
+from .role_forks import RoleForks
 from .role_runner import (
     CRITICAL_ROLES,
     RoleRunner,
@@ -91,7 +92,7 @@ class Supervisor:
         self._reconcile_lock = trio.Lock()
         self._log = log.get_logger()
         self.spawner = Spawner(town, store, lifeline, poke=self._relay.poke,
-                               give_up=self._give_up)
+                               give_up=self._give_up, forks=RoleForks(os.environ))
         self._status = StatusReporter(store, self.roles)
         self.rig_configs: dict[str, RigConfig] = {}
         self._reload_lock = trio.Lock()
@@ -121,9 +122,10 @@ class Supervisor:
                 if interval is not None:
                     nursery.start_soon(watchdog, bus_path(self.town), self.roles, interval)
                 await self._relay.emit(SupervisorStarted(pid=os.getpid(), version=__version__))
-                await self._reconcile_roles()
+                # The fork server first: the roles are forked from it once it is ready.
                 nursery.start_soon(keep_cli_server, self.town, self.spawner.lifeline,
-                                   self.spawner.env)
+                                   self.spawner.env, self.spawner.forks)
+                await self._reconcile_roles()
                 nursery.start_soon(self._report_ready, on_ready)
                 await self._stop_requested.wait()
                 await self._stop_all()

@@ -273,7 +273,7 @@ def start_lifeline_backstop(fd: int, label: str, grace: float = LIFELINE_GRACE,
     return thread
 
 
-def _token_pipe(token: str) -> int:
+def token_pipe(token: str) -> int:
     """A pipe holding ``token`` with its write end already closed; returns the read end."""
     read_fd, write_fd = os.pipe()  # both O_CLOEXEC; the read end goes through pass_fds
     try:
@@ -294,6 +294,7 @@ async def start_child(
     lifeline: Lifeline,
     stdout_path: Path,
     token: str | None = None,
+    extra_fds: Mapping[str, int] | None = None,
 ) -> trio.Process:
     """Start one role process and return it; the caller must await it (one task, always).
 
@@ -303,7 +304,8 @@ async def start_child(
     environment is ``child_env(env, lifeline.env())``: systemd's variables scrubbed,
     ``GASTOWN_LIFELINE_FD`` added; the lifeline's read end is its only extra fd.
     With ``token``, the child also gets a pipe holding it, named by
-    ``GASTOWN_ROLE_TOKEN_FD`` (see :func:`read_token`).
+    ``GASTOWN_ROLE_TOKEN_FD`` (see :func:`read_token`). ``extra_fds`` passes more
+    descriptors, each named in the child's environment by its key.
 
     Raises:
         OSError: the executable is missing or not executable, or ``cwd`` is missing;
@@ -321,9 +323,12 @@ async def start_child(
     stdout_path.parent.mkdir(parents=True, exist_ok=True)
     extra_env = lifeline.env()
     fds = [lifeline.read_fd]
+    for name, fd in (extra_fds or {}).items():
+        extra_env[name] = str(fd)
+        fds.append(fd)
     token_fd = None
     if token is not None:
-        token_fd = _token_pipe(token)
+        token_fd = token_pipe(token)
         extra_env[TOKEN_ENV] = str(token_fd)
         fds.append(token_fd)
     try:
