@@ -41,7 +41,7 @@ from .core.events import CrewUpdated
 from .core.lifecycle import GaveUp, SessionDied
 from .operations.agent_turns import print_turn
 from .operations.agent_watch import AgentWatch, WitnessHooks
-from .operations.nuking import nuke_merged
+from .operations.merged_nukes import MergedNukes
 from .operations.polecat_sessions import (
     session_alive,
     session_info,
@@ -93,7 +93,7 @@ class Witness:
         self._reviving: set[str] = set()
         #: One operation at a time per polecat (a nuke, a respawn); others run alongside.
         self.operations = OperationLocks()
-        self._nuke_limit = trio.CapacityLimiter(NUKE_CONCURRENCY)
+        self._nukes: MergedNukes | None = None
         self._agents: AgentWatch | None = None
         self.nuked = 0
         self.respawned = 0
@@ -124,6 +124,8 @@ class Witness:
             watch=self._ensure_watched,
             wake_refinery=self._marker, escalate=self._escalate))
         self._client = client
+        self._nukes = MergedNukes(self.town, self.rig, self._store, self.operations,
+                                  NUKE_CONCURRENCY)
         try:
             events = await client.subscribe(*WAKE_TOPICS)
             async with trio.open_nursery() as nursery:
@@ -132,6 +134,7 @@ class Witness:
                 await nursery.start(self._watch_markers)
                 nursery.start_soon(self._watch_silence)
                 nursery.start_soon(self.agents.watch_idle)
+                nursery.start_soon(self._nukes.sweep)
                 next_reconcile = trio.current_time()
                 while True:
                     if trio.current_time() >= next_reconcile:
@@ -237,23 +240,13 @@ class Witness:
                 self._watched.pop(name)[1].cancel()
 
     async def _nuke(self, name: str) -> None:
-        """Nuke a merged polecat; several run at once (a batch merges several), one at a
-        time per polecat."""
+        """Nuke a merged polecat; several run at once (a batch merges several), at most
+        one task per polecat (:class:`~gastown.roles.operations.merged_nukes.MergedNukes`)."""
+        assert self._nukes is not None
         with log.bound(polecat=name):
-            try:
-                async with self._nuke_limit, self.operations.hold(name):
-                    kept = await self.store.operate(nuke_merged, self.town, self.rig, name)
-            except GastownError as exc:
-                self._log.info("nuke_skipped", reason=exc.message)
-                return
-            if kept == "its merge request has not landed":
-                return
-            if kept:
-                self._log.warning("nuke_refused", reason=kept)
-            else:
-                self.nuked += 1
-                self._log.info("polecat_nuked_after_merge")
-            if name in self._watched:
+            outcome = await self._nukes.nuke(name)
+            self.nuked += outcome == "nuked"
+            if outcome is not None and name in self._watched:
                 self._watched.pop(name)[1].cancel()
 
     async def _update_crew(self, name: str) -> None:
