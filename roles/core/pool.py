@@ -7,8 +7,10 @@ Layer: roles core (pure: facts in, decisions out). The I/O is
 
 A *ready* tree is a folder ``<rig>/pool/<name>`` whose name does not start with ``.``:
 a linked worktree of the rig's clone, detached, verified clean when it entered the pool.
-Folders ``.busy-<name>`` are trees some process is working on (filled, followed or
-recycled), each guarded by an ``flock`` on ``.busy-<name>.lock``; nobody else touches them.
+A ``.dirty-<name>`` folder is a nuked polecat's tree waiting to be cleaned (by the
+mayor's next pass). Folders ``.busy-<name>`` are trees some process is working on (filled,
+followed or cleaned), each guarded by an ``flock`` on ``.busy-<name>.lock``; nobody else
+touches them.
 Names are a hexadecimal time stamp plus a random tail, so that they sort by the moment the
 tree entered the pool: a sling takes the newest (its files are the warmest in the page
 cache), and a pool trimmed keeps the newest.
@@ -22,6 +24,8 @@ from typing import Final
 
 #: The prefix of a folder (and, with :data:`LOCK_SUFFIX`, its lock file) in flight.
 BUSY_PREFIX: Final = ".busy-"
+#: The prefix of a recycled tree not cleaned yet.
+DIRTY_PREFIX: Final = ".dirty-"
 LOCK_SUFFIX: Final = ".lock"
 
 #: Files in a worktree's own git directory that mean an operation was left half done.
@@ -54,6 +58,10 @@ def is_ready_name(name: str) -> bool:
 
 def busy_name(name: str) -> str:
     return f"{BUSY_PREFIX}{name}"
+
+
+def dirty_name(name: str) -> str:
+    return f"{DIRTY_PREFIX}{name}"
 
 
 def lock_name(busy: str) -> str:
@@ -94,9 +102,10 @@ def choose_take(trees: Sequence[PoolTree], tip: str | None) -> str | None:
     return max(t.name for t in (at_tip or fit))
 
 
-def recycle_fits(size: int, ready: int) -> bool:
-    """Whether a cleaned tree goes back into a pool that holds ``ready`` trees."""
-    return ready < size
+def recycle_fits(size: int, pooled: int) -> bool:
+    """Whether one more tree goes into a pool that holds ``pooled`` trees (ready ones,
+    and for a nuked tree also the dirty ones waiting to be cleaned)."""
+    return pooled < size
 
 
 def clean_problems(status: Sequence[str], head: str | None, expected: str,

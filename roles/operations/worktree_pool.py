@@ -26,12 +26,14 @@ worktree as it does without a pool.
 
 Recycling (the nuke's ``RemoveWorktree``, when the pool has room): ``git checkout
 --detach`` in place (frees the branch, touches no file: a crash here leaves the polecat's
-tree exactly as it was, and the next nuke pass decides again), ``git worktree move`` to a
-busy folder (the polecat's path is gone: from here on the tree is the pool's, and the
-nuke had already decided that its contents go), then ``reset --hard``, ``checkout --force
---detach <tip>``, ``clean -ffdx``, and the verification; a tree that passes is moved to a
-new ready name, one that does not is removed. A tree with a rebase or merge in progress,
-or a pool already full, is removed at once, as without a pool.
+tree exactly as it was, and the next nuke pass decides again), then ``git worktree move``
+to ``<rig>/pool/.dirty-<name>``: the polecat's path is gone, as after a removal, at the
+cost of two quick git calls (the nuke had already decided that the contents go). The
+mayor's next pass cleans it: moved to a busy folder, ``reset --hard``, ``checkout --force
+--detach <tip>``, ``clean -ffdx``, verified; a tree that passes gets a new ready name (the
+newest: taken first), one that does not is removed. A tree with a rebase or merge in
+progress, or a pool already full (ready and dirty trees), is removed at once, as without
+a pool.
 
 Filling: ``worktree add --no-checkout --detach`` to a busy folder under the repository lock
 (quick), ``reset --hard`` outside it (the slow part: the slings' lock is free meanwhile),
@@ -60,12 +62,14 @@ from ..adapters.town import Town
 from ..core.errors import GastownError, GitError
 from ..core.pool import (
     BUSY_PREFIX,
+    DIRTY_PREFIX,
     IN_PROGRESS_STATE,
     LOCK_SUFFIX,
     PoolTree,
     busy_name,
     choose_take,
     clean_problems,
+    dirty_name,
     is_ready_name,
     lock_name,
     plan_pool,
@@ -205,49 +209,64 @@ def take(clone: Path, pool: Path, dest: Path, branch: str, start: str, *,
 
 
 def recycle(town: Town, rig: str, worktree: Path) -> bool:
-    """The nuke's worktree removal with a pool: the tree goes back into the pool, clean
-    (True), or is removed (False). Either way ``worktree`` is gone when it returns; raises
-    :class:`GitError` (as ``git.remove_worktree``) only when it could not be removed."""
+    """The nuke's worktree removal with a pool: the tree is moved into the pool as a dirty
+    tree, for the mayor to clean (True), or removed (False). Either way ``worktree`` is
+    gone when it returns; raises :class:`GitError` (as ``git.remove_worktree``) only when
+    it could not be removed."""
     clone = town.refinery_clone(rig)
-    config = town.rig_config(rig)
-    size = config.polecats.pool_size
+    size = pool_size(town, rig)
     pool = town.pool_dir(rig)
     gitdir = worktree_gitdir(worktree) if worktree.is_dir() else None
     if size <= 0 or gitdir is None or any((gitdir / f).exists() for f in IN_PROGRESS_STATE) \
-            or not recycle_fits(size, len(ready_trees(pool))):
+            or not recycle_fits(size, _pooled(pool)):
         _remove(clone, worktree)
         return False
     try:
+        # Frees the branch for the nuke's DeleteBranch; no file changes, so a crash here
+        # leaves the polecat's tree as it was and the next nuke pass decides again.
         git.run_git(["checkout", "--quiet", "--detach"], cwd=worktree, op="checkout --detach")
+        with git.repo_lock(clone):
+            pool.mkdir(exist_ok=True)
+            git.run_git(["worktree", "move", str(worktree), str(pool / dirty_name(_new_name()))],
+                        cwd=clone, op="worktree move")
     except GitError as exc:
         _log.warning("pool_recycle_refused", worktree=str(worktree), error=exc.message)
         _remove(clone, worktree)
         return False
-    name = _new_name()
+    _log.info("pool_tree_recycled", worktree=str(worktree))
+    return True
+
+
+def _pooled(pool: Path) -> int:
+    return len(ready_trees(pool)) + len(dirty_trees(pool))
+
+
+def dirty_trees(pool: Path) -> list[Path]:
+    """Recycled trees waiting to be cleaned, oldest first."""
+    try:
+        return sorted(p for p in pool.iterdir() if p.name.startswith(DIRTY_PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int) -> bool:
+    """Clean a recycled tree fully and verify it: into the pool (True), or removed."""
+    name = dirty.name.removeprefix(DIRTY_PREFIX)
     with _busy(pool, name) as busy:
+        with git.repo_lock(clone):
+            if not dirty.is_dir():
+                return False
+            git.run_git(["worktree", "move", str(dirty), str(busy)], cwd=clone,
+                        op="worktree move")
         try:
-            with git.repo_lock(clone):
-                git.run_git(["worktree", "move", str(worktree), str(busy)], cwd=clone,
-                            op="worktree move")
-        except GitError as exc:
-            _log.warning("pool_recycle_refused", worktree=str(worktree), error=exc.message)
-            _remove(clone, worktree)
-            return False
-        # The polecat's path is gone; what follows is the pool's business, and a failure
-        # leaves at most a busy folder for the next tend to remove.
-        try:
-            tip = _tip(clone, config.default_branch)
             git.run_git(["reset", "--quiet", "--hard"], cwd=busy, op="reset")
             git.run_git(["checkout", "--quiet", "--force", "--detach", tip], cwd=busy,
                         op="checkout", env=CHECKOUT_ENV)
             git.run_git(["clean", "-ffdxq"], cwd=busy, op="clean")
             problems = _check_clean(busy, tip)
-            recycled = _settle(clone, pool, busy, name, size, problems)
-        except GastownError as exc:
-            _log.warning("pool_recycle_failed", tree=str(busy), error=exc.message)
-            return False
-    _log.info("pool_tree_recycled" if recycled else "pool_tree_dropped", worktree=str(worktree))
-    return recycled
+        except GitError as exc:
+            problems = [exc.message]
+        return _settle(clone, pool, busy, name, size, problems)
 
 
 def _tip(clone: Path, default_branch: str) -> str:
@@ -262,8 +281,9 @@ def _tip(clone: Path, default_branch: str) -> str:
 
 def tend(town: Town, rig: str) -> list[str]:
     """Bring the rig's pool to ``pool_size`` trees detached at the default branch's tip:
-    remove leftovers and surplus, move old trees to the tip, fill. Returns what it did,
-    one line each. Errors stop the pass (logged by the caller); the next pass retries."""
+    remove leftovers, clean recycled trees, remove surplus, move old trees to the tip,
+    fill. Returns what it did, one line each. Errors stop the pass (logged by the
+    caller); the next pass retries."""
     size = pool_size(town, rig)
     pool = town.pool_dir(rig)
     if size <= 0 and not pool.exists():
@@ -272,6 +292,9 @@ def tend(town: Town, rig: str) -> list[str]:
     done = [f"removed leftover {name}" for name in leftovers(pool)
             if remove_leftover(clone, pool, name)]
     tip = _tip(clone, town.rig_config(rig).default_branch)
+    for dirty in dirty_trees(pool):
+        kept = _clean_dirty(clone, pool, dirty, tip, size)
+        done.append(f"{'cleaned' if kept else 'dropped'} recycled {dirty.name}")
     plan = plan_pool(size, [tree_state(p) for p in ready_trees(pool)], tip)
     for name in plan.remove:
         _remove(clone, pool / name)
@@ -362,7 +385,7 @@ def drain(town: Town, rig: str) -> int:
         return 0
     clone = town.refinery_clone(rig)
     removed = sum(remove_leftover(clone, pool, name) for name in leftovers(pool))
-    for path in ready_trees(pool):
+    for path in [*ready_trees(pool), *dirty_trees(pool)]:
         _remove(clone, path)
         removed += 1
     _rmdir_if_empty(pool)

@@ -158,12 +158,13 @@ def test_a_recycled_tree_keeps_nothing_of_its_previous_polecat(cli: Cli, town: P
     rig_toml.write_text(rig_toml.read_text().replace("pool_size = 2", "pool_size = 3"))
     cli.ok("polecat", "nuke", f"web/{name}", "--force")
     assert not tree.exists()
-    names = pool_settled(town, 3)
-    assert names is not None, (ready(town), busy(town))
+    assert git("branch", "--list", f"polecat/{name}", cwd=clone(town)).strip() == ""
+    (dirty,) = [n for n in busy(town) if n.startswith(".dirty-")]  # for the mayor to clean
+    assert admin_of(pool_dir(town) / dirty) == admin
+    cli.ok("up")
+    names = wait_until(lambda: pool_settled(town, 3), what="the recycled tree cleaned")
     recycled = pool_dir(town) / names[-1]  # the newest: where the recycled tree went
     assert admin_of(recycled) == admin
-    assert git("branch", "--list", f"polecat/{name}", cwd=clone(town)).strip() == ""
-    cli.ok("up")
     second = cli.ok("bead", "create", "second", "--rig", "web").strip()
     _, path2 = cli.ok("sling", second, "web", "--agent", "sleeper").split()
     tree2 = Path(path2)

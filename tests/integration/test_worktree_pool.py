@@ -95,7 +95,10 @@ def test_take_with_a_taken_branch_fails_with_the_tree_left_for_the_rollback(town
         worktree_pool.take(clone(town), town.pool_dir("web"), dest, "polecat/toast", "main")
     assert dest.exists() and worktree_pool.tree_state(dest).head == tip(town)
     assert worktree_pool.recycle(town, "web", dest)  # the rollback's nuke puts it back
-    assert not dest.exists() and len(ready(town)) == 1
+    assert not dest.exists() and ready(town) == []
+    (dirty,) = worktree_pool.dirty_trees(town.pool_dir("web"))
+    assert worktree_pool.tend(town, "web") == [f"cleaned recycled {dirty.name}"]
+    assert len(ready(town)) == 1 and not dirty.exists()
 
 
 def test_recycle_drops_a_tree_when_the_pool_is_full_or_an_operation_is_half_done(
