@@ -249,7 +249,8 @@ def dirty_trees(pool: Path) -> list[Path]:
         return []
 
 
-def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int) -> bool:
+def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int,
+                 process: str) -> bool:
     """Clean a recycled tree fully and verify it: into the pool (True), or removed."""
     name = dirty.name.removeprefix(DIRTY_PREFIX)
     with _busy(pool, name) as busy:
@@ -258,6 +259,7 @@ def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int) -> b
                 return False
             git.run_git(["worktree", "move", str(dirty), str(busy)], cwd=clone,
                         op="worktree move")
+        fault_point(process, "pool.after_clean_move")
         try:
             git.run_git(["reset", "--quiet", "--hard"], cwd=busy, op="reset")
             git.run_git(["checkout", "--quiet", "--force", "--detach", tip], cwd=busy,
@@ -279,7 +281,7 @@ def _tip(clone: Path, default_branch: str) -> str:
 # -- the mayor's side ----------------------------------------------------------------------
 
 
-def tend(town: Town, rig: str) -> list[str]:
+def tend(town: Town, rig: str, *, process: str = "mayor") -> list[str]:
     """Bring the rig's pool to ``pool_size`` trees detached at the default branch's tip:
     remove leftovers, clean recycled trees, remove surplus, move old trees to the tip,
     fill. Returns what it did, one line each. Errors stop the pass (logged by the
@@ -293,7 +295,7 @@ def tend(town: Town, rig: str) -> list[str]:
             if remove_leftover(clone, pool, name)]
     tip = _tip(clone, town.rig_config(rig).default_branch)
     for dirty in dirty_trees(pool):
-        kept = _clean_dirty(clone, pool, dirty, tip, size)
+        kept = _clean_dirty(clone, pool, dirty, tip, size, process)
         done.append(f"{'cleaned' if kept else 'dropped'} recycled {dirty.name}")
     plan = plan_pool(size, [tree_state(p) for p in ready_trees(pool)], tip)
     for name in plan.remove:
@@ -303,7 +305,7 @@ def tend(town: Town, rig: str) -> list[str]:
         if _follow(clone, pool, name, tip, size):
             done.append(f"moved {name} to {tip[:10]}")
     for _ in range(plan.fill):
-        if _fill_one(clone, pool, tip, size):
+        if _fill_one(clone, pool, tip, size, process):
             done.append("filled one")
     if size <= 0:
         _rmdir_if_empty(pool)
@@ -326,12 +328,13 @@ def _follow(clone: Path, pool: Path, name: str, tip: str, size: int) -> bool:
         return _settle(clone, pool, busy, name, size, problems)
 
 
-def _fill_one(clone: Path, pool: Path, tip: str, size: int) -> bool:
+def _fill_one(clone: Path, pool: Path, tip: str, size: int, process: str) -> bool:
     name = _new_name()
     with _busy(pool, name) as busy:
         with git.repo_lock(clone):
             git.run_git(["worktree", "add", "--quiet", "--no-checkout", "--detach", str(busy),
                          tip], cwd=clone, op="worktree add")
+        fault_point(process, "pool.after_fill_add")
         try:
             git.run_git(["reset", "--quiet", "--hard"], cwd=busy, op="reset", env=CHECKOUT_ENV)
             problems = _check_clean(busy, tip)

@@ -41,10 +41,12 @@ FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
 )
 
 #: Fail points the harness knows are unreachable in its towns (see above);
-#: ``sling.after_pool_take`` needs a warm pool (``polecats.pool_size``), which they lack;
+#: ``sling.after_pool_take`` and ``pool.*`` need a warm pool (``polecats.pool_size``),
+#: which they lack;
 #: ``merge.speculating`` needs ``merge_queue.speculative = true`` (its own e2e tests).
 UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick", "command.start",
-                                     "sling.after_pool_take", "merge.speculating"})
+                                     "sling.after_pool_take", "pool.after_fill_add",
+                                     "pool.after_clean_move", "merge.speculating"})
 
 BeadKind = Literal["independent", "conflict", "broken"]
 Reaction = Literal["kill-process", "kill-supervisor"]

@@ -223,6 +223,41 @@ def test_kill_9_mayor_mid_take_converges(cli: Cli, town: Path) -> None:
     assert cli("doctor").out == "all clear\n"
 
 
+@pytest.mark.parametrize("point", ["pool.after_fill_add", "pool.after_clean_move"])
+def test_kill_9_mayor_mid_tending_converges(cli: Cli, town: Path, point: str) -> None:
+    """kill -9 of the mayor while it fills the pool or cleans a recycled tree: the busy
+    tree's lock dies with it, the next mayor removes the tree and the pool is whole."""
+    cli.env["GASTOWN_FAULTS"] = f"mayor@{point}=pause:600:once"
+    cli.ok("up")
+    if point == "pool.after_clean_move":
+        wait_until(lambda: pool_settled(town, 2), what="the pool to fill")
+        bead = cli.ok("bead", "create", "first", "--rig", "web").strip()
+        name, path = cli.ok("sling", bead, "web", "--agent", "sleeper").split()
+        (Path(path) / "left.log").write_text("ignored\n")
+        wait_until(lambda: pool_settled(town, 2), what="the pool to be refilled")
+        configure_pool(town, 3)  # room for the recycled tree
+        cli.ok("polecat", "nuke", f"web/{name}", "--force")
+    out = town / "logs" / "mayor.out"
+    wait_until(lambda: out.exists() and f"pause at mayor@{point}" in out.read_text(),
+               what="the mayor to pause with a busy tree")
+    assert [n for n in busy(town) if n.startswith(".busy-") and not n.endswith(".lock")]
+    mayor = role_processes(town)["mayor"]
+    os.kill(mayor, signal.SIGKILL)
+    size = 3 if point == "pool.after_clean_move" else 2
+    names = wait_until(lambda: pool_settled(town, size), what="the pool to be whole again")
+    assert role_processes(town)["mayor"] != mayor
+    assert registered(town) == {str(clone(town))} | {str(pool_dir(town) / n) for n in names}
+    assert not polecats(cli) or all(p["state"] == "nuked" for p in polecats(cli).values())
+    assert cli("doctor").out == "all clear\n"
+
+
+def configure_pool(town: Path, size: int) -> None:
+    rig_toml = town / "web" / "rig.toml"
+    text = rig_toml.read_text()
+    rig_toml.write_text("\n".join(f"pool_size = {size}" if line.startswith("pool_size")
+                                  else line for line in text.splitlines()) + "\n")
+
+
 def test_leftovers_doctor_down_all_and_rig_remove_leave_nothing(cli: Cli, town: Path) -> None:
     """A half-made pool tree (its worker died: no lock held) is removed by doctor --fix;
     down --all drains the pool; rig remove takes whatever is left with the rig."""
