@@ -92,9 +92,12 @@ def pool_size(town: Town, rig: str) -> int:
 
 
 def ready_trees(pool: Path) -> list[Path]:
-    """The ready trees of a pool folder, by name (oldest first)."""
+    """The ready trees of a pool folder, by name (oldest first). A tree with a branch
+    checked out is not one: never the pool's doing (its trees are detached), so someone
+    works there by hand; nothing here counts, takes or removes it."""
     try:
-        return sorted(p for p in pool.iterdir() if is_ready_name(p.name) and p.is_dir())
+        return sorted(p for p in pool.iterdir()
+                      if is_ready_name(p.name) and p.is_dir() and not on_branch(p))
     except FileNotFoundError:
         return []
 
@@ -123,6 +126,16 @@ def worktree_gitdir(path: Path) -> Path | None:
         return None
     gitdir = (path / text.removeprefix("gitdir:").strip()).resolve()
     return gitdir if gitdir.is_dir() else None
+
+
+def on_branch(path: Path) -> bool:
+    """Whether the worktree at ``path`` has a branch checked out."""
+    gitdir = worktree_gitdir(path)
+    try:
+        return gitdir is not None and \
+            (gitdir / "HEAD").read_text(encoding="utf-8").startswith("ref:")
+    except OSError:
+        return False
 
 
 def _new_name() -> str:

@@ -139,3 +139,18 @@ def test_a_busy_tree_is_left_alone_while_locked_and_removed_once_its_worker_died
     assert [(f.kind, f.fixed) for f in found] == [("pool_leftover", True)]
     assert not busy.exists() and not (pool / f"{busy.name}.lock").exists()
     assert reconcile(town, store, town_up=False) == []
+
+
+def test_a_pool_tree_someone_checked_a_branch_out_in_is_left_alone(town: Town) -> None:
+    set_pool(town, 1)
+    worktree_pool.tend(town, "web")
+    (tree,) = ready(town)
+    git("switch", "-q", "-c", "by-hand", cwd=tree)
+    (tree / "draft.txt").write_text("mine\n")
+    assert worktree_pool.tend(town, "web") == ["filled one"]  # the pool grows around it
+    assert (tree / "draft.txt").exists()
+    with repo_lock(clone(town)):
+        assert worktree_pool.take(clone(town), town.pool_dir("web"),
+                                  town.polecats_dir("web") / "toast", "polecat/toast", "main")
+    assert (tree / "draft.txt").exists()  # the other tree was taken
+    assert worktree_pool.drain(town, "web") == 0 and (tree / "draft.txt").exists()
