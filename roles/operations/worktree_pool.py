@@ -11,7 +11,9 @@ On disk. ``<rig>/pool/<name>`` is a *ready* tree: a linked worktree of the rig's
 (``<rig>/refinery/rig``), on a detached HEAD at (or, until the mayor's next pass, behind)
 the default branch's tip, verified clean (``git status --porcelain --ignored`` empty, no
 operation in progress) when it entered the pool. A ready tree never holds anyone's work
-and never has a branch checked out. ``<rig>/pool/.busy-<name>`` is a tree a process is
+and never has a branch checked out (a pool tree someone checked a branch out in by hand
+is no longer the pool's: left alone). ``<rig>/pool/.dirty-<name>`` is a nuked polecat's
+tree waiting for the mayor to clean it. ``<rig>/pool/.busy-<name>`` is a tree a process is
 working on, guarded by an ``flock`` on ``.busy-<name>.lock`` held for as long as it works:
 a busy folder whose lock is free is the leftover of a crash, removed by the next
 :func:`tend` (the mayor's, at its start and after events) or ``doctor --fix``.
@@ -41,7 +43,9 @@ verification, then a move to a ready name. Following: a ready tree not at the ti
 to a busy folder, ``checkout --force --detach <tip>``, verified, moved back.
 
 ``gastown status`` does not show the pool. ``rig remove`` deletes it with the rig's folder;
-``down --all`` drains it (:func:`drain`).
+``down --all`` drains it (:func:`drain`). The pool is not in the store: its changes are
+logged (``pool_*``), not domain events (a fill or a follow after every merge would
+drown the feed); a polecat's own events are as without a pool.
 """
 
 from __future__ import annotations
