@@ -143,9 +143,17 @@ class Mayor:
         """
         queued = await self.store.call(self.store.store.queued_slings)
         waiting = 0
+        full: set[str] = set()  # rigs found without a free slot in this pass
         for sling in queued:
-            with log.bound(bead=sling.bead, rig=sling.rig):
-                reserved = await self._attempt(sling, reserve_spawn, self.town, sling)
+            reserved: Polecat | SlingResult | None = None
+            if sling.rig not in full:
+                # A rig (or the town) without a free slot gets no second attempt in this
+                # pass: a pass costs one reservation per free slot plus one per rig, not
+                # one per queued sling (each reads the config and the branches).
+                with log.bound(bead=sling.bead, rig=sling.rig):
+                    reserved = await self._attempt(sling, reserve_spawn, self.town, sling)
+                if reserved is None:
+                    full.add(sling.rig)
             if isinstance(reserved, Polecat):
                 self._building.add(sling.id)
                 assert self._nursery is not None

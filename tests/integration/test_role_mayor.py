@@ -164,3 +164,33 @@ async def test_a_slow_spawn_does_not_hold_up_the_next_one(
                 hold.unlink()  # the hung spawn goes on
         assert sorted(str(r["state"]) for r in replies.values()) == ["dispatched"] * 2
         assert len({str(r["polecat"]) for r in replies.values()}) == 2
+
+
+async def test_a_pass_tries_a_full_rig_once_not_once_per_queued_sling(
+        capped_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the rig's one slot taken, six queued slings cost one reservation attempt per
+    pass (each attempt reads the configuration and the branches), and keep their order."""
+    import gastown.roles.mayor as mayor_module
+
+    site = capped_site
+    attempts: list[str] = []
+    from gastown.roles.operations.polecats import reserve_spawn as real
+
+    def counted(*args: object) -> object:
+        attempts.append(str(args[-1]))
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mayor_module, "reserve_spawn", counted)
+    async with running_world(site) as world, world.role("mayor"):
+        one = await world.bead("one", "sleep 300")
+        first = as_mapping(await world.client.call(
+            "mayor", SlingRequest(sling=(await world.queue_sling(one)).id)))
+        assert first["state"] == "dispatched", first
+        queued = [await world.queue_sling(await world.bead(f"b{i}", "sleep 300"))
+                  for i in range(6)]
+        attempts.clear()
+        reply = as_mapping(await world.client.call(
+            "mayor", SlingRequest(sling=queued[-1].id)))
+        assert reply == {"state": "queued", "position": 6}
+        # One pass (or two, if a wake-up raced the request): one attempt per pass.
+        assert 1 <= len(attempts) <= 2, attempts
