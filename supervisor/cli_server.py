@@ -66,7 +66,7 @@ def preload() -> None:
     build_parser()
     for shipped in ("town.toml", "rig.toml", "agents.toml"):
         default_text(shipped)
-    for name in ("structlog", "importlib.resources", "zipfile", "sqlite3"):
+    for name in ("structlog", "importlib.resources", "zipfile", "sqlite3", "setproctitle"):
         importlib.import_module(name)
 
 
@@ -221,6 +221,13 @@ def struct_ucred_uid(conn: socket.socket) -> int:
 def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     """In the forked child: become the client's command, run it, report its status."""
     os.setsid()
+    # `ps` shows the command, not this server (and a search for the town's processes by
+    # command line does not take a command for one of them). Before the environment is
+    # replaced: setproctitle makes room by moving it.
+    with contextlib.suppress(Exception):
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(["gastown", *map(str, request["argv"])]))
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(signum, signal.SIG_DFL)
