@@ -63,8 +63,12 @@ class RoleTemplate:
             self.channel.sendall(json.dumps(message).encode() + b"\n")
 
     def read(self) -> list[dict[str, Any]] | None:
-        """The complete requests that arrived (blocking read of what is there); None at EOF."""
-        data = self.channel.recv(65536)
+        """The complete requests that arrived (blocking read of what is there); None at EOF
+        or when the channel broke (the supervisor was killed: a reset, not an end)."""
+        try:
+            data = self.channel.recv(65536)
+        except OSError:
+            return None
         if not data:
             return None
         self._buffer += data
