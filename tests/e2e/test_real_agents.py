@@ -118,14 +118,20 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
 
     # The killed bead: wait until its agent runs the long step, and its conversation
     # (the CLI's transcript in the polecat's agent home) holds that call, then kill it.
-    # Killed any earlier, there is no conversation to resume: another scenario.
+    # Killed any earlier, there is no conversation to resume: another scenario. The call
+    # is a transcript line naming the command without the script's marker: the prompt
+    # (which also names it) is written first, and to the CLI's prompt history as well.
     model_server.wait_for(lambda r: r.get("command") == "sleep 600", timeout=120)
     victim = polecats(cli)
     name = next(n for n, p in victim.items() if p["bead"] == killed)
     home = root / ".runtime" / "agent-homes" / "web" / name
-    wait_until(lambda: any("sleep 600" in path.read_text(errors="replace")
-                           for path in home.rglob("*.jsonl") if path.is_file()),
-               timeout=60, what="the long step in the agent's transcript")
+
+    def call_recorded() -> bool:
+        return any("sleep 600" in line and "SCRIPT-BEGIN" not in line
+                   for path in home.rglob("*.jsonl") if path.is_file()
+                   for line in path.read_text(errors="replace").splitlines())
+
+    wait_until(call_recorded, timeout=60, what="the long step in the agent's transcript")
     _kill_agent(root, name)
 
     def settled() -> dict[str, dict[str, object]] | None:
