@@ -243,21 +243,18 @@ def _roles_gone(town: Town) -> bool:
 
 
 def _stop_sessions(town: Town) -> int:
-    """``down --all``: stop every polecat's agent session; worktrees and work stay."""
+    """``down --all``: stop every polecat's agent session; worktrees and work stay; the
+    idle trees of the warm pools go."""
     from ...roles.operations.polecat_sessions import session_alive, stop_polecat_session
-
-    with store_of(town) as store:
-        polecats = store.polecats()
-    stopped = 0
-    for polecat in polecats:
-        alive = session_alive(polecat)
-        stop_polecat_session(town, polecat)
-        stopped += alive
-    print(f"stopped {stopped} agent session(s); worktrees are kept")
     from ...roles.operations.worktree_pool import drain
 
     with store_of(town) as store:
-        rigs = [rig.name for rig in store.rigs()]
+        polecats, rigs = store.polecats(), [rig.name for rig in store.rigs()]
+    stopped = 0
+    for polecat in polecats:
+        stopped += session_alive(polecat)
+        stop_polecat_session(town, polecat)
+    print(f"stopped {stopped} agent session(s); worktrees are kept")
     pooled = sum(drain(town, rig) for rig in rigs)
     if pooled:
         print(f"removed {pooled} idle pooled worktree(s)")
