@@ -74,9 +74,12 @@ def _first(events: list[Event], kind: str, key: str) -> dict[str, float]:
     return out
 
 
-def town_run(n: int) -> dict[str, Any]:
-    """One town lifecycle of ``n`` beads: total seconds, phases, and what went wrong."""
-    with running_town(bare_remote=True, town_toml=SCRIPT_TOWN, rig_toml=GATE) as (env, town):
+def town_run(n: int, batch: str | None = None) -> dict[str, Any]:
+    """One town lifecycle of ``n`` beads: total seconds, phases, and what went wrong;
+    ``batch`` is the rig's ``merge_queue.batch_size`` (the shipped default when None)."""
+    rig_toml = (f"[merge_queue]\nbatch_size = {batch}\n" if batch else "") + GATE
+    with running_town(bare_remote=True, town_toml=SCRIPT_TOWN, rig_toml=rig_toml) as (
+            env, town):
         beads = [gastown(env, "bead", "create", f"b{i}", "--rig", "web", "-d",
                          f"echo {i} > f{i}.txt").strip() for i in range(n)]
         feed = Feed(env)
@@ -120,7 +123,7 @@ def town_run(n: int) -> dict[str, Any]:
                 "worktrees_left": left}
 
 
-def run(n: int, rounds: int) -> dict[str, Any]:
+def run(n: int, rounds: int, batch: str | None = None) -> dict[str, Any]:
     """``rounds`` interleaved pairs (shell loop, town) for ``n`` beads; medians and ratio."""
     loops: list[float] = []
     towns: list[dict[str, Any]] = []
@@ -130,7 +133,7 @@ def run(n: int, rounds: int) -> dict[str, Any]:
             if which == "loop":
                 loops.append(shell_loop(n))
             else:
-                towns.append(town_run(n))
+                towns.append(town_run(n, batch))
     town_s = statistics.median(t["total_s"] for t in towns)
     loop_s = statistics.median(loops)
     last = towns[-1]
@@ -153,13 +156,16 @@ def run(n: int, rounds: int) -> dict[str, Any]:
     return result
 
 
-def main(sizes: tuple[int, ...] = (10, 50), rounds: int = 1) -> dict[str, Any]:
-    return {str(n): run(n, rounds if n <= 10 else 1) for n in sizes}
+def main(sizes: tuple[int, ...] = (10, 50), rounds: int = 1,
+         batch: str | None = None) -> dict[str, Any]:
+    return {str(n): run(n, rounds if n <= 10 else 1, batch) for n in sizes}
 
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--batch", default=None,
+                    help='the rig\'s merge_queue.batch_size as TOML, e.g. \'"auto"\' or 4')
     a = ap.parse_args()
-    main(tuple(a.n), a.rounds)
+    main(tuple(a.n), a.rounds, a.batch)

@@ -35,19 +35,27 @@ def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def add(name: str, value: str, base: str, ratio: float) -> None:
         rows.append((name, value, base, f"{ratio:.2f}x"))
 
-    for n, lc in r.get("lifecycle", {}).items():
-        add(f"lifecycle N={n} ({'OK' if lc['ok'] else 'PROBLEM'})", f"{lc['town_s']:.1f} s",
-            f"shell loop {lc['loop_s']:.1f} s", lc["ratio"])
-        gone = lc["phases"].get("merged->nuked")
-        if gone:
-            rows.append((f"  merged -> nuked p90, N={n}", f"{gone['p90_ms']:.0f} ms", "", ""))
+    for key, label in (("lifecycle", ""), ("lifecycle_auto", ", batch auto")):
+        for n, lc in r.get(key, {}).items():
+            add(f"lifecycle N={n}{label} ({'OK' if lc['ok'] else 'PROBLEM'})",
+                f"{lc['town_s']:.1f} s", f"shell loop {lc['loop_s']:.1f} s", lc["ratio"])
+            gone = lc["phases"].get("merged->nuked")
+            if gone:
+                rows.append((f"  merged -> nuked p90, N={n}{label}", f"{gone['p90_ms']:.0f} ms",
+                             "", ""))
     for files, sb in r.get("sandbox", {}).items():
         m = sb["median_ms"]
         add(f"sling, {files} files", f"{m['sling']:.0f} ms",
             f"worktree add {m['worktree add']:.0f} ms", sb["ratios"]["sling / worktree add"])
+        add(f"sling with pool, {files} files", f"{m['sling (pool)']:.0f} ms",
+            f"worktree add {m['worktree add']:.0f} ms",
+            sb["ratios"]["sling (pool) / worktree add"])
         add(f"polecat nuke, {files} files", f"{m['nuke']:.0f} ms",
             f"remove+branch -D {m['worktree remove + branch -D']:.0f} ms",
             sb["ratios"]["nuke / worktree remove"])
+        add(f"polecat nuke with pool, {files} files", f"{m['nuke (pool)']:.0f} ms",
+            f"remove+branch -D {m['worktree remove + branch -D']:.0f} ms",
+            sb["ratios"]["nuke (pool) / worktree remove"])
     st = r.get("startup", {})
     for case in ("gastown status (server)", "gastown status (alone)"):
         if case in st:
@@ -86,7 +94,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="lifecycle of N = 10 and 50 only (N = 200 takes ~2.5 min)")
     ap.add_argument("--only", nargs="+", metavar="MODULE",
-                    help="startup restart idle bus sandbox lifecycle")
+                    help="startup restart idle bus sandbox lifecycle lifecycle_auto")
     args = ap.parse_args()
     sizes = (10, 50) if args.quick else (10, 50, 200)
     modules: dict[str, Callable[[], Any]] = {
@@ -96,6 +104,8 @@ def main() -> None:
         "bus": bus.main,
         "sandbox": sandbox.main,
         "lifecycle": lambda: lifecycle.main(sizes, rounds=3),
+        # The same largest N with the adaptive merge batch (merge_queue.batch_size = "auto").
+        "lifecycle_auto": lambda: lifecycle.main(sizes[-1:], batch='"auto"'),
     }
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "commit": _commit(), "python": platform.python_version(),
@@ -104,7 +114,7 @@ def main() -> None:
     for name, run in modules.items():
         if args.only and name not in args.only:
             continue
-        doc = (sys.modules[f"bench.{name}"].__doc__ or "").split("\n")[0]
+        doc = (sys.modules[f"bench.{name.removesuffix('_auto')}"].__doc__ or "").split("\n")[0]
         print(f"\n== {name}: {doc}", flush=True)
         t = time.monotonic()
         results[name] = run()

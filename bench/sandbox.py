@@ -6,8 +6,10 @@ On a generated repository of 50 and of 5,000 files (~1 KiB each) behind a bare r
 - nuke: ``gastown polecat nuke`` (the CLI call's wall time; the worktree is gone when it
   returns) - vs ``git worktree remove`` + ``git branch -D``;
 - ``git clone --local`` and ``--no-local`` of the remote, with the clone's disk use.
-Rounds interleave the cases in shuffled order; figures are medians. The warm pool
-(issue 14) is not built: its column says so.
+- the same sling and nuke in a second town whose rig keeps a warm pool of worktrees
+  (``polecats.pool_size = 2``): before each pooled sling the bench waits (untimed) until a
+  ready tree is in the pool, as the mayor refills it in the background between slings.
+Rounds interleave the cases in shuffled order; figures are medians.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from bench._town import SCRIPT_TOWN, Feed, gastown, git, running_town
 
 SLEEPER = '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+POOL = "[polecats]\npool_size = 2\n"
 
 
 def _timed(argv: list[str], cwd: Path | None = None) -> float:
@@ -39,31 +42,54 @@ def _du_kib(path: Path) -> int:
                               check=True).stdout.split()[0])
 
 
+def _pool_ready(town: Path) -> bool:
+    """Whether the rig's pool holds a ready tree (hidden names are dirty or busy ones)."""
+    pool = town / "web" / "pool"
+    return pool.is_dir() and any(not p.name.startswith(".") for p in pool.iterdir())
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: timed out waiting for {what}")
+        time.sleep(0.02)
+
+
 def measure(files: int, rounds: int) -> dict[str, Any]:
     samples: dict[str, list[float]] = {k: [] for k in (
-        "sling", "worktree add", "nuke", "worktree remove + branch -D", "clone --local",
-        "clone --no-local")}
+        "sling", "sling (pool)", "worktree add", "nuke", "nuke (pool)",
+        "worktree remove + branch -D", "clone --local", "clone --no-local")}
     disk: dict[str, int] = {}
     with running_town(bare_remote=True, files=files, town_toml=SCRIPT_TOWN + SLEEPER) as (
-            env, town):
+            env, town), running_town(bare_remote=True, files=files, rig_toml=POOL,
+                                     town_toml=SCRIPT_TOWN + SLEEPER) as (pool_env, pool_town):
         remote = town.parent / "web.git"
         work = town.parent / "raw"
         git("clone", "-q", str(remote), str(work / "clone"))
-        feed = Feed(env)
+        feed, pool_feed = Feed(env), Feed(pool_env)
         try:
-            def sling(i: int) -> None:
-                bead = gastown(env, "bead", "create", f"s{i}", "--rig", "web").strip()
-                start = time.time()
-                gastown(env, "sling", bead, "web", "--agent", "sleeper")
-                feed.wait(lambda es: any(e.get("kind") == "polecat_working"
-                                         and e.get("bead") == bead for e in es),
-                          what=f"{bead} working")
-                ev = next(e for e in feed.events if e.get("kind") == "polecat_working"
-                      and e.get("bead") == bead)
-                samples["sling"].append(float(ev["ts"]) - start)
-                start = time.perf_counter()
-                gastown(env, "polecat", "nuke", f"web/{ev['polecat']}")
-                samples["nuke"].append(time.perf_counter() - start)
+            def slinger(env: dict[str, str], feed: Feed, suffix: str,
+                        before: Callable[[], None]) -> Callable[[int], None]:
+                def sling(i: int) -> None:
+                    before()
+                    bead = gastown(env, "bead", "create", f"s{i}", "--rig", "web").strip()
+                    start = time.time()
+                    gastown(env, "sling", bead, "web", "--agent", "sleeper")
+                    feed.wait(lambda es: any(e.get("kind") == "polecat_working"
+                                             and e.get("bead") == bead for e in es),
+                              what=f"{bead} working")
+                    ev = next(e for e in feed.events if e.get("kind") == "polecat_working"
+                              and e.get("bead") == bead)
+                    samples["sling" + suffix].append(float(ev["ts"]) - start)
+                    start = time.perf_counter()
+                    gastown(env, "polecat", "nuke", f"web/{ev['polecat']}")
+                    samples["nuke" + suffix].append(time.perf_counter() - start)
+                return sling
+
+            sling = slinger(env, feed, "", lambda: None)
+            pooled = slinger(pool_env, pool_feed, " (pool)",
+                             lambda: _wait(lambda: _pool_ready(pool_town), "a ready pool tree"))
 
             def raw(i: int) -> None:
                 clone = work / "clone"
@@ -85,35 +111,38 @@ def measure(files: int, rounds: int) -> dict[str, Any]:
                     shutil.rmtree(dest)
                 return run
 
-            cases = [sling, raw, clone("--local"), clone("--no-local")]
+            cases = [sling, pooled, raw, clone("--local"), clone("--no-local")]
             for i in range(rounds):
                 random.shuffle(cases)
                 for case in cases:
                     case(i)
         finally:
             feed.close()
+            pool_feed.close()
     med = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    remove = med["worktree remove + branch -D"]
     return {"median_ms": med, "disk_kib": disk,
             "ratios": {"sling / worktree add": med["sling"] / med["worktree add"],
-                       "nuke / worktree remove": med["nuke"]
-                       / med["worktree remove + branch -D"]}}
+                       "sling (pool) / worktree add": med["sling (pool)"]
+                       / med["worktree add"],
+                       "nuke / worktree remove": med["nuke"] / remove,
+                       "nuke (pool) / worktree remove": med["nuke (pool)"] / remove}}
 
 
 def main(sizes: tuple[int, ...] = (50, 5000), rounds: int = 5) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    print(f"{'files':>6} {'case':30} {'median ms':>10} {'x raw git':>10} {'pool':>10} "
-          f"{'disk KiB':>9}")
+    print(f"{'files':>6} {'case':30} {'median ms':>10} {'x raw git':>10} {'disk KiB':>9}")
     for files in sizes:
         r = results[str(files)] = measure(files, rounds)
         m = r["median_ms"]
-        base = {"sling": m["worktree add"], "nuke": m["worktree remove + branch -D"]}
+        add, remove = m["worktree add"], m["worktree remove + branch -D"]
+        base = {"sling": add, "sling (pool)": add, "nuke": remove, "nuke (pool)": remove}
         for name, ms in m.items():
             ratio = f"{ms / base[name]:10.2f}" if name in base else f"{'':10}"
-            pool = f"{'not built':>10}" if name in base else f"{'':10}"
             kib = f"{r['disk_kib'].get(name, ''):>9}"
-            print(f"{files:6} {name:30} {ms:10.1f} {ratio} {pool} {kib}")
+            print(f"{files:6} {name:30} {ms:10.1f} {ratio} {kib}")
     print(f"({rounds} interleaved rounds; medians; sling: the CLI call until the feed's "
-          "polecat_working; the warm pool is not built yet)")
+          "polecat_working; (pool): a town whose rig keeps polecats.pool_size = 2)")
     return results
 
 
