@@ -89,6 +89,9 @@ class RoleRunner:
     reason: str | None = None
     history: RoleHistory = field(default_factory=RoleHistory)
     first_outcome: trio.Event = field(default_factory=trio.Event)
+    #: Set once the current spawn's pid is recorded: a forked role can say it is ready
+    #: before its spawn has returned here, and its Ready waits for this.
+    recorded: trio.Event = field(default_factory=trio.Event)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     done: trio.Event = field(default_factory=trio.Event)
     stopping: bool = False
@@ -166,6 +169,7 @@ class Spawner:
                     runner.state = "starting"
                     runner.history = runner.history.record_start(trio.current_time())
                     runner.token = secrets.token_urlsafe(32)
+                    runner.recorded = trio.Event()
                     try:
                         proc = await self._start(argv, stdout_path, runner.token)
                     except OSError as exc:
@@ -176,6 +180,7 @@ class Spawner:
                     else:
                         runner.pid, runner.started_at = proc.pid, time.time()
                         await self.record(runner, RoleStarted)
+                        runner.recorded.set()
                         forked = isinstance(proc, ForkedRole)
                         code = await proc.wait()
                         proc = None

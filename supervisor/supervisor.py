@@ -67,6 +67,9 @@ from .role_runner import (
 )
 from .sd_notify import notify
 
+#: How long a role's Ready waits for its spawn to be recorded (see :meth:`_handle`).
+READY_RECORD_WAIT: Final = 10.0
+
 #: Signals the supervisor handles: SIGTERM/SIGINT stop the town, SIGHUP reloads it.
 SUPERVISOR_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -295,6 +298,11 @@ class Supervisor:
     async def _handle(self, request: Request, sender: str) -> Reply:
         if isinstance(request, Ready):
             runner = self.roles.get(sender)
+            if runner is not None and runner.pid is None:
+                # Forked, a role can be ready before its spawn is recorded here: the bus
+                # already checked its token, so wait for the pid (a few milliseconds).
+                with trio.move_on_after(READY_RECORD_WAIT):
+                    await runner.recorded.wait()
             if runner is None or request.pid != runner.pid:
                 raise GastownError(f"{sender} (pid {request.pid}) is not a role of "
                                    "this supervisor")
