@@ -70,6 +70,19 @@ def preload() -> None:
         importlib.import_module(name)
 
 
+def _read_configs(root: Path) -> None:
+    """Read the town's and its rigs' configuration once here: a forked command or role
+    then parses a file only if it changed since (the adapters keep what they read)."""
+    from ..roles.adapters.town import RIG_FILE, Town
+    from ..roles.core.errors import GastownError
+
+    town = Town(root)
+    with contextlib.suppress(GastownError, OSError):
+        town.config  # noqa: B018 - read for its cache
+        for rig_file in root.glob(f"*/{RIG_FILE}"):
+            town.rig_config(rig_file.parent.name)
+
+
 #: Exit status when the socket cannot exist (its path is too long for a Unix socket):
 #: the supervisor does not start the server again; clients run commands themselves.
 UNUSABLE: Final = 78
@@ -285,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--town", required=True, help="the town's root directory")
     args = parser.parse_args(argv)
     preload()
+    _read_configs(Path(args.town).absolute())
     lifeline = os.environ.get(LIFELINE_ENV)
     channel = os.environ.pop(CHANNEL_ENV, None)
     return serve(Path(args.town).absolute(), int(lifeline) if lifeline else None,

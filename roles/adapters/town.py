@@ -95,19 +95,54 @@ def _read_text(path: Path) -> str:
         raise ConfigError(str(path), exc.strerror or str(exc)) from None
 
 
+#: Validated configurations by file, with the file's identity when it was read: a file is
+#: parsed again only when it changed (a role reads its rig's config at every operation; a
+#: command forked from the CLI server finds the town's already read there).
+_read: dict[Path, tuple[tuple[int, int, int], TownConfig | RigConfig]] = {}
+
+
+def _unchanged(path: Path) -> TownConfig | RigConfig | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None  # reading it says why
+    hit = _read.get(path)
+    return hit[1] if hit is not None and hit[0] == (st.st_mtime_ns, st.st_size,
+                                                    st.st_ino) else None
+
+
+def _remember(path: Path, text_stat: os.stat_result,
+              config: TownConfig | RigConfig) -> None:
+    _read[path] = ((text_stat.st_mtime_ns, text_stat.st_size, text_stat.st_ino), config)
+
+
 def read_town_config(path: Path) -> TownConfig:
     from ...config import default_text
     from ..core.config import parse_toml
 
+    known = _unchanged(path)
+    if isinstance(known, TownConfig):
+        return known
+    before = path.stat() if path.exists() else None
     presets = parse_toml(default_text("agents.toml"), "<shipped agents.toml>")
-    return load_town_config(_read_text(path), str(path), default_text(TOWN_FILE),
-                            presets=list(presets))
+    config = load_town_config(_read_text(path), str(path), default_text(TOWN_FILE),
+                              presets=list(presets))
+    if before is not None:
+        _remember(path, before, config)
+    return config
 
 
 def read_rig_config(path: Path) -> RigConfig:
     from ...config import default_text
 
-    return load_rig_config(_read_text(path), str(path), default_text(RIG_FILE))
+    known = _unchanged(path)
+    if isinstance(known, RigConfig):
+        return known
+    before = path.stat() if path.exists() else None
+    config = load_rig_config(_read_text(path), str(path), default_text(RIG_FILE))
+    if before is not None:
+        _remember(path, before, config)
+    return config
 
 
 def default_town_path(env: Mapping[str, str]) -> Path:
