@@ -85,8 +85,7 @@ def town_run(n: int, batch: str | None = None) -> dict[str, Any]:
         feed = Feed(env)
         try:
             start = time.time()
-            for bead in beads:
-                gastown(env, "sling", bead, "web")
+            gastown(env, "sling", *beads, "web")  # all N, queued in one transaction
 
             def settled(events: list[Event]) -> bool:
                 ends = sum(e.get("kind") == "polecat_nuked" for e in events)

@@ -58,33 +58,50 @@ class PolecatLedger(StoreBase):
         Refuses a closed bead, a bead already hooked or in review (unless ``force``), and
         a bead that already has a queued sling (unless ``force``).
         """
+        return self.queue_slings([bead_id], rig, agent=agent, force=force, note=note)[0]
+
+    def queue_slings(self, bead_ids: Sequence[str], rig: str, *, agent: str | None,
+                     force: bool, note: str | None = None) -> list[Sling]:
+        """Record one sling per bead, in this order, in one transaction: all of them or,
+        when one is refused (as :meth:`queue_sling` refuses it, or named twice), none."""
+        if len(set(bead_ids)) != len(bead_ids):
+            twice = next(b for b in bead_ids if bead_ids.count(b) > 1)
+            raise Refused(f"bead {twice} is named twice")
+        ids: list[int] = []
         with self.transaction() as conn:
-            bead = conn.execute("SELECT * FROM beads WHERE id = ?", (bead_id,)).fetchone()
-            if bead is None:
-                raise NotFound(f"no bead {bead_id!r}")
             if not conn.execute("SELECT 1 FROM rigs WHERE name = ?", (rig,)).fetchone():
                 raise NotFound(f"no rig named {rig!r} in this town")
-            if bead["status"] == "closed":
-                raise Refused(f"bead {bead_id} is closed")
-            if bead["status"] in ("hooked", "in_review") and not force:
-                holder = conn.execute("SELECT rig, name FROM polecats WHERE bead = ?",
-                                      (bead_id,)).fetchone()
-                who = f" by polecat {holder['rig']}/{holder['name']}" if holder else ""
-                raise Refused(f"bead {bead_id} is already {bead['status']}{who}; "
-                              "use --force to sling it again")
-            queued = conn.execute("SELECT id FROM slings WHERE bead = ? AND state = 'queued'",
+            for bead_id in bead_ids:
+                ids.append(self._queue_one(conn, bead_id, rig, agent=agent, force=force,
+                                           note=note))
+        return [self.sling(sling_id) for sling_id in ids]
+
+    def _queue_one(self, conn: sqlite3.Connection, bead_id: str, rig: str, *,
+                   agent: str | None, force: bool, note: str | None) -> int:
+        bead = conn.execute("SELECT * FROM beads WHERE id = ?", (bead_id,)).fetchone()
+        if bead is None:
+            raise NotFound(f"no bead {bead_id!r}")
+        if bead["status"] == "closed":
+            raise Refused(f"bead {bead_id} is closed")
+        if bead["status"] in ("hooked", "in_review") and not force:
+            holder = conn.execute("SELECT rig, name FROM polecats WHERE bead = ?",
                                   (bead_id,)).fetchone()
-            if queued and not force:
-                raise Refused(f"bead {bead_id} already has a queued sling (#{queued['id']})")
-            now = time.time()
-            cur = conn.execute(
-                "INSERT INTO slings (bead, rig, agent, force, state, note, created_at, "
-                "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (bead_id, rig, agent, int(force), note, now, now))
-            sling_id = cur.lastrowid
-            self._emit(conn, SlingQueued(rig=rig, bead=bead_id, sling=sling_id, agent=agent,
-                                         force=force))
-        return self.sling(int(sling_id or 0))
+            who = f" by polecat {holder['rig']}/{holder['name']}" if holder else ""
+            raise Refused(f"bead {bead_id} is already {bead['status']}{who}; "
+                          "use --force to sling it again")
+        queued = conn.execute("SELECT id FROM slings WHERE bead = ? AND state = 'queued'",
+                              (bead_id,)).fetchone()
+        if queued and not force:
+            raise Refused(f"bead {bead_id} already has a queued sling (#{queued['id']})")
+        now = time.time()
+        cur = conn.execute(
+            "INSERT INTO slings (bead, rig, agent, force, state, note, created_at, "
+            "updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?, ?)",
+            (bead_id, rig, agent, int(force), note, now, now))
+        sling_id = int(cur.lastrowid or 0)
+        self._emit(conn, SlingQueued(rig=rig, bead=bead_id, sling=sling_id, agent=agent,
+                                     force=force))
+        return sling_id
 
     def sling(self, sling_id: int) -> Sling:
         row = self._conn.execute("SELECT * FROM slings WHERE id = ?", (sling_id,)).fetchone()

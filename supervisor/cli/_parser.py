@@ -178,9 +178,10 @@ def build_parser() -> _Parser:
     _json_flag(p)
 
     p = _command(sub, "sling", "gastown.supervisor.cli._polecats:cmd_sling",
-                 "give a bead to a rig: a new polecat (worktree, branch, agent session); "
-                 "prints its name and worktree")
-    p.add_argument("bead", metavar="BEAD")
+                 "give beads to a rig: a new polecat each (worktree, branch, agent "
+                 "session); prints each one's name and worktree, or its queue position")
+    p.add_argument("beads", metavar="BEAD", nargs="+",
+                   help="one or more beads, queued in this order (all of them or none)")
     p.add_argument("rig", metavar="RIG")
     p.add_argument("--agent", metavar="PRESET",
                    help="claude, codex, script, or an [agents.NAME] of town.toml")

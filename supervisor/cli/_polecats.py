@@ -56,27 +56,35 @@ def cmd_sling(args: argparse.Namespace) -> int:
         # A broken rig.toml is the user's to mend now, not the mayor's to find at dispatch.
         town.rig_config(args.rig)
     with store_of(town) as store:
-        sling = store.queue_sling(args.bead, args.rig, agent=args.agent, force=args.force)
+        slings = store.queue_slings(args.beads, args.rig, agent=args.agent, force=args.force)
     if read_supervisor(town.runtime_dir) is None:
-        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}: the town is down; "
-              "it runs at 'gastown up'")
+        for sling in slings:
+            print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}: the town is "
+                  "down; it runs at 'gastown up'")
         return 0
-    try:
-        result: dict[str, Any] = call_sync(town.runtime_dir / "bus.sock", "mayor",
-                                           SlingRequest(sling=sling.id), timeout=SLING_TIMEOUT)
-    except BusError as exc:
-        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}; the mayor did not "
-              f"answer ({exc.message}); it dispatches queued slings when it is back")
-        return 0
-    if result["state"] == "dispatched":
-        print(f"{result['polecat']} {result['worktree']}")
-        return 0
-    if result["state"] == "queued":
-        print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig} (position "
-              f"{result.get('position', '?')}): waiting for a free polecat slot")
-        return 0
-    raise GastownError(f"sling of {sling.bead} to {sling.rig} failed: "
-                       f"{result.get('error', result['state'])}")
+    failed: list[str] = []
+    for sling in slings:  # the first request's pass dispatches them all; the rest ask
+        try:
+            result: dict[str, Any] = call_sync(town.runtime_dir / "bus.sock", "mayor",
+                                               SlingRequest(sling=sling.id),
+                                               timeout=SLING_TIMEOUT)
+        except BusError as exc:
+            print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}; the mayor did "
+                  f"not answer ({exc.message}); it dispatches queued slings when it is back")
+            continue
+        if result["state"] == "dispatched":
+            print(f"{result['polecat']} {result['worktree']}")
+        elif result["state"] == "queued":
+            print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig} (position "
+                  f"{result.get('position', '?')}): waiting for a free polecat slot")
+        else:
+            failed.append(f"sling of {sling.bead} to {sling.rig} failed: "
+                          f"{result.get('error', result['state'])}")
+    if len(failed) == 1 and len(slings) == 1:
+        raise GastownError(failed[0])
+    for line in failed:
+        print(f"gastown: {line}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def cmd_done(args: argparse.Namespace) -> int:

@@ -216,6 +216,38 @@ def test_capacity_queues_in_order_and_frees_on_nuke(cli: Cli, town: Path,
     assert bead_status(cli, beads[3]) == "open"
 
 
+def test_one_sling_of_several_beads_queues_them_in_order(cli: Cli, town: Path,
+                                                          feed: FeedWaiter) -> None:
+    """`sling B1 B2 B3 RIG`: one line per bead, dispatched in the order given up to the cap,
+    the rest queued with their positions."""
+    set_rig_max(town, "web", 2)
+    cli.ok("up")
+    beads = [cli.ok("bead", "create", f"b{i}", "--rig", "web").strip() for i in range(3)]
+    lines = cli.ok("sling", *beads, "web", "--agent", "sleeper").splitlines()
+    assert len(lines) == 3, lines
+    assert "position 1" in lines[2] and beads[2] in lines[2]
+    working = {p["bead"]: name for name, p in polecats(cli).items()}
+    assert set(working) == set(beads[:2])
+    assert [line.split()[0] for line in lines[:2]] == [working[b] for b in beads[:2]]
+    queued = feed.wait_count("sling_queued", 3)
+    assert [e["bead"] for e in queued] == beads
+
+
+def test_a_refused_bead_queues_none_of_the_others(cli: Cli, town: Path) -> None:
+    """All or none: one unknown, closed or repeated bead refuses the whole sling."""
+    cli.ok("up")
+    good = cli.ok("bead", "create", "good", "--rig", "web").strip()
+    closed = cli.ok("bead", "create", "closed", "--rig", "web").strip()
+    cli.ok("bead", "close", closed)
+    for bad in (["web-nope0"], [closed], [good]):
+        result = cli("sling", good, *bad, "web", "--agent", "sleeper")
+        assert result.code != 0 and result.err.startswith("gastown: "), result
+        assert len(result.err.strip().splitlines()) == 1, result.err
+    assert polecats(cli) == {}
+    assert bead_status(cli, good) == "open"
+    assert '"sling_queued"' not in cli.ok("feed", "--json")
+
+
 def test_hooked_bead_needs_force(cli: Cli, town: Path) -> None:
     """Slinging a bead that is already hooked is refused unless --force."""
     cli.ok("up")
