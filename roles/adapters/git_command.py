@@ -23,6 +23,16 @@ _LOCK_CONTENTION: Final = ("index.lock", "config.lock", ".lock': File exists",
                            "Unable to create", "cannot lock ref")
 _LOCK_RETRIES: Final = 8
 
+
+def _transient(err: str) -> bool:
+    """Whether git failed on another git process's work in progress: a lock it holds, or
+    a linked worktree it is still creating (``git worktree add`` makes the admin folder
+    ``.git/worktrees/<name>`` before its ``commondir``: a ``checkout`` in the main tree
+    that reads every worktree's files then fails with "failed to read
+    .git/worktrees/<name>/commondir", measured with 200 polecats spawned while merging)."""
+    return any(s in err for s in _LOCK_CONTENTION) or (
+        "failed to read" in err and "worktrees/" in err)
+
 #: Generous: a clone of a large repository over a slow link takes minutes.
 CLONE_TIMEOUT: Final = 3600.0
 #: For operations that talk to a remote (fetch, push, ls-remote).
@@ -46,7 +56,8 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
             where: str | None = None) -> str:
     """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
 
-    Lock contention (``index.lock``, ``config.lock``) is retried with a short back-off.
+    Lock contention (``index.lock``, ``config.lock``) and a worktree another process is
+    still creating are retried with a short back-off (:func:`_transient`).
     Pass ``timeout`` for operations that talk to a remote: at the timeout, git and what it
     started (ssh, a remote helper: its own process group) are killed. A plain subprocess:
     the ``sh`` library used before cost ~7 ms per call, and its timeout watcher, a 0.1 s
@@ -60,7 +71,7 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
                               op=op, repo=repo)
         if code == 0:
             return out
-        if attempt < _LOCK_RETRIES and any(s in err for s in _LOCK_CONTENTION):
+        if attempt < _LOCK_RETRIES and _transient(err):
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
