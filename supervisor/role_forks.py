@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 from collections.abc import Mapping, Sequence
@@ -55,7 +56,6 @@ class ForkedRole:
             self._pidfd = None
         self.status: int | None = None
         self.reported = trio.Event()
-        self.returncode: int | None = None
         self._waited = False
 
     async def wait(self) -> int | None:
@@ -68,15 +68,12 @@ class ForkedRole:
         with trio.move_on_after(STATUS_WAIT):
             await self.reported.wait()
         self._waited = True
-        self.returncode = self.status
         return self.status
 
     def alive(self) -> bool:
         """Whether the role has not died yet (a pidfd turns readable at death)."""
         if self._pidfd is None:
             return False
-        import select
-
         return not select.select([self._pidfd], [], [], 0)[0]
 
     async def send_signal(self, sig: signal.Signals) -> None:
@@ -95,7 +92,7 @@ class ForkedRole:
         """SIGTERM to the group, up to ``grace`` s, then SIGKILL; the status (shielded)."""
         with trio.CancelScope(shield=True):
             if self._waited:
-                return self.returncode
+                return self.status
             log.get_logger().info("child stopping", pid=self.pid, grace=grace)
             await self.send_signal(signal.SIGTERM)
             with trio.move_on_after(max(grace, 0.0)) as scope:

@@ -11,10 +11,11 @@ path by hand.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from ..core.config import RigConfig, TownConfig, load_rig_config, load_town_config
 from ..core.errors import ConfigError, GastownError, NotFound, Refused
@@ -100,49 +101,43 @@ def _read_text(path: Path) -> str:
 #: command forked from the CLI server finds the town's already read there).
 _read: dict[Path, tuple[tuple[int, int, int], TownConfig | RigConfig]] = {}
 
+C = TypeVar("C", TownConfig, RigConfig)
 
-def _unchanged(path: Path) -> TownConfig | RigConfig | None:
+
+def _once_per_change(path: Path, load: Callable[[], C]) -> C:
+    """``load()``'s config for ``path``, parsed again only when the file changed (its
+    identity is taken before the read: a change during it shows at the next call). A file
+    that cannot be read or validated is not remembered: its error comes every time."""
     try:
         st = path.stat()
     except OSError:
-        return None  # reading it says why
+        return load()  # reading it says why
+    identity = (st.st_mtime_ns, st.st_size, st.st_ino)
     hit = _read.get(path)
-    return hit[1] if hit is not None and hit[0] == (st.st_mtime_ns, st.st_size,
-                                                    st.st_ino) else None
-
-
-def _remember(path: Path, text_stat: os.stat_result,
-              config: TownConfig | RigConfig) -> None:
-    _read[path] = ((text_stat.st_mtime_ns, text_stat.st_size, text_stat.st_ino), config)
+    if hit is not None and hit[0] == identity:
+        return hit[1]  # type: ignore[return-value]  # a path holds one kind of config
+    config = load()
+    _read[path] = (identity, config)
+    return config
 
 
 def read_town_config(path: Path) -> TownConfig:
     from ...config import default_text
     from ..core.config import parse_toml
 
-    known = _unchanged(path)
-    if isinstance(known, TownConfig):
-        return known
-    before = path.stat() if path.exists() else None
-    presets = parse_toml(default_text("agents.toml"), "<shipped agents.toml>")
-    config = load_town_config(_read_text(path), str(path), default_text(TOWN_FILE),
-                              presets=list(presets))
-    if before is not None:
-        _remember(path, before, config)
-    return config
+    def load() -> TownConfig:
+        presets = parse_toml(default_text("agents.toml"), "<shipped agents.toml>")
+        return load_town_config(_read_text(path), str(path), default_text(TOWN_FILE),
+                                presets=list(presets))
+
+    return _once_per_change(path, load)
 
 
 def read_rig_config(path: Path) -> RigConfig:
     from ...config import default_text
 
-    known = _unchanged(path)
-    if isinstance(known, RigConfig):
-        return known
-    before = path.stat() if path.exists() else None
-    config = load_rig_config(_read_text(path), str(path), default_text(RIG_FILE))
-    if before is not None:
-        _remember(path, before, config)
-    return config
+    return _once_per_change(path, lambda: load_rig_config(_read_text(path), str(path),
+                                                          default_text(RIG_FILE)))
 
 
 def default_town_path(env: Mapping[str, str]) -> Path:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cli, git, make_repo
+from tests.conftest import Cli
 from tests.e2e.feed_waiter import FeedWaiter
 from tests.e2e.town_helpers import (
-    new_town_root,
+    bare_remote_town,
     role_processes,
     roles_by_name,
     tear_down_town,
@@ -38,13 +38,7 @@ stop_timeout = "2s"
 @pytest.fixture
 def town(cli: Cli, tmp_path: Path) -> Iterator[Path]:
     """A town with one rig ``web`` on a bare remote, in a short path; torn down hard."""
-    root = new_town_root()
-    cli.ok("install", str(root))
-    (root / "town.toml").write_text(TOWN_CONFIG)
-    cli.env["GASTOWN_TOWN"] = str(root)
-    src = make_repo(tmp_path / "web")
-    git("clone", "-q", "--bare", str(src), str(tmp_path / "web.git"), cwd=tmp_path)
-    cli.ok("rig", "add", "web", str(tmp_path / "web.git"))
+    root = bare_remote_town(cli, tmp_path, TOWN_CONFIG)
     yield root
     tear_down_town(cli, root)
 

@@ -72,6 +72,22 @@ def new_town_root() -> Path:
     return Path(tempfile.mkdtemp(prefix="gt", dir="/tmp")) / "t"
 
 
+def bare_remote_town(cli: Cli, tmp_path: Path, town_toml: str) -> Path:
+    """A town (not started) in a short path whose ``town.toml`` is ``town_toml``, with rig
+    ``web`` on a bare clone of a fresh repository; ``cli`` is pointed at it. Tear it down
+    with :func:`tear_down_town`."""
+    from tests.conftest import git, make_repo
+
+    root = new_town_root()
+    cli.ok("install", str(root))
+    (root / "town.toml").write_text(town_toml)
+    cli.env["GASTOWN_TOWN"] = str(root)
+    src = make_repo(tmp_path / "web")
+    git("clone", "-q", "--bare", str(src), str(tmp_path / "web.git"), cwd=tmp_path)
+    cli.ok("rig", "add", "web", str(tmp_path / "web.git"))
+    return root
+
+
 def script_town(cli: Cli, remote: Path, *, town_toml: str = "", rig_toml: str = "") -> Path:
     """A town (not started) whose ``script`` agents run detached (process backend), with
     rig ``web`` on ``remote``; ``cli`` is pointed at it. ``town_toml`` and ``rig_toml``
