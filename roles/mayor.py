@@ -102,10 +102,10 @@ class Mayor:
             self.store.close()
 
     async def _wake_on_events(self, events: trio.MemoryReceiveChannel[BusMessage]) -> None:
-        async for message in events:
-            if message.topic not in POOL_TOPICS or message.topic in WAKE_TOPICS:
+        async for message in events:  # every topic is in one list or both
+            if message.topic in WAKE_TOPICS:
                 self._wakeup.set()
-            if message.topic not in WAKE_TOPICS or message.topic in POOL_TOPICS:
+            if message.topic in POOL_TOPICS:
                 self._pool_wakeup.set()
 
     async def _tend_pools_forever(self) -> None:

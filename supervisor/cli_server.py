@@ -234,6 +234,14 @@ def struct_ucred_uid(conn: socket.socket) -> int:
 def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
     """In the forked child: become the client's command, run it, report its status."""
     os.setsid()
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:  # at once: from here on the command is this child's, never the client's to rerun
+        send_line(conn, "pid", os.getpid())
+    except OSError:
+        return 1  # the client is gone: run nothing
     # `ps` shows the command, not this server (and a search for the town's processes by
     # command line does not take a command for one of them). Before the environment is
     # replaced: setproctitle makes room by moving it.
@@ -241,10 +249,6 @@ def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -
         import setproctitle
 
         setproctitle.setproctitle(" ".join(["gastown", *map(str, request["argv"])]))
-    signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     for target, fd in enumerate(fds[:3]):
         os.dup2(fd, target)
     os.fchdir(fds[3])
@@ -262,7 +266,6 @@ def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -
     sys.argv = ["gastown", *argv]
     code = 1
     try:
-        send_line(conn, "pid", os.getpid())
         from .cli import main
 
         code = main(argv)

@@ -141,6 +141,10 @@ def test_a_command_killed_by_a_signal_is_reported_not_run_again(
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     (child,) = wait_until(lambda: _children_of(server.pid), timeout=30,
                           what="the forked command")
+    # Its title is set after it confirmed its pid to the client: from then on the command
+    # is the child's (a child killed before that is the client's to run itself).
+    wait_until(lambda: Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"gastown bead"),
+               timeout=30, what="the command to confirm it runs")
     os.kill(child, signal.SIGKILL)
     _out, _err = client.communicate(timeout=30)
     assert client.returncode == 128 + signal.SIGKILL
