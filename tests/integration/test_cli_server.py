@@ -66,6 +66,19 @@ def _children_of(pid: int) -> list[int]:
     return found
 
 
+def _titled_children(pid: int, title: bytes) -> list[int]:
+    """The children of `pid` whose command line starts with `title` (ones that vanish
+    while we look are skipped)."""
+    found = []
+    for child in _children_of(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(title):
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def _run(cli: Cli, *args: str, local: bool, cwd: Path | None = None,
          stdin: str | None = None) -> tuple[int, str, str]:
     env = dict(cli.env, GASTOWN_CLI_SERVER="0") if local else cli.env
@@ -121,8 +134,8 @@ def test_a_signal_to_the_client_reaches_the_command(
     client = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "bead", "list"],
                               cwd=cli.cwd, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
-    children = wait_until(lambda: _children_of(server.pid), timeout=30,
-                          what="the forked command")
+    children = wait_until(lambda: _titled_children(server.pid, b"gastown bead list"),
+                          timeout=30, what="the forked command")
     client.send_signal(signal.SIGINT)
     _out, err = client.communicate(timeout=30)
     assert client.returncode == 130, err
@@ -139,12 +152,11 @@ def test_a_command_killed_by_a_signal_is_reported_not_run_again(
     client = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "bead", "create",
                                "never", "--rig", "web"], cwd=cli.cwd, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    (child,) = wait_until(lambda: _children_of(server.pid), timeout=30,
-                          what="the forked command")
     # Its title is set after it confirmed its pid to the client: from then on the command
-    # is the child's (a child killed before that is the client's to run itself).
-    wait_until(lambda: Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"gastown bead"),
-               timeout=30, what="the command to confirm it runs")
+    # is the child's (a child killed before that is the client's to run itself). The
+    # server may still have the previous command's child, exiting: pick this one by title.
+    (child,) = wait_until(lambda: _titled_children(server.pid, b"gastown bead create"),
+                          timeout=30, what="the command to confirm it runs")
     os.kill(child, signal.SIGKILL)
     _out, _err = client.communicate(timeout=30)
     assert client.returncode == 128 + signal.SIGKILL
