@@ -35,7 +35,7 @@ from ..roles.adapters.town import Town
 from ..roles.adapters.town_lock import ROLE_LOCKED_EXIT, role_lock_holder
 from ..roles.core.config import TownConfig
 from ..roles.core.errors import StoreError
-from ..roles.core.events import (
+from ..roles.core.events_town import (
     RoleChanged,
     RoleExited,
     RoleFailed,

@@ -43,7 +43,7 @@ from ..roles.adapters.store import Store
 from ..roles.adapters.town import Town
 from ..roles.core.config import RigConfig
 from ..roles.core.errors import GastownError
-from ..roles.core.events import (
+from ..roles.core.events_town import (
     ReloadRefused,
     RoleReady,
     SupervisorStarted,

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
+from ..core._event_base import UNSET, Unset
 from ..core.errors import (
     GastownError,
     StoreError,
@@ -33,7 +34,7 @@ from ..core.errors import (
     StoreMissing,
     StoreReplaced,
 )
-from ..core.events import UNSET, BeadStatusChanged, DomainEvent, Unset, to_row
+from ..core.events import BeadStatusChanged, DomainEvent, to_row
 from ._store_records import Event, event_of
 from ._store_schema import MIGRATIONS
 from .outbox_wake import send_wake, wake_path

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..core._event_base import UNSET
 from ..core.errors import GastownError, NotFound, Refused
 from ..core.events import (
-    UNSET,
     BeadCreated,
     BeadStatusChanged,
     BeadUpdated,
@@ -26,9 +26,9 @@ from ..core.events import (
     PushRefused,
     RigAdded,
     RigRemoved,
-    RoleChanged,
     SlingCancelled,
 )
+from ..core.events_town import RoleChanged
 from ..core.names import bead_id
 from ._store_base import StoreBase
 from ._store_records import (

@@ -13,15 +13,14 @@ import signal
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ._event_base import COLUMNS
 from .events import (
     BY_KIND,
-    COLUMNS,
     AgentTurnEnded,
     BeadCreated,
     BeadStatusChanged,
     BeadUpdated,
     CrewUpdated,
-    DoctorFixed,
     DomainEvent,
     MqPaused,
     MqResumed,
@@ -44,25 +43,28 @@ from .events import (
     PolecatStartedWorking,
     PushCaughtUp,
     PushRefused,
-    ReloadRefused,
     RigAdded,
     RigRemoved,
+    Row,
+    SlingCancelled,
+    SlingFailed,
+    SlingQueued,
+    to_row,
+)
+from .events_town import (
+    DoctorFixed,
+    ReloadRefused,
     RoleExited,
     RoleFailed,
     RoleReady,
     RoleRestartScheduled,
     RoleStarted,
     RoleStopped,
-    Row,
-    SlingCancelled,
-    SlingFailed,
-    SlingQueued,
     StoreAdopted,
     StoreCreated,
     SupervisorStarted,
     SupervisorStopRequested,
     TownReloaded,
-    to_row,
 )
 
 #: How each kind reads (``str.format`` over the flat event and the helper fields below).

@@ -8,49 +8,29 @@ the feed's JSON contract promises (unchanged); ``rig``, ``polecat`` and ``bead``
 columns of the table, every other field a key of its ``data``. A field left
 :data:`UNSET` is not written at all (a key some writers add and others do not), which
 is not the same as ``None`` (written as ``null``).
+
+The kinds of the town itself (doctor, store, supervisor, roles) live in
+:mod:`.events_town`, the base classes in :mod:`._event_base`; a new family of kinds gets a
+module of its own the same way, and joins :data:`DomainEvent` here.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Final, get_args
+from typing import Any, Final, get_args
 
-
-class Unset(enum.Enum):
-    UNSET = "unset"
-
-
-#: A field its writer did not record: the key is absent from the event's data.
-UNSET: Final = Unset.UNSET
-COLUMNS: Final = ("rig", "polecat", "bead")
-
-
-@dataclass(frozen=True)
-class _Event:
-    """A kind that adds no field to its base is a plain subclass (still a dataclass)."""
-
-    kind: ClassVar[str]
-
-
-@dataclass(frozen=True)
-class _RigEvent(_Event):
-    rig: str
-
-
-@dataclass(frozen=True)
-class _PolecatEvent(_Event):
-    rig: str
-    polecat: str
-    bead: str | None
-
-
-@dataclass(frozen=True)
-class _MrEvent(_PolecatEvent):
-    """A merge request's event; a crew workspace's MR names the workspace as ``polecat``."""
-
-    mr: str
+from ._event_base import COLUMNS, UNSET, Unset, _Event, _MrEvent, _PolecatEvent, _RigEvent
+from .events_town import (
+    DoctorFixed,
+    ReloadRefused,
+    RoleChanged,
+    StoreAdopted,
+    StoreCreated,
+    SupervisorStarted,
+    SupervisorStopRequested,
+    TownReloaded,
+)
 
 
 # -- rigs, the merge queue, the remote --------------------------------------------------
@@ -308,102 +288,6 @@ class MrCancelled(_MrEvent):
     reason: str
 
 
-# -- doctor, the store, the supervisor and its roles --------------------------------------
-@dataclass(frozen=True)
-class DoctorFixed(_Event):
-    kind = "doctor_fixed"
-    rig: str | None
-    polecat: str | None
-    check: str
-    subject: str
-    detail: str
-    action: str | None
-
-
-@dataclass(frozen=True)
-class StoreCreated(_Event):
-    kind = "store_created"
-    path: str
-
-
-@dataclass(frozen=True)
-class StoreAdopted(_Event):
-    kind = "store_adopted"
-    path: str
-
-
-@dataclass(frozen=True)
-class RoleEvent(_Event):
-    """A role process changed state; its rig (``witness:<rig>``) is the event's rig."""
-
-    role: str
-    state: str
-    pid: int | None
-    restarts: int
-    last_exit: int | None
-    reason: str | None
-
-    @property
-    def rig(self) -> str | None:
-        return self.role.partition(":")[2] or None
-
-
-class RoleStarted(RoleEvent):
-    kind = "role_started"
-
-
-class RoleReady(RoleEvent):
-    kind = "role_ready"
-
-
-class RoleExited(RoleEvent):
-    kind = "role_exited"
-
-
-@dataclass(frozen=True)
-class RoleRestartScheduled(RoleEvent):
-    kind = "role_restarting"
-    delay: float
-
-
-class RoleFailed(RoleEvent):
-    kind = "role_failed"
-
-
-class RoleStopped(RoleEvent):
-    kind = "role_stopped"
-
-
-@dataclass(frozen=True)
-class SupervisorStarted(_Event):
-    kind = "supervisor_started"
-    pid: int
-    version: str
-
-
-@dataclass(frozen=True)
-class TownReloaded(_Event):
-    kind = "town_reloaded"
-    reason: str
-    restarted: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ReloadRefused(_Event):
-    kind = "reload_refused"
-    reason: str
-    error: str
-
-
-@dataclass(frozen=True)
-class SupervisorStopRequested(_Event):
-    kind = "supervisor_stopping"
-    reason: str
-
-
-#: A role's change of state, one class a kind.
-RoleChanged = (RoleStarted | RoleReady | RoleExited | RoleRestartScheduled | RoleFailed
-               | RoleStopped)
 DomainEvent = (
     RigAdded | RigRemoved | MqPaused | MqResumed | MqResumeRequested | PushRefused
     | PushCaughtUp | CrewUpdated | BeadCreated | BeadStatusChanged | BeadUpdated | SlingQueued

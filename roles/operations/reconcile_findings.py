@@ -20,7 +20,7 @@ from ..adapters.log import get_logger
 from ..adapters.store import Store
 from ..adapters.town import Town
 from ..core.errors import GastownError, NotFound
-from ..core.events import DoctorFixed
+from ..core.events_town import DoctorFixed
 
 #: How long an orphan session's processes get between SIGTERM and SIGKILL.
 STOP_GRACE: Final = 2.0

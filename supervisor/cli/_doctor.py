@@ -78,7 +78,7 @@ def _recover_store(town: Town, *, adopt: bool) -> None:
     from ...roles.adapters.store import open_store
     from ...roles.adapters.town_lock import read_supervisor
     from ...roles.core.errors import Refused
-    from ...roles.core.events import StoreAdopted, StoreCreated
+    from ...roles.core.events_town import StoreAdopted, StoreCreated
 
     running = read_supervisor(town.runtime_dir)
     if running is not None:

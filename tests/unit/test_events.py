@@ -21,20 +21,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gastown.roles.adapters.store import open_store
-from gastown.roles.core import events
+from gastown.roles.core._event_base import COLUMNS, UNSET, Unset
 from gastown.roles.core.event_text import TEMPLATES, describe, describe_fields, flat
 from gastown.roles.core.events import (
     BY_KIND,
     POLECAT_MOVES,
-    UNSET,
     BeadStatusChanged,
     DomainEvent,
     PolecatEscalated,
-    RoleRestartScheduled,
-    Unset,
     from_row,
     to_row,
 )
+from gastown.roles.core.events_town import RoleRestartScheduled
 from gastown.roles.core.lifecycle import POLECAT_STATES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,7 +97,7 @@ def test_every_event_survives_the_row_and_json(event: DomainEvent) -> None:
     data = json.loads(json.dumps(row.data, sort_keys=True))
     assert from_row(row.kind, row.rig, row.polecat, row.bead, data) == event
     assert UNSET not in row.data.values()
-    assert not set(row.data) & set(events.COLUMNS)
+    assert not set(row.data) & set(COLUMNS)
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.kind)

@@ -57,7 +57,9 @@ PURE_MODULES = [
     "roles/core/merge_queue.py",
     "roles/core/pool.py",
     "roles/core/turn_end.py",
+    "roles/core/_event_base.py",
     "roles/core/events.py",
+    "roles/core/events_town.py",
     "roles/core/event_text.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
@@ -73,6 +75,7 @@ ALLOWED = {
     "signal",  # only its names of signal numbers (describe_exit): nothing is installed
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
     "gastown.roles.core.lifecycle", "gastown.roles.core.events",
+    "gastown.roles.core._event_base", "gastown.roles.core.events_town",
     "gastown.supervisor.bus.errors",
     "gastown.supervisor.bus.protocol",
 }
