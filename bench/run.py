@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bus, idle, lifecycle, restart, sandbox, startup
+from bench import bus, idle, inotify, lifecycle, restart, sandbox, startup
 
 RESULTS = Path(__file__).with_name("results.json")
 
@@ -76,6 +76,10 @@ def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                      f"supervisord+5 {b['cpu_s_per_min']:.3f} s/min", ""))
         add(f"idle town, 2 rigs: RSS ({t['processes']} procs)", f"{t['rss_mib']:.0f} MiB",
             f"supervisord+5 {b['rss_mib']:.0f} MiB", t["rss_mib"] / b["rss_mib"])
+    ino = r.get("inotify")
+    if ino:
+        rows.append((f"inotify watches per polecat, N={ino['n']}", f"{ino['per_polecat']:.2f}",
+                     f"idle town {ino['idle_watches']} watch(es)", ""))
     bs = r.get("bus", {})
     if "bus -> peer" in bs:
         d = bs["direct socket"]
@@ -94,7 +98,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="lifecycle of N = 10 and 50 only (N = 200 takes ~2.5 min)")
     ap.add_argument("--only", nargs="+", metavar="MODULE",
-                    help="startup restart idle bus sandbox lifecycle lifecycle_auto")
+                    help="startup restart idle bus inotify sandbox lifecycle lifecycle_auto")
     args = ap.parse_args()
     sizes = (10, 50) if args.quick else (10, 50, 200)
     modules: dict[str, Callable[[], Any]] = {
@@ -102,6 +106,7 @@ def main() -> None:
         "restart": restart.main,
         "idle": idle.main,
         "bus": bus.main,
+        "inotify": inotify.main,
         "sandbox": sandbox.main,
         "lifecycle": lambda: lifecycle.main(sizes, rounds=3),
         # The same largest N with the adaptive merge batch (merge_queue.batch_size = "auto").
