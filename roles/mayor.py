@@ -10,6 +10,11 @@ then builds several at once (worktree, branch, session:
 free slot stays queued and is retried when a slot frees: the mayor wakes on the domain
 events that free one (a polecat done, escalated or nuked), never on a timer.
 
+The queue's order is :func:`~gastown.roles.core.dispatch.plan`'s (the store's
+``dispatch_plan``): ready slings by their bead's priority raised by age, then FIFO; a
+sling whose bead needs beads not closed yet waits, and the mayor wakes when a bead closes
+(merged or by hand) or a need is removed.
+
 At start it first repairs spawns that a crash interrupted
 (:func:`~gastown.roles.operations.polecats.recover_spawning`), then dispatches what was queued
 while the town was down.
@@ -42,7 +47,11 @@ from .role_context import RoleContext
 
 #: Domain events after which a queued sling may find a slot (or a new sling exists).
 WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",
-                      "polecat_rejected", "rig_added")
+                      "polecat_rejected", "rig_added", "bead_need_added", "bead_need_removed")
+
+#: Domain events that wake the dispatch only with these fields: a bead closed (a need of
+#: a waiting sling may be met now).
+WAKE_WHEN: Final = {"bead_status_changed": ("new", "closed")}
 
 #: Domain events after which a rig's warm worktree pool may need tending: the default
 #: branch moved (its trees follow), a nuke recycled or dropped a tree, a rig appeared.
@@ -90,7 +99,8 @@ class Mayor:
         try:
             for line in await self.store.operate(recover_spawning, self.town):
                 self._log.warning("spawn_recovered", detail=line)
-            events = await client.subscribe(*dict.fromkeys(WAKE_TOPICS + POOL_TOPICS))
+            events = await client.subscribe(*dict.fromkeys(WAKE_TOPICS + POOL_TOPICS
+                                                           + tuple(WAKE_WHEN)))
             self._wakeup.set()  # dispatch whatever was queued while the town was down
             self._pool_wakeup.set()
             async with trio.open_nursery() as nursery:
@@ -102,9 +112,13 @@ class Mayor:
             self.store.close()
 
     async def _wake_on_events(self, events: trio.MemoryReceiveChannel[BusMessage]) -> None:
-        async for message in events:  # every topic is in one list or both
+        async for message in events:  # every topic is in one list or more
             if message.topic in WAKE_TOPICS:
                 self._wakeup.set()
+            if message.topic in WAKE_WHEN:
+                key, value = WAKE_WHEN[message.topic]
+                if message.data.get(key) == value:
+                    self._wakeup.set()
             if message.topic in POOL_TOPICS:
                 self._pool_wakeup.set()
 
@@ -134,17 +148,20 @@ class Mayor:
             await self._dispatch_queued(client)
 
     async def _dispatch_queued(self, client: BusClient) -> None:
-        """One pass over the queue, oldest first; a full rig does not block other rigs.
+        """One pass over the queue in dispatch order (priority raised by age, then
+        FIFO: :func:`~gastown.roles.core.dispatch.plan`); a full rig does not block other
+        rigs; a sling whose bead's needs are not all closed waits (answered ``queued``
+        with why).
 
         Reservations (a name, a ``spawning`` row) are made here, one after the other in
         queue order, so the caps and the order hold; the slow rest of each spawn (worktree,
         session) runs in the background, up to :data:`SPAWN_CONCURRENCY` at once, and
         answers its sling when it is done.
         """
-        queued = await self.store.call(self.store.store.queued_slings)
+        planned = await self.store.call(self.store.store.dispatch_plan)
         waiting = 0
         full: set[str] = set()  # rigs found without a free slot in this pass
-        for sling in queued:
+        for sling in planned.ready:
             reserved: Polecat | SlingResult | None = None
             if sling.rig not in full:
                 # A rig (or the town) without a free slot gets no second attempt in this
@@ -164,6 +181,10 @@ class Mayor:
                 waiting += 1
                 result["position"] = waiting
             self._answer(sling.id, result)
+        for sling, why in planned.waiting:
+            waiting += 1
+            self._answer(sling.id, {"state": "queued", "position": waiting,
+                                    "waiting": why.reason, "blocked": why.blocked})
         for sling_id in list(self._waiters):
             if sling_id in self._building:
                 continue  # its build answers it

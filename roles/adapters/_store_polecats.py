@@ -35,6 +35,7 @@ from ..core.lifecycle import (
 from ..core.lifecycle import Event as PolecatEvent
 from ..core.names import next_polecat_name
 from ._store_base import StoreBase
+from ._store_needs import unmet_needs
 from ._store_records import (
     Polecat,
     Sling,
@@ -161,6 +162,8 @@ class PolecatLedger(StoreBase):
                     bead["status"] in ("hooked", "in_review") and not sling["force"]):
                 status = bead["status"] if bead else "gone"
                 raise Refused(f"bead {sling['bead']} is {status}; not slinging it")
+            if unmet_needs(conn, sling["bead"]):
+                return None  # a need added (or reopened) since the plan: it waits
             held = {r["name"] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?",
                                                     (sling["rig"],))} | set(also_held)
             name = next_polecat_name(pool, held)

@@ -158,4 +158,14 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX polecat_history_by_bead ON polecat_history (bead);
     """,
+    # N: bead dependencies: ``bead`` needs ``need`` (closed) before its slings dispatch.
+    """
+    CREATE TABLE bead_needs (
+        bead        TEXT NOT NULL,
+        need        TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (bead, need)
+    );
+    CREATE INDEX bead_needs_by_need ON bead_needs (need);
+    """,
 )

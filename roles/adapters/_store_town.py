@@ -30,7 +30,7 @@ from ..core.events import (
 )
 from ..core.events_town import RoleChanged
 from ..core.names import bead_id
-from ._store_base import StoreBase
+from ._store_needs import NeedsLedger
 from ._store_records import (
     Bead,
     BeadStatus,
@@ -43,7 +43,6 @@ from ._store_records import (
     mr_of,
     polecat_of,
     rig_of,
-    sling_of,
 )
 
 #: A polecat in these states is still being worked on by the town (agent, queue).
@@ -57,6 +56,8 @@ class QueuedSling:
 
     position: int
     sling: Sling
+    #: Why it may not be dispatched yet (its bead's needs), None when it is ready.
+    waiting: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class BeadWork:
     queued_slings: list[QueuedSling]
 
 
-class TownLedger(StoreBase):
-    """Rigs, beads and the supervisor's record of its roles."""
+class TownLedger(NeedsLedger):
+    """Rigs, beads (and their needs) and the supervisor's record of its roles."""
 
     def rigs(self) -> list[Rig]:
         rows = self._conn.execute("SELECT * FROM rigs ORDER BY name").fetchall()
@@ -163,8 +164,12 @@ class TownLedger(StoreBase):
         return [r["name"] for r in rows]
 
     def create_bead(self, *, prefix: str, rig: str | None, title: str,
-                    description: str = "", priority: int = 2) -> Bead:
+                    description: str = "", priority: int = 2,
+                    needs: Sequence[str] = ()) -> Bead:
         """Create an ``open`` bead with a fresh random id; unique across processes.
+
+        ``needs``: beads it needs (closed) before it is dispatched, recorded in the same
+        transaction (an unknown one refuses it all: no bead is created).
 
         The id is drawn at random and inserted under the primary key; a collision
         (one in ~60 million per pair) rolls back and draws again.
@@ -180,6 +185,7 @@ class TownLedger(StoreBase):
                         (candidate, rig, title, description, priority, now, now))
                     self._emit(conn, BeadCreated(rig=rig, bead=candidate, title=title,
                                                  priority=priority))
+                    self._insert_needs(conn, candidate, list(dict.fromkeys(needs)))
             except sqlite3.IntegrityError as exc:
                 if "beads.id" not in str(exc):
                     raise
@@ -349,10 +355,10 @@ class TownLedger(StoreBase):
         return BeadWork(polecats=polecats, merge_requests=mrs, queued_slings=slings)
 
     def sling_queue(self) -> list[QueuedSling]:
-        """The queued slings in the mayor's order (oldest first), with their 1-based place."""
-        rows = self._conn.execute("SELECT * FROM slings WHERE state = 'queued' ORDER BY id")
-        return [QueuedSling(position=i, sling=sling_of(r))
-                for i, r in enumerate(rows.fetchall(), start=1)]
+        """The queued slings in the mayor's order (:meth:`dispatch_plan`: the ready ones by
+        priority and age, then those waiting for their needs), with their 1-based place."""
+        return [QueuedSling(position=i, sling=sling, waiting=waiting)
+                for i, (sling, waiting) in enumerate(self.dispatch_plan().queue(), start=1)]
 
     def _bead_row(self, conn: sqlite3.Connection, bead_id: str) -> sqlite3.Row:
         row: sqlite3.Row | None = conn.execute("SELECT * FROM beads WHERE id = ?",

@@ -51,6 +51,7 @@ from .events import (
     SlingQueued,
     to_row,
 )
+from .events_needs import BeadNeedAdded, BeadNeedRemoved
 from .events_town import (
     DoctorFixed,
     ReloadRefused,
@@ -81,6 +82,8 @@ TEMPLATES: Final[Mapping[type[DomainEvent], str]] = {
     BeadCreated: "bead {bead} created: {title}",
     BeadStatusChanged: "bead {bead} {old} -> {new}{because}",
     BeadUpdated: "bead {bead} updated ({fields})",
+    BeadNeedAdded: "bead {bead} needs {need} now (dispatched only once {need} is closed)",
+    BeadNeedRemoved: "bead {bead} no longer needs {need}",
     SlingQueued: "sling #{sling} queued: {bead} -> {rig}",
     SlingFailed: "sling #{sling} of {bead} to {rig} failed: {error}",
     SlingCancelled: "sling #{sling} of {bead} to {rig} cancelled: {reason}",

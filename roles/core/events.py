@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, get_args
 
 from ._event_base import COLUMNS, UNSET, Unset, _Event, _MrEvent, _PolecatEvent, _RigEvent
+from .events_needs import BeadNeedAdded, BeadNeedRemoved
 from .events_town import (
     DoctorFixed,
     ReloadRefused,
@@ -295,7 +296,7 @@ DomainEvent = (
     | PolecatNudged | AgentTurnEnded | AgentUsageSettled | MrCreated | MrStarted | MrMerged
     | MrRejected | MrRequeued | MrCancelled | DoctorFixed | StoreCreated | StoreAdopted
     | RoleChanged | SupervisorStarted | TownReloaded | ReloadRefused
-    | SupervisorStopRequested)
+    | SupervisorStopRequested | BeadNeedAdded | BeadNeedRemoved)
 
 #: Every event class by its wire name.
 BY_KIND: Final[Mapping[str, type[DomainEvent]]] = {

@@ -1,4 +1,4 @@
-"""Commands of the bead ledger: ``bead create|list|show|update|close|reopen``.
+"""Commands of the bead ledger: ``bead create|list|show|update|close|reopen|dep``.
 
 Layer: cli, over the store (:mod:`gastown.roles.adapters.store`).
 """
@@ -23,6 +23,7 @@ from ._context import (
 )
 
 if TYPE_CHECKING:
+    from ...roles.adapters._store_needs import NeedState
     from ...roles.adapters._store_town import QueuedSling
     from ...roles.adapters.store import Bead, Polecat, Store
     from ...roles.adapters.town import Town
@@ -35,12 +36,15 @@ def cmd_create(args: argparse.Namespace) -> int:
     title = args.title.strip()
     if not title:
         raise UsageError("a bead needs a non-empty title")
+    needs = list(dict.fromkeys(n.strip() for text in args.needs for n in text.split(",")
+                               if n.strip()))
     town = town_of(args)
     with store_of(town) as store:
         rig = require_rig(store, args.rig) if args.rig is not None else None
         prefix = rig.prefix if rig is not None else town.config.prefix
         bead = store.create_bead(prefix=prefix, rig=args.rig, title=title,
-                                 description=args.description, priority=args.priority)
+                                 description=args.description, priority=args.priority,
+                                 needs=needs)
     with bound(bead=bead.id, rig=bead.rig):
         get_logger().info("bead_created", title=bead.title, priority=bead.priority)
     print(bead.id)
@@ -61,11 +65,59 @@ def cmd_list(args: argparse.Namespace) -> int:
     town = town_of(args)
     with store_of(town) as store:
         beads = store.beads(rig=listed_rig(store, args.rig), statuses=statuses)
-    if print_json_or_empty(args.json, beads, lambda bead: bead, "no beads"):
+        waiting = store.waiting_beads([b.id for b in beads])
+        needs = store.needs_ids()
+
+    def as_json(bead: Bead) -> dict[str, Any]:
+        return {**asdict(bead), "state": _state(bead, waiting.get(bead.id)),
+                "waiting": waiting.get(bead.id), "needs": needs.get(bead.id, [])}
+
+    if print_json_or_empty(args.json, beads, as_json, "no beads"):
         return 0
     print_table(["ID", "P", "STATUS", "RIG", "AGE", "TITLE"],
-                [[b.id, b.priority, b.status, b.rig, age(b.created_at), b.title]
+                [[b.id, b.priority, _state(b, waiting.get(b.id)), b.rig, age(b.created_at),
+                  b.title + (f"  [{waiting[b.id]}]" if b.id in waiting else "")]
                  for b in beads])
+    return 0
+
+
+def _state(bead: Bead, waiting: str | None) -> str:
+    """The status a person reads: an open bead with needs not closed is ``waiting``
+    (``blocked`` when one of them will not close without a person)."""
+    if waiting is None or bead.status != "open":
+        return bead.status
+    return "blocked" if waiting.startswith("blocked on") else "waiting"
+
+
+def cmd_dep_add(args: argparse.Namespace) -> int:
+    with store_of(town_of(args)) as store:
+        added = store.add_need(args.id, args.need)
+        need = store.bead(args.need)
+    print(f"{args.id} needs {args.need} ({need.status})" if added
+          else f"{args.id} already needs {args.need}")
+    return 0
+
+
+def cmd_dep_remove(args: argparse.Namespace) -> int:
+    with store_of(town_of(args)) as store:
+        store.remove_need(args.id, args.need)
+        waiting = store.waiting_beads([args.id]).get(args.id)
+    print(f"{args.id} no longer needs {args.need}"
+          + (f"; still {waiting}" if waiting else ""))
+    return 0
+
+
+def cmd_dep_list(args: argparse.Namespace) -> int:
+    with store_of(town_of(args)) as store:
+        edges = store.needs_ids()
+        waiting = store.waiting_beads(sorted(edges))
+        rows = [{"bead": bead, "need": need, "need_status": store.bead(need).status,
+                 "waiting": waiting.get(bead)}
+                for bead, needs in sorted(edges.items()) for need in needs]
+    if print_json_or_empty(args.json, rows, lambda row: row, "no needs"):
+        return 0
+    print_table(["BEAD", "NEEDS", "ITS STATUS", "WAITING"],
+                [[r["bead"], r["need"], r["need_status"], r["waiting"] or "-"] for r in rows])
     return 0
 
 
@@ -152,8 +204,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         bead = store.bead(args.id)
         work = store.bead_work(bead.id)
         history = store.polecat_history(bead=bead.id)
+        needs = store.bead_needs(bead.id)
     if args.json:
-        print_json({**asdict(bead),
+        print_json({**asdict(bead), "state": _state(bead, needs.waiting),
+                    "waiting": needs.waiting,
+                    "blocked": any(n.blocked for n in needs.needs if n.status != "closed"),
+                    "needs": [_need_json(n) for n in needs.needs],
+                    "needed_by": [_need_json(n) for n in needs.needed_by],
                     "polecats": [_polecat_json(p) for p in work.polecats],
                     "merge_requests": [mr_json(m) for m in work.merge_requests],
                     "queued_slings": [_sling_json(q) for q in work.queued_slings],
@@ -161,6 +218,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(f"{bead.id}  {bead.title}")
     print(f"  status:   {bead.status}" + (f" ({bead.reason})" if bead.reason else ""))
+    if needs.waiting:
+        print(f"  {_state(bead, needs.waiting) if bead.status == 'open' else 'waiting'}:"
+              f"  {needs.waiting}")
+    if needs.needs:
+        print("  needs:    " + ", ".join(_need_text(n) for n in needs.needs))
+    if needs.needed_by:
+        print("  needed by: " + ", ".join(_need_text(n) for n in needs.needed_by))
     if bead.closed_commit:
         print(f"  landed:   {bead.closed_commit}")
     print(f"  rig:      {bead.rig or '-'}")
@@ -179,7 +243,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     for queued in work.queued_slings:
         sling = queued.sling
         print(f"  queued sling #{sling.id} to {sling.rig}: position {queued.position} in "
-              f"the queue, waiting {age(sling.created_at)}")
+              f"the queue, waiting {age(sling.created_at)}"
+              + (f" ({queued.waiting})" if queued.waiting else ""))
     for polecat in work.polecats:
         print(f"  polecat {polecat.rig}/{polecat.name}: {polecat.state}"
               + (f" ({polecat.reason})" if polecat.reason else ""))
@@ -217,4 +282,14 @@ def _polecat_json(p: Polecat) -> dict[str, Any]:
 
 def _sling_json(q: QueuedSling) -> dict[str, Any]:
     return {"id": q.sling.id, "rig": q.sling.rig, "agent": q.sling.agent,
-            "position": q.position, "created_at": q.sling.created_at}
+            "position": q.position, "created_at": q.sling.created_at,
+            "waiting": q.waiting}
+
+
+def _need_text(n: NeedState) -> str:
+    return f"{n.bead} ({n.status})" + (f" [{n.blocked}]" if n.blocked else "")
+
+
+def _need_json(n: NeedState) -> dict[str, Any]:
+    return {"id": n.bead, "rig": n.rig, "title": n.title, "status": n.status,
+            "blocked": n.blocked}

@@ -110,6 +110,21 @@ def build_parser() -> _Parser:
                    help="what to do (for the script agent: the shell script to run)")
     p.add_argument("-p", "--priority", metavar="0-4", type=_priority, default=2,
                    help="0 is most urgent (default 2)")
+    p.add_argument("--needs", metavar="ID[,ID]", action="append", default=[],
+                   help="beads that must be closed (merged) before this one is dispatched")
+    dep_sub = _group(bead_sub, "dep", "a bead's needs: beads closed before it is dispatched",
+                     "Dependencies: a bead that needs others waits until they are closed.")
+    p = _command(dep_sub, "add", "gastown.supervisor.cli._beads:cmd_dep_add",
+                 "ID needs NEEDED: ID's slings wait until NEEDED is closed")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("need", metavar="NEEDED")
+    p = _command(dep_sub, "remove", "gastown.supervisor.cli._beads:cmd_dep_remove",
+                 "ID no longer needs NEEDED")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("need", metavar="NEEDED")
+    p = _command(dep_sub, "list", "gastown.supervisor.cli._beads:cmd_dep_list",
+                 "every need: bead, needed bead, its status, and whether the bead waits")
+    _json_flag(p)
     p = _command(bead_sub, "list", "gastown.supervisor.cli._beads:cmd_list", "list beads")
     p.add_argument("--rig", metavar="R", help="only this rig's beads")
     p.add_argument("--status", metavar="S",

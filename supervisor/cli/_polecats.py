@@ -76,7 +76,8 @@ def cmd_sling(args: argparse.Namespace) -> int:
             print(f"{result['polecat']} {result['worktree']}")
         elif result["state"] == "queued":
             print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig} (position "
-                  f"{result.get('position', '?')}): waiting for a free polecat slot")
+                  f"{result.get('position', '?')}): "
+                  f"{result.get('waiting') or 'waiting for a free polecat slot'}")
         else:
             failed.append(f"sling of {sling.bead} to {sling.rig} failed: "
                           f"{result.get('error', result['state'])}")

@@ -61,6 +61,8 @@ PURE_MODULES = [
     "roles/core/events.py",
     "roles/core/events_town.py",
     "roles/core/event_text.py",
+    "roles/core/events_needs.py",
+    "roles/core/dispatch.py",
     "supervisor/restart_policy.py",
     "supervisor/bus/errors.py",
     "supervisor/bus/frames.py",
@@ -76,6 +78,7 @@ ALLOWED = {
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
     "gastown.roles.core.lifecycle", "gastown.roles.core.events",
     "gastown.roles.core._event_base", "gastown.roles.core.events_town",
+    "gastown.roles.core.events_needs", "gastown.roles.core.dispatch",
     "gastown.supervisor.bus.errors",
     "gastown.supervisor.bus.protocol",
 }
