@@ -324,7 +324,8 @@ def gather_status(town: Town) -> dict[str, Any]:
                               "step": m.step, "gate": m.gate} for m in queue]
     status["queued_slings"] = [{"id": q.sling.id, "position": q.position,
                                 "bead": q.sling.bead, "rig": q.sling.rig,
-                                "agent": q.sling.agent, "created_at": q.sling.created_at}
+                                "agent": q.sling.agent, "created_at": q.sling.created_at,
+                                "waiting": q.waiting}
                                for q in slings]
     status["recent_failures"] = [e.as_json() for e in failures]
     status["usage"] = usage  # what agents reported spending: turns, tokens, cost
