@@ -49,8 +49,8 @@ from .role_context import RoleContext
 WAKE_TOPICS: Final = ("sling_queued", "polecat_done", "polecat_escalated", "polecat_nuked",
                       "polecat_rejected", "rig_added", "bead_need_added", "bead_need_removed")
 
-#: Domain events that wake the dispatch only with these fields: a bead closed (a need of
-#: a waiting sling may be met now).
+#: Domain events that wake the dispatch only with these fields, and only while a queued
+#: sling waits for its needs: a bead closed (one of them may be met now).
 WAKE_WHEN: Final = {"bead_status_changed": ("new", "closed")}
 
 #: Domain events after which a rig's warm worktree pool may need tending: the default
@@ -84,6 +84,8 @@ class Mayor:
         self._results: dict[int, SlingResult] = {}
         self._log = log.get_logger()
         self.dispatched = 0
+        #: The last pass left slings waiting for their needs (a bead closing may free one).
+        self._needs_pending = True
         #: Slings reserved whose worktree and session are being made (they answer later).
         self._building: set[int] = set()
         self._spawn_limit = trio.CapacityLimiter(SPAWN_CONCURRENCY)
@@ -115,7 +117,7 @@ class Mayor:
         async for message in events:  # every topic is in one list or more
             if message.topic in WAKE_TOPICS:
                 self._wakeup.set()
-            if message.topic in WAKE_WHEN:
+            if message.topic in WAKE_WHEN and self._needs_pending:
                 key, value = WAKE_WHEN[message.topic]
                 if message.data.get(key) == value:
                     self._wakeup.set()
@@ -158,7 +160,9 @@ class Mayor:
         session) runs in the background, up to :data:`SPAWN_CONCURRENCY` at once, and
         answers its sling when it is done.
         """
+        self._needs_pending = True  # a bead closing while the plan is read wakes a pass
         planned = await self.store.call(self.store.store.dispatch_plan)
+        self._needs_pending = bool(planned.waiting)
         waiting = 0
         full: set[str] = set()  # rigs found without a free slot in this pass
         for sling in planned.ready:
