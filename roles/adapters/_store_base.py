@@ -35,6 +35,7 @@ from ..core.errors import (
     StoreReplaced,
 )
 from ..core.events import BeadStatusChanged, DomainEvent, to_row
+from ._convoy_sync import follow_beads
 from ._store_records import Event, event_of
 from ._store_schema import MIGRATIONS
 from .outbox_wake import send_wake, wake_path
@@ -334,6 +335,12 @@ class StoreBase:
         self._emit(conn, BeadStatusChanged(rig=old["rig"], bead=bead_id, polecat=polecat,
                                            old=old["status"], new=status, reason=reason,
                                            crew=crew))
+        self._bead_moved(conn, bead_id)
+
+    def _bead_moved(self, conn: sqlite3.Connection, *bead_ids: str) -> None:
+        """Every change of a bead's status calls this in its transaction: the convoys
+        holding the bead follow, one event per real change (:mod:`._convoy_sync`)."""
+        follow_beads(conn, lambda event: self._emit(conn, event), bead_ids)
 
     def emit(self, event: DomainEvent) -> None:
         """Record a domain event that changes no other table (e.g. a role restart)."""

@@ -184,6 +184,7 @@ class PolecatLedger(StoreBase):
             self._emit(conn, BeadStatusChanged(rig=sling["rig"], bead=sling["bead"],
                                                polecat=name, old=bead["status"], new="hooked",
                                                reason=None))
+            self._bead_moved(conn, sling["bead"])
             self._emit(conn, PolecatSpawnStarted(rig=sling["rig"], polecat=name,
                                                  bead=sling["bead"], branch=branch, agent=agent,
                                                  sling=sling_id, incarnation=incarnation))

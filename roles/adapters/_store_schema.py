@@ -168,4 +168,28 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX bead_needs_by_need ON bead_needs (need);
     """,
+    # N: convoys, groups of beads followed as one piece of work; state, closed, total and
+    # stuck_* are its last computed state (roles/core/convoy.py), compared on every change
+    # of a bead of it, so that each change writes its one event.
+    """
+    CREATE TABLE IF NOT EXISTS convoys (
+        id           TEXT PRIMARY KEY,
+        title        TEXT NOT NULL,
+        rig          TEXT,
+        state        TEXT NOT NULL DEFAULT 'open',
+        closed       INTEGER NOT NULL DEFAULT 0,
+        total        INTEGER NOT NULL DEFAULT 0,
+        stuck_bead   TEXT,
+        stuck_reason TEXT,
+        created_at   REAL NOT NULL,
+        updated_at   REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS convoy_beads (
+        convoy      TEXT NOT NULL,
+        bead        TEXT NOT NULL,
+        position    INTEGER NOT NULL,
+        PRIMARY KEY (convoy, bead)
+    );
+    CREATE INDEX IF NOT EXISTS convoy_beads_by_bead ON convoy_beads (bead);
+    """,
 )

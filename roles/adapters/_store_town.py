@@ -227,6 +227,7 @@ class TownLedger(NeedsLedger):
                          (status, reason, time.time(), bead_id))
             self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
                                                old=row["status"], new=status, reason=reason))
+            self._bead_moved(conn, bead_id)
         return self.bead(bead_id)
 
     def update_bead(self, bead_id: str, *, title: str | None = None,
@@ -269,6 +270,7 @@ class TownLedger(NeedsLedger):
                 self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
                                                    old=row["status"], new=status,
                                                    reason="set by hand"))
+                self._bead_moved(conn, bead_id)
         return self.bead(bead_id)
 
     def close_bead(self, bead_id: str, *, reason: str | None = None,
@@ -330,6 +332,7 @@ class TownLedger(NeedsLedger):
             self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
                                                old=row["status"], new="closed", reason=reason,
                                                commit=commit, by_hand=True))
+            self._bead_moved(conn, bead_id)
         return [p for p in live if p.state in ("working", "stalled")]
 
     def reopen_bead(self, bead_id: str, *, reason: str | None = None) -> Bead:
@@ -343,6 +346,7 @@ class TownLedger(NeedsLedger):
                          "updated_at = ? WHERE id = ?", (reason, time.time(), bead_id))
             self._emit(conn, BeadStatusChanged(rig=row["rig"], bead=bead_id,
                                                old=row["status"], new="open", reason=reason))
+            self._bead_moved(conn, bead_id)
         return self.bead(bead_id)
 
     def bead_work(self, bead_id: str) -> BeadWork:

@@ -25,6 +25,7 @@ from ._store_base import (
     open_connection,
     recorded_identity,
 )
+from ._store_convoys import Convoy, ConvoyBead, ConvoyLedger
 from ._store_merges import MergeLedger
 from ._store_records import (
     BEAD_STATUSES,
@@ -47,6 +48,8 @@ __all__ = [
     "MIGRATIONS",
     "Bead",
     "BeadStatus",
+    "Convoy",
+    "ConvoyBead",
     "Event",
     "MergeRequest",
     "Polecat",
@@ -60,7 +63,7 @@ __all__ = [
 ]
 
 
-class Store(MergeLedger, TownLedger):
+class Store(MergeLedger, TownLedger, ConvoyLedger):
     """The town's store: every ledger over one connection (see the module docstring)."""
 
     def __enter__(self) -> Store:

@@ -51,6 +51,7 @@ from .events import (
     SlingQueued,
     to_row,
 )
+from .events_convoy import ConvoyChanged, ConvoyCreated, ConvoyLanded, ConvoyProgress, ConvoyStuck
 from .events_needs import BeadNeedAdded, BeadNeedRemoved
 from .events_town import (
     DoctorFixed,
@@ -118,6 +119,12 @@ TEMPLATES: Final[Mapping[type[DomainEvent], str]] = {
     TownReloaded: "configuration reloaded ({reason}); restarted: {restarted}",
     ReloadRefused: "configuration reload REFUSED ({reason}): {error}",
     SupervisorStopRequested: "supervisor stopping ({reason})",
+    ConvoyCreated: "convoy {convoy} created: {title} ({beads}; {closed}/{total} merged)",
+    ConvoyChanged: ("convoy {convoy} changed: added {added}; removed {removed} "
+                    "({closed}/{total} merged, {state})"),
+    ConvoyProgress: "convoy {convoy} ({title}): {closed}/{total} merged, {state}",
+    ConvoyLanded: "convoy {convoy} LANDED: {title} ({closed}/{total} merged)",
+    ConvoyStuck: "convoy {convoy} STUCK on {bead}: {reason} ({closed}/{total} merged)",
 }
 
 

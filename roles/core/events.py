@@ -21,6 +21,13 @@ from dataclasses import dataclass, fields
 from typing import Any, Final, get_args
 
 from ._event_base import COLUMNS, UNSET, Unset, _Event, _MrEvent, _PolecatEvent, _RigEvent
+from .events_convoy import (
+    ConvoyChanged,
+    ConvoyCreated,
+    ConvoyLanded,
+    ConvoyProgress,
+    ConvoyStuck,
+)
 from .events_needs import BeadNeedAdded, BeadNeedRemoved
 from .events_town import (
     DoctorFixed,
@@ -296,6 +303,7 @@ DomainEvent = (
     | PolecatNudged | AgentTurnEnded | AgentUsageSettled | MrCreated | MrStarted | MrMerged
     | MrRejected | MrRequeued | MrCancelled | DoctorFixed | StoreCreated | StoreAdopted
     | RoleChanged | SupervisorStarted | TownReloaded | ReloadRefused
+    | ConvoyCreated | ConvoyChanged | ConvoyProgress | ConvoyLanded | ConvoyStuck
     | SupervisorStopRequested | BeadNeedAdded | BeadNeedRemoved)
 
 #: Every event class by its wire name.

@@ -22,7 +22,9 @@ import time
 from typing import Any
 
 from ...roles.adapters.town import Town
+from ...roles.core.errors import GastownError, UsageError
 from ._context import age, print_json, print_table, store_of, town_of
+from ._convoys import convoys_status_json, print_convoys_status
 
 #: How long ``up`` waits for every role to report ready.
 UP_TIMEOUT = 60.0
@@ -188,7 +190,6 @@ def cmd_down(args: argparse.Namespace) -> int:
         wait_supervisor_exit,
     )
     from ...roles.core.config import Seconds
-    from ...roles.core.errors import GastownError
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
     from ..bus.requests import Bare
@@ -300,7 +301,8 @@ def gather_status(town: Town) -> dict[str, Any]:
         failures = store.recent_events(FAILURE_KINDS, limit=5)
         slings = store.sling_queue()
         usage = store.usage_totals()
-    status: dict[str, Any] = {"town": str(town.root)}
+        convoys = convoys_status_json(store)
+    status: dict[str, Any] = {"town": str(town.root), "convoys": convoys}
     if live is not None:
         status["supervisor"] = live["supervisor"]
         status["roles"] = live["roles"]
@@ -363,6 +365,7 @@ def _print_status(town: Town, *, as_json: bool) -> int:
         print(f"  {line}")  # merged work not on the remote yet, a paused merge queue
     print(f"polecats:       {_counts(status['polecats'])}")
     print(f"merge requests: {_counts(status['merge_requests'])}")
+    print_convoys_status(status["convoys"])
     usage = status["usage"]
     if usage["turns"] or usage["tokens_in"] or usage["tokens_out"]:
         from ...roles.adapters.agent_usage import dollars
@@ -383,8 +386,9 @@ def _print_status(town: Town, *, as_json: bool) -> int:
                         if m["state"] == "running" else "")] for m in status["merge_queue"]])
     if status["queued_slings"]:
         print()
-        print_table(["QUEUED", "SLING", "BEAD", "RIG", "WAITING"],
-                    [[q["position"], f"#{q['id']}", q["bead"], q["rig"], age(q["created_at"])]
+        print_table(["QUEUED", "SLING", "BEAD", "RIG", "WAITING", "FOR"],
+                    [[q["position"], f"#{q['id']}", q["bead"], q["rig"], age(q["created_at"]),
+                      q.get("waiting") or "a free slot"]
                      for q in status["queued_slings"]])
     if status["recent_failures"]:
         from ..feed import format_event
@@ -408,8 +412,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.watch is None:
         return _print_status(town, as_json=args.json)
     if args.json:
-        from ...roles.core.errors import UsageError
-
         raise UsageError("--watch shows the readable status; use --json without --watch")
     interval = max(0.5, args.watch)
     try:
@@ -427,7 +429,6 @@ def cmd_reload(args: argparse.Namespace) -> int:
     """Re-read town.toml and the rigs' rig.toml; restart only the roles that changed."""
 
     from ...roles.adapters.town import find_town
-    from ...roles.core.errors import GastownError
     from ..bus.errors import BusError
     from ..bus.protocol import BUS_PEER
     from ..bus.requests import Bare

@@ -195,12 +195,41 @@ def build_parser() -> _Parser:
     p = _command(sub, "sling", "gastown.supervisor.cli._polecats:cmd_sling",
                  "give beads to a rig: a new polecat each (worktree, branch, agent "
                  "session); prints each one's name and worktree, or its queue position")
-    p.add_argument("beads", metavar="BEAD", nargs="+",
+    p.add_argument("beads", metavar="BEAD", nargs="*",
                    help="one or more beads, queued in this order (all of them or none)")
     p.add_argument("rig", metavar="RIG")
+    p.add_argument("--convoy", metavar="C",
+                   help="instead of BEADs: every open bead of convoy C without a sling")
     p.add_argument("--agent", metavar="PRESET",
                    help="claude, codex, script, or an [agents.NAME] of town.toml")
     p.add_argument("--force", action="store_true", help="sling a bead that is already hooked")
+
+    convoy_sub = _group(sub, "convoy", "group beads (over rigs) and follow them as one",
+                        "Convoys: beads followed as one piece of work; landed when every "
+                        "bead is merged, stuck when one is blocked or rejected.")
+    p = _command(convoy_sub, "create", "gastown.supervisor.cli._convoys:cmd_create",
+                 "create a convoy of beads; prints its id")
+    p.add_argument("title", metavar="TITLE")
+    p.add_argument("beads", metavar="BEAD", nargs="*")
+    p.add_argument("--rig", metavar="R", help="where 'convoy sling' sends beads without a rig")
+    for name, verb in (("add", "add beads to"), ("remove", "take beads out of")):
+        p = _command(convoy_sub, name, f"gastown.supervisor.cli._convoys:cmd_{name}",
+                     f"{verb} a convoy")
+        p.add_argument("convoy", metavar="C")
+        p.add_argument("beads", metavar="BEAD", nargs="+")
+    p = _command(convoy_sub, "list", "gastown.supervisor.cli._convoys:cmd_list",
+                 "the convoys: state and progress")
+    _json_flag(p)
+    p = _command(convoy_sub, "show", "gastown.supervisor.cli._convoys:cmd_show",
+                 "a convoy's beads: state, merge request, merged commit")
+    p.add_argument("convoy", metavar="C")
+    _json_flag(p)
+    p = _command(convoy_sub, "sling", "gastown.supervisor.cli._convoys:cmd_sling",
+                 "queue a sling for every open bead of the convoy that has none (to its "
+                 "rig, else the convoy's)")
+    p.add_argument("convoy", metavar="C")
+    p.add_argument("--agent", metavar="PRESET",
+                   help="claude, codex, script, or an [agents.NAME] of town.toml")
     p = _command(sub, "done", "gastown.supervisor.cli._polecats:cmd_done",
                  "inside a polecat worktree or a crew workspace: the work is ready "
                  "(records a merge request)")

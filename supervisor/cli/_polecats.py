@@ -25,7 +25,8 @@ from ._context import (
 )
 
 if TYPE_CHECKING:
-    from ...roles.adapters.store import Polecat
+    from ...roles.adapters.store import Polecat, Sling
+    from ...roles.adapters.town import Town
 
 #: How long ``sling`` waits for the mayor to create the polecat (worktree + session).
 SLING_TIMEOUT = 300.0
@@ -42,11 +43,7 @@ def _rig_and_name(text: str) -> tuple[str, str]:
 
 def cmd_sling(args: argparse.Namespace) -> int:
     from ...roles.adapters.agents import load_presets, resolve_agent
-    from ...roles.adapters.town_lock import read_supervisor
     from ...roles.core.names import validate_name
-    from ..bus.errors import BusError
-    from ..bus.requests import Sling as SlingRequest
-    from ..bus.sync_client import call_sync
 
     validate_name("rig", args.rig)
     town = town_of(args)
@@ -55,8 +52,28 @@ def cmd_sling(args: argparse.Namespace) -> int:
     if town.rig_config_path(args.rig).is_file():
         # A broken rig.toml is the user's to mend now, not the mayor's to find at dispatch.
         town.rig_config(args.rig)
+    if bool(args.beads) == bool(args.convoy):
+        raise UsageError("name the beads to sling, or --convoy C (not both)")
     with store_of(town) as store:
-        slings = store.queue_slings(args.beads, args.rig, agent=args.agent, force=args.force)
+        if args.convoy:
+            slings = store.queue_convoy_slings(args.convoy, args.rig, agent=args.agent)
+        else:
+            slings = store.queue_slings(args.beads, args.rig, agent=args.agent,
+                                        force=args.force)
+    if args.convoy and not slings:
+        print(f"convoy {args.convoy}: nothing to sling (no open bead without a sling)")
+        return 0
+    return dispatch_slings(town, slings)
+
+
+def dispatch_slings(town: Town, slings: list[Sling]) -> int:
+    """Ask the mayor to dispatch the queued ``slings`` now and say what became of each:
+    a polecat (``NAME WORKTREE``), a place in the queue, or a failure (exit 1)."""
+    from ...roles.adapters.town_lock import read_supervisor
+    from ..bus.errors import BusError
+    from ..bus.requests import Sling as SlingRequest
+    from ..bus.sync_client import call_sync
+
     if read_supervisor(town.runtime_dir) is None:
         for sling in slings:
             print(f"queued sling #{sling.id} of {sling.bead} to {sling.rig}: the town is "
