@@ -58,15 +58,20 @@ def cmd_list(args: argparse.Namespace) -> int:
     statuses = None
     if args.status:
         statuses = [s.strip() for s in args.status.split(",") if s.strip()]
-        unknown = [s for s in statuses if s not in BEAD_STATUSES]
+        unknown = [s for s in statuses if s not in (*BEAD_STATUSES, "waiting")]
         if unknown:
             raise UsageError(f"unknown bead status {unknown[0]!r} (known: "
-                             f"{', '.join(BEAD_STATUSES)})")
+                             f"{', '.join(BEAD_STATUSES)}, waiting)")
     town = town_of(args)
     with store_of(town) as store:
-        beads = store.beads(rig=listed_rig(store, args.rig), statuses=statuses)
+        # ``waiting`` (needs not closed) is derived: read every status, then filter.
+        stored = None if statuses is None or "waiting" in statuses else statuses
+        beads = store.beads(rig=listed_rig(store, args.rig), statuses=stored)
         waiting = store.waiting_beads([b.id for b in beads])
         needs = store.needs_ids()
+    if statuses is not None:
+        beads = [b for b in beads if b.status in statuses
+                 or ("waiting" in statuses and b.id in waiting)]
 
     def as_json(bead: Bead) -> dict[str, Any]:
         return {**asdict(bead), "state": _state(bead, waiting.get(bead.id)),

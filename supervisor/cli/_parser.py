@@ -129,7 +129,7 @@ def build_parser() -> _Parser:
     p.add_argument("--rig", metavar="R", help="only this rig's beads")
     p.add_argument("--status", metavar="S",
                    help="only these statuses, comma-separated "
-                        "(open, hooked, in_review, closed, blocked)")
+                        "(open, hooked, in_review, closed, blocked; waiting: needs not closed)")
     _json_flag(p)
     p = _command(bead_sub, "show", "gastown.supervisor.cli._beads:cmd_show",
                  "show one bead: why it is where it is, its polecats (state, reason, output "

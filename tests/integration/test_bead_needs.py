@@ -118,3 +118,42 @@ def test_the_queue_goes_by_priority_and_waits_for_needs(cli: Cli, two_rigs: Path
         assert [s.bead for s in store.dispatch_plan().ready] == [urgent, after, mid]
     slung = json.loads(cli.ok("bead", "show", after, "--json"))["queued_slings"]
     assert slung[0]["position"] == 2 and slung[0]["waiting"] is None
+
+
+def test_list_filters_waiting_beads_and_status_says_what_a_sling_waits_for(
+        cli: Cli, two_rigs: Path) -> None:
+    a = _create(cli, "a", "--rig", "web")
+    b = _create(cli, "b", "--rig", "api", "--needs", a)
+    cli.ok("sling", b, "api")
+    assert [r["id"] for r in json.loads(cli.ok("bead", "list", "--status", "waiting",
+                                               "--json"))] == [b]
+    assert {r["id"] for r in json.loads(cli.ok("bead", "list", "--status", "open",
+                                               "--json"))} == {a, b}
+    assert cli("bead", "list", "--status", "later").code == 2
+    queued = json.loads(cli.ok("status", "--json"))["queued_slings"]
+    assert [(q["bead"], q["waiting"]) for q in queued] == [(b, f"waiting for {a} (open)")]
+    assert f"waiting for {a} (open)" in cli.ok("status")
+
+
+def test_a_sling_whose_bead_gained_a_need_after_the_plan_is_not_reserved(
+        cli: Cli, two_rigs: Path) -> None:
+    """The store's reservation checks the needs again in its transaction: a plan read just
+    before ``bead dep add`` cannot dispatch the bead."""
+    a = _create(cli, "a", "--rig", "web")
+    b = _create(cli, "b", "--rig", "web")
+    cli.ok("sling", b, "web")
+    with open_store(two_rigs / "state.db") as store:
+        planned = store.dispatch_plan()
+        assert [s.bead for s in planned.ready] == [b]
+        store.add_need(b, a)
+
+        def reserve() -> object:
+            return store.reserve_polecat(planned.ready[0].id, pool=["toast"],
+                                         branch_template="polecat/{name}",
+                                         polecats_dir="web/polecats", agent="script",
+                                         rig_cap=5, town_cap=5)
+
+        assert reserve() is None
+        assert store.bead(b).status == "open"
+        store.close_bead(a)
+        assert reserve() is not None
