@@ -26,6 +26,7 @@ from ..core.events import (
     SlingFailed,
     SlingQueued,
 )
+from ..core.events_setup import PolecatSetupFailed, PolecatTeardownFailed
 from ..core.lifecycle import (
     ACTIVE_STATES,
     SetBead,
@@ -34,6 +35,7 @@ from ..core.lifecycle import (
 )
 from ..core.lifecycle import Event as PolecatEvent
 from ..core.names import next_polecat_name
+from ..core.slots import free_slot
 from ._store_base import StoreBase
 from ._store_needs import unmet_needs
 from ._store_records import (
@@ -164,8 +166,10 @@ class PolecatLedger(StoreBase):
                 raise Refused(f"bead {sling['bead']} is {status}; not slinging it")
             if unmet_needs(conn, sling["bead"]):
                 return None  # a need added (or reopened) since the plan: it waits
-            held = {r["name"] for r in conn.execute("SELECT name FROM polecats WHERE rig = ?",
-                                                    (sling["rig"],))} | set(also_held)
+            rows = conn.execute("SELECT name, slot FROM polecats WHERE rig = ?",
+                                (sling["rig"],)).fetchall()
+            held = {r["name"] for r in rows} | set(also_held)
+            slot = free_slot(r["slot"] for r in rows)  # unique while the row lives
             name = next_polecat_name(pool, held)
             branch = branch_template.replace("{name}", name)
             worktree = f"{polecats_dir}/{name}"
@@ -173,10 +177,10 @@ class PolecatLedger(StoreBase):
             incarnation = secrets.token_hex(4)  # names are reused; this life is not
             conn.execute(
                 "INSERT INTO polecats (rig, name, bead, branch, worktree, state, agent, sling, "
-                "incarnation, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, 'spawning', ?, ?, ?, ?, ?)",
+                "incarnation, slot, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, 'spawning', ?, ?, ?, ?, ?, ?)",
                 (sling["rig"], name, sling["bead"], branch, worktree, agent, sling_id,
-                 incarnation, now, now))
+                 incarnation, slot, now, now))
             conn.execute("UPDATE slings SET state = 'dispatched', polecat = ?, updated_at = ? "
                          "WHERE id = ?", (name, now, sling_id))
             conn.execute("UPDATE beads SET status = 'hooked', reason = NULL, updated_at = ? "
@@ -217,6 +221,21 @@ class PolecatLedger(StoreBase):
                          "name = ?", (reason, time.time(), rig, name))
             self._emit(conn, PolecatNoted(rig=rig, polecat=name, bead=row["bead"],
                                           reason=reason))
+
+    def set_polecat_port(self, rig: str, name: str, port: int | None) -> None:
+        """Record the port the spawn found free in the polecat's block."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE polecats SET port = ?, updated_at = ? WHERE rig = ? AND "
+                         "name = ?", (port, time.time(), rig, name))
+
+    def note_setup_failed(self, polecat: Polecat, reason: str, tail: str, *,
+                          teardown: bool = False) -> None:
+        """``polecat_setup_failed`` (or ``polecat_teardown_failed``): the bootstrap's
+        command failed; the rollback (or the nuke) that follows changes the rows."""
+        kind = PolecatTeardownFailed if teardown else PolecatSetupFailed
+        with self.transaction() as conn:
+            self._emit(conn, kind(rig=polecat.rig, polecat=polecat.name, bead=polecat.bead,
+                                  reason=reason, tail=tail))
 
     def set_polecat_session(self, rig: str, name: str, session: Mapping[str, Any] | None,
                             *, respawned: bool = False) -> None:

@@ -80,6 +80,9 @@ class Polecat:
     cost_usd: float = 0.0
     #: The agent CLI's own conversation id, for resuming it (claude/codex session id).
     agent_session: str | None = None
+    #: Its slot in the rig (``GASTOWN_SLOT``) and port (``GASTOWN_PORT``), while it lives.
+    slot: int | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def polecat_of(row: sqlite3.Row) -> Polecat:
                    incarnation=row["incarnation"], output_tail=row["output_tail"],
                    nudges=row["nudges"], turns=row["turns"], tokens_in=row["tokens_in"],
                    tokens_out=row["tokens_out"], cost_usd=row["cost_usd"],
-                   agent_session=row["agent_session"])
+                   agent_session=row["agent_session"], slot=row["slot"], port=row["port"])
 
 
 def sling_of(row: sqlite3.Row) -> Sling:

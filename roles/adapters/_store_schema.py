@@ -192,4 +192,10 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX IF NOT EXISTS convoy_beads_by_bead ON convoy_beads (bead);
     """,
+    # N: worktree bootstrap: a live polecat's slot (unique in its rig while the row lives;
+    # the row goes at nuke) and the first port of its block it was given.
+    """
+    ALTER TABLE polecats ADD COLUMN slot INTEGER;
+    ALTER TABLE polecats ADD COLUMN port INTEGER;
+    """,
 )

@@ -20,13 +20,12 @@ import types
 import typing
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NewType, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
+from .config_setup import Seconds as Seconds  # re-exported: durations are config's word
+from .config_setup import SetupConfig, TeardownConfig, ports_problem, setup_problems
 from .errors import ConfigError
 from .names import DEFAULT_POLECAT_NAMES, name_problem, prefix_problem
-
-Seconds = NewType("Seconds", float)
-"""A duration: written ``"10m"``, ``"1.5s"``, ``"2h"`` or a number of seconds."""
 
 SessionBackend = Literal["auto", "tmux", "process"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -90,11 +89,14 @@ class TownConfig:
     agents: dict[str, AgentConfig]
 
 
+GATE_TIMEOUT: Seconds = Seconds(600.0)
+
+
 @dataclass(frozen=True)
 class GateConfig:
     name: str
     command: str
-    timeout: Seconds = Seconds(600.0)
+    timeout: Seconds = GATE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,11 @@ class PolecatsConfig:
     #: Idle worktrees kept ready (detached at the default branch) for the next slings;
     #: 0 = no pool (a sling adds its worktree).
     pool_size: int = 0
+    #: The worktree bootstrap (README, "Worktree setup"): before the agent starts, and
+    #: before the nuke; ``ports`` ("4100-4199") is split in a block per slot.
+    setup: SetupConfig = field(default_factory=SetupConfig)
+    teardown: TeardownConfig = field(default_factory=TeardownConfig)
+    ports: str = ""
 
 
 #: ``merge_queue.batch_size``: a positive number of MRs, or ``"auto"`` (grown and shrunk
@@ -123,6 +130,8 @@ class MergeQueueConfig:
     gates: tuple[GateConfig, ...]
     #: Gate the next batch on top of the running one, in a second checkout.
     speculative: bool = False
+    #: Run in the gate checkout before the gates (as a first gate named ``setup``).
+    setup: SetupConfig = field(default_factory=SetupConfig)
 
 
 @dataclass(frozen=True)
@@ -390,6 +399,14 @@ def load_rig_config(text: str, path: str, defaults: str) -> RigConfig:
     _check_positive(v, ("polecats", "pool_size"), config.polecats.pool_size, minimum=0)
     _check_branch_template(v, config)
     _check_duration(v, ("polecats", "stall_timeout"), config.polecats.stall_timeout)
+    for table, setup in ((("polecats", "setup"), config.polecats.setup),
+                         (("merge_queue", "setup"), config.merge_queue.setup)):
+        for key, problem in setup_problems(setup):
+            v.fail((*table, key), f"'{'.'.join((*table, key))}' {problem}")
+    _check_duration(v, ("polecats", "teardown", "timeout"), config.polecats.teardown.timeout)
+    problem = ports_problem(config.polecats.ports, config.polecats.max)
+    if problem:
+        v.fail(("polecats", "ports"), f"'polecats.ports' {problem}")
     mq = config.merge_queue
     if mq.batch_size != "auto":
         _check_positive(v, ("merge_queue", "batch_size"), mq.batch_size)

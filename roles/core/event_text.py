@@ -53,6 +53,7 @@ from .events import (
 )
 from .events_convoy import ConvoyChanged, ConvoyCreated, ConvoyLanded, ConvoyProgress, ConvoyStuck
 from .events_needs import BeadNeedAdded, BeadNeedRemoved
+from .events_setup import PolecatSetupFailed, PolecatTeardownFailed
 from .events_town import (
     DoctorFixed,
     ReloadRefused,
@@ -97,6 +98,8 @@ TEMPLATES: Final[Mapping[type[DomainEvent], str]] = {
     PolecatRejected: "polecat {rig}/{polecat} rejected: {reason}",
     PolecatNuked: "polecat {rig}/{polecat} nuked",
     PolecatNoted: "polecat {rig}/{polecat}: {reason}",
+    PolecatSetupFailed: "polecat {rig}/{polecat} setup FAILED: {reason}",
+    PolecatTeardownFailed: "polecat {rig}/{polecat} teardown failed: {reason}",
     PolecatNudged: "{rig}/{polecat} nudged{by_text}: {first_line}",
     AgentTurnEnded: ("{rig}/{polecat} turn {turn} ended: {short_in} in, {short_out} out"
                      "{cost_text}"),

@@ -29,6 +29,7 @@ from .events_convoy import (
     ConvoyStuck,
 )
 from .events_needs import BeadNeedAdded, BeadNeedRemoved
+from .events_setup import PolecatSetupFailed, PolecatTeardownFailed
 from .events_town import (
     DoctorFixed,
     ReloadRefused,
@@ -304,7 +305,8 @@ DomainEvent = (
     | MrRejected | MrRequeued | MrCancelled | DoctorFixed | StoreCreated | StoreAdopted
     | RoleChanged | SupervisorStarted | TownReloaded | ReloadRefused
     | ConvoyCreated | ConvoyChanged | ConvoyProgress | ConvoyLanded | ConvoyStuck
-    | SupervisorStopRequested | BeadNeedAdded | BeadNeedRemoved)
+    | SupervisorStopRequested | BeadNeedAdded | BeadNeedRemoved
+    | PolecatSetupFailed | PolecatTeardownFailed)
 
 #: Every event class by its wire name.
 BY_KIND: Final[Mapping[str, type[DomainEvent]]] = {

@@ -75,13 +75,16 @@ def identity(home_rig: str, name: str) -> str:
 # -- crew workspaces -------------------------------------------------------------------
 
 
-def add_crew(town: Town, store: Store, rig: str, name: str) -> CrewWorkspace:
+def add_crew(town: Town, store: Store, rig: str, name: str, *,
+             setup: bool = False) -> CrewWorkspace:
     """Create crew workspace ``<rig>/crew/<name>`` on a new branch ``crew/<name>``.
 
     The branch starts at the rig's default branch in its canonical clone. Raises
     :class:`UsageError` for a bad name, :class:`NotFound` for an unknown rig,
     :class:`Refused` when the folder or the branch already exists, :class:`GitError`
     when git fails; on any failure (or interruption) neither folder nor branch is left.
+    With ``setup`` the rig's ``[polecats.setup]`` (files, command; no slot or port) runs
+    in it; a failed setup raises :class:`~.setup.SetupFailed` and keeps the workspace.
     """
     validate_name("rig", rig)
     validate_name("crew", name)
@@ -91,6 +94,10 @@ def add_crew(town: Town, store: Store, rig: str, name: str) -> CrewWorkspace:
     _create_worktree(_clone_of(town, rig), path, branch, default_branch,
                      owner=identity(rig, name), set_user_name=False,
                      what=f"crew workspace {rig}/{name}")
+    if setup:
+        from .setup import workspace_setup
+
+        workspace_setup(town, rig, path, town.logs_dir / "crew" / f"{rig}-{name}-setup.log")
     return _describe(rig, name, path)
 
 

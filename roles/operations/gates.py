@@ -29,7 +29,9 @@ import trio
 
 from ..adapters.children import child_env, stop_child
 from ..adapters.log import get_logger
-from ..core.config import GateConfig
+from ..adapters.town import Town
+from ..core.config import GateConfig, RigConfig
+from .setup import bootstrap_env, place_files, setup_source
 
 log = get_logger()
 
@@ -63,6 +65,22 @@ class GateResult:
     timed_out: bool
     duration: float
     tail: str
+
+
+def gates_with_setup(town: Town, rig: str, config: RigConfig, cwd: Path,
+                     env: dict[str, str]) -> tuple[GateConfig, ...]:
+    """The rig's gates, ``[merge_queue.setup]`` first: its copies and links placed in
+    ``cwd`` now, its ``env`` added to ``env`` (``{port}`` and ``{slot}`` empty: a gate
+    has neither), its command the first gate, named ``setup``, with its timeout."""
+    setup = config.merge_queue.setup
+    gates = config.merge_queue.gates
+    if not setup.configured:
+        return gates
+    place_files(setup, setup_source(town, rig, setup, config), cwd)
+    env.update(bootstrap_env(setup, slot=None, port=None))
+    if not setup.command.strip():
+        return gates
+    return (GateConfig(name="setup", command=setup.command, timeout=setup.timeout), *gates)
 
 
 def gate_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -38,7 +38,7 @@ from ..core.merge_queue import (
     record_test,
     start_plan,
 )
-from .gates import run_gates
+from .gates import gates_with_setup, run_gates
 from .landing import catch_up, land
 from .merge_site import MergeSite, off_thread, short
 from .speculation import Ahead, Speculated, prepare_checkout
@@ -222,6 +222,7 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
     env = dict(os.environ)
     env.update({"GASTOWN_RIG": site.rig, "GASTOWN_MRS": " ".join(mrs),
                 "GASTOWN_CANDIDATE": candidate, **site.gate_tag()})
+    gates = await off_thread(gates_with_setup, site.town, site.rig, config, where, env)
     async with trio.open_nursery() as nursery:
 
         def on_gate(name: str) -> None:
@@ -233,7 +234,7 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
             nursery.start_soon(partial(store.call, store.store.set_merge_step,
                                        list(mrs), "gating", gate=name))
 
-        results = await run_gates(config.merge_queue.gates, cwd=where,
+        results = await run_gates(gates, cwd=where,
                                   log_path=log_path, env=env, on_gate=on_gate)
     if own:
         fault_point(site.role, "merge.after_gates")

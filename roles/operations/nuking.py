@@ -50,9 +50,11 @@ from .polecat_done import record_done
 from .polecat_sessions import (
     done_marker_path,
     prompt_path,
+    session_log_path,
     session_output_tail,
     stop_polecat_session,
 )
+from .setup import polecat_teardown, setup_marker
 from .worktree_pool import pool_size, recycle
 
 #: How long a stopping session gets between SIGTERM and SIGKILL, by who ends it.
@@ -113,13 +115,16 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
 
                 settle_usage(town, store, polecat)
             case RemoveWorktree():
+                # [polecats.teardown]: logged when it fails, never stops the nuke.
+                polecat_teardown(town, store, polecat, session_log_path(town, polecat))
                 if pool_size(town, polecat.rig) > 0:
                     recycle(town, polecat.rig, Path(polecat.worktree))  # or removed
                 else:
                     with git.repo_lock(clone):
                         git.remove_worktree(clone, Path(polecat.worktree))
                 for path in (prompt_path(town, polecat.rig, polecat.name),
-                             done_marker_path(town, polecat.rig, polecat.name)):
+                             done_marker_path(town, polecat.rig, polecat.name),
+                             setup_marker(town, polecat)):
                     path.unlink(missing_ok=True)
                 remove_home(agent_home(town, polecat.rig, polecat.name))
             case DeleteBranch(unchecked):

@@ -36,6 +36,7 @@ from ..adapters.store import Polecat, Store
 from ..adapters.town import Town
 from ..core.errors import NotFound
 from .agent_turns import SESSION_START_MARK
+from .setup import bootstrap_env
 
 
 def prompt_path(town: Town, rig: str, name: str) -> Path:
@@ -137,6 +138,8 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                       polecat=polecat.name, bead=polecat.bead or "", branch=polecat.branch,
                       worktree=worktree, prompt_file=prompt_file, agent=polecat.agent,
                       session=name, extra=agent.env, incarnation=polecat.incarnation or "")
+    env.update(bootstrap_env(town.rig_config(polecat.rig).polecats.setup,
+                             slot=polecat.slot, port=polecat.port))
     prepared = prepare(agent.kind, home=home, worktree=worktree, env=env,
                        turn_hooks=not prints_turns(agent, backend))
     env.update(prepared.env)

@@ -41,9 +41,11 @@ from .nuking import rollback_spawn
 from .polecat_sessions import (
     adopt_unrecorded_session,
     session_alive,
+    session_log_path,
     start_agent_session,
     stop_polecat_session,
 )
+from .setup import discard_setup, polecat_setup
 from .worktree_pool import take
 
 
@@ -110,6 +112,10 @@ def build_spawn(town: Town, store: Store, sling: Sling, polecat: Polecat, *,
                 git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
                                  rig_config.default_branch)
         fault_point(process, "sling.after_worktree")
+        # Port, files, setup command (README, "Worktree setup"): before the agent starts.
+        polecat = polecat_setup(town, store, polecat,
+                                session_log_path(town, polecat))
+        fault_point(process, "sling.after_setup")
         start_agent_session(town, store, polecat, note=sling.note, process=process)
         fault_point(process, "sling.after_session")
         _mark_working(store, polecat)
@@ -163,8 +169,10 @@ def recover_spawning(town: Town, store: Store) -> list[str]:
                         f"{adopted.session['pid'] if adopted.session else '?'}) but never "
                         "recorded: adopted, now working")
             continue
-        kept = rollback_spawn(town, store, polecat, "interrupted while spawning",
-                              requeue_sling=True)
+        # A setup the crash interrupted: its processes stopped, its files discarded.
+        interrupted = discard_setup(town, polecat)
+        why = "interrupted during its setup" if interrupted else "interrupted while spawning"
+        kept = rollback_spawn(town, store, polecat, why, requeue_sling=True)
         if kept is not None:
             done.append(f"{polecat.rig}/{polecat.name}: not rolled back: {kept}")
             continue

@@ -41,7 +41,7 @@ def cmd_crew_add(args: argparse.Namespace) -> int:
     validate_name("crew", args.name)
     town = town_of(args)
     with store_of(town) as store, bound(rig=args.rig):
-        ws = add_crew(town, store, args.rig, args.name)
+        ws = add_crew(town, store, args.rig, args.name, setup=args.setup)
         get_logger().info("crew_added", crew=ws.name, branch=ws.branch, path=str(ws.path))
     print(ws.path)
     return 0

@@ -300,6 +300,8 @@ def build_parser() -> _Parser:
                  "create a crew workspace on its own branch crew/NAME")
     p.add_argument("name", metavar="NAME")
     p.add_argument("--rig", metavar="R", required=True)
+    p.add_argument("--setup", action="store_true",
+                   help="run the rig's [polecats.setup] (files, command) in it")
     p = _command(crew_sub, "list", "gastown.supervisor.cli._crew:cmd_crew_list",
                  "list crew workspaces with their state (clean / N uncommitted)")
     p.add_argument("--rig", metavar="R", help="only this rig's crew")

@@ -75,7 +75,7 @@ def _example(cls: type[DomainEvent]) -> DomainEvent:
 
 def test_kinds_are_unique_and_every_class_has_one() -> None:
     kinds = [cls.kind for cls in CLASSES]
-    assert len(kinds) == len(set(kinds)) == len(BY_KIND) == 52
+    assert len(kinds) == len(set(kinds)) == len(BY_KIND) == 54
     assert all(BY_KIND[cls.kind] is cls for cls in CLASSES)
     assert all(re.fullmatch(r"[a-z]+(_[a-z]+)+", kind) for kind in kinds)
 

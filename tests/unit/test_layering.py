@@ -53,6 +53,9 @@ PURE_MODULES = [
     "roles/core/errors.py",
     "roles/core/names.py",
     "roles/core/config.py",
+    "roles/core/config_setup.py",
+    "roles/core/slots.py",
+    "roles/core/events_setup.py",
     "roles/core/lifecycle.py",
     "roles/core/merge_queue.py",
     "roles/core/pool.py",
@@ -78,6 +81,8 @@ ALLOWED = {
     "itertools", "json", "math", "re", "string", "tomllib", "types", "typing",
     "signal",  # only its names of signal numbers (describe_exit): nothing is installed
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
+    "gastown.roles.core.config_setup", "gastown.roles.core.slots",
+    "gastown.roles.core.events_setup",
     "gastown.roles.core.lifecycle", "gastown.roles.core.events",
     "gastown.roles.core._event_base", "gastown.roles.core.events_town",
     "gastown.roles.core.convoy", "gastown.roles.core.events_convoy",
