@@ -289,4 +289,6 @@ def workspace_setup(town: Town, rig: str, tree: Path, log_path: Path) -> None:
         result = run_command(setup.command, cwd=tree, env=env, timeout=setup.timeout,
                              log_path=log_path)
         if not result.ok:
-            raise SetupFailed(f"{result.reason} (log {log_path}):\n{result.tail}")
+            last = result.tail.splitlines()[-1] if result.tail else ""
+            raise SetupFailed(f"crew workspace {tree} was made, but its {result.reason}"
+                              f"{f': {last}' if last else ''} (output in {log_path})")

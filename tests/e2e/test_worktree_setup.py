@@ -262,3 +262,18 @@ def test_teardown_runs_before_the_nuke_and_its_failure_does_not_block_it(
     assert (marks / name).read_text().strip().isdigit()
     assert beads(cli)[bead]["status"] == "closed"
     nothing_left(town)
+
+
+def test_crew_add_setup_runs_the_rig_setup_in_the_workspace(
+        cli: Cli, town: Path, source: Path) -> None:
+    configure(town, setup_toml(source, command="echo $GASTOWN_RIG > made.txt"))
+    path = Path(cli.ok("crew", "add", "bob", "--rig", "web", "--setup").strip())
+    assert (path / "made.txt").read_text() == "web\n" and (path / ".env").exists()
+    plain = Path(cli.ok("crew", "add", "ann", "--rig", "web").strip())
+    assert not (plain / "made.txt").exists() and not (plain / ".env").exists()
+    rig_toml = town / "web" / "rig.toml"
+    rig_toml.write_text(rig_toml.read_text().replace("echo $GASTOWN_RIG > made.txt",
+                                                     "echo nope >&2; exit 2"))
+    failed = cli("crew", "add", "cid", "--rig", "web", "--setup")
+    assert failed.code == 1 and failed.err.count("\n") == 1
+    assert "setup failed (exit 2): nope" in failed.err
