@@ -267,6 +267,12 @@ def check_orphans(world: World, polecats: list[dict[str, Any]], seen: Census) ->
             continue
         if any(line.startswith("prunable") for line in lines):
             out.append(f"worktree registration without a folder: {path}")
+        elif Path(path) == world.speculative_checkout:
+            if "detached" not in lines:
+                out.append(f"speculative checkout on a branch: {path} ({lines[2:3]})")
+        elif Path(path).parent == world.pool_dir:
+            if "detached" not in lines:
+                out.append(f"pool tree on a branch: {path} ({lines[2:3]})")
         elif path not in by_path:
             out.append(f"worktree of no polecat: {path}")
     for branch in _git(world.clone, "for-each-ref", "--format=%(refname:short)",

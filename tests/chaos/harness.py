@@ -428,6 +428,10 @@ class Run:
                                        for p in left])
         kill(left + list(seen.others))
         kill_tmux_server(world)
+        pool = sorted(world.pool_dir.iterdir()) if world.pool_dir.is_dir() else []
+        if pool:
+            self.record.add("orphan", [f"after down --all: pool tree left: {path.name}"
+                                       for path in pool])
         self.record.add("traceback", checks.check_tracebacks(world))
 
 

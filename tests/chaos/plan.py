@@ -7,6 +7,7 @@ deterministic: real processes interleave as the machine schedules them. The seed
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -40,13 +41,21 @@ FAIL_POINTS: Final[tuple[tuple[str, str], ...]] = (
     (f"refinery:{RIG}", "merge.after_push"),
 )
 
-#: Fail points the harness knows are unreachable in its towns (see above);
-#: ``sling.after_pool_take`` and ``pool.*`` need a warm pool (``polecats.pool_size``),
-#: which they lack;
-#: ``merge.speculating`` needs ``merge_queue.speculative = true`` (its own e2e tests).
+#: Fail points the harness knows are unreachable in its towns (see above;
+#: ``sling.after_setup`` needs a ``[polecats.setup]`` command, which its rigs lack).
 UNREACHED_POINTS: Final = frozenset({"crew.after_worktree", "watchdog.tick", "command.start",
-                                     "sling.after_pool_take", "pool.after_fill_add",
-                                     "pool.after_clean_move", "merge.speculating"})
+                                     "sling.after_setup"})
+
+#: Fail points only a run with a feature on can reach, armed in addition to the others
+#: (drawn from :func:`_features_rng`): the warm pool's and the speculative merge's.
+POOL_POINTS: Final[tuple[tuple[str, str], ...]] = (
+    ("mayor", "sling.after_pool_take"),
+    ("mayor", "pool.after_fill_add"),
+    ("mayor", "pool.after_clean_move"),
+)
+SPECULATION_POINTS: Final[tuple[tuple[str, str], ...]] = (
+    (f"refinery:{RIG}", "merge.speculating"),
+)
 
 BeadKind = Literal["independent", "conflict", "broken"]
 Reaction = Literal["kill-process", "kill-supervisor"]
@@ -90,6 +99,11 @@ class Plan:
     slung_before_up: int
     kills: tuple[Kill, ...]
     faults: tuple[ArmedFault, ...]
+    #: The throughput features of issue 14, each on in some runs: a warm worktree pool
+    #: (``polecats.pool_size``), the adaptive merge batch, the speculative gate.
+    pool_size: int = 0
+    batch_size: Literal["1", "auto"] = "1"
+    speculative: bool = False
 
     def describe(self) -> str:
         kinds = [b.kind[0] for b in self.beads]
@@ -97,6 +111,8 @@ class Plan:
                           f"{f'+{f.delay:g}s' if f.delay else ''}" for f in self.faults) or "-"
         kills = ",".join(f"{k.target}@{k.at:.1f}" for k in self.kills) or "-"
         return (f"seed={self.seed} backend={self.backend} on_conflict={self.on_conflict} "
+                f"pool={self.pool_size} batch={self.batch_size} "
+                f"speculative={'yes' if self.speculative else 'no'} "
                 f"beads={''.join(kinds)} kills={kills} faults={faults}")
 
 
@@ -151,7 +167,7 @@ def make_plan(seed: int, *, tmux_fraction: float = 0.0, max_kills: int = 5,
                               "kill-supervisor" if rng.random() < 0.25 else "kill-process",
                               rng.choice([0.0, 0.0, 0.5, 1.5, 3.0]))
                    for process, point in points)
-    return Plan(
+    plan = Plan(
         seed=seed,
         backend="tmux" if rng.random() < tmux_fraction else "process",
         on_conflict="resling" if rng.random() < 0.3 else "reject",
@@ -161,3 +177,28 @@ def make_plan(seed: int, *, tmux_fraction: float = 0.0, max_kills: int = 5,
         kills=tuple(sorted(kills, key=lambda k: k.at)),
         faults=faults,
     )
+    return _with_features(plan, _features_rng(seed), max_faults)
+
+
+def _features_rng(seed: int) -> random.Random:
+    """The features' own draws, apart from the rest of the plan: adding them left the
+    beads, kills and fail points of every seed as they were (the CI's seeds among them)."""
+    return random.Random(f"features-{seed}")
+
+
+def _with_features(plan: Plan, rng: random.Random, max_faults: int) -> Plan:
+    """``plan`` with the throughput features drawn: each on in about half the runs; with
+    a feature on, sometimes one of its fail points armed too."""
+    pool_size = 2 if rng.random() < 0.5 else 0
+    batch: Literal["1", "auto"] = "auto" if rng.random() < 0.5 else "1"
+    speculative = rng.random() < 0.5
+    extra: list[tuple[str, str]] = []
+    if pool_size and max_faults and rng.random() < 0.4:
+        extra.append(rng.choice(POOL_POINTS))
+    if speculative and max_faults and rng.random() < 0.4:
+        extra.append(rng.choice(SPECULATION_POINTS))
+    faults = plan.faults + tuple(
+        ArmedFault(process, point, "kill-supervisor" if rng.random() < 0.25 else "kill-process",
+                   rng.choice([0.0, 0.5, 1.5])) for process, point in extra)
+    return dataclasses.replace(plan, pool_size=pool_size, batch_size=batch,
+                               speculative=speculative, faults=faults)

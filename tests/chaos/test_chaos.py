@@ -17,7 +17,14 @@ import pytest
 
 from tests.chaos import checks
 from tests.chaos.harness import run_once
-from tests.chaos.plan import FAIL_POINTS, RIG, UNREACHED_POINTS, make_plan
+from tests.chaos.plan import (
+    FAIL_POINTS,
+    POOL_POINTS,
+    RIG,
+    SPECULATION_POINTS,
+    UNREACHED_POINTS,
+    make_plan,
+)
 from tests.chaos.world import build_world, census, remove_world
 from tests.conftest import git
 
@@ -59,7 +66,7 @@ def test_every_fail_point_of_the_code_is_known_to_the_plan() -> None:
         for match in re.finditer(r'fault_point\([^,]+,\s*"([^"]+)"\)', path.read_text()):
             in_code.add(match.group(1))
     assert in_code, "no fault_point( calls found"
-    armed = {point for _, point in FAIL_POINTS}
+    armed = {point for _, point in (*FAIL_POINTS, *POOL_POINTS, *SPECULATION_POINTS)}
     assert in_code - armed - UNREACHED_POINTS == set()
 
 

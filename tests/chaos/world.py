@@ -79,6 +79,16 @@ class World:
     def polecats_dir(self) -> Path:
         return self.town / RIG / "polecats"
 
+    @property
+    def pool_dir(self) -> Path:
+        """The rig's warm pool (runs with ``polecats.pool_size``): idle, detached trees."""
+        return self.town / RIG / "pool"
+
+    @property
+    def speculative_checkout(self) -> Path:
+        """The refinery's second checkout (runs with ``merge_queue.speculative``)."""
+        return self.town / RIG / "refinery" / "speculative"
+
 
 def base_env() -> dict[str, str]:
     """The environment of the run's CLI calls: no inherited town, a git identity, no
@@ -126,9 +136,12 @@ def build_world(plan: Plan) -> World:
     cli.ok("rig", "add", RIG, str(remote))
     gate_record = base / "gate.txt"
     rig_toml = town / RIG / "rig.toml"
+    batch = '"auto"' if plan.batch_size == "auto" else "1"
     rig_toml.write_text(
         rig_toml.read_text()
+        + f"[polecats]\npool_size = {plan.pool_size}\n"
         + f'[merge_queue]\non_conflict = "{plan.on_conflict}"\n'
+        + f"batch_size = {batch}\nspeculative = {'true' if plan.speculative else 'false'}\n"
         + '[[merge_queue.gates]]\nname = "test"\n'
         + f"command = {json.dumps(gate_command(gate_record, plan.gate_delay))}\n"
         + 'timeout = "120s"\n')
