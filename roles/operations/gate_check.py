@@ -84,7 +84,7 @@ def check_gates(town: Town, rig: str) -> GateCheck:
     """Run ``rig``'s gates on its default branch in a scratch worktree; see the module."""
     import trio
 
-    from .gates import run_gates
+    from .gates import gates_with_setup, run_gates
 
     config = town.rig_config(rig)
     branch = config.default_branch
@@ -115,6 +115,7 @@ def check_gates(town: Town, rig: str) -> GateCheck:
         with git.repo_lock(clone):
             git.run_git(["worktree", "add", "--quiet", "--detach", str(scratch), commit],
                         cwd=clone, op="worktree add", env={"GIT_LFS_SKIP_SMUDGE": "1"})
+        gates = gates_with_setup(town, rig, config, scratch, env)  # [merge_queue.setup]
         try:
             results = trio.run(lambda: run_gates(gates, cwd=scratch, log_path=log_path,
                                                  env=env))

@@ -144,9 +144,7 @@ def test_five_polecats_set_up_run_on_their_own_ports_and_merge(
     record = tmp_path / "ports"
     record.mkdir()
     cli.ok("up")
-    ids = [cli.ok("bead", "create", f"change {i}", "--rig", "web", "-d",
-                  f".venv/bin/python check.py {record} 5 && test \"$APP_PORT\" = "
-                  f"\"$GASTOWN_PORT\" && echo {i} > change{i}.txt").strip() for i in range(5)]
+    ids = five_beads(cli, record)
     cli.ok("sling", *ids, "web")
     ends = feed.wait_each(("mr_merged", "polecat_escalated", "mr_rejected"), "bead", ids,
                           timeout=180)
@@ -164,19 +162,52 @@ def test_five_polecats_set_up_run_on_their_own_ports_and_merge(
     assert ".env" not in main_files and ".venv" not in main_files
 
 
-def test_without_the_setup_the_gate_fails_with_the_reason(
-        cli: Cli, town: Path, feed: FeedWaiter) -> None:
-    """No setup: the polecat's work is submitted, and its gate fails (no .venv, no .env);
-    the bead and the merge request say why."""
+def test_without_the_setup_the_same_beads_fail_their_gate_with_the_reason(
+        cli: Cli, town: Path, tmp_path: Path, feed: FeedWaiter) -> None:
+    """No setup: the same five beads' work is submitted (their agents find no .venv to
+    run the check with), and every gate fails (no .venv, no .env); the bead says why."""
     configure(town, gate("check", ".venv/bin/python check.py"))
+    record = tmp_path / "ports"
+    record.mkdir()
     cli.ok("up")
-    bead = cli.ok("bead", "create", "change", "--rig", "web", "-d",
-                  "echo 1 > change.txt").strip()
-    cli.ok("sling", bead, "web")
-    rejected = feed.wait("mr_rejected", bead=bead, timeout=120)
-    assert "gate check" in str(rejected["reason"])
-    shown = json.loads(cli.ok("bead", "show", bead, "--json"))
-    assert "gate check" in json.dumps(shown)
+    ids = five_beads(cli, record)
+    cli.ok("sling", *ids, "web")
+    rejected = feed.wait_each("mr_rejected", "bead", ids, timeout=180)
+    assert all("gate check" in str(e["reason"]) for e in rejected.values())
+    assert not list(record.iterdir())  # no polecat could run the check
+    for bead in ids:
+        shown = json.loads(cli.ok("bead", "show", bead, "--json"))
+        assert "gate check" in json.dumps(shown)
+    assert "gate check" in cli.ok("bead", "show", ids[0])
+
+
+def five_beads(cli: Cli, record: Path) -> list[str]:
+    """Five beads whose agents run the project's check (when a .venv exists: without the
+    setup the agent's work still reaches the gate), holding their port until all five
+    bound theirs, then commit a change of their own."""
+    return [cli.ok("bead", "create", f"change {i}", "--rig", "web", "-d",
+                   f"if [ -x .venv/bin/python ]; then .venv/bin/python check.py {record} 5 "
+                   f"&& test \"$APP_PORT\" = \"$GASTOWN_PORT\"; fi; echo {i} > change{i}.txt"
+                   ).strip() for i in range(5)]
+
+
+def test_down_all_stops_a_running_setup(
+        cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:
+    fifo, pid = tmp_path / "fifo", tmp_path / "setup.pid"
+    os.mkfifo(fifo)
+    configure(town, setup_toml(source, command=f"echo $$ > {pid}; cat {fifo}"))
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "x", "--rig", "web").strip()
+    slinger = subprocess.Popen([sys.executable, "-m", "gastown.supervisor", "sling", bead,
+                                "web", "--agent", "sleeper"], env=cli.env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (pid.exists() and pid.read_text().strip()) or None,
+               what="the setup to block")
+    first = int(pid.read_text())
+    cli.ok("down", "--all")
+    slinger.communicate(timeout=60)
+    assert not alive(first)
+    assert not setup_processes(town)
 
 
 def test_a_failing_setup_leaves_nothing_behind_and_the_bead_says_why(
