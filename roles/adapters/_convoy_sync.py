@@ -1,10 +1,11 @@
 """The convoys follow their beads: recompute, compare with the stored state, one event.
 
-Layer: adapters (SQLite). Every place in the store that changes a bead's status calls
-:func:`follow_beads` in the same transaction (through ``StoreBase._bead_moved``): the
-convoys holding the bead get their state recomputed (:func:`~..core.convoy.convoy_state`)
-and compared with what their row says; only a real change updates the row and writes its
-one event (:func:`~..core.convoy.change_kind`). The row and the event commit with the bead
+Layer: adapters (SQLite). Every place in the store that changes a bead's status (or its
+needs) calls :func:`follow_beads` in the same transaction (through
+``StoreBase._bead_moved``): the convoys holding the bead, or a bead that needs it, get
+their state recomputed (:func:`~..core.convoy.convoy_state`) and compared with what their
+row says; only a real change updates the row and writes its one event
+(:func:`~..core.convoy.change_kind`). The row and the event commit with the bead
 change or not at all, so a process killed at any instant neither loses nor repeats one.
 """
 
@@ -20,19 +21,31 @@ from ..core.events_convoy import ConvoyLanded, ConvoyProgress, ConvoyStuck
 
 Emit = Callable[[DomainEvent], None]
 
-#: A bead's facts in its convoy's order; ``last_mr`` is the state of its newest MR.
-_FACTS = """
-    SELECT b.id, b.status, b.reason,
-           (SELECT m.state FROM merge_requests m WHERE m.bead = b.id
-            ORDER BY m.created_at DESC, m.rowid DESC LIMIT 1) AS last_mr
+#: ``last_mr`` is the state of a bead's newest merge request.
+_LAST_MR = """(SELECT m.state FROM merge_requests m WHERE m.bead = b.id
+               ORDER BY m.created_at DESC, m.rowid DESC LIMIT 1) AS last_mr"""
+#: The convoy's beads in its order.
+_FACTS = f"""SELECT b.id, b.status, b.reason, {_LAST_MR}
     FROM convoy_beads cb JOIN beads b ON b.id = cb.bead
-    WHERE cb.convoy = ? ORDER BY cb.position, cb.bead
-"""
+    WHERE cb.convoy = ? ORDER BY cb.position, cb.bead"""
+#: The beads one bead needs.
+_NEEDS = f"""SELECT b.id, b.status, b.reason, {_LAST_MR}
+    FROM bead_needs n JOIN beads b ON b.id = n.need WHERE n.bead = ? ORDER BY n.need"""
+#: The convoys holding one of the beads (``?`` marks), or a bead that needs one of them.
+_HOLDING = """SELECT convoy FROM convoy_beads WHERE bead IN ({marks})
+    UNION SELECT cb.convoy FROM convoy_beads cb JOIN bead_needs n ON n.bead = cb.bead
+    WHERE n.need IN ({marks}) ORDER BY convoy"""
+
+
+def _facts(row: sqlite3.Row, needs: tuple[BeadFacts, ...] = ()) -> BeadFacts:
+    return BeadFacts(id=row["id"], status=row["status"],
+                     rejected=row["last_mr"] == "rejected", reason=row["reason"], needs=needs)
 
 
 def bead_facts(conn: sqlite3.Connection, convoy: str) -> list[BeadFacts]:
-    return [BeadFacts(id=r["id"], status=r["status"], rejected=r["last_mr"] == "rejected",
-                      reason=r["reason"]) for r in conn.execute(_FACTS, (convoy,))]
+    """What :func:`~..core.convoy.convoy_state` needs of the convoy's beads."""
+    return [_facts(r, tuple(_facts(n) for n in conn.execute(_NEEDS, (r["id"],))))
+            for r in conn.execute(_FACTS, (convoy,)).fetchall()]
 
 
 def stored_state(row: sqlite3.Row) -> ConvoyState:
@@ -46,9 +59,8 @@ def follow_beads(conn: sqlite3.Connection, emit: Emit, bead_ids: Iterable[str]) 
     if not beads:
         return
     marks = ", ".join("?" * len(beads))
-    convoys = [r["convoy"] for r in conn.execute(
-        f"SELECT DISTINCT convoy FROM convoy_beads WHERE bead IN ({marks}) ORDER BY convoy",
-        beads)]
+    convoys = [r["convoy"] for r in conn.execute(_HOLDING.format(marks=marks),
+                                                  [*beads, *beads])]
     for convoy in convoys:
         follow_convoy(conn, emit, convoy)
 

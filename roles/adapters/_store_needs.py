@@ -131,6 +131,8 @@ class NeedsLedger(StoreBase):
             self._emit(conn, BeadNeedAdded(rig=bead["rig"], bead=bead_id, need=need_id,
                                            need_rig=need["rig"]))
             added += 1
+        if added:
+            self._bead_moved(conn, bead_id)  # a convoy holding it may wait on a stuck need
         return added
 
     def remove_need(self, bead_id: str, need_id: str) -> None:
@@ -144,6 +146,7 @@ class NeedsLedger(StoreBase):
                 raise Refused(f"bead {bead_id} does not need {need_id}")
             self._emit(conn, BeadNeedRemoved(rig=bead["rig"], bead=bead_id, need=need_id,
                                              need_rig=need["rig"]))
+            self._bead_moved(conn, bead_id)
 
     def bead_needs(self, bead_id: str) -> BeadNeeds:
         """What ``bead_id`` needs and what needs it, each with its status; why it waits."""

@@ -7,7 +7,8 @@ its beads alone, recomputed by the store in the transaction that changes a bead:
 - ``landed``: it has beads and every one is ``closed`` (its work merged, or closed by hand);
 - ``stuck``: otherwise, when a bead is ``blocked`` (its polecat escalated, or set by hand)
   or its newest merge request was rejected and nobody slung it again yet (the bead is
-  ``open`` again); the first such bead in the convoy's order is named, with its reason;
+  ``open`` again), or a bead not closed needs (directly) a bead that is so held up, in
+  the convoy or not; the first such bead in the convoy's order is named, with why;
 - ``open``: everything else (a convoy with no beads is open: nothing landed).
 
 Progress is ``closed/total``. :func:`change_kind` says which event one stored change is,
@@ -34,6 +35,8 @@ class BeadFacts:
     #: The bead's newest merge request was rejected (and the bead is not being worked again).
     rejected: bool = False
     reason: str | None = None
+    #: The beads it needs (``bead_needs``), each with its own facts (their needs unused).
+    needs: tuple[BeadFacts, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,27 @@ class ConvoyState:
         return f"{self.closed}/{self.total} merged"
 
 
-def stuck_why(bead: BeadFacts) -> str | None:
-    """Why this bead holds its convoy up, or None when it does not."""
-    if bead.status == "closed":
-        return None
+def own_why(bead: BeadFacts) -> str | None:
+    """Why this bead will not close without a person, or None."""
     if bead.status == "blocked":
         return f"blocked: {bead.reason}" if bead.reason else "blocked"
     if bead.status == "open" and bead.rejected:
         return f"rejected: {bead.reason}" if bead.reason else "rejected"
+    return None
+
+
+def stuck_why(bead: BeadFacts) -> str | None:
+    """Why this bead holds its convoy up, or None when it does not: its own reason, else
+    the first need (in the given order) that will not close without a person."""
+    if bead.status == "closed":
+        return None
+    why = own_why(bead)
+    if why is not None:
+        return why
+    for need in bead.needs:
+        held = own_why(need)
+        if held is not None:
+            return f"needs {need.id}, {held}"
     return None
 
 

@@ -179,3 +179,28 @@ def test_a_crash_mid_transaction_leaves_neither_the_bead_change_nor_its_event(
     assert store.convoy(convoy).state.state == "open" and store.events_after(seq) == []
     store.close_bead(bead)
     assert [k for k, _ in convoy_events(store, seq)] == ["convoy_landed"]
+
+
+def test_a_bead_waiting_on_a_rejected_need_outside_the_convoy(store: Store) -> None:
+    """The convoy's bead needs a bead of another rig, not in the convoy: that need's
+    rejection makes the convoy stuck on its bead (saying which need, why); the need slung
+    again unsticks it; a need added or removed by hand is followed too."""
+    need = store.create_bead(prefix="web", rig="web", title="the API").id
+    user = store.create_bead(prefix="api", rig="api", title="uses it", needs=[need]).id
+    convoy = store.create_convoy("client", [user]).id
+    seq = store.last_event_seq()
+    store.merge_rejected(work(store, need), "gate test failed")
+    assert convoy_events(store, seq) == [("convoy_stuck", "stuck")]
+    state = store.convoy(convoy).state
+    assert (state.stuck_bead, state.stuck_reason) == (
+        user, f"needs {need}, rejected: gate test failed")
+    seq = store.last_event_seq()
+    store.remove_need(user, need)
+    store.add_need(user, need)
+    assert convoy_events(store, seq) == [("convoy_progress", "open"),
+                                         ("convoy_stuck", "stuck")]
+    seq = store.last_event_seq()
+    store.merge_landed(work(store, need), "a" * 40)  # fixed and slung again: merged
+    store.merge_landed(work(store, user, "api"), "b" * 40)
+    assert convoy_events(store, seq) == [("convoy_progress", "open"),
+                                         ("convoy_landed", "landed")]

@@ -12,16 +12,22 @@ from gastown.roles.core.convoy import (
     ConvoyState,
     change_kind,
     convoy_state,
+    own_why,
     stuck_why,
 )
 
 STATUSES = ("open", "hooked", "in_review", "closed", "blocked", "waiting")
 
 
+def _one(needs: st.SearchStrategy[tuple[BeadFacts, ...]]) -> st.SearchStrategy[BeadFacts]:
+    return st.builds(BeadFacts, id=st.sampled_from("abcdefgh"),
+                     status=st.sampled_from(STATUSES), rejected=st.booleans(),
+                     reason=st.one_of(st.none(), st.text(max_size=5)), needs=needs)
+
+
 def _beads() -> st.SearchStrategy[list[BeadFacts]]:
-    one = st.builds(BeadFacts, id=st.sampled_from("abcdefgh"), status=st.sampled_from(STATUSES),
-                    rejected=st.booleans(), reason=st.one_of(st.none(), st.text(max_size=5)))
-    return st.lists(one, max_size=6, unique_by=lambda b: b.id)
+    needs = st.lists(_one(st.just(())), max_size=2).map(tuple)
+    return st.lists(_one(needs), max_size=6, unique_by=lambda b: b.id)
 
 
 def test_every_combination_of_two_beads() -> None:
@@ -42,6 +48,24 @@ def test_every_combination_of_two_beads() -> None:
             assert state.stuck_reason is not None
         else:
             assert state == ConvoyState("open", closed, 2)
+
+
+def test_a_bead_waiting_on_a_held_up_need_holds_the_convoy_up() -> None:
+    """Exhaustive over the bead's status and its one need's (status x rejected): stuck on
+    the bead, naming the need, iff the bead is not closed and the need is held up."""
+    for status, (need_status, rejected) in itertools.product(
+            STATUSES, itertools.product(STATUSES, (False, True))):
+        need = BeadFacts("n", need_status, rejected, "gate test")
+        state = convoy_state([BeadFacts("a", status, needs=(need,))])
+        if status == "closed":
+            assert state.state == "landed"
+        elif own_why(BeadFacts("a", status)) is not None:
+            assert state.stuck_reason == "blocked"
+        elif own_why(need) is not None:
+            assert (state.state, state.stuck_bead) == ("stuck", "a")
+            assert state.stuck_reason == f"needs n, {own_why(need)}"
+        else:
+            assert state.state == "open"
 
 
 def test_reasons_read_as_people_say_them() -> None:
