@@ -204,3 +204,22 @@ def test_a_bead_waiting_on_a_rejected_need_outside_the_convoy(store: Store) -> N
     store.merge_landed(work(store, user, "api"), "b" * 40)
     assert convoy_events(store, seq) == [("convoy_progress", "open"),
                                          ("convoy_landed", "landed")]
+
+
+def test_every_bead_status_write_calls_the_convoy_hook() -> None:
+    """Each function of the store that writes a bead's status also calls ``_bead_moved``
+    (in its transaction): a new writer without it would leave convoys behind."""
+    import ast
+
+    folder = Path(__file__).resolve().parents[2] / "roles" / "adapters"
+    writers, missing = [], []
+    for path in sorted(folder.glob("_store*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            text = ast.unparse(node)
+            if "UPDATE beads SET status" in text:
+                writers.append(node.name)
+                if "_bead_moved(" not in text:
+                    missing.append(f"{path.name}:{node.name}")
+    assert len(writers) >= 6 and missing == []
