@@ -231,3 +231,29 @@ def test_acceptance_needs_priority_stuck_fixed_landed_with_kill_9(
                 found, "mr_merged", ids[need]), (name, need)
     for rig, name, _priority, _needs in specs:
         assert git("show", f"main:{name}.txt", cwd=remotes[rig]).strip() in (name, "fixed")
+
+
+def test_bad_input_is_one_line_and_exit_1(cli: Cli, town: Path) -> None:
+    """Unknown convoys and beads: one ``gastown:`` line, exit 1, nothing written; a
+    sling with both beads and --convoy is a usage error (exit 2). The town is down."""
+    one = bead(cli, "web", "one")
+    assert json.loads(cli.ok("convoy", "list", "--json")) == []
+    assert cli.ok("convoy", "list").strip() == "no convoys"
+    for args, message in [
+            (("convoy", "show", "cv-zzzzz"), "gastown: no convoy 'cv-zzzzz'"),
+            (("convoy", "create", "X", one, "web-zzzzz"), "gastown: no bead 'web-zzzzz'"),
+            (("convoy", "create", "X", one, one), f"gastown: bead {one} is named twice"),
+            (("convoy", "add", "cv-zzzzz", one), "gastown: no convoy 'cv-zzzzz'"),
+            (("convoy", "sling", "cv-zzzzz"), "gastown: no convoy 'cv-zzzzz'"),
+            (("sling", "--convoy", "cv-zzzzz", "web"), "gastown: no convoy 'cv-zzzzz'")]:
+        result = cli(*args)
+        assert (result.code, result.err.strip()) == (1, message), args
+    assert json.loads(cli.ok("convoy", "list", "--json")) == []
+    convoy = cli.ok("convoy", "create", "X", one).strip()
+    result = cli("convoy", "remove", convoy, "web-zzzzz")
+    assert (result.code, result.err.strip()) == (
+        1, f"gastown: bead 'web-zzzzz' is not in convoy {convoy}")
+    both = cli("sling", one, "web", "--convoy", convoy)
+    assert both.code == 2 and both.err.startswith("gastown: name the beads to sling, or")
+    assert "the town is down" in cli.ok("sling", "--convoy", convoy, "web")
+    assert "nothing to sling" in cli.ok("convoy", "sling", convoy)
