@@ -28,7 +28,7 @@ from ..adapters.faults import fault_point
 from ..adapters.processes import processes_with_env, terminate_process_group
 from ..adapters.store import MergeRequest
 from ..core.errors import GastownError
-from .merge_site import MergeSite, clean_checkout, commit_of, off_thread, short
+from .merge_site import MergeSite, clean_checkout, commit_of, has_remote, off_thread, short
 from .rigs import is_url
 from .speculation import remove_checkout
 
@@ -118,7 +118,7 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
     clone = site.clone
     await clean_checkout(site, branch)  # a no-op right after the previous batch's clean
     local = await commit_of(site, branch)
-    if not await off_thread(git.has_remote, clone):
+    if not await has_remote(site):
         return local
     retries = site.config().merge_queue.push_retries
     for _ in range(retries + 1):
@@ -225,7 +225,7 @@ async def land(site: MergeSite, mrs: Sequence[str], candidate: str) -> None:
     store, clone = site.store, site.clone
     await store.call(store.store.set_merge_step, list(mrs), "landing", candidate=candidate)
     site.state.current = {"mrs": list(mrs), "step": "landing", "candidate": short(candidate)}
-    remote = await off_thread(git.has_remote, clone)
+    remote = await has_remote(site)
     refused: str | None = None
     if remote:
         await store.call(store.store.set_merge_step, list(mrs), "pushing")

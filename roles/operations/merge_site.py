@@ -97,6 +97,8 @@ class MergeSite:
     #: The checkout is known pristine on the default branch: cleaned (by
     #: :func:`clean_checkout`) and not touched since. False at start, so recovery cleans.
     checkout_clean: bool = False
+    #: Whether the clone has an ``origin``, asked once (:func:`has_remote`).
+    remote: bool | None = None
 
     def config(self) -> RigConfig:
         return self.town.rig_config(self.rig)
@@ -104,6 +106,15 @@ class MergeSite:
     def gate_tag(self) -> dict[str, str]:
         """Environment that marks this rig's gate processes, so a restart can find them."""
         return {"GASTOWN_GATE_OF": f"{self.town.root}:{self.rig}"}
+
+
+async def has_remote(site: MergeSite) -> bool:
+    """Whether the clone has an ``origin`` to push to: asked of git once per refinery (the
+    remote is set up by ``rig add``; a remote added by hand is seen after a restart or a
+    reload), not twice per batch."""
+    if site.remote is None:
+        site.remote = await off_thread(git.has_remote, site.clone)
+    return site.remote
 
 
 async def clean_checkout(site: MergeSite, branch: str, *, force: bool = False) -> None:
