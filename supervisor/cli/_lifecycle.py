@@ -300,8 +300,7 @@ def gather_status(town: Town) -> dict[str, Any]:
         queue = [m for m in store.merge_requests() if m.state in ("queued", "running")]
         failures = store.recent_events(FAILURE_KINDS, limit=5)
         slings = store.sling_queue()
-        usage = store.usage_totals()
-        convoys = convoys_status_json(store)
+        usage, convoys = store.usage_totals(), convoys_status_json(store)
     status: dict[str, Any] = {"town": str(town.root), "convoys": convoys}
     if live is not None:
         status["supervisor"] = live["supervisor"]
