@@ -45,7 +45,7 @@ from .polecat_sessions import (
     start_agent_session,
     stop_polecat_session,
 )
-from .setup import discard_setup, polecat_setup
+from .setup import SetupFailed, discard_setup, polecat_setup
 from .worktree_pool import take
 
 
@@ -121,6 +121,8 @@ def build_spawn(town: Town, store: Store, sling: Sling, polecat: Polecat, *,
         _mark_working(store, polecat)
     except BaseException as exc:
         reason = f"sling failed: {exc}"
+        if isinstance(exc, SetupFailed) and exc.tail:
+            reason += f"\n{exc.tail}"  # the bead keeps the setup's output tail
         if rollback_spawn(town, store, polecat, reason) is None:
             store.fail_sling(sling.id, str(exc))
         raise

@@ -45,7 +45,12 @@ KILL_GRACE = 2.0
 
 
 class SetupFailed(GastownError):
-    """The setup failed or timed out; the message says why and ends with its output tail."""
+    """The setup failed or timed out: the message says why in one line (with the output's
+    last line); ``tail`` holds the output's last lines, for the bead's reason."""
+
+    def __init__(self, message: str, tail: str = "") -> None:
+        super().__init__(message)
+        self.tail = tail
 
 
 @dataclass(frozen=True)
@@ -226,8 +231,9 @@ def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path) ->
         if not result.ok:
             store.note_setup_failed(polecat, result.reason, result.tail)
             discard_setup(town, polecat)
-            tail = f":\n{result.tail}" if result.tail else ""
-            raise SetupFailed(f"{result.reason}{tail}")
+            last = result.tail.splitlines()[-1] if result.tail else ""
+            raise SetupFailed(f"{result.reason}{f': {last}' if last else ''}",
+                              tail=result.tail)
     marker.unlink(missing_ok=True)
     return polecat
 

@@ -223,7 +223,9 @@ def test_a_failing_setup_leaves_nothing_behind_and_the_bead_says_why(
     wait_until(lambda: beads(cli)[bead]["status"] == "open" or None, what="bead open")
     shown = beads(cli)[bead]
     assert "setup failed (exit 3)" in str(shown["reason"]) and "boom" in str(shown["reason"])
-    assert result.code != 0 or "setup" in result.out + result.err
+    assert result.code == 1 and result.err.count("\n") == 1, result.err
+    assert "setup failed (exit 3): boom" in result.err
+    assert "preparing\nboom" in str(shown["reason"])  # the output tail, in the bead
     assert not alive(int(bg.read_text()))
     nothing_left(town)
 
