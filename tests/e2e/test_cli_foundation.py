@@ -117,7 +117,7 @@ def test_rig_toml_typo_names_file_and_key(cli: Cli, town: Path, git_repo: Path) 
     assert result.code == 1
     assert result.err.strip() == (f"gastown: {rig_toml}:6: unknown key 'polecats.max_polecat' "
                                   "(known: branch_template, max, max_respawns, names, pool_size, "
-                                  "stall_timeout)")
+                                  "ports, setup, stall_timeout, teardown)")
 
 
 def test_malformed_town_toml(cli: Cli, town: Path) -> None:
