@@ -45,8 +45,9 @@ from .polecat_sessions import (
     start_agent_session,
     stop_polecat_session,
 )
+from .pool_setup import prepared_for_sling
 from .setup import SetupFailed, discard_setup, polecat_setup
-from .worktree_pool import take
+from .worktree_pool import take, worktree_gitdir
 
 
 def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "mayor",
@@ -105,16 +106,19 @@ def build_spawn(town: Town, store: Store, sling: Sling, polecat: Polecat, *,
     try:
         rig_config = town.rig_config(sling.rig)
         clone = town.refinery_clone(sling.rig)
+        tree = Path(polecat.worktree)
         with git.repo_lock(clone):
-            if rig_config.polecats.pool_size <= 0 or not take(
-                    clone, town.pool_dir(sling.rig), Path(polecat.worktree), polecat.branch,
-                    rig_config.default_branch, process=process):
-                git.add_worktree(clone, Path(polecat.worktree), polecat.branch,
-                                 rig_config.default_branch)
+            taken = rig_config.polecats.pool_size > 0 and take(
+                clone, town.pool_dir(sling.rig), tree, polecat.branch,
+                rig_config.default_branch, process=process)
+            if not taken:
+                git.add_worktree(clone, tree, polecat.branch, rig_config.default_branch)
         fault_point(process, "sling.after_worktree")
-        # Port, files, setup command (README, "Worktree setup"): before the agent starts.
-        polecat = polecat_setup(town, store, polecat,
-                                session_log_path(town, polecat))
+        # Port, files, setup command (README, "Worktree setup"): before the agent starts;
+        # a pool tree set up when it was prepared gets only its port.
+        polecat = polecat_setup(town, store, polecat, session_log_path(town, polecat),
+                                prepared=taken and prepared_for_sling(
+                                    town, sling.rig, tree, worktree_gitdir(tree)))
         fault_point(process, "sling.after_setup")
         start_agent_session(town, store, polecat, note=sling.note, process=process)
         fault_point(process, "sling.after_session")

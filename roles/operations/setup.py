@@ -202,8 +202,11 @@ def _identity(town: Town, polecat: Polecat) -> dict[str, str]:
             "GASTOWN_POLECAT": polecat.name, "GASTOWN_SETUP": "1"}
 
 
-def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path) -> Polecat:
-    """Give the new polecat its port, its files and its setup, before its agent starts.
+def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path, *,
+                  prepared: bool = False) -> Polecat:
+    """Give the new polecat its port, its files and its setup, before its agent starts;
+    ``prepared`` (a pool tree set up with the current settings, :mod:`.pool_setup`): only
+    its port (``env``, slot and port reach the agent at its session's start).
 
     Returns the row with its port. Raises :class:`SetupFailed` (reason and output tail;
     ``polecat_setup_failed`` recorded; the tree reset to its branch, the setup's processes
@@ -215,7 +218,9 @@ def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path) ->
     if port is not None:
         store.set_polecat_port(polecat.rig, polecat.name, port)
         polecat = store.polecat(polecat.rig, polecat.name)
-    if not setup.configured:
+    if prepared:
+        log.info("setup done when the pool tree was prepared", polecat=polecat.name)
+    if not setup.configured or prepared:
         return polecat
     tree = Path(polecat.worktree)
     marker = setup_marker(town, polecat)

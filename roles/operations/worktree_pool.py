@@ -39,7 +39,8 @@ a pool.
 
 Filling: ``worktree add --no-checkout --detach`` to a busy folder under the repository lock
 (quick), ``reset --hard`` outside it (the slow part: the slings' lock is free meanwhile),
-verification, then a move to a ready name. Following: a ready tree not at the tip is moved
+verification, then a move to a ready name. With a ``[polecats.setup]`` a verified tree gets
+it before it is ready (:mod:`.pool_setup`). Following: a ready tree not at the tip is moved
 to a busy folder, ``checkout --force --detach <tip>``, verified, moved back.
 
 ``gastown status`` does not show the pool. ``rig remove`` deletes it with the rig's folder;
@@ -80,6 +81,7 @@ from ..core.pool import (
     recycle_fits,
     tree_name,
 )
+from .pool_setup import FAILURES_FILE, PoolSetup, stop_setup
 
 #: Checkouts in pool trees skip Git LFS downloads, as ``git.add_worktree`` does.
 CHECKOUT_ENV: Final = {"GIT_LFS_SKIP_SMUDGE": "1"}
@@ -166,14 +168,22 @@ def _remove(clone: Path, path: Path) -> None:
         git.remove_worktree(clone, path)
 
 
-def _check_clean(tree: Path, expected: str) -> list[str]:
-    status = git.run_git(["status", "--porcelain", "--ignored", "--untracked-files=all"],
-                         cwd=tree, op="status").splitlines()
+def _check_clean(tree: Path, expected: str, *, strict: bool = True) -> list[str]:
+    """Why ``tree`` is not clean at ``expected``; not ``strict`` (a set-up tree): only
+    tracked changes count, not the setup's ignored and untracked files."""
+    files = ["--ignored", "--untracked-files=all"] if strict else ["--untracked-files=no"]
+    status = git.run_git(["status", "--porcelain", *files], cwd=tree, op="status").splitlines()
     gitdir = worktree_gitdir(tree)
     if gitdir is None:
         return ["no git directory"]
     in_progress = [f for f in IN_PROGRESS_STATE if (gitdir / f).exists()]
     return clean_problems(status, tree_state(tree).head, expected, in_progress)
+
+
+def _set_up(prep: PoolSetup, busy: Path, tip: str, problems: list[str]) -> list[str]:
+    """The rig's setup in a verified tree (:mod:`.pool_setup`), then the light check."""
+    return problems or prep.apply(busy, worktree_gitdir(busy), tip,
+                                  lambda: _check_clean(busy, tip, strict=False))
 
 
 def _settle(clone: Path, pool: Path, busy: Path, name: str, size: int,
@@ -267,7 +277,7 @@ def dirty_trees(pool: Path) -> list[Path]:
 
 
 def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int,
-                 process: str) -> bool:
+                 process: str, prep: PoolSetup) -> bool:
     """Clean a recycled tree fully and verify it: into the pool (True), or removed."""
     name = dirty.name.removeprefix(DIRTY_PREFIX)
     with _busy(pool, name) as busy:
@@ -282,7 +292,7 @@ def _clean_dirty(clone: Path, pool: Path, dirty: Path, tip: str, size: int,
             git.run_git(["checkout", "--quiet", "--force", "--detach", tip], cwd=busy,
                         op="checkout", env=CHECKOUT_ENV)
             git.run_git(["clean", "-ffdxq"], cwd=busy, op="clean")
-            problems = _check_clean(busy, tip)
+            problems = _set_up(prep, busy, tip, _check_clean(busy, tip))
         except GitError as exc:
             problems = [exc.message]
         return _settle(clone, pool, busy, name, size, problems)
@@ -311,25 +321,38 @@ def tend(town: Town, rig: str, *, process: str = "mayor") -> list[str]:
     done = [f"removed leftover {name}" for name in leftovers(pool)
             if remove_leftover(clone, pool, name)]
     tip = _tip(clone, town.rig_config(rig).default_branch)
+    prep = PoolSetup(town, rig)
+    done += [f"removed {p.name} (set up otherwise)" for p in ready_trees(pool)
+             if prep.stale(worktree_gitdir(p)) and _remove_ready(clone, p)]
     for dirty in dirty_trees(pool):
-        kept = _clean_dirty(clone, pool, dirty, tip, size, process)
+        kept = _clean_dirty(clone, pool, dirty, tip, size, process, prep)
         done.append(f"{'cleaned' if kept else 'dropped'} recycled {dirty.name}")
     plan = plan_pool(size, [tree_state(p) for p in ready_trees(pool)], tip)
     for name in plan.remove:
         _remove(clone, pool / name)
         done.append(f"removed {name}")
     for name in plan.follow:
-        if _follow(clone, pool, name, tip, size):
+        if _follow(clone, pool, name, tip, size, prep):
             done.append(f"moved {name} to {tip[:10]}")
     for _ in range(plan.fill):
-        if _fill_one(clone, pool, tip, size, process):
+        if prep.stopped():  # logged (pool_setup_given_up); slings run the setup themselves
+            break
+        if _fill_one(clone, pool, tip, size, process, prep):
             done.append("filled one")
     if size <= 0:
         _rmdir_if_empty(pool)
     return done
 
 
-def _follow(clone: Path, pool: Path, name: str, tip: str, size: int) -> bool:
+def _remove_ready(clone: Path, path: Path) -> bool:
+    with git.repo_lock(clone):
+        if not path.is_dir():
+            return False  # taken meanwhile
+        git.remove_worktree(clone, path)
+        return True
+
+
+def _follow(clone: Path, pool: Path, name: str, tip: str, size: int, prep: PoolSetup) -> bool:
     with _busy(pool, name) as busy:
         with git.repo_lock(clone):
             if not (pool / name).is_dir():
@@ -339,13 +362,16 @@ def _follow(clone: Path, pool: Path, name: str, tip: str, size: int) -> bool:
         try:
             git.run_git(["checkout", "--quiet", "--force", "--detach", tip], cwd=busy,
                         op="checkout", env=CHECKOUT_ENV)
-            problems = _check_clean(busy, tip)
+            # A set-up tree keeps its ignored files: the setup runs again (a new lockfile).
+            strict = not prep.has_record(worktree_gitdir(busy))
+            problems = _set_up(prep, busy, tip, _check_clean(busy, tip, strict=strict))
         except GitError as exc:
             problems = [exc.message]
         return _settle(clone, pool, busy, name, size, problems)
 
 
-def _fill_one(clone: Path, pool: Path, tip: str, size: int, process: str) -> bool:
+def _fill_one(clone: Path, pool: Path, tip: str, size: int, process: str,
+              prep: PoolSetup) -> bool:
     name = _new_name()
     with _busy(pool, name) as busy:
         with git.repo_lock(clone):
@@ -354,7 +380,7 @@ def _fill_one(clone: Path, pool: Path, tip: str, size: int, process: str) -> boo
         fault_point(process, "pool.after_fill_add")
         try:
             git.run_git(["reset", "--quiet", "--hard"], cwd=busy, op="reset", env=CHECKOUT_ENV)
-            problems = _check_clean(busy, tip)
+            problems = _set_up(prep, busy, tip, _check_clean(busy, tip))
         except GitError as exc:
             problems = [exc.message]
         return _settle(clone, pool, busy, name, size, problems)
@@ -391,6 +417,7 @@ def remove_leftover(clone: Path, pool: Path, busy: str) -> bool:
     try:
         if not try_flock(fd, fcntl.LOCK_EX):
             return False
+        stop_setup(pool / busy)  # a pool setup its dead worker left running
         _remove(clone, pool / busy)
         lock_path.unlink(missing_ok=True)
         return True
@@ -408,6 +435,7 @@ def drain(town: Town, rig: str) -> int:
     for path in [*ready_trees(pool), *dirty_trees(pool)]:
         _remove(clone, path)
         removed += 1
+    (pool / FAILURES_FILE).unlink(missing_ok=True)  # a new start tries the setup again
     _rmdir_if_empty(pool)
     return removed
 

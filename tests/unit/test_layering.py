@@ -59,6 +59,7 @@ PURE_MODULES = [
     "roles/core/lifecycle.py",
     "roles/core/merge_queue.py",
     "roles/core/pool.py",
+    "roles/core/pool_setup.py",
     "roles/core/turn_end.py",
     "roles/core/_event_base.py",
     "roles/core/events.py",
@@ -82,6 +83,7 @@ ALLOWED = {
     "signal",  # only its names of signal numbers (describe_exit): nothing is installed
     "gastown.roles.core.errors", "gastown.roles.core.names", "gastown.roles.core.config",
     "gastown.roles.core.config_setup", "gastown.roles.core.slots",
+    "gastown.roles.core.pool_setup",
     "gastown.roles.core.events_setup",
     "gastown.roles.core.lifecycle", "gastown.roles.core.events",
     "gastown.roles.core._event_base", "gastown.roles.core.events_town",
