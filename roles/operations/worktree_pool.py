@@ -335,7 +335,8 @@ def tend(town: Town, rig: str, *, process: str = "mayor") -> list[str]:
         if _follow(clone, pool, name, tip, size, prep):
             done.append(f"moved {name} to {tip[:10]}")
     for _ in range(plan.fill):
-        if prep.stopped():  # logged (pool_setup_given_up); slings run the setup themselves
+        if prep.stopped():  # slings run the setup themselves (README, "Worktree setup")
+            done.append("not filled: pool setup stopped after failures")
             break
         if _fill_one(clone, pool, tip, size, process, prep):
             done.append("filled one")

@@ -311,22 +311,3 @@ def test_crew_add_setup_runs_the_rig_setup_in_the_workspace(
     assert failed.code == 1 and failed.err.count("\n") == 1
     assert "setup failed (exit 2): nope" in failed.err
 
-
-def test_with_a_warm_pool_the_setup_runs_in_the_taken_tree(
-        cli: Cli, town: Path, source: Path) -> None:
-    """pool_size = 1: the sling takes the pooled tree and the setup runs in it, with the
-    polecat's own slot and port (which is why it runs at sling, not when the pool fills)."""
-    configure(town, setup_toml(source, command="echo $GASTOWN_SLOT:$APP_PORT > made.txt")
-              .replace("[polecats]\n", "[polecats]\npool_size = 1\n"))
-    cli.ok("up")
-    pooled = town / "web" / "pool"
-    wait_until(lambda: (pooled.is_dir() and [p for p in pooled.iterdir()
-                                            if not p.name.startswith(".")]) or None,
-               what="the pool to fill")
-    bead = cli.ok("bead", "create", "x", "--rig", "web").strip()
-    name, path = cli.ok("sling", bead, "web", "--agent", "sleeper").split()
-    tree = Path(path)
-    assert (tree / ".git").read_text().strip().rsplit("/", 1)[1].startswith("-busy-")
-    slot, port = (tree / "made.txt").read_text().strip().split(":")
-    assert slot == "0" and port.isdigit() and (tree / ".env").exists()
-    assert polecats(cli)[name]["state"] == "working"
