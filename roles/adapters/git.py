@@ -142,18 +142,23 @@ def remove_worktree(repo: Path, path: Path) -> None:
     """Remove the worktree at ``path`` (forced), prune, and verify the folder is gone.
 
     ``git worktree remove`` can leave untracked or ignored files behind (upstream #618),
-    so whatever remains is deleted, then the registry is pruned. Raises
+    so whatever remains is deleted, and then (or when git could not remove it: not
+    registered, half-created) the registry is pruned. Raises
     :class:`GitError` if the folder still exists afterwards. Callers hold :func:`repo_lock`.
     """
+    removed = False
     if path.exists():
         try:
             run_git(["worktree", "remove", "--force", "--force", str(path)], cwd=repo,
                     op="worktree remove")
+            removed = True  # git dropped its registry entry too
         except GitError:
             pass  # not registered (half-created) or locked: fall through to rm -rf
     if path.exists() or path.is_symlink():
+        removed = False
         remove_tree(path)
-    run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
+    if not removed:  # the registry may name a folder that is gone
+        run_git(["worktree", "prune"], cwd=repo, op="worktree prune")
     if path.exists():
         raise GitError("worktree remove", str(repo), f"{path} still exists after removal")
 
@@ -172,9 +177,13 @@ def branch_exists(repo: Path, branch: str) -> bool:
 
 
 def delete_branch(repo: Path, branch: str) -> None:
-    """Delete the local ``branch`` (forced: callers have checked it is merged or forced)."""
-    if branch_exists(repo, branch):
+    """Delete the local ``branch`` (forced: callers have checked it is merged or forced);
+    a branch that is already gone is fine (one git call, not a check and a delete)."""
+    try:
         run_git(["branch", "-D", "--", branch], cwd=repo, op="branch -D")
+    except GitError as exc:
+        if f"branch '{branch}' not found" not in exc.stderr:
+            raise
 
 
 def dirty_files(worktree: Path) -> list[str]:
