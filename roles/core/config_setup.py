@@ -26,7 +26,10 @@ class SetupConfig:
     checkout, in its own process group, killed whole after ``timeout``. ``env`` is given
     to the command and to the agent; ``{port}`` and ``{slot}`` in its values are the
     polecat's. ``source`` empty: the rig's ``repo`` when it is a local working copy, else the
-    canonical clone (a relative ``source`` is relative to the rig's folder).
+    canonical clone (a relative ``source`` is relative to the rig's folder). With a warm
+    pool, ``[polecats.setup]`` runs when a pool tree is prepared (at a temporary path, no
+    slot or port); ``in_pool = false`` keeps it at sling (a setup that writes the tree's
+    absolute path, such as ``pip install -e .``).
     """
 
     command: str = ""
@@ -35,6 +38,7 @@ class SetupConfig:
     link: tuple[str, ...] = ()
     source: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    in_pool: bool = True
 
     @property
     def configured(self) -> bool:

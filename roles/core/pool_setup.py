@@ -49,8 +49,9 @@ class SetupFailures:
 
 
 def fingerprint(setup: SetupConfig) -> str | None:
-    """The settings a prepared tree records; None when there is nothing to set up."""
-    if not setup.configured:
+    """The settings a prepared tree records; None when there is nothing to set up in
+    the pool (no setup, or ``in_pool = false``: it runs at sling)."""
+    if not setup.configured or not setup.in_pool:
         return None
     return json.dumps({"command": setup.command, "copy": list(setup.copy),
                        "link": list(setup.link), "source": setup.source,

@@ -231,3 +231,18 @@ def test_down_all_stops_a_running_pool_setup_and_drains_the_pool(
     assert not alive(first)
     assert not setup_processes(town)
     assert not (town / "web" / "pool").exists()
+
+
+def test_in_pool_false_keeps_the_setup_at_sling(
+        cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:  # noqa: F811
+    runs = tmp_path / "runs"
+    configure(town, pool_config(source, recording(runs), size=1).replace(
+        "[polecats.setup]\n", "[polecats.setup]\nin_pool = false\n"))
+    cli.ok("up")
+    (pooled,) = wait_until(lambda: (len(ready(town)) == 1 and not in_flight(town)
+                                    and ready(town)) or None, what="the pool to fill")
+    assert not record(pooled) and not runs.exists()
+    bead = cli.ok("bead", "create", "x", "--rig", "web").strip()
+    _, path = cli.ok("sling", bead, "web", "--agent", "sleeper").split()
+    assert (Path(path) / ".git").read_text().strip().rsplit("/", 1)[1].startswith("-busy-")
+    assert lines(runs) == [f"{path} 0"]

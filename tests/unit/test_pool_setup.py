@@ -34,6 +34,7 @@ setups = st.builds(SetupConfig, command=text, timeout=st.just(Seconds(60.0)),
 def test_nothing_to_set_up_has_no_fingerprint() -> None:
     assert fingerprint(SetupConfig()) is None
     assert fingerprint(SetupConfig(command="make")) is not None
+    assert fingerprint(SetupConfig(command="make", in_pool=False)) is None  # at sling
 
 
 def test_every_setting_but_the_timeout_changes_the_fingerprint() -> None:
