@@ -10,11 +10,12 @@ decisions are :mod:`gastown.roles.core.pool`'s.
 On disk. ``<rig>/pool/<name>`` is a *ready* tree: a linked worktree of the rig's clone
 (``<rig>/refinery/rig``), on a detached HEAD at (or, until the mayor's next pass, behind)
 the default branch's tip, verified clean (``git status --porcelain --ignored`` empty, no
-operation in progress) when it entered the pool. A ready tree never holds anyone's work
-and never has a branch checked out (a pool tree someone checked a branch out in by hand
-is no longer the pool's: left alone). ``<rig>/pool/.dirty-<name>`` is a nuked polecat's
-tree waiting for the mayor to clean it. ``<rig>/pool/.busy-<name>`` is a tree a process is
-working on, guarded by an ``flock`` on ``.busy-<name>.lock`` held for as long as it works:
+operation in progress) before its setup (:mod:`.pool_setup`), if any, made files. A ready
+tree never holds anyone's work and never has a branch checked out (a pool tree someone
+checked a branch out in by hand is no longer the pool's: left alone).
+``<rig>/pool/.dirty-<name>`` is a nuked polecat's tree waiting for the mayor to clean it.
+``<rig>/pool/.busy-<name>`` is a tree a process is working on, guarded by an ``flock`` on
+``.busy-<name>.lock`` held for as long as it works:
 a busy folder whose lock is free is the leftover of a crash, removed by the next
 :func:`tend` (the mayor's, at its start and after events) or ``doctor --fix``.
 
