@@ -133,7 +133,11 @@ class Mayor:
                 continue  # the last build to end wakes this again
             for rig in await self.store.call(self.store.store.rigs):
                 try:
-                    done = await trio.to_thread.run_sync(tend, self.town, rig.name)
+                    # Abandoned when the mayor stops: a pool setup may run for minutes, and
+                    # the mayor leaves as if killed (the busy tree's lock frees; the next
+                    # tend stops that setup and removes the tree), not at stop_timeout.
+                    done = await trio.to_thread.run_sync(tend, self.town, rig.name,
+                                                         abandon_on_cancel=True)
                 except GastownError as exc:
                     self._log.warning("pool_not_tended", rig=rig.name, error=exc.message)
                     continue

@@ -232,6 +232,31 @@ def test_down_all_stops_a_running_pool_setup_and_drains_the_pool(
     assert not (town / "web" / "pool").exists()
 
 
+def test_a_plain_down_does_not_wait_for_a_pool_setup_and_the_next_up_stops_it(
+        cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:  # noqa: F811
+    """The mayor leaves at once on SIGTERM while its tend waits for a blocked pool setup
+    (it would otherwise be killed at ``stop_timeout``); the setup left running in its busy
+    folder is stopped, and its tree removed, by the next ``up``'s tend."""
+    fifo, pid = tmp_path / "fifo", tmp_path / "pid"
+    os.mkfifo(fifo)
+    configure(town, pool_config(source, f"echo $$ >> {pid}; cat {fifo}", size=1))
+    cli.ok("up")
+    wait_until(lambda: (pid.exists() and pid.read_text().strip()) or None,
+               what="the pool setup to block")
+    first = int(pid.read_text().split()[0])
+    (leftover,) = [name for name in in_flight(town) if not name.endswith(".lock")]
+    cli.ok("down")
+    stopped = [e for e in map(json.loads, cli.ok("feed", "--json").splitlines())
+               if e["kind"] == "role_stopped" and e.get("role") == "mayor"]
+    assert stopped and stopped[-1]["last_exit"] != -signal.SIGKILL, stopped[-1]
+    assert alive(first)  # a plain down leaves it, as it leaves agents' sessions
+    cli.ok("up")
+    wait_until(lambda: not alive(first) or None, what="the next tend to stop the setup")
+    wait_until(lambda: len(pid.read_text().split()) > 1 or None,
+               what="the pool prepared again")
+    assert leftover not in in_flight(town)  # removed; the new setup has its own tree
+
+
 def test_in_pool_false_keeps_the_setup_at_sling(
         cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:  # noqa: F811
     runs = tmp_path / "runs"
