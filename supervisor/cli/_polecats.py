@@ -198,20 +198,25 @@ def cmd_polecat_list(args: argparse.Namespace) -> int:
                 "incarnation": p.incarnation, "created_at": p.created_at,
                 "age": round(time.time() - p.created_at, 1), "turns": p.turns,
                 "tokens_in": p.tokens_in, "tokens_out": p.tokens_out,
-                "cost_usd": p.cost_usd, "nudges": p.nudges}
+                "cost_usd": p.cost_usd, "nudges": p.nudges, "slot": p.slot,
+                "port": p.port}
 
     if print_json_or_empty(args.json, polecats, as_json_row, "no polecats"):
         return 0
     from ...roles.adapters.agent_usage import short_count
 
-    # The tokens column (in/out) only where some agent reported any.
+    # The tokens column (in/out) only where some agent reported any; the port column
+    # only where a rig gives its polecats ports (``polecats.ports``).
     tokens = any(p.tokens_in or p.tokens_out for p in polecats)
+    ports = any(p.port is not None for p in polecats)
     print_table(["RIG", "NAME", "BEAD", "STATE", "SESSION", "AGE"]
-                + (["TOKENS"] if tokens else []) + ["BRANCH"],
+                + (["TOKENS"] if tokens else []) + (["PORT"] if ports else []) + ["BRANCH"],
                 [[p.rig, p.name, p.bead, p.state + (f" ({p.reason})" if p.reason else ""),
                   "alive" if alive[p.rig, p.name] else "dead", age(p.created_at)]
                  + ([f"{short_count(p.tokens_in)}/{short_count(p.tokens_out)}"]
-                    if tokens else []) + [p.branch]
+                    if tokens else [])
+                 + ([str(p.port) if p.port is not None else "-"] if ports else [])
+                 + [p.branch]
                  for p in polecats])
     for p in polecats:
         if p.state == "escalated" and p.output_tail:

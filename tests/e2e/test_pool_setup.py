@@ -149,7 +149,12 @@ def test_a_changed_setup_runs_at_sling_in_a_tree_prepared_with_the_old_one(
     assert (tree / ".git").read_text().strip().rsplit("/", 1)[1].startswith("-busy-")
     assert (tree / ".venv" / "made").read_text() == "v2\n"  # the new setup, at sling
     assert f"{tree} 0" in lines(runs)
-    assert polecats(cli)[name]["state"] == "working"
+    listed = polecats(cli)[name]
+    assert listed["state"] == "working"
+    # polecat list shows the slot and the port (--json) and a PORT column (text).
+    assert listed["slot"] == 0 and isinstance(listed["port"], int)
+    table = cli.ok("polecat", "list").splitlines()
+    assert "PORT" in table[0].split() and str(listed["port"]) in table[1].split()
     # The pool is refilled with trees set up with the new settings.
     (new,) = wait_until(lambda: prepared_pool(town, 1), what="the pool set up again")
     assert record(new)[1] != old_record[1] and (new / ".venv" / "made").read_text() == "v2\n"
