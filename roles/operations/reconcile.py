@@ -54,12 +54,14 @@ from .reconcile_staging import check_staging_leftovers
 from .reconcile_worktrees import (
     check_orphan_folders,
     check_pool_leftovers,
+    check_pool_setup,
     check_stale_git_worktrees,
 )
 
 #: The finding kinds, in the order the checks run.
 KINDS: Final = ("missing_clone", "stale_git_worktree", "landed_mr", "orphan_worktree",
                 "half_created", "stale_registration", "orphan_branch", "pool_leftover",
+                "pool_setup_stopped",
                 "orphan_session", "staging_leftover")
 
 
@@ -91,6 +93,7 @@ def reconcile(town: Town, store: Store, *, rig: str | None = None, fix: bool = F
         findings += check_stale_registrations(ctx, view)
         findings += check_orphan_branches(ctx, view)
         findings += check_pool_leftovers(ctx, view)
+        findings += check_pool_setup(ctx, view)
     findings += check_orphan_sessions(ctx, checked, all_rigs=[r.name for r in store.rigs()])
     findings += check_staging_leftovers(ctx, rig)
     return findings

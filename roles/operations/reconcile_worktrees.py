@@ -1,5 +1,6 @@
 """``gastown doctor``'s checks of polecat worktrees: git's worktree registry, the
-polecat folders that have no row, and the warm pool's leftovers (``<rig>/pool``).
+polecat folders that have no row, the warm pool's leftovers (``<rig>/pool``), and a pool
+whose setup stopped after failing.
 
 Layer: roles operations, called by :mod:`.reconcile` (the driver). Stale registry entries
 are pruned; an orphan folder is removed only when it holds nothing unlanded (a dirty
@@ -16,6 +17,7 @@ from ..adapters.agent_homes import agent_home, remove_home
 from ..core.errors import GastownError
 from . import worktree_pool
 from .polecat_sessions import done_marker_path, prompt_path
+from .pool_setup import PoolSetup
 from .reconcile_findings import (
     Ctx,
     Finding,
@@ -157,6 +159,26 @@ def check_pool_leftovers(ctx: Ctx, rig: RigView) -> list[Finding]:
             todo="remove it", done="removed it",
             do=partial(_remove_pool_leftover, rig.clone, pool, busy)))
     return findings
+
+
+def check_pool_setup(ctx: Ctx, rig: RigView) -> list[Finding]:
+    """A pool that stopped preparing trees because its setup failed too often in a row
+    with the settings in force: a person must fix ``[polecats.setup]`` (the pool fills
+    again when the settings change); meanwhile slings run the setup themselves."""
+    try:
+        pool = PoolSetup(ctx.town, rig.name)
+    except GastownError:
+        return []  # a broken rig.toml: reported where the configuration is read
+    if not pool.stopped():
+        return []
+    failures = pool.failures()
+    reason = failures.reason if failures is not None else "unknown"
+    count = failures.count if failures is not None else 0
+    return [kept(ctx, rig.name, "pool_setup_stopped", str(pool.failures_path),
+                 f"the pool's [polecats.setup] failed {count} times in a row ({reason}); "
+                 "no tree is prepared until the settings change",
+                 f"fix [polecats.setup] in {rig.name}/rig.toml, or set in_pool = false; "
+                 f"its output is in {pool.log_path}")]
 
 
 def _remove_pool_leftover(clone: Path, pool: Path, busy: str) -> str | None:

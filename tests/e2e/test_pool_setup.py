@@ -195,6 +195,10 @@ def test_a_failing_pool_setup_leaves_no_tree_and_no_process_and_stops_after_thre
     assert len(lines(runs)) == count + 1  # the sling's own run, none for the pool
     assert not [pid for pid in map(int, lines(bg)) if alive(pid)]
     assert not setup_processes(town)
+    # doctor says the pool stopped, why, and what to do; --fix cannot fix it.
+    doctor = cli("doctor", "--fix")
+    assert "pool_setup_stopped" in doctor.out and "failed 3 times" in doctor.out, doctor
+    assert "exit 3" in doctor.out and "fix [polecats.setup]" in doctor.out, doctor
 
 
 def test_kill_9_of_the_mayor_during_a_pool_setup_converges(
