@@ -48,7 +48,14 @@ from .adapters.store import MergeRequest
 from .core.errors import GastownError, GitError
 from .core.merge_queue import AutoBatch, batch_limit, next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
-from .operations.merge_site import MergeSite, QueueState, QueueStatus, clean_checkout
+from .operations.merge_site import (
+    MergeSite,
+    QueueState,
+    QueueStatus,
+    clean_checkout,
+    own_maintenance,
+    upkeep,
+)
 from .operations.merging import fail_batch, run_plan
 from .operations.speculation import Ahead, Speculated
 from .role_context import RoleContext
@@ -87,12 +94,15 @@ class Refinery:
         try:
             self._client = client
             events = await client.subscribe(*WAKE_TOPICS)
+            await own_maintenance(self.site)
             await recover(self.site)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._wake_on_events, events)
                 while True:
                     while await self._process_one_batch():
-                        pass
+                        await upkeep(self.site, idle=False)
+                    if self.site.batches_since_upkeep:
+                        await upkeep(self.site, idle=True)
                     await self._wakeup.wait()
                     self._wakeup = trio.Event()
         finally:

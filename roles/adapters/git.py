@@ -408,3 +408,30 @@ def checked_out_branches(repo: Path) -> list[str]:
 
 def set_config(repo: Path, key: str, value: str) -> None:
     run_git(["config", key, value], cwd=repo, op="config")
+
+
+# -- upkeep of the clone every worktree shares -----------------------------------------
+#
+# Left to itself git runs ``maintenance run --auto`` (and so ``gc --auto``) after a commit,
+# fetch, merge or rebase: in a town, after every agent's commit in every worktree and every
+# step of the merge queue, all on the one object store the worktrees share (4 of the ~50
+# git processes of a polecat's life, and a repack could start under any agent's commit).
+# The refinery turns that off for its clone and runs the same check itself, between
+# batches, with git's usual thresholds.
+
+
+def own_maintenance(repo: Path) -> bool:
+    """Stop commands in ``repo`` (and its worktrees) from starting maintenance themselves;
+    True if the setting was changed."""
+    current = run_git(["config", "--get", "--default", "", "maintenance.auto"], cwd=repo,
+                      op="config").strip()
+    if current == "false":
+        return False
+    set_config(repo, "maintenance.auto", "false")
+    return True
+
+
+def maintain(repo: Path) -> None:
+    """``git maintenance run --auto``: what commands did after their work (gc when loose
+    objects or packs pass git's thresholds), done once here."""
+    run_git(["maintenance", "run", "--auto", "--quiet"], cwd=repo, op="maintenance")

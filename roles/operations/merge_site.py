@@ -15,15 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import ParamSpec, TypedDict, TypeVar
+from typing import Final, ParamSpec, TypedDict, TypeVar
 
 import trio
 
-from ..adapters import git
+from ..adapters import git, log
 from ..adapters.async_store import AsyncStore
 from ..adapters.town import Town
 from ..core.config import RigConfig
 from ..core.errors import GitError
+
+_log = log.get_logger()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -99,6 +101,8 @@ class MergeSite:
     checkout_clean: bool = False
     #: Whether the clone has an ``origin``, asked once (:func:`has_remote`).
     remote: bool | None = None
+    #: Batches since git's maintenance check last ran here (:func:`upkeep`).
+    batches_since_upkeep: int = 0
 
     def config(self) -> RigConfig:
         return self.town.rig_config(self.rig)
@@ -115,6 +119,31 @@ async def has_remote(site: MergeSite) -> bool:
     if site.remote is None:
         site.remote = await off_thread(git.has_remote, site.clone)
     return site.remote
+
+
+#: During a long burst of batches, git's maintenance check runs after this many.
+UPKEEP_EVERY: Final = 20
+
+
+async def own_maintenance(site: MergeSite) -> None:
+    """At the refinery's start: commands in the clone and its worktrees no longer start
+    git's maintenance themselves (:func:`git.own_maintenance`); :func:`upkeep` does."""
+    if await off_thread(git.own_maintenance, site.clone):
+        _log.info("git_maintenance_taken_over", clone=str(site.clone))
+
+
+async def upkeep(site: MergeSite, *, idle: bool) -> None:
+    """After a batch: git's maintenance check (gc past its thresholds) when the queue is
+    ``idle``, else every :data:`UPKEEP_EVERY` batches. A failure is logged, never fatal
+    to the queue."""
+    site.batches_since_upkeep += 1
+    if not idle and site.batches_since_upkeep < UPKEEP_EVERY:
+        return
+    site.batches_since_upkeep = 0
+    try:
+        await off_thread(git.maintain, site.clone)
+    except GitError as exc:
+        _log.warning("git_maintenance_failed", error=exc.message)
 
 
 async def clean_checkout(site: MergeSite, branch: str, *, force: bool = False) -> None:

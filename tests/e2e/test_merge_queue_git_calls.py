@@ -8,6 +8,7 @@ refinery's checkout is cleaned (``git reset --hard``) once per batch plus once a
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -19,7 +20,14 @@ import pytest
 
 from tests.conftest import Cli, git, make_remote
 from tests.e2e.feed_waiter import FeedWaiter
-from tests.e2e.town_helpers import clone, configure, gate, script_town, tear_down_town
+from tests.e2e.town_helpers import (
+    clone,
+    configure,
+    gate,
+    script_town,
+    tear_down_town,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -77,3 +85,38 @@ def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
     assert resets <= 1 + 5
     assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
     assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=clone(town)).strip() == "main"
+
+
+def _maintenance_runs(trace: Path) -> list[list[str]]:
+    """The ancestry (nearest first) of every ``git maintenance run`` in a trace2 log."""
+    starts: dict[str, bool] = {}
+    found: list[list[str]] = []
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        if event["event"] == "start":
+            starts[event["sid"]] = event["argv"][1:3] == ["maintenance", "run"]
+        elif event["event"] == "cmd_ancestry" and starts.get(event["sid"]):
+            found.append(list(event["ancestry"]))
+    return found
+
+
+def test_git_maintenance_is_the_refinerys_not_every_commands(
+        cli: Cli, town: Path, feed: FeedWaiter, tmp_path: Path) -> None:
+    """The clone's commands (agents' commits in the worktrees, the queue's fetch, rebase
+    and merge) start no ``git maintenance run`` of their own: the refinery turned that off
+    at its start and runs the check itself between batches."""
+    trace = tmp_path / "trace2.json"
+    cli.env["GIT_TRACE2_EVENT"] = str(trace)
+    configure(town, gate("test", "true"))
+    cli.ok("up")
+    for i in range(3):
+        bead = cli.ok("bead", "create", f"file {i}", "--rig", "web", "-d",
+                      f"echo {i} > file{i}.txt").strip()
+        cli.ok("sling", bead, "web")
+        feed.wait_settled(i + 1, timeout=90)
+    assert git("config", "maintenance.auto", cwd=clone(town)).strip() == "false"
+    runs = wait_until(lambda: _maintenance_runs(trace) or None,
+                      what="the refinery's maintenance check")
+    # Each run's parent is the refinery (a Python process), never a git command.
+    by_git = [ancestry for ancestry in runs if not ancestry or ancestry[0] == "git"]
+    assert by_git == [], by_git
