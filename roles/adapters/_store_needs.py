@@ -159,7 +159,8 @@ class NeedsLedger(StoreBase):
         blockers = _blockers(conn, needs)
         states = [NeedState(bead=r["id"], rig=r["rig"], title=r["title"], status=r["status"],
                             blocked=blockers.get(r["id"])) for r in needs]
-        waiting = self.waiting_beads([bead_id]).get(bead_id)
+        waiting = waiting_reason([Need(bead=n.bead, status=n.status, blocked=n.blocked)
+                                  for n in states])
         return BeadNeeds(
             needs=states, waiting=waiting,
             needed_by=[NeedState(bead=r["id"], rig=r["rig"], title=r["title"],

@@ -23,7 +23,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..adapters import git
@@ -58,6 +58,11 @@ class CommandResult:
     ok: bool
     reason: str
     tail: str
+
+    def summary(self) -> str:
+        """The reason and the output's last line, for a one-line error."""
+        last = self.tail.splitlines()[-1] if self.tail else ""
+        return f"{self.reason}{f': {last}' if last else ''}"
 
 
 def setup_marker(town: Town, polecat: Polecat) -> Path:
@@ -217,7 +222,7 @@ def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path, *,
     port = pick_port(config, polecat.slot)
     if port is not None:
         store.set_polecat_port(polecat.rig, polecat.name, port)
-        polecat = store.polecat(polecat.rig, polecat.name)
+        polecat = replace(polecat, port=port)
     if prepared:
         log.info("setup done when the pool tree was prepared", polecat=polecat.name)
     if not setup.configured or prepared:
@@ -236,9 +241,7 @@ def polecat_setup(town: Town, store: Store, polecat: Polecat, log_path: Path, *,
         if not result.ok:
             store.note_setup_failed(polecat, result.reason, result.tail)
             discard_setup(town, polecat)
-            last = result.tail.splitlines()[-1] if result.tail else ""
-            raise SetupFailed(f"{result.reason}{f': {last}' if last else ''}",
-                              tail=result.tail)
+            raise SetupFailed(result.summary(), tail=result.tail)
     marker.unlink(missing_ok=True)
     return polecat
 
@@ -300,6 +303,5 @@ def workspace_setup(town: Town, rig: str, tree: Path, log_path: Path) -> None:
         result = run_command(setup.command, cwd=tree, env=env, timeout=setup.timeout,
                              log_path=log_path)
         if not result.ok:
-            last = result.tail.splitlines()[-1] if result.tail else ""
-            raise SetupFailed(f"crew workspace {tree} was made, but its {result.reason}"
-                              f"{f': {last}' if last else ''} (output in {log_path})")
+            raise SetupFailed(f"crew workspace {tree} was made, but its {result.summary()} "
+                              f"(output in {log_path})")

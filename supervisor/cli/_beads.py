@@ -67,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         # ``waiting`` (needs not closed) is derived: read every status, then filter.
         stored = None if statuses is None or "waiting" in statuses else statuses
         beads = store.beads(rig=listed_rig(store, args.rig), statuses=stored)
-        waiting = store.waiting_beads([b.id for b in beads])
+        waiting = store.waiting_beads()  # only beads with needs: no id list to pass
         needs = store.needs_ids()
     if statuses is not None:
         beads = [b for b in beads if b.status in statuses
