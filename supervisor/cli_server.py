@@ -37,6 +37,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -91,9 +92,19 @@ UNUSABLE: Final = 78
 _MAX_SOCKET_PATH: Final = 107
 
 
-def serve(root: Path, lifeline_fd: int | None, channel_fd: int | None = None) -> int:
+#: What a forked child runs: the command's words in, its exit status out.
+Command = Callable[[list[str]], int]
+
+
+def serve(root: Path, lifeline_fd: int | None, channel_fd: int | None = None, *,
+          command: Command | None = None) -> int:
     """Accept commands until the lifeline closes or SIGTERM; fork one child per command,
-    and one per role the supervisor asks for on ``channel_fd`` (:mod:`.role_template`)."""
+    and one per role the supervisor asks for on ``channel_fd`` (:mod:`.role_template`).
+
+    A child runs ``command`` (default: the CLI's :func:`~gastown.supervisor.cli.main`,
+    the command itself). The test suite serves its own commands from a template of this
+    kind (``tests/cli_template.py``) with the CLI's ``entry`` instead: the same decision
+    to hand a command to a running town's server as the ``gastown`` executable makes."""
     path = root / ".runtime" / SOCKET_NAME
     usable = len(os.fsencode(path)) <= _MAX_SOCKET_PATH
     if not usable:
@@ -138,7 +149,7 @@ def serve(root: Path, lifeline_fd: int | None, channel_fd: int | None = None) ->
                     roles = set(template.children) | {template.channel.fileno()} if template \
                         else set()
                     _accept(listener, selector, waiting,
-                            keep={lifeline_fd, stop_r, stop_w, *roles})
+                            keep={lifeline_fd, stop_r, stop_w, *roles}, command=command)
                 elif key.data in ("lifeline", "signal"):
                     return 0
                 elif key.data == "channel" and template is not None:
@@ -162,7 +173,8 @@ def serve(root: Path, lifeline_fd: int | None, channel_fd: int | None = None) ->
 
 
 def _accept(listener: socket.socket, selector: selectors.BaseSelector,
-            waiting: dict[int, tuple[int, socket.socket]], keep: set[int | None]) -> None:
+            waiting: dict[int, tuple[int, socket.socket]], keep: set[int | None],
+            command: Command | None) -> None:
     conn, _ = listener.accept()
     conn.settimeout(5.0)  # one slow client must not hold the others up
     try:
@@ -204,7 +216,7 @@ def _accept(listener: socket.socket, selector: selectors.BaseSelector,
             if kept is not None:
                 with contextlib.suppress(OSError):
                     os.close(kept)
-        os._exit(_run_command(conn, request, fds))
+        os._exit(_run_command(conn, request, fds, command))
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -218,10 +230,15 @@ def _reap(pidfd: int, selector: selectors.BaseSelector,
     pid, conn = waiting.pop(pidfd)
     os.close(pidfd)
     _, status = os.waitpid(pid, 0)
-    if os.WIFSIGNALED(status):  # the child could not say it: tell its client
-        with contextlib.suppress(OSError):
-            conn.settimeout(1.0)
+    # The child reports its status itself, unless it died of a signal or left through
+    # ``os._exit`` (a fault point, a library): then tell its client here. A second report
+    # after the child's own is never read (the client stops at the first).
+    with contextlib.suppress(OSError):
+        conn.settimeout(1.0)
+        if os.WIFSIGNALED(status):
             send_line(conn, "signal", os.WTERMSIG(status))
+        else:
+            send_line(conn, "exit", os.waitstatus_to_exitcode(status))
     conn.close()
 
 
@@ -231,7 +248,8 @@ def struct_ucred_uid(conn: socket.socket) -> int:
     return int.from_bytes(creds[4:8], sys.byteorder)
 
 
-def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
+def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int],
+                 command: Command | None) -> int:
     """In the forked child: become the client's command, run it, report its status."""
     os.setsid()
     signal.set_wakeup_fd(-1)
@@ -266,9 +284,11 @@ def _run_command(conn: socket.socket, request: dict[str, Any], fds: list[int]) -
     sys.argv = ["gastown", *argv]
     code = 1
     try:
-        from .cli import main
+        if command is None:
+            from .cli import main
 
-        code = main(argv)
+            command = main
+        code = command(argv)
     except SystemExit as exc:
         if exc.code is None or isinstance(exc.code, int):
             code = int(exc.code or 0)
