@@ -96,6 +96,7 @@ class Refinery:
             events = await client.subscribe(*WAKE_TOPICS)
             await own_maintenance(self.site)
             await recover(self.site)
+            self._log.info("merge_queue_open")  # recovered; merges from here on
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._wake_on_events, events)
                 while True:

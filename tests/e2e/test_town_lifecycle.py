@@ -204,6 +204,11 @@ def test_role_ignoring_sigterm_is_killed_after_its_timeout(cli: Cli, town: Path)
     """A role that ignores SIGTERM is SIGKILLed after stop_timeout; down still completes."""
     cli.env["GASTOWN_FAULTS"] = "refinery:web@sigterm=ignore"
     cli.ok("up")
+    # Stopped during its start, the refinery's git commands would die of the group's
+    # SIGTERM and it would crash of that before its SIGKILL: stop it once it is open.
+    log = town / "logs" / "refinery-web.log"
+    wait_until(lambda: log.exists() and "merge_queue_open" in log.read_text(),
+               what="the refinery's queue open")
     assert "town stopped" in cli.ok("down")
     assert town_processes(town) == {}
     assert roles_by_name(cli)["refinery:web"]["last_exit"] == -signal.SIGKILL
