@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import cli_template
 from tests.scripted_model import ModelServer
 from tests.scripted_model import clis as agent_clis_install
 from tests.scripted_model.clis import AgentClis
@@ -99,20 +100,25 @@ class CliResult:
     err: str
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    cli_template.close()
+
+
 @dataclass
 class Cli:
-    """Runs the real ``gastown`` command (``python -m gastown.supervisor``) as a black box."""
+    """Runs the real ``gastown`` command as a black box: its own process, forked from a
+    pre-imported template (tests/cli_template.py: the same entry point as the executable,
+    without Python's start; ``GASTOWN_TEST_CLI=exec`` starts each one afresh)."""
 
     cwd: Path
     env: dict[str, str]
 
     def __call__(self, *args: str, cwd: Path | None = None, stdin: str | None = None,
                  timeout: float = 120) -> CliResult:
-        proc = subprocess.run([sys.executable, "-m", "gastown.supervisor", *args],
-                              cwd=cwd or self.cwd, env=self.env, capture_output=True,
-                              text=True, input=stdin, timeout=timeout, check=False)
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        code, out, err = cli_template.run(list(args), cwd=cwd or self.cwd, env=self.env,
+                                          stdin=stdin, timeout=timeout)
+        assert "Traceback" not in err, err
+        return CliResult(code, out, err)
 
     def ok(self, *args: str, cwd: Path | None = None) -> str:
         result = self(*args, cwd=cwd)

@@ -127,9 +127,12 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
     home = root / ".runtime" / "agent-homes" / "web" / name
 
     def call_recorded() -> bool:
-        return any("sleep 600" in line and "SCRIPT-BEGIN" not in line
-                   for path in home.rglob("*.jsonl") if path.is_file()
-                   for line in path.read_text(errors="replace").splitlines())
+        try:  # the CLI creates and removes folders of its home meanwhile (plugin fetches)
+            return any("sleep 600" in line and "SCRIPT-BEGIN" not in line
+                       for path in home.rglob("*.jsonl") if path.is_file()
+                       for line in path.read_text(errors="replace").splitlines())
+        except FileNotFoundError:
+            return False
 
     wait_until(call_recorded, timeout=60, what="the long step in the agent's transcript")
     _kill_agent(root, name)

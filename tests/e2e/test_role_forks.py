@@ -95,6 +95,9 @@ def test_roles_outlive_a_killed_fork_server_and_still_restart(cli: Cli, town: Pa
     afterwards is still seen to die and is started again (forked from the next server, or
     exec'd until it is ready); down leaves nothing behind."""
     cli.ok("up")
+    # The first readiness of each role, before the mark: the feed may not have printed
+    # them yet when `up` returns, and they would pass for the restarted one's.
+    feed.wait_each("role_ready", "role", ("mayor", "witness:web", "refinery:web"))
     before = role_processes(town)
     server = fork_server(town)
     os.kill(server, signal.SIGKILL)
