@@ -33,6 +33,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -187,6 +188,7 @@ def _collect(conn: socket.socket, fds: list[int], stdin: str | None, timeout: fl
 
 
 _template: Template | None = None
+_starting = threading.Lock()  # tests that run commands from several threads
 
 
 def run(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None = None,
@@ -195,8 +197,9 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None = 
     process when ``GASTOWN_TEST_CLI=exec`` or the template cannot take it."""
     global _template
     if os.environ.get(MODE_ENV) != "exec":
-        if _template is None:
-            _template = Template()
+        with _starting:
+            if _template is None:
+                _template = Template()
         result = _template.run(argv, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
         if result is not None:
             return result
