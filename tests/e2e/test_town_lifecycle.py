@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -165,6 +166,31 @@ def test_rigs_added_and_removed_while_up(cli: Cli, town: Path, feed: FeedWaiter,
     for name in ("mayor", "witness:web", "refinery:web"):
         assert after[name] == before[name]
     assert "rig_added" in feed_kinds(cli) and "rig_removed" in feed_kinds(cli)
+
+
+def test_up_detaches_from_its_callers_descriptors(cli: Cli, town: Path) -> None:
+    """`gastown up` (the executable) returns and its supervisor keeps nothing of the
+    caller's: a pipe handed to `up` reaches EOF once `up` exits, while the town runs. `ps`
+    shows the supervisor as the `up --foreground` it runs."""
+    read_end, write_end = os.pipe()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "gastown.supervisor", "up"],
+                              env=cli.env, capture_output=True, text=True, timeout=120,
+                              pass_fds=(write_end,), check=False)
+        assert proc.returncode == 0, proc.stderr
+        os.close(write_end)
+        write_end = -1
+        ready, _, _ = select.select([read_end], [], [], 10)
+        assert ready and os.read(read_end, 1) == b"", "the supervisor kept the caller's pipe"
+        supervisor = status(cli)["supervisor"]["pid"]
+        title = town_processes(town)[supervisor].split()
+        assert title[1:] == ["-m", "gastown.supervisor", "--town", str(town), "up",
+                             "--foreground", *title[7:]] and "--ready-fd" in title
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    assert "town stopped" in cli.ok("down")
 
 
 def _foreground(cli: Cli, **extra_env: str) -> subprocess.Popen[str]:
