@@ -13,7 +13,6 @@ start-up was stopped (exit 1) instead of a running town.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import sys
@@ -24,9 +23,7 @@ from ...roles.adapters.town import Town
 from ...roles.core.errors import GastownError, UsageError
 from ._context import age, print_json, print_table, store_of, town_of
 from ._convoys import convoys_status_json, print_convoys_status
-
-#: How long ``up`` waits for every role to report ready.
-UP_TIMEOUT = 60.0
+from ._supervisor_start import UP_TIMEOUT, run_foreground, start_daemon
 
 #: How long ``down`` waits for role processes to follow a supervisor that is gone: they
 #: exit at once, or by their lifeline backstop 5 s later (a role blocked in a call).
@@ -55,7 +52,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     town = town_of(args)
     if args.foreground:
         _check_config(town)
-        return _run_foreground(town, args.ready_fd, args.start_lock_fd)
+        return run_foreground(town, args.ready_fd, args.start_lock_fd)
     # First of all: from here on a `down` knows that a start-up is under way.
     start_fd = hold_start_lock(town.runtime_dir, timeout=UP_TIMEOUT)
     try:
@@ -65,7 +62,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"town already up (supervisor pid {running.pid})")
             return _print_status(town, as_json=False)
         fd, start_fd = start_fd, None
-        outcome = _start_daemon(town, timeout=args.timeout, start_fd=fd)
+        outcome = start_daemon(town, timeout=args.timeout, start_fd=fd)
     finally:
         if start_fd is not None:
             os.close(start_fd)
@@ -76,176 +73,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     if not outcome.get("ok"):
         print(f"gastown: {outcome.get('error', 'the supervisor did not start')}", file=sys.stderr)
         return 1
-    return code
-
-
-def _start_daemon(town: Town, *, timeout: float, start_fd: int | None) -> dict[str, Any]:
-    """Start a detached supervisor and wait on a pipe until it reports every role ready.
-
-    The supervisor writes one JSON line to the pipe; EOF without a line means it died,
-    and the tail of its output explains why. ``start_fd`` (the held start-up lock) is
-    handed to the supervisor, which releases it once it holds the town; it is closed
-    here in any case.
-
-    The supervisor is this process, forked: it has already imported the configuration
-    and the store and read the town (a fresh interpreter would do it all again, ~150 ms
-    of CPU per ``up``), and this process is single-threaded and holds nothing open but
-    the two descriptors it hands over. ``ps`` shows it as the ``up --foreground`` it
-    runs, the command a service manager starts.
-    """
-    read_fd, write_fd = os.pipe()
-    out_path = town.logs_dir / "supervisor.out"
-    argv = ["-m", "gastown.supervisor", "--town", str(town.root), "up", "--foreground",
-            "--ready-fd", str(write_fd)]
-    if start_fd is not None:
-        argv += ["--start-lock-fd", str(start_fd)]
-    try:
-        town.logs_dir.mkdir(exist_ok=True)
-        out = os.open(out_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        for stream in (sys.stdout, sys.stderr):  # nothing of ours printed twice
-            stream.flush()
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - the supervisor's coverage is the town's tests
-            os.close(read_fd)
-            _become_supervisor(town, argv, out, write_fd, start_fd)
-        os.close(out)
-    finally:
-        os.close(write_fd)
-        if start_fd is not None:
-            os.close(start_fd)
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while not data.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_fd], [], [], left)[0]:
-                return {"ok": False, "error": f"roles not ready after {timeout:g}s; see "
-                                              "'gastown status' and 'gastown logs'"}
-            chunk = os.read(read_fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(read_fd)
-    if not data.strip():
-        tail = _tail(out_path)
-        return {"ok": False, "error": "the supervisor exited during start-up" +
-                (f": {tail}" if tail else "")}
-    result: dict[str, Any] = json.loads(data)
-    return result
-
-
-def _become_supervisor(town: Town, argv: list[str], out: int, ready_fd: int,
-                       start_fd: int | None) -> None:
-    """In the forked child: detach (own session, stdin from /dev/null, output to
-    ``supervisor.out``, the town as working directory) and run the supervisor; never
-    returns."""
-    import signal
-
-    code = 1
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-        _close_inherited(keep={ready_fd, start_fd})
-        os.chdir(town.root)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.argv = [sys.executable, *argv]
-        try:
-            import setproctitle
-
-            setproctitle.setproctitle(" ".join(sys.argv))
-        except ImportError:
-            pass
-        code = _run_foreground(town, ready_fd, start_fd)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
-
-
-def _close_inherited(keep: set[int | None]) -> None:
-    """Close what this process inherited from whoever ran ``gastown up`` (the inheritable
-    descriptors above stderr: Python opens its own close-on-exec): a daemon that kept, say,
-    the write end of its caller's pipe would leave the caller waiting for EOF forever."""
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd <= 2 or fd in keep:
-            continue
-        try:
-            if os.get_inheritable(fd):
-                os.close(fd)
-        except OSError:
-            pass  # listdir's own descriptor, closed meanwhile
-
-
-def _tail(path: Any) -> str:
-    try:
-        lines = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return lines[-1] if lines else ""
-
-
-def _run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> int:
-    import trio
-
-    from ...roles.adapters import log
-    from ...roles.adapters.faults import fault_point
-    from ...roles.adapters.town_lock import SupervisorRunning, hold_start_lock
-    from ..supervisor import run_supervisor
-
-    if start_fd is None:
-        start_fd = hold_start_lock(town.runtime_dir, timeout=UP_TIMEOUT)
-    else:
-        os.set_inheritable(start_fd, False)  # no role may inherit it
-
-    def release_start_lock() -> None:
-        nonlocal start_fd
-        if start_fd is not None:
-            os.close(start_fd)
-            start_fd = None
-
-    config = town.config
-    log.configure_logging(town.logs_dir, role="supervisor", level=config.logging.level,
-                          console=ready_fd is None and sys.stderr.isatty(),
-                          max_bytes=config.logging.max_bytes, backups=config.logging.backups)
-
-    def report(outcome: dict[str, Any]) -> None:
-        if ready_fd is not None:
-            try:
-                os.write(ready_fd, (json.dumps(outcome) + "\n").encode())
-                os.close(ready_fd)
-            except OSError:
-                pass
-        elif outcome.get("ok"):
-            print(f"town up: supervisor pid {os.getpid()}", flush=True)
-        else:
-            print(f"gastown: {outcome.get('error')}", file=sys.stderr, flush=True)
-
-    try:
-        fault_point("supervisor", "start")
-        code = trio.run(run_supervisor, town, report, release_start_lock)
-    except SupervisorRunning as exc:
-        report({"ok": False, "already": exc.pid, "error": exc.message})
-        return 0 if ready_fd is not None else exc.exit_code
-    finally:
-        release_start_lock()
     return code
 
 

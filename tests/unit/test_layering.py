@@ -457,3 +457,13 @@ def test_every_module_says_its_one_job_and_its_layer(module: str) -> None:
     assert claimed == folder_layer(module), (
         f"{path.relative_to(ROOT)}: its 'Layer:' line names {claimed or 'no layer'!r}, "
         f"its folder puts it in {folder_layer(module)!r}")
+
+
+#: The longest a module of the installed package may be (issue 13's acceptance).
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = {str(path.relative_to(ROOT)): count for path in modules().values()
+            if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
