@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from typing import NoReturn
 import trio
 
 from ..roles.adapters.children import Lifeline, child_env
+from .forked import detach, run_then_exit
 from .role_template import CHANNEL_ENV
 
 
@@ -125,51 +125,28 @@ def _serve_when_told(root: Path, lifeline: Lifeline, env: Mapping[str, str], *, 
     """In the child: become the server process start_child would have started — own
     session, stdin from /dev/null, output to ``cli-server.out``, the supervisor's
     environment without systemd's variables — import, wait for the word, serve."""
-    code = 1
-    try:
+
+    def serve() -> int:
         os.close(go_w)
         os.close(lifeline.write_fd)  # else the lifeline never closes while this lives
         for fd in close:
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
-        os.chdir(root)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        detach(out, root, [sys.executable, "-m", "gastown.supervisor.cli_server",
+                           "--town", str(root)])
         extra = lifeline.env()
         if channel_fd is not None:
             extra[CHANNEL_ENV] = str(channel_fd)
         os.environ.clear()
         os.environ.update(child_env(env, extra))
-        sys.argv = [sys.executable, "-m", "gastown.supervisor.cli_server", "--town", str(root)]
-        with contextlib.suppress(ImportError):
-            import setproctitle
-
-            setproctitle.setproctitle(" ".join(sys.argv))
         from .cli_server import main
 
         # main() imports, reads the configuration, then serves; it waits for the word
         # between the two through this hook.
-        code = main(["--town", str(root)], before_serving=lambda: _wait_for_go(go_r))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
+        return main(["--town", str(root)], before_serving=lambda: _wait_for_go(go_r))
 
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        os._exit(code)
+    run_then_exit(serve)
 
 
 def _wait_for_go(go_r: int) -> None:

@@ -11,7 +11,7 @@ import os
 import select
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ...roles.adapters.town import Town
 
@@ -80,47 +80,18 @@ def start_daemon(town: Town, *, timeout: float, start_fd: int | None) -> dict[st
 
 
 def _become_supervisor(town: Town, argv: list[str], out: int, ready_fd: int,
-                       start_fd: int | None) -> None:
+                       start_fd: int | None) -> NoReturn:
     """In the forked child: detach (own session, stdin from /dev/null, output to
-    ``supervisor.out``, the town as working directory) and run the supervisor; never
-    returns."""
-    import signal
+    ``supervisor.out``, the town as working directory, none of the caller's descriptors)
+    and run the supervisor; never returns."""
+    from ..forked import detach, run_then_exit
 
-    code = 1
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.close(null)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(out)
+    def supervise() -> int:
         _close_inherited(keep={ready_fd, start_fd})
-        os.chdir(town.root)
-        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.argv = [sys.executable, *argv]
-        try:
-            import setproctitle
+        detach(out, town.root, [sys.executable, *argv])
+        return run_foreground(town, ready_fd, start_fd, fork_cli_server=True)
 
-            setproctitle.setproctitle(" ".join(sys.argv))
-        except ImportError:
-            pass
-        code = run_foreground(town, ready_fd, start_fd, fork_cli_server=True)
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(code)
+    run_then_exit(supervise)
 
 
 def _close_inherited(keep: set[int | None]) -> None:
