@@ -67,15 +67,21 @@ def refinery_calls(calls: Path, checkout: Path) -> list[str]:
     return out
 
 
-def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
-                                      calls: Path) -> None:
-    configure(town, gate("test", "true"))
+def _land_one_file_each(cli: Cli, feed: FeedWaiter, count: int) -> None:
+    """Start the town, then sling ``count`` beads one after the other, each adding a file,
+    each settled (merged or rejected) before the next."""
     cli.ok("up")
-    for i in range(5):
+    for i in range(count):
         bead = cli.ok("bead", "create", f"file {i}", "--rig", "web", "-d",
                       f"echo {i} > file{i}.txt").strip()
         cli.ok("sling", bead, "web")
         feed.wait_settled(i + 1, timeout=90)
+
+
+def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
+                                      calls: Path) -> None:
+    configure(town, gate("test", "true"))
+    _land_one_file_each(cli, feed, 5)
     seen = refinery_calls(calls, clone(town))
     by_command = Counter(args.split()[0] for args in seen)
     resets = sum(args.startswith("reset") for args in seen)
@@ -108,12 +114,7 @@ def test_git_maintenance_is_the_refinerys_not_every_commands(
     trace = tmp_path / "trace2.json"
     cli.env["GIT_TRACE2_EVENT"] = str(trace)
     configure(town, gate("test", "true"))
-    cli.ok("up")
-    for i in range(3):
-        bead = cli.ok("bead", "create", f"file {i}", "--rig", "web", "-d",
-                      f"echo {i} > file{i}.txt").strip()
-        cli.ok("sling", bead, "web")
-        feed.wait_settled(i + 1, timeout=90)
+    _land_one_file_each(cli, feed, 3)
     assert git("config", "maintenance.auto", cwd=clone(town)).strip() == "false"
     runs = wait_until(lambda: _maintenance_runs(trace) or None,
                       what="the refinery's maintenance check")

@@ -226,15 +226,22 @@ def test_kill_9_of_the_mayor_during_a_pool_setup_converges(
     assert cli("doctor").out == "all clear\n"
 
 
-def test_down_all_stops_a_running_pool_setup_and_drains_the_pool(
-        cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:  # noqa: F811
+def _up_with_a_blocked_pool_setup(cli: Cli, town: Path, source: Path,  # noqa: F811
+                                  tmp_path: Path) -> int:
+    """Start the town with a one-tree pool whose setup blocks (on a FIFO nobody writes)
+    and appends its pid to a file; the pid of the first setup once it blocks."""
     fifo, pid = tmp_path / "fifo", tmp_path / "pid"
     os.mkfifo(fifo)
-    configure(town, pool_config(source, f"echo $$ > {pid}; cat {fifo}", size=1))
+    configure(town, pool_config(source, f"echo $$ >> {pid}; cat {fifo}", size=1))
     cli.ok("up")
     wait_until(lambda: (pid.exists() and pid.read_text().strip()) or None,
                what="the pool setup to block")
-    first = int(pid.read_text())
+    return int(pid.read_text().split()[0])
+
+
+def test_down_all_stops_a_running_pool_setup_and_drains_the_pool(
+        cli: Cli, town: Path, source: Path, tmp_path: Path) -> None:  # noqa: F811
+    first = _up_with_a_blocked_pool_setup(cli, town, source, tmp_path)
     cli.ok("down", "--all")
     assert not alive(first)
     assert not setup_processes(town)
@@ -246,13 +253,8 @@ def test_a_plain_down_does_not_wait_for_a_pool_setup_and_the_next_up_stops_it(
     """The mayor leaves at once on SIGTERM while its tend waits for a blocked pool setup
     (it would otherwise be killed at ``stop_timeout``); the setup left running in its busy
     folder is stopped, and its tree removed, by the next ``up``'s tend."""
-    fifo, pid = tmp_path / "fifo", tmp_path / "pid"
-    os.mkfifo(fifo)
-    configure(town, pool_config(source, f"echo $$ >> {pid}; cat {fifo}", size=1))
-    cli.ok("up")
-    wait_until(lambda: (pid.exists() and pid.read_text().strip()) or None,
-               what="the pool setup to block")
-    first = int(pid.read_text().split()[0])
+    first = _up_with_a_blocked_pool_setup(cli, town, source, tmp_path)
+    pid = tmp_path / "pid"  # where each setup appends its pid
     (leftover,) = [name for name in in_flight(town) if not name.endswith(".lock")]
     cli.ok("down")
     stopped = [e for e in map(json.loads, cli.ok("feed", "--json").splitlines())
