@@ -94,6 +94,11 @@ class RoleTemplate:
             self.send({"op": "failed", "id": request["id"], "error": str(exc)})
             return
         if pid == 0:  # pragma: no cover - the child's coverage is the role itself
+            # First, the dispositions a fresh process has: this server's SIGTERM handler
+            # writes to its wakeup pipe, which is closed below; a role stopped this early
+            # printed an EBADF traceback into the server's output instead of dying.
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             selector.close()
             for fd in [self.channel.fileno(), *self.children, *keep]:
                 with contextlib.suppress(OSError):
