@@ -110,6 +110,25 @@ def test_agent_exiting_without_done_is_respawned_then_escalated(cli: Cli, town: 
     assert "ended without `gastown done`" in prompt
 
 
+def test_script_work_committed_by_an_earlier_session_is_handed_in(cli: Cli, town: Path,
+                                                                   feed: FeedWaiter,
+                                                                   remote: Path) -> None:
+    """A respawned script agent finds its bead's commit already on the branch (the session
+    before it committed, then died or lost its ``done`` with a killed town): its script
+    changes nothing, and it hands in the work instead of escalating it."""
+    cli.ok("up")
+    earlier = cli.ok("bead", "create", "earlier", "--rig", "web", "-d",
+                     'echo 1 > e.txt; git add -A; git commit -qm "$GASTOWN_BEAD: earlier"'
+                     ).strip()
+    nothing = cli.ok("bead", "create", "nothing", "--rig", "web", "-d", "true").strip()
+    cli.ok("sling", earlier, "web")
+    cli.ok("sling", nothing, "web")
+    feed.wait("mr_merged", bead=earlier, timeout=90)
+    escalated = feed.wait("polecat_escalated", bead=nothing, timeout=90)
+    assert git("show", "main:e.txt", cwd=remote).strip() == "1"
+    assert "the script changed nothing" in str(escalated["reason"])
+
+
 def test_witness_killed_while_polecats_merge(cli: Cli, town: Path, feed: FeedWaiter) -> None:
     """kill -9 of the witness mid-run: afterwards merged polecats are nuked, others kept."""
     cli.ok("up")
