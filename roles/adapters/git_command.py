@@ -63,6 +63,13 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
     the ``sh`` library used before cost ~7 ms per call, and its timeout watcher, a 0.1 s
     polling thread, turned a 4 ms local command into a 104 ms one (measured, sh 2.4).
     ``where`` names the repository in error messages (default: ``cwd``).
+
+    Git runs in a process group of its own (with a timeout, a session of its own): the
+    supervisor stops a role by signalling the role's whole group, and a git killed by
+    that signal fails without a word, which the role would take for a fact about the
+    repository (seen: a mayor stopped by ``down`` during its recovery escalated a polecat
+    because the ``git status`` of its worktree "failed"). Out of the group, git finishes
+    and the stopping role decides what its result means.
     """
     repo = where or (str(cwd) if cwd is not None else ".")
     delay = 0.05
@@ -75,8 +82,20 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
-        raise GitError(op, repo, err)
+        raise GitError(op, repo, err if err.strip() else _silent_failure(code))
     raise AssertionError("unreachable")
+
+
+def _silent_failure(code: int) -> str:
+    """What to say of a git that failed without a word: its exit status, or the signal
+    that killed it (a git killed by another process prints nothing)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}, no error output"
+    return f"exit status {code}, no error output"
 
 
 def _run(argv: list[str], *, cwd: Path | None, env: dict[str, str], timeout: float | None,
@@ -84,7 +103,8 @@ def _run(argv: list[str], *, cwd: Path | None, env: dict[str, str], timeout: flo
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                start_new_session=timeout is not None)
+                                start_new_session=timeout is not None,
+                                process_group=None if timeout is not None else 0)
     except FileNotFoundError:
         if cwd is not None and not Path(cwd).is_dir():
             raise GitError(op, repo, f"{cwd}: no such directory") from None

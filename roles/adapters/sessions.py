@@ -279,7 +279,7 @@ def _start_process(spec: SessionSpec, name: str) -> SessionInfo:
         result = subprocess.run(
             [sys.executable, "-m", "gastown.roles.adapters.session_launcher", "spawn"],
             input=request, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT,
-            check=False)
+            check=False, process_group=0)  # not stopped half-way with the role's group
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SessionError(f"cannot start session {name}: launcher failed: {exc}") from exc
     reply = _parse_reply(result.stdout)

@@ -65,9 +65,11 @@ def run_tmux(tmux: str, socket: str, *args: str) -> subprocess.CompletedProcess[
         SessionError: tmux did not answer within :data:`COMMAND_TIMEOUT`.
     """
     try:
+        # Its own process group, as git's (git_command.run_git): a client killed by the
+        # signal that stops the role would read as a session that is gone.
         return subprocess.run([tmux, "-L", socket, "-f", "/dev/null", *args],
                               capture_output=True, text=True, env=_tmux_env(),
-                              timeout=COMMAND_TIMEOUT, check=False)
+                              timeout=COMMAND_TIMEOUT, check=False, process_group=0)
     except subprocess.TimeoutExpired as exc:
         raise SessionError(f"tmux {args[0]} did not answer within "
                            f"{COMMAND_TIMEOUT:g}s (server {socket})") from exc

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from gastown.roles.adapters.git_command import run_git
@@ -34,3 +38,48 @@ def test_a_worktree_another_process_is_still_making_is_waited_for(tmp_path: Path
     head = subprocess.run(["git", "-C", str(repo), "branch", "--show-current"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert head == "other"
+
+
+_ROLE = """
+import signal, sys
+from pathlib import Path
+from gastown.roles.adapters.git_command import run_git
+from gastown.roles.core.errors import GitError
+signal.signal(signal.SIGTERM, lambda *_: print("stopping", flush=True))
+try:
+    print(run_git(["slow"], cwd=Path(sys.argv[1]), op="slow").strip(), flush=True)
+except GitError as exc:
+    print(exc.message, flush=True)
+"""
+
+
+def test_the_stop_signal_of_a_roles_group_does_not_kill_its_git(tmp_path: Path) -> None:
+    """The supervisor stops a role with a signal to its process group. A git the role is
+    running must finish: killed, it fails without a word and the role takes that for a
+    fact about the repository. A "role" (own session, SIGTERM handled) runs a git alias
+    that waits for a file; its group gets SIGTERM while git waits; git still answers."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "alias.slow",
+                    "!touch started; while [ ! -e go ]; do sleep 0.02; done; echo finished"],
+                   check=True)
+    role = subprocess.Popen([sys.executable, "-c", _ROLE, str(repo)], text=True,
+                            stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        started = repo / "started"
+        for _ in range(3000):
+            if started.exists():
+                break
+            assert role.poll() is None, role.communicate()
+            time.sleep(0.01)
+        assert started.exists(), "the git alias never started"
+        os.killpg(role.pid, signal.SIGTERM)
+        out = role.stdout.readline() if role.stdout else ""
+        assert out == "stopping\n"
+        (repo / "go").touch()
+        out, _ = role.communicate(timeout=60)
+    finally:
+        if role.poll() is None:
+            role.kill()
+            role.wait()
+    assert out == "finished\n", out
