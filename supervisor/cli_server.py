@@ -315,7 +315,12 @@ def _output(fd: int, *, errors: str, line_buffering: bool | None = None) -> io.T
                             write_through=False)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *,
+         before_serving: Callable[[], None] | None = None) -> int:
+    """The server's process: import, read the town's configuration, serve.
+
+    ``before_serving`` runs between the last two (a server forked by ``up`` waits there
+    for the supervisor to hold the town)."""
     parser = argparse.ArgumentParser(prog="python -m gastown.supervisor.cli_server",
                                      description="Run gastown commands for a town by fork.")
     parser.add_argument("--town", required=True, help="the town's root directory")
@@ -324,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     _read_configs(Path(args.town).absolute())
     lifeline = os.environ.get(LIFELINE_ENV)
     channel = os.environ.pop(CHANNEL_ENV, None)
+    if before_serving is not None:
+        before_serving()
     return serve(Path(args.town).absolute(), int(lifeline) if lifeline else None,
                  int(channel) if channel else None)
 

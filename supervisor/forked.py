@@ -1,7 +1,8 @@
 """What a child forked without exec does to become a process of its own, and how it ends.
 
-Layer: supervisor, the top of the town: used by ``up``, whose supervisor is the ``up``
-process forked (:mod:`gastown.supervisor.cli._supervisor_start`).
+Layer: supervisor, the top of the town: used by ``up``'s supervisor
+(:mod:`gastown.supervisor.cli._supervisor_start`) and the first CLI server it forks
+(:mod:`gastown.supervisor.cli_server_fork`).
 
 A fork keeps the parent's session, terminal, standard streams, working directory and
 signal handlers, and ``ps`` shows the parent's command line; an exec'd child would

@@ -53,6 +53,7 @@ from ..roles.core.events_town import (
 from ..roles.role_context import bus_path
 from . import __version__
 from .bus.requests import Ready, Reply, Request, typed_handler
+from .cli_server_fork import ForkedServer
 from .cli_server_runner import keep_cli_server
 from .feed import EventLog
 from .readiness import StatusReporter, watchdog, watchdog_interval
@@ -99,6 +100,8 @@ class Supervisor:
         self._status = StatusReporter(store, self.roles)
         self.rig_configs: dict[str, RigConfig] = {}
         self._reload_lock = trio.Lock()
+        #: The CLI server ``up`` forked for this supervisor, until it is adopted.
+        self.first_cli_server: ForkedServer | None = None
 
     # -- the whole ---------------------------------------------------------------------
 
@@ -126,8 +129,9 @@ class Supervisor:
                     nursery.start_soon(watchdog, bus_path(self.town), self.roles, interval)
                 await self._relay.emit(SupervisorStarted(pid=os.getpid(), version=__version__))
                 # The fork server first: the roles are forked from it once it is ready.
+                first, self.first_cli_server = self.first_cli_server, None
                 nursery.start_soon(keep_cli_server, self.town, self.spawner.lifeline,
-                                   self.spawner.env, self.spawner.forks)
+                                   self.spawner.env, self.spawner.forks, first)
                 await self._reconcile_roles()
                 nursery.start_soon(self._report_ready, on_ready)
                 await self._stop_requested.wait()
@@ -340,7 +344,9 @@ class Supervisor:
 
 
 async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None,
-                         on_locked: Callable[[], None] | None = None) -> int:
+                         on_locked: Callable[[], None] | None = None,
+                         lifeline: Lifeline | None = None,
+                         cli_server: ForkedServer | None = None) -> int:
     """Take the town's supervisor lock and supervise until stopped; returns the exit status.
 
     ``on_locked`` is called once the lock is taken and the pid file written, or the lock
@@ -348,6 +354,10 @@ async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None,
 
     Raises :class:`~gastown.roles.adapters.town_lock.SupervisorRunning` when another
     supervisor holds the town.
+
+    ``lifeline`` and ``cli_server``: the lifeline ``up`` opened and the CLI server it forked
+    on it before trio started (:mod:`.cli_server_fork`); the server is told to serve once
+    the lock is held.
     """
     from ..roles.adapters.children import open_lifeline
     from ..roles.adapters.town_lock import acquire_supervisor_lock
@@ -364,8 +374,10 @@ async def run_supervisor(town: Town, on_ready: ReadyCallback | None = None,
             fault_point("supervisor", "start.locked")
             store = await AsyncStore.open(town.db_path)
             try:
-                with open_lifeline() as lifeline:
-                    return await Supervisor(town, store, lifeline).run(on_ready, signals)
+                with lifeline if lifeline is not None else open_lifeline() as held:
+                    supervisor = Supervisor(town, store, held)
+                    supervisor.first_cli_server = cli_server
+                    return await supervisor.run(on_ready, signals)
             finally:
                 store.close()
         finally:

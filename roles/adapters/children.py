@@ -1,9 +1,8 @@
 """Starting and stopping one role process: environment, lifeline, process group, stop.
 
-Layer: a roles adapter (it touches processes and pipes), below the role loops and the
-supervisor: the supervisor starts and stops its children with it, a role process watches
-its lifeline and reads its token with it, and the gates run their checks through
-:func:`child_env` and :func:`stop_child`. Of ``gastown`` it imports only the log.
+Layer: a roles adapter (processes and pipes), below the role loops and the supervisor,
+which starts and stops its children with it; a role watches its lifeline and reads its
+token with it; gates use :func:`child_env` and :func:`stop_child`. Imports only the log.
 
 This module carries out what the supervisor decided; it never decides (when to
 restart is :mod:`gastown.supervisor.restart_policy`'s job). Every role process is
@@ -23,8 +22,7 @@ restart is :mod:`gastown.supervisor.restart_policy`'s job). Every role process i
   that it is the process the supervisor started for its role's name.
 
 It must never call ``waitpid(-1)`` or set SIGCHLD to ``SIG_IGN``: a foreign reaper
-steals trio's exit statuses, and a crash then reads as exit 0 (measured: status 3
-became 0).
+steals trio's exit statuses, and a crash then reads as exit 0 (measured: 3 became 0).
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ import time
 from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Final, Protocol
 
 import trio
 
@@ -102,8 +100,8 @@ class Lifeline:
     Both fds are close-on-exec (``os.pipe`` creates them non-inheritable, PEP 446):
     the read end reaches a child only through ``pass_fds``, and the write end never
     does. A child holding the write end would keep the pipe open after the
-    supervisor died and defeat the lifeline; so would a bare ``os.fork()`` of the
-    supervisor without exec, which therefore must not be used.
+    supervisor died and defeat the lifeline: a child forked without exec (the first
+    CLI server, :mod:`gastown.supervisor.cli_server_fork`) closes it first thing.
 
     :meth:`close` (or leaving the ``with`` block) closes both ends, which tells every
     child still holding the read end to exit: stop the children first.
@@ -150,12 +148,8 @@ class Lifeline:
 
 
 def open_lifeline() -> Lifeline:
-    """Create the lifeline pipe; the caller must keep it open while children run.
-
-    This replaces ``PR_SET_PDEATHSIG``, which trio's spawn path breaks: see
-    :class:`Lifeline` (PDEATHSIG follows the forking worker thread, measured to fire
-    10 s after spawn under a healthy supervisor).
-    """
+    """Create the lifeline pipe (keep it open while children run); it replaces
+    ``PR_SET_PDEATHSIG``, which trio's spawn path breaks (see :class:`Lifeline`)."""
     read_fd, write_fd = os.pipe()  # both O_CLOEXEC
     return Lifeline(read_fd, write_fd)
 
@@ -384,7 +378,7 @@ def _already_reaped(pid: int) -> bool:
     return False
 
 
-async def _wait_exited(proc: trio.Process, pidfd: int | None) -> None:
+async def _wait_exited(proc: Child, pidfd: int | None) -> None:
     """Wait for the leader to exit; through ``pidfd`` it stays an unreaped zombie."""
     if pidfd is None:
         await proc.wait()
@@ -392,7 +386,15 @@ async def _wait_exited(proc: trio.Process, pidfd: int | None) -> None:
         await trio.lowlevel.wait_readable(pidfd)
 
 
-async def stop_child(proc: trio.Process, grace: float) -> int:
+class Child(Protocol):
+    """A ``trio.Process``, or a child forked without exec and awaited through a pidfd."""
+
+    @property
+    def pid(self) -> int: ...
+    async def wait(self) -> int: ...
+
+
+async def stop_child(proc: Child, grace: float) -> int:
     """Stop a child started by :func:`start_child` and its whole group; return its status.
 
     Sends SIGTERM to the process group, waits up to ``grace`` seconds for the leader
@@ -421,7 +423,7 @@ async def stop_child(proc: trio.Process, grace: float) -> int:
     return status
 
 
-async def _terminate_group_and_reap(proc: trio.Process, grace: float) -> int:
+async def _terminate_group_and_reap(proc: Child, grace: float) -> int:
     pid = proc.pid
     if _already_reaped(pid):
         return await proc.wait()

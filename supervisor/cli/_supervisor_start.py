@@ -11,9 +11,13 @@ import os
 import select
 import sys
 import time
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ...roles.adapters.town import Town
+
+if TYPE_CHECKING:
+    from ...roles.adapters.children import Lifeline
+    from ..cli_server_fork import ForkedServer
 
 #: How long ``up`` waits for the start-up lock, and for every role to report ready.
 UP_TIMEOUT = 60.0
@@ -85,7 +89,7 @@ def _become_supervisor(town: Town, argv: list[str], out: int, ready_fd: int,
     def supervise() -> int:
         _close_inherited(keep={ready_fd, start_fd})
         detach(out, town.root, [sys.executable, *argv])
-        return run_foreground(town, ready_fd, start_fd)
+        return run_foreground(town, ready_fd, start_fd, fork_cli_server=True)
 
     run_then_exit(supervise)
 
@@ -113,8 +117,14 @@ def _tail(path: Any) -> str:
     return lines[-1] if lines else ""
 
 
-def run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> int:
-    """Run the supervisor in this process until it stops; its exit status."""
+def run_foreground(town: Town, ready_fd: int | None, start_fd: int | None, *,
+                   fork_cli_server: bool = False) -> int:
+    """Run the supervisor in this process until it stops; its exit status.
+
+    With ``fork_cli_server`` (``up``'s detached supervisor, still single-threaded here),
+    the town's first CLI server is forked from this process before trio starts
+    (:mod:`gastown.supervisor.cli_server_fork`), not started afresh by the supervisor.
+    """
     import trio
 
     from ...roles.adapters import log
@@ -134,6 +144,8 @@ def run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> in
             start_fd = None
 
     config = town.config
+    lifeline, server = _fork_first_cli_server(town, close=(ready_fd, start_fd)) \
+        if fork_cli_server else (None, None)
     log.configure_logging(town.logs_dir, role="supervisor", level=config.logging.level,
                           console=ready_fd is None and sys.stderr.isatty(),
                           max_bytes=config.logging.max_bytes, backups=config.logging.backups)
@@ -152,10 +164,35 @@ def run_foreground(town: Town, ready_fd: int | None, start_fd: int | None) -> in
 
     try:
         fault_point("supervisor", "start")
-        code = trio.run(run_supervisor, town, report, release_start_lock)
+        code = trio.run(run_supervisor, town, report, release_start_lock, lifeline, server)
     except SupervisorRunning as exc:
         report({"ok": False, "already": exc.pid, "error": exc.message})
         return 0 if ready_fd is not None else exc.exit_code
     finally:
         release_start_lock()
+        if server is not None:
+            server.discard()  # not adopted (the supervisor failed first): the child exits
+        if lifeline is not None:
+            lifeline.close()
     return code
+
+
+def _fork_first_cli_server(town: Town, close: tuple[int | None, ...]
+                           ) -> tuple[Lifeline | None, ForkedServer | None]:
+    """The lifeline the supervisor will hold and the forked server on it; (None, None)
+    when the server is switched off, (lifeline, None) when the fork failed (the
+    supervisor then starts the server itself)."""
+    from ...roles.adapters.children import open_lifeline
+    from ..cli_server_fork import fork_cli_server
+    from ..cli_server_runner import ENV_SWITCH
+    from ..role_forks import ENV_SWITCH as ROLE_FORKS_SWITCH
+
+    if os.environ.get(ENV_SWITCH) == "0":
+        return None, None
+    lifeline = open_lifeline()
+    try:
+        server = fork_cli_server(town.root, lifeline, os.environ, close=close,
+                                 role_forks=os.environ.get(ROLE_FORKS_SWITCH) != "0")
+    except OSError:
+        return lifeline, None
+    return lifeline, server

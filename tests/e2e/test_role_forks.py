@@ -8,6 +8,7 @@ lines from ``/proc``.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from tests.e2e.town_helpers import (
     bare_remote_town,
     role_processes,
     roles_by_name,
+    status,
     tear_down_town,
     town_processes,
     wait_until,
@@ -124,3 +126,22 @@ def test_with_forks_switched_off_roles_are_execd(cli: Cli, town: Path) -> None:
                   if "up" in cmd.split() and "gastown.supervisor" in cmd.split()]
     assert {parent_of(pid) for pid in roles.values()} == set(supervisor)
     assert len(roles) == 3
+
+
+def test_up_forks_the_first_server_which_keeps_nothing_of_the_supervisor(
+        cli: Cli, town: Path) -> None:
+    """`up` forks the town's first CLI server from its supervisor before trio starts; it
+    keeps neither the lifeline's write end nor the start-up lock: after a kill -9 of the
+    supervisor it goes with the roles, and the next `up` starts at once."""
+    cli.ok("up")
+    server = fork_server(town)
+    log = [json.loads(line) for line in (town / "logs" / "supervisor.log").read_text()
+           .splitlines()]
+    assert [(e["pid"], e["how"]) for e in log if e["event"] == "cli_server_started"] == [
+        (server, "fork")]
+    supervisor = status(cli)["supervisor"]["pid"]
+    assert parent_of(server) == supervisor
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until(lambda: town_processes(town) == {}, what="the server and roles to follow")
+    cli.ok("up")
+    assert "town stopped" in cli.ok("down")
