@@ -193,6 +193,55 @@ def dirty_files(worktree: Path) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class WorktreeStatus:
+    """A worktree as one ``git status`` sees it."""
+
+    #: One line per uncommitted change (untracked files included); empty means clean.
+    dirty: list[str]
+    #: The branch checked out, or None when HEAD is detached.
+    branch: str | None
+    #: The commit HEAD points at, or None before the first commit.
+    head: str | None
+
+
+def worktree_status(worktree: Path) -> WorktreeStatus:
+    """:func:`dirty_files`, :func:`current_branch` and the HEAD commit in one command
+    (``status --porcelain=v2 --branch``) instead of three or four: a nuke asks them all."""
+    out = run_git(["status", "--porcelain=v2", "--branch", "--untracked-files=all"],
+                  cwd=worktree, op="status")
+    dirty: list[str] = []
+    branch: str | None = None
+    head: str | None = None
+    for line in out.splitlines():
+        if line.startswith("# branch.oid "):
+            oid = line.removeprefix("# branch.oid ").strip()
+            head = None if oid == "(initial)" else oid
+        elif line.startswith("# branch.head "):
+            name = line.removeprefix("# branch.head ").strip()
+            branch = None if name == "(detached)" else name
+        elif line.strip() and not line.startswith("# "):
+            dirty.append(_short_entry(line))
+    return WorktreeStatus(dirty=dirty, branch=branch, head=head)
+
+
+#: Fields before the path in a ``status --porcelain=v2`` entry, by its first letter.
+_V2_FIELDS: Final = {"1": 8, "2": 9, "u": 10}
+
+
+def _short_entry(line: str) -> str:
+    """A ``--porcelain=v2`` entry as ``--porcelain`` (v1) prints it: ``XY path``."""
+    kind = line[:1]
+    if kind in ("?", "!"):
+        return f"{kind * 2} {line[2:]}"
+    fields = _V2_FIELDS.get(kind)
+    if fields is None:
+        return line
+    parts = line.split(" ", fields)
+    xy = parts[1].replace(".", " ") if len(parts) > 1 else "  "
+    return f"{xy} {parts[-1].split(chr(9))[0]}"
+
+
 def commits_ahead(repo: Path, base: str, branch: str) -> int:
     """How many commits ``branch`` has that ``base`` does not (by ancestry)."""
     out = run_git(["rev-list", "--count", f"{base}..{branch}"], cwd=repo, op="rev-list")
@@ -266,11 +315,14 @@ def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     return True
 
 
-def clean_checkout(repo: Path, branch: str) -> None:
+def clean_checkout(repo: Path, branch: str, *, thorough: bool = False) -> None:
     """Leave ``repo`` on ``branch`` with a pristine tree, whatever a crash left behind.
 
-    Aborts a rebase or merge in progress, discards changes and untracked (also ignored)
-    files, and checks the branch out. Used by the refinery at start and after each MR.
+    Aborts a rebase or merge in progress, checks the branch out with ``--force`` (which
+    resets the index and the tracked files, an unmerged index included, and replaces
+    untracked files or folders in the way) and removes untracked (also ignored) files:
+    two git commands, after each batch of the refinery. ``thorough`` (the refinery's
+    start, after whatever a crash left) resets and cleans before the checkout as well.
     """
     git_dir = common_git_dir(repo)
     if (git_dir / "rebase-merge").exists() or (git_dir / "rebase-apply").exists():
@@ -281,8 +333,9 @@ def clean_checkout(repo: Path, branch: str) -> None:
                 shutil.rmtree(git_dir / leftover, ignore_errors=True)
     if (git_dir / "MERGE_HEAD").exists():
         run_git(["merge", "--abort"], cwd=repo, op="merge --abort")
-    run_git(["reset", "--quiet", "--hard"], cwd=repo, op="reset")
-    run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
+    if thorough:
+        run_git(["reset", "--quiet", "--hard"], cwd=repo, op="reset")
+        run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
     run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
     run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
 
@@ -321,6 +374,15 @@ def fast_forward(repo: Path, branch: str, commit: str) -> None:
     """Move ``branch`` (checked out in ``repo``) to ``commit``, by fast-forward only."""
     run_git(["checkout", "--quiet", "--force", branch], cwd=repo, op="checkout")
     run_git(["merge", "--quiet", "--ff-only", commit], cwd=repo, op="merge --ff-only")
+
+
+def advance_branch(repo: Path, branch: str, commit: str, expected: str) -> None:
+    """Point ``branch`` at ``commit`` if it still points at ``expected`` (one
+    ``update-ref``, no checkout: the refinery lands a candidate its checkout is already
+    on, detached). The caller knows ``commit`` descends from ``expected``; a branch that
+    moved meanwhile fails the command instead of being overwritten."""
+    run_git(["update-ref", "-m", f"gastown: land {commit[:10]}", f"refs/heads/{branch}",
+             commit, expected], cwd=repo, op="update-ref")
 
 
 def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str | None:

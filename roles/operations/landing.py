@@ -27,7 +27,7 @@ from ..adapters import git, landed, log
 from ..adapters.faults import fault_point
 from ..adapters.processes import processes_with_env, terminate_process_group
 from ..adapters.store import MergeRequest
-from ..core.errors import GastownError
+from ..core.errors import GastownError, GitError
 from .merge_site import MergeSite, clean_checkout, commit_of, has_remote, off_thread, short
 from .rigs import is_url
 from .speculation import remove_checkout
@@ -66,7 +66,7 @@ async def recover(site: MergeSite) -> None:
     for pgid in groups:
         _log.warning("stray_gate_killed", pgid=pgid)
         await trio.to_thread.run_sync(terminate_process_group, pgid, 2.0)
-    await clean_checkout(site, branch, force=True)
+    await clean_checkout(site, branch, force=True, thorough=True)
     await remove_checkout(site)  # the second checkout of speculative gating, if any
     running = await store.call(store.store.merge_requests_in, site.rig, ["running"])
     # Forward only, like every catch-up: tested merges that never reached the remote
@@ -122,9 +122,10 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
         return local
     retries = site.config().merge_queue.push_retries
     for _ in range(retries + 1):
+        # ``local`` stays what it was read above: only this refinery moves the branch,
+        # and in this loop only by the fast-forward that returns.
         await off_thread(git.fetch, clone)
         upstream = await off_thread(git.rev, clone, f"origin/{branch}")
-        local = await commit_of(site, branch)
         if upstream == local:
             await caught_up(site, local)
             return local
@@ -212,14 +213,21 @@ async def set_paused(site: MergeSite, reason: str | None) -> None:
 # -- landing a tested candidate ---------------------------------------------------------
 
 
-async def land(site: MergeSite, mrs: Sequence[str], candidate: str) -> None:
-    """Push the tested candidate, verify, then fast-forward the default branch to it.
+async def land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str) -> None:
+    """Push the tested candidate, verify, then move the default branch from ``base`` (its
+    commit when the candidate was built on it) forward to it.
 
     The remote first: a push rejected because the remote moved leaves nothing local
     to undo (:class:`RemoteMoved`). A push the remote refuses for another reason (a
     working copy) still lands here: the MRs are gated and on the canonical clone's
     branch, recorded as not pushed yet, and pushed again after every later batch.
     The caller records the MRs as merged.
+
+    The push is verified by the remote-tracking branch, which git moves only on the
+    remote's report that it took the commit; ``ls-remote`` (a second connection to the
+    remote) only when that branch does not follow (a clone without the usual fetch
+    refspec). The local branch moves by ``update-ref`` from ``base``: the checkout is
+    on the candidate already, and the batch's clean checks the branch out after.
     """
     branch = site.config().default_branch
     store, clone = site.store, site.clone
@@ -237,14 +245,20 @@ async def land(site: MergeSite, mrs: Sequence[str], candidate: str) -> None:
             raise RemoteMoved()
         if outcome.result == "refused":
             refused = outcome.reason
-        else:
+        elif await off_thread(git.rev, clone, f"origin/{branch}") != candidate:
             remote_head = await off_thread(git.remote_branch_head, clone, branch)
             if remote_head != candidate:
                 raise GastownError(f"push of {branch} did not move the remote "
                                    f"(remote at {short(remote_head)}, expected "
                                    f"{short(candidate)})")
         fault_point(site.role, "merge.after_push")
-    await off_thread(git.fast_forward, clone, branch, candidate)
+    site.checkout_clean = False  # the branch moves under a checkout that may be on it
+    try:
+        await off_thread(git.advance_branch, clone, branch, candidate, base)
+    except GitError:
+        # The branch is not where the batch began (moved by hand in the clone?): the
+        # fast-forward still takes it to the candidate if it can, or says why not.
+        await off_thread(git.fast_forward, clone, branch, candidate)
     fault_point(site.role, "merge.after_ff")
     if refused is not None:
         upstream = await off_thread(git.rev, clone, f"origin/{branch}")

@@ -99,6 +99,10 @@ class MergeSite:
     #: The checkout is known pristine on the default branch: cleaned (by
     #: :func:`clean_checkout`) and not touched since. False at start, so recovery cleans.
     checkout_clean: bool = False
+    #: The checkout is known pristine and detached at this commit: a candidate just
+    #: rebased into a pristine tree, which its gates can use without a checkout and a
+    #: clean. Cleared by whatever else touches the tree (a gate, a clean).
+    candidate_ready: str | None = None
     #: Whether the clone has an ``origin``, asked once (:func:`has_remote`).
     remote: bool | None = None
     #: Batches since git's maintenance check last ran here (:func:`upkeep`).
@@ -146,14 +150,17 @@ async def upkeep(site: MergeSite, *, idle: bool) -> None:
         _log.warning("git_maintenance_failed", error=exc.message)
 
 
-async def clean_checkout(site: MergeSite, branch: str, *, force: bool = False) -> None:
-    """Leave the checkout pristine on ``branch`` (:func:`git.clean_checkout`), unless it is
-    known to be already (``site.checkout_clean``, and not ``force``): one clean per batch.
+async def clean_checkout(site: MergeSite, branch: str, *, force: bool = False,
+                         thorough: bool = False) -> None:
+    """Leave the checkout pristine on ``branch`` (:func:`git.clean_checkout`, ``thorough``
+    at the refinery's start), unless it is known to be already (``site.checkout_clean``,
+    and not ``force``): one clean per batch.
 
     Whatever touches the tree (a candidate, a gate) clears ``site.checkout_clean`` first.
     """
     if site.checkout_clean and not force:
         return
     site.checkout_clean = False
-    await off_thread(git.clean_checkout, site.clone, branch)
+    site.candidate_ready = None
+    await off_thread(git.clean_checkout, site.clone, branch, thorough=thorough)
     site.checkout_clean = True

@@ -70,7 +70,6 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
     # The base: the default branch, caught up with the remote (forward only). Known
     # unpushed work is not pushed here: the landing pushes it with the candidate on it.
     base = await catch_up(site, branch, push=not site.state.unpushed)
-    site.checkout_clean = False  # candidates and gates use the checkout from here on
     state = BatchState(base=base)
     if speculated is not None and speculated.base == base:
         state.tips.update(speculated.tips)  # the same commits: the result applies to them
@@ -111,7 +110,7 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
             plan = record_test(plan, ok)
         elif isinstance(action, Land):
             assert tested is not None and tested[0] == tuple(action.mrs)
-            await _land(site, action.mrs, tested[1], by_id)
+            await _land(site, action.mrs, tested[1], state.base, by_id)
             state = BatchState(base=tested[1])
             plan = record_done(plan)
         elif isinstance(action, Reject):
@@ -195,11 +194,23 @@ async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
             site.state.current = {"mrs": list(mrs), "step": "rebasing", "mr": mr_id}
             fault_point(site.role, "merge.before_rebase")
         head = mr.head or await off_thread(git.rev, where, mr.branch)
-        if not head or not await off_thread(git.rev, where, head):
+        if not head:
             return None, (mr_id, ["(branch missing)"])
-        new_tip, files = await off_thread(git.rebase_detached, where, head, tip)
+        # A pristine tree stays pristine through the checkout and the rebase: the gates
+        # can then run on the candidate as it is (see _gate).
+        pristine = own and (site.checkout_clean or site.candidate_ready is not None)
+        if own:
+            site.checkout_clean, site.candidate_ready = False, None
+        try:
+            new_tip, files = await off_thread(git.rebase_detached, where, head, tip)
+        except GastownError:
+            if not await off_thread(git.rev, where, head):  # asked only when it failed
+                return None, (mr_id, ["(branch missing)"])
+            raise
         if new_tip is None:
             return None, (mr_id, files)
+        if pristine:
+            site.candidate_ready = new_tip
         state.tips[prefix] = new_tip
         tip = new_tip
     return tip, None
@@ -212,7 +223,12 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
     store = site.store
     own = checkout is None
     where = site.clone if checkout is None else checkout
-    await off_thread(git.checkout_detached, where, candidate)
+    if own and site.candidate_ready == candidate:
+        site.candidate_ready = None  # the gates are about to touch it
+    else:
+        if own:
+            site.checkout_clean, site.candidate_ready = False, None
+        await off_thread(git.checkout_detached, where, candidate)
     log_path = site.town.logs_dir / "mq" / f"{site.rig}-{mrs[-1]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     await store.call(store.store.set_merge_step, list(mrs), "gating",
@@ -248,10 +264,10 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
     return True, "", ""
 
 
-async def _land(site: MergeSite, mrs: Sequence[str], candidate: str,
+async def _land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str,
                 by_id: dict[str, MergeRequest]) -> None:
     """Land the tested candidate (:func:`.landing.land`), then record its MRs merged."""
-    await land(site, mrs, candidate)
+    await land(site, mrs, candidate, base)
     for mr_id in mrs:
         await site.store.call(site.store.store.merge_landed, mr_id, candidate)
         by_id.pop(mr_id, None)

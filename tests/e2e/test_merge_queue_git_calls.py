@@ -79,7 +79,7 @@ def _land_one_file_each(cli: Cli, feed: FeedWaiter, count: int) -> None:
 
 
 def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
-                                      calls: Path) -> None:
+                                      calls: Path, remote: Path) -> None:
     configure(town, gate("test", "true"))
     _land_one_file_each(cli, feed, 5)
     seen = refinery_calls(calls, clone(town))
@@ -87,10 +87,23 @@ def test_one_clean_checkout_per_batch(cli: Cli, town: Path, feed: FeedWaiter,
     resets = sum(args.startswith("reset") for args in seen)
     print(f"git calls in the refinery's checkout for 5 MRs: {len(seen)} "
           f"({dict(sorted(by_command.items()))}); clean_checkouts: {resets}")
-    # Recovery at start cleans once; then one clean per batch of one MR.
-    assert resets <= 1 + 5
+    # Recovery at start resets once; a batch's clean is a forced checkout and a clean.
+    assert resets <= 1
+    # The candidate rebased into the pristine checkout is gated where it is (no second
+    # checkout and clean); the push is verified by the remote-tracking branch (no
+    # ls-remote) and the branch moved by update-ref (no checkout of the old tip and
+    # merge): about 11 commands per MR, 18 before.
+    assert not [a for a in seen if a.startswith(("ls-remote", "merge "))], seen
+    assert sum(a.startswith("update-ref") for a in seen) == 5
+    assert sum(a.startswith("checkout") for a in seen) <= 1 + 2 * 5
+    # The start's recovery, then each MR (git's maintenance check, after each batch
+    # here since the queue empties each time, aside).
+    work = [a for a in seen if not a.startswith("maintenance")]
+    assert len(work) <= 12 + 11 * 5, work
     assert git("status", "--porcelain", cwd=clone(town)).strip() == ""
     assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=clone(town)).strip() == "main"
+    assert git("rev-parse", "main", cwd=clone(town)) == git("rev-parse", "main", cwd=remote)
+    assert git("rev-list", "--count", "main", cwd=remote).strip() == "6"
 
 
 def _maintenance_runs(trace: Path) -> list[list[str]]:
