@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from ..core.errors import GitError
 from . import git
 
 # -- the verdict (pure) -------------------------------------------------------------------
@@ -125,23 +126,19 @@ def gather(clone: Path, default_branch: str, refs: Iterable[str | None] = (), *,
     consulted for commits that are not on the local one. Raises :class:`GitError` when
     git cannot answer (a corrupt worktree, no local ``default_branch``).
     """
-    heads: list[str] = []
-    missing: list[str] = []
-    for ref in refs:
-        if ref and git.rev(clone, ref) is not None:
-            heads.append(ref)
-        else:
-            missing.append(ref or "")
+    heads = [ref for ref in refs if ref]
+    missing = ["" for ref in refs if not ref]
     dirty, stray, detached = 0, False, False
     if worktree is not None and worktree.exists():
         if not (worktree / ".git").exists():
             stray = True
         else:
-            dirty = len(git.dirty_files(worktree))
-            if git.current_branch(worktree) is None and git.has_commits(worktree):
+            status = git.worktree_status(worktree)
+            dirty = len(status.dirty)
+            if status.branch is None and status.head is not None:
                 detached = True
-                heads.append(git.head_commit(worktree))
-    not_on_local = _not_on(clone, f"refs/heads/{default_branch}", heads)
+                heads.append(status.head)
+    not_on_local = _not_on(clone, f"refs/heads/{default_branch}", heads, missing)
     not_on_remote: frozenset[str] | None = None
     tracking = f"refs/remotes/{remote}/{default_branch}"
     if not_on_local and git.rev(clone, tracking) is not None:
@@ -150,8 +147,18 @@ def gather(clone: Path, default_branch: str, refs: Iterable[str | None] = (), *,
                  not_on_remote=not_on_remote, missing=tuple(missing))
 
 
-def _not_on(clone: Path, base: str, heads: list[str]) -> frozenset[str]:
+def _not_on(clone: Path, base: str, heads: list[str],
+            missing: list[str] | None = None) -> frozenset[str]:
+    """The commits of ``heads`` whose patch is not on ``base``. With ``missing``, a head
+    that names no commit moves from ``heads`` to it: asked of git only when ``cherry``
+    failed, so that a nuke's check costs one command per ref, not two."""
     found: set[str] = set()
-    for head in heads:
-        found.update(git.unmerged_commits(clone, base, head))
+    for head in list(heads):
+        try:
+            found.update(git.unmerged_commits(clone, base, head))
+        except GitError:
+            if missing is None or git.rev(clone, head) is not None:
+                raise
+            heads.remove(head)
+            missing.append(head)
     return frozenset(found)

@@ -62,11 +62,12 @@ def record_done(town: Town, store: Store, rig: str, name: str, outcome: Outcome,
     worktree = Path(polecat.worktree)
     if not worktree.is_dir():
         raise NotFound(f"polecat {rig}/{name} has no worktree at {worktree}")
-    head = git.head_commit(worktree)
+    status = git.worktree_status(worktree) if outcome == "completed" else None
+    head = status.head if status is not None and status.head else git.head_commit(worktree)
     base = git.head_commit(worktree, rig_config.default_branch)
     kept = polecat.state in ("escalated", "rejected")
-    if outcome == "completed":
-        dirty = git.dirty_files(worktree)
+    if status is not None:
+        dirty = status.dirty
         if dirty:
             raise Refused(f"the worktree has {len(dirty)} uncommitted change(s) "
                           f"({dirty[0].strip()}{', ...' if len(dirty) > 1 else ''}); "
