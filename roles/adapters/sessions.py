@@ -271,40 +271,36 @@ def attach_argv(info: SessionInfo) -> list[str] | None:
 
 
 def _start_process(spec: SessionSpec, name: str) -> SessionInfo:
-    request = json.dumps({"argv": spec.argv, "cwd": str(spec.cwd), "env": spec.env,
-                          "log_path": str(spec.log_path)})
     # The request (environment included) goes through a pipe, never a command line,
     # which every local user can read in /proc.
     try:
+        request = session_launcher.encode_request(spec.argv, str(spec.cwd), spec.env,
+                                                  str(spec.log_path))
+    except ValueError as exc:
+        raise SessionError(f"cannot start session {name}: {exc}") from exc
+    try:
         result = subprocess.run(
-            [sys.executable, "-m", "gastown.roles.adapters.session_launcher", "spawn"],
-            input=request, capture_output=True, text=True, timeout=_COMMAND_TIMEOUT,
+            [sys.executable, "-I", "-S", _LAUNCHER, "spawn"],
+            input=request, capture_output=True, timeout=_COMMAND_TIMEOUT,
             check=False, process_group=0)  # not stopped half-way with the role's group
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SessionError(f"cannot start session {name}: launcher failed: {exc}") from exc
-    reply = _parse_reply(result.stdout)
-    if reply is None:
+    out = result.stdout.decode("utf-8", "replace").strip().splitlines()
+    if out and out[-1].startswith("error "):
+        raise SessionError(f"cannot start session {name}: {out[-1].removeprefix('error ')}")
+    reply = out[-1].split(" ") if out else []
+    if reply[:1] != ["ok"] or len(reply) != 3 or not reply[1].isdigit():
+        stderr = result.stderr.decode("utf-8", "replace")
         raise SessionError(f"cannot start session {name}: launcher exited "
-                           f"{result.returncode}: {_last_line(result.stderr)}")
-    error, pid, start_time = reply.get("error"), reply.get("pid"), reply.get("start_time")
-    if isinstance(error, str):
-        raise SessionError(f"cannot start session {name}: {error}")
-    if not isinstance(pid, int):
-        raise SessionError(f"cannot start session {name}: launcher sent no pid")
-    return SessionInfo(backend="process", name=name, pid=pid,
-                       start_time=start_time if isinstance(start_time, int) else -1,
-                       log_path=str(spec.log_path), tmux_socket=None)
+                           f"{result.returncode}: {_last_line(stderr)}")
+    start_time = int(reply[2]) if reply[2].lstrip("-").isdigit() else -1
+    return SessionInfo(backend="process", name=name, pid=int(reply[1]),
+                       start_time=start_time, log_path=str(spec.log_path), tmux_socket=None)
 
 
-def _parse_reply(stdout: str) -> dict[str, object] | None:
-    lines = stdout.strip().splitlines()
-    if not lines:
-        return None
-    try:
-        reply = json.loads(lines[-1])
-    except ValueError:
-        return None
-    return reply if isinstance(reply, dict) else None
+#: The launcher run as a file with ``-I -S``: only the standard library, nothing of the
+#: caller's ``PYTHONPATH`` or site-packages to find or import.
+_LAUNCHER: Final = str(Path(session_launcher.__file__).resolve())
 
 
 # --- tmux backend ------------------------------------------------------------------
