@@ -24,6 +24,11 @@ from .files import remove_tree
 from .git_command import CLONE_TIMEOUT as CLONE_TIMEOUT
 from .git_command import NETWORK_TIMEOUT as NETWORK_TIMEOUT
 from .git_command import run_git as run_git
+from .git_status import WorktreeStatus as WorktreeStatus
+from .git_status import current_branch as current_branch
+from .git_status import dirty_files as dirty_files
+from .git_status import has_commits as has_commits
+from .git_status import worktree_status as worktree_status
 
 
 def clone(repo: str, dest: Path, *, branch: str | None = None) -> None:
@@ -44,25 +49,6 @@ def remote_default_branch(clone_dir: Path, remote: str = "origin") -> str | None
         return None
     prefix = f"{remote}/"
     return ref[len(prefix):] if ref.startswith(prefix) else ref or None
-
-
-def current_branch(repo_dir: Path) -> str | None:
-    """The branch checked out in ``repo_dir``, or None when HEAD is detached."""
-    try:
-        return run_git(["symbolic-ref", "--quiet", "--short", "HEAD"], cwd=repo_dir,
-                       op="symbolic-ref").strip() or None
-    except GitError:
-        return None
-
-
-def has_commits(repo_dir: Path) -> bool:
-    """Whether HEAD points at a commit (an empty repository has none)."""
-    try:
-        run_git(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], cwd=repo_dir,
-                op="rev-parse")
-    except GitError:
-        return False
-    return True
 
 
 def switch_to(repo_dir: Path, branch: str) -> None:
@@ -184,62 +170,6 @@ def delete_branch(repo: Path, branch: str) -> None:
     except GitError as exc:
         if f"branch '{branch}' not found" not in exc.stderr:
             raise
-
-
-def dirty_files(worktree: Path) -> list[str]:
-    """``git status --porcelain`` lines (untracked files included); empty means clean."""
-    out = run_git(["status", "--porcelain", "--untracked-files=all"], cwd=worktree,
-                  op="status")
-    return [line for line in out.splitlines() if line.strip()]
-
-
-@dataclass(frozen=True)
-class WorktreeStatus:
-    """A worktree as one ``git status`` sees it."""
-
-    #: One line per uncommitted change (untracked files included); empty means clean.
-    dirty: list[str]
-    #: The branch checked out, or None when HEAD is detached.
-    branch: str | None
-    #: The commit HEAD points at, or None before the first commit.
-    head: str | None
-
-
-def worktree_status(worktree: Path) -> WorktreeStatus:
-    """:func:`dirty_files`, :func:`current_branch` and the HEAD commit in one command
-    (``status --porcelain=v2 --branch``) instead of three or four: a nuke asks them all."""
-    out = run_git(["status", "--porcelain=v2", "--branch", "--untracked-files=all"],
-                  cwd=worktree, op="status")
-    dirty: list[str] = []
-    branch: str | None = None
-    head: str | None = None
-    for line in out.splitlines():
-        if line.startswith("# branch.oid "):
-            oid = line.removeprefix("# branch.oid ").strip()
-            head = None if oid == "(initial)" else oid
-        elif line.startswith("# branch.head "):
-            name = line.removeprefix("# branch.head ").strip()
-            branch = None if name == "(detached)" else name
-        elif line.strip() and not line.startswith("# "):
-            dirty.append(_short_entry(line))
-    return WorktreeStatus(dirty=dirty, branch=branch, head=head)
-
-
-#: Fields before the path in a ``status --porcelain=v2`` entry, by its first letter.
-_V2_FIELDS: Final = {"1": 8, "2": 9, "u": 10}
-
-
-def _short_entry(line: str) -> str:
-    """A ``--porcelain=v2`` entry as ``--porcelain`` (v1) prints it: ``XY path``."""
-    kind = line[:1]
-    if kind in ("?", "!"):
-        return f"{kind * 2} {line[2:]}"
-    fields = _V2_FIELDS.get(kind)
-    if fields is None:
-        return line
-    parts = line.split(" ", fields)
-    xy = parts[1].replace(".", " ") if len(parts) > 1 else "  "
-    return f"{xy} {parts[-1].split(chr(9))[0]}"
 
 
 def commits_ahead(repo: Path, base: str, branch: str) -> int:
