@@ -11,35 +11,88 @@ the same polecat already committed the bead's work: a session killed (or whose `
 was lost with the town) after its commit is respawned into a clean worktree, where the
 script's second run changes nothing, and the work is there to hand in.
 
-It imports only the standard library, and reads the bead's row with one read-only SQLite
-query instead of through the store: importing the store (its dataclasses and events are
-built at import time) and the git adapter (structlog) cost ~100 ms of CPU per agent, the
-largest single share of a polecat's life in the lifecycle benchmark and a large one of
-the test suite, which starts thousands of these. The query reads two columns of the
-``beads`` table; ``gastown done`` (the real CLI) does everything that writes.
+It is cheap because the test suite and the benchmarks start thousands of these: the
+preset runs this file with ``python -I -S`` (no site-packages, no ``runpy``), it imports
+only ``os``, ``select``, ``sqlite3`` and ``sys`` (children through ``posix_spawn``, not
+``subprocess``, ~12 ms of CPU per import; no ``pathlib``), reads the bead's row with one
+SQLite query instead of through the store, and runs ``gastown done`` through the
+console script next to this interpreter when there is one (no ``runpy`` there either).
+``gastown done`` (the real CLI) does everything that writes.
 """
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # under ``signal``, without its enums
 import os
+import select
 import sqlite3
-import subprocess
 import sys
-from pathlib import Path
+
+#: Python ignores these; an ignored signal stays ignored across exec (``subprocess``
+#: resets them for its children, ``posix_spawn`` is told to).
+_RESET_SIGNALS = (_signal.SIGPIPE, _signal.SIGXFSZ)
+
+
+def _spawn(argv: list[str], env: dict[str, str] | None = None,
+           capture: bool = False) -> tuple[int, str, str]:
+    """Run ``argv`` (looked up on ``PATH``) to its end: ``(exit status, stdout, stderr)``,
+    the output read only with ``capture`` (else inherited)."""
+    pipes = (os.pipe(), os.pipe()) if capture else None
+    actions = []
+    if pipes is not None:
+        (out_r, out_w), (err_r, err_w) = pipes
+        actions = [(os.POSIX_SPAWN_DUP2, out_w, 1), (os.POSIX_SPAWN_DUP2, err_w, 2),
+                   (os.POSIX_SPAWN_CLOSE, out_r), (os.POSIX_SPAWN_CLOSE, err_r)]
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ if env is None else env,
+                              file_actions=actions, setsigdef=_RESET_SIGNALS)
+    finally:
+        if pipes is not None:
+            os.close(out_w)
+            os.close(err_w)
+    chunks: dict[int, list[bytes]] = {}
+    if pipes is not None:
+        chunks = {out_r: [], err_r: []}
+        poller = select.poll()
+        for fd in chunks:
+            poller.register(fd, select.POLLIN)
+        open_fds = set(chunks)
+        while open_fds:
+            for fd, _ in poller.poll():
+                data = os.read(fd, 65536)
+                if data:
+                    chunks[fd].append(data)
+                else:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    out, err = (b"".join(part).decode("utf-8", "replace") for part in chunks.values()) \
+        if chunks else ("", "")
+    return os.waitstatus_to_exitcode(status), out, err
+
+
+def _gastown() -> list[str]:
+    """This interpreter's ``gastown`` console script, else ``python -m gastown.supervisor``
+    (``-I -S`` would hide the package: the module form runs without them)."""
+    script = os.path.join(os.path.dirname(sys.executable), "gastown")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return [script]
+    return [sys.executable, "-m", "gastown.supervisor"]
 
 
 def _done(status: str, reason: str | None = None) -> int:
-    argv = [sys.executable, "-m", "gastown.supervisor", "done", "--status", status]
+    argv = [*_gastown(), "done", "--status", status]
     if reason is not None:
         argv += ["--reason", reason]
-    return subprocess.run(argv, check=False).returncode
+    return _spawn(argv)[0]
 
 
-def _bead(town: Path, bead_id: str) -> tuple[str, str, str | None]:
+def _bead(town: str, bead_id: str) -> tuple[str, str, str | None]:
     """The bead's title and description, and its rig's default branch (the store's
     schema, ``beads`` and ``rigs`` tables); a plain connection (``mode=ro`` cannot open a
     WAL database whose ``-shm`` file is missing)."""
-    conn = sqlite3.connect(town / "state.db", timeout=30)
+    conn = sqlite3.connect(os.path.join(town, "state.db"), timeout=30)
     try:
         row = conn.execute("SELECT b.title, b.description, r.default_branch FROM beads b"
                            " LEFT JOIN rigs r ON r.name = b.rig WHERE b.id = ?",
@@ -51,19 +104,21 @@ def _bead(town: Path, bead_id: str) -> tuple[str, str, str | None]:
     return str(row[0]), str(row[1] or ""), (str(row[2]) if row[2] else None)
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], capture_output=True, text=True, check=False,
-                          env=dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0"))
+_GIT_ENV = dict(os.environ, LC_ALL="C", GIT_TERMINAL_PROMPT="0")
+
+
+def _git(*args: str) -> tuple[int, str, str]:
+    return _spawn(["git", *args], env=_GIT_ENV, capture=True)
 
 
 def _commit_all(message: str) -> bool | str:
     """Stage everything and commit: True, False when nothing changed, or git's error."""
     for args in (("add", "-A"), ("status", "--porcelain"), ("commit", "--quiet", "-m", message)):
-        result = _git(*args)
-        if result.returncode != 0:
-            tail = " ".join(result.stderr.strip().splitlines()[-2:]) or "no error output"
-            return f"git {args[0]} failed for {Path.cwd()}: {tail}"
-        if args[0] == "status" and not result.stdout.strip():
+        code, out, err = _git(*args)
+        if code != 0:
+            tail = " ".join(err.strip().splitlines()[-2:]) or "no error output"
+            return f"git {args[0]} failed for {os.getcwd()}: {tail}"
+        if args[0] == "status" and not out.strip():
             return False
     return True
 
@@ -73,21 +128,20 @@ def _committed_earlier(bead_id: str, default_branch: str | None) -> bool:
     with the bead's id) that the default branch does not: an earlier session's work."""
     if default_branch is None:
         return False
-    log = _git("log", "--format=%s", f"{default_branch}..HEAD")
-    return log.returncode == 0 and any(subject.startswith(f"{bead_id}:")
-                                       for subject in log.stdout.splitlines())
+    code, out, _ = _git("log", "--format=%s", f"{default_branch}..HEAD")
+    return code == 0 and any(subject.startswith(f"{bead_id}:")
+                             for subject in out.splitlines())
 
 
 def main() -> int:
-    town = Path(os.environ["GASTOWN_TOWN"])
+    town = os.environ["GASTOWN_TOWN"]
     bead_id = os.environ["GASTOWN_BEAD"]
     title, description, default_branch = _bead(town, bead_id)
     print(f"[script agent] {bead_id}: {title}", flush=True)
-    result = subprocess.run(["sh", "-ec", description or "true"], check=False)
-    if result.returncode != 0:
-        print(f"[script agent] script failed with exit {result.returncode}; escalating",
-              flush=True)
-        return _done("escalated", f"the script failed with exit {result.returncode}")
+    code = _spawn(["sh", "-ec", description or "true"])[0]
+    if code != 0:
+        print(f"[script agent] script failed with exit {code}; escalating", flush=True)
+        return _done("escalated", f"the script failed with exit {code}")
     committed = _commit_all(f"{bead_id}: {title}")
     if isinstance(committed, str):
         print(f"[script agent] commit failed: {committed}; escalating", flush=True)
