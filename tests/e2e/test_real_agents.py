@@ -139,8 +139,11 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
 
     def settled() -> dict[str, dict[str, object]] | None:
         now = beads(cli)
-        done = all(now[b]["status"] == "closed" for b in (good, obeys, ignores, killed))
-        return now if done and now[stuck]["status"] == "blocked" else None
+        merged = (good, obeys, ignores, killed)
+        done = all(now[b]["status"] == "closed" for b in merged)
+        # And nuked: a polecat's last tokens are settled by its nuke, after the merge.
+        nuked = done and not any(p["bead"] in merged for p in polecats(cli).values())
+        return now if nuked and now[stuck]["status"] == "blocked" else None
 
     try:
         # Well under the test's own timeout, so that a stuck town is described below.
@@ -181,7 +184,11 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
 
     # Tokens were recorded per bead, and the town's total is in status.
     for bead in (good, obeys, ignores, killed):
-        assert json.loads(cli.ok("bead", "show", bead, "--json"))["tokens_in"] > 0, bead
+        shown_bead = json.loads(cli.ok("bead", "show", bead, "--json"))
+        assert shown_bead["tokens_in"] > 0, "\n".join([shown_bead["title"], *(
+            " ".join(f"{k}={e.get(k)}" for k in ("ts", "kind", "polecat", "tokens_in",
+                                                  "reason"))
+            for e in feed if e.get("bead") == bead)])
     assert "agents:" in cli.ok("status")
 
     # A person nudges the escalated polecat (its agent escalated by itself, so it is still
