@@ -28,7 +28,15 @@ from ..adapters.faults import fault_point
 from ..adapters.processes import processes_with_env, terminate_process_group
 from ..adapters.store import MergeRequest
 from ..core.errors import GastownError, GitError
-from .merge_site import MergeSite, clean_checkout, commit_of, has_remote, off_thread, short
+from .merge_site import (
+    MergeSite,
+    clean_checkout,
+    commit_of,
+    fetch_remote,
+    has_remote,
+    off_thread,
+    short,
+)
 from .rigs import is_url
 from .speculation import remove_checkout
 
@@ -121,10 +129,13 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
     if not await has_remote(site):
         return local
     retries = site.config().merge_queue.push_retries
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         # ``local`` stays what it was read above: only this refinery moves the branch,
-        # and in this loop only by the fast-forward that returns.
-        await off_thread(git.fetch, clone)
+        # and in this loop only by the fast-forward that returns. Work not pushed yet,
+        # a second look, or a queue allowed no push retry (a stale base would cost it
+        # the batch) always asks the remote.
+        await fetch_remote(site, force=attempt > 0 or retries == 0 or site.state.unpushed
+                           or site.state.paused is not None)
         upstream = await off_thread(git.rev, clone, f"origin/{branch}")
         if upstream == local:
             await caught_up(site, local)
@@ -240,6 +251,7 @@ async def land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str) -
         outcome = await off_thread(git.push_commit, clone, candidate, branch)
         if outcome.result == "moved":
             # Someone else moved the remote: nothing moved here; redo on theirs.
+            site.fetched_at = None
             for mr_id in mrs:
                 await store.call(store.store.set_merge_step, [mr_id], "queued")
             raise RemoteMoved()

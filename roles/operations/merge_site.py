@@ -11,6 +11,7 @@ Layer: operations; it decides nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -107,6 +108,9 @@ class MergeSite:
     remote: bool | None = None
     #: Batches since git's maintenance check last ran here (:func:`upkeep`).
     batches_since_upkeep: int = 0
+    #: When the remote was last fetched (``time.monotonic()``), None: fetch next time
+    #: (at start, and after a push found that the remote had moved).
+    fetched_at: float | None = None
 
     def config(self) -> RigConfig:
         return self.town.rig_config(self.rig)
@@ -123,6 +127,25 @@ async def has_remote(site: MergeSite) -> bool:
     if site.remote is None:
         site.remote = await off_thread(git.has_remote, site.clone)
     return site.remote
+
+
+#: While batches follow one another, the remote is fetched at most this often: between
+#: fetches, the remote-tracking branch the last push moved is the remote's branch unless
+#: someone else pushed meanwhile, which that batch's push finds out (rejected, not a
+#: fast-forward: fetched and rebuilt on the remote's branch, see ``landing.land``).
+FETCH_EVERY: Final = 10.0
+
+
+async def fetch_remote(site: MergeSite, *, force: bool = False) -> None:
+    """Fetch the remote unless it was fetched less than :data:`FETCH_EVERY` ago (and not
+    ``force``): a busy queue asked the remote twice per merge (a fetch and the push),
+    and the fetch was three processes on its critical path."""
+    now = time.monotonic()
+    if not force and site.fetched_at is not None and now - site.fetched_at < FETCH_EVERY:
+        return
+    site.fetched_at = None
+    await off_thread(git.fetch, site.clone)
+    site.fetched_at = now
 
 
 #: During a long burst of batches, git's maintenance check runs after this many.

@@ -199,6 +199,30 @@ def test_remote_moved_by_someone_else_is_rebased_on(cli: Cli, town: Path, feed: 
     assert "mr_merged" in kinds
 
 
+def test_a_push_by_someone_else_between_two_batches_is_built_on(
+        cli: Cli, town: Path, feed: FeedWaiter, remote: Path, tmp_path: Path) -> None:
+    """Between two batches of a busy queue the refinery does not fetch again (at most every
+    FETCH_EVERY seconds): a commit someone else pushed meanwhile is found by the next push,
+    which the remote refuses; the batch is rebuilt on it and lands, nothing rejected."""
+    cli.ok("up")
+    first = cli.ok("bead", "create", "first", "--rig", "web", "-d", "echo 1 > first.txt").strip()
+    cli.ok("sling", first, "web")
+    settled(cli, feed, 1)
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", str(remote), str(other)], check=True)
+    commit_in(other, "theirs.txt", "someone else\n")
+    git("push", "-q", "origin", "main", cwd=other)
+    second = cli.ok("bead", "create", "second", "--rig", "web", "-d",
+                    "echo 2 > second.txt").strip()
+    cli.ok("sling", second, "web")
+    found = {m["bead"]: m["state"] for m in settled(cli, feed, 2)}
+    assert found == {first: "merged", second: "merged"}
+    log = main_log(remote)
+    assert [line.split(" ", 1)[1].split(":")[0] for line in log[:3]] == \
+        [second, "edit theirs.txt", first]
+    assert git("rev-parse", "main", cwd=remote) == git("rev-parse", "main", cwd=clone(town))
+
+
 def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path, feed: FeedWaiter,
                                                         tmp_path: Path) -> None:
     """16 MRs, one bad, a 2 s gate: the good 15 land, the bad one is rejected, ≤ 10 runs."""
