@@ -29,10 +29,16 @@ Event = dict[str, Any]
 GIT_ID = ["-c", "user.name=b", "-c", "user.email=b@b"]
 
 
+#: The ``gastown`` console script a user runs (no ``runpy``), else the module form.
+_GASTOWN = ([str(Path(sys.executable).parent / "gastown")]
+            if (Path(sys.executable).parent / "gastown").is_file()
+            else [sys.executable, "-m", "gastown.supervisor"])
+
+
 def gastown(env: dict[str, str], *args: str) -> str:
-    """Run ``gastown ARGS`` and return its stdout (fails loudly, with its stderr)."""
-    proc = subprocess.run([sys.executable, "-m", "gastown.supervisor", *args], env=env,
-                          capture_output=True, text=True)
+    """Run ``gastown ARGS`` as a user does and return its stdout (fails loudly, with its
+    stderr)."""
+    proc = subprocess.run([*_GASTOWN, *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"gastown {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
     return proc.stdout
