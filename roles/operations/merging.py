@@ -202,7 +202,8 @@ async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
         if own:
             site.checkout_clean, site.candidate_ready = False, None
         try:
-            new_tip, files = await off_thread(git.rebase_detached, where, head, tip)
+            new_tip, files = await off_thread(git.rebase_detached, where, head, tip,
+                                              pristine=pristine)
         except GastownError:
             if not await off_thread(git.rev, where, head):  # asked only when it failed
                 return None, (mr_id, ["(branch missing)"])
