@@ -112,14 +112,17 @@ def _git(*args: str) -> tuple[int, str, str]:
 
 
 def _commit_all(message: str) -> bool | str:
-    """Stage everything and commit: True, False when nothing changed, or git's error."""
-    for args in (("add", "-A"), ("status", "--porcelain"), ("commit", "--quiet", "-m", message)):
+    """Stage everything and commit: True, False when nothing changed, or git's error.
+
+    Two commands: ``commit`` itself says when there is nothing to commit (exit 1 and
+    "nothing to commit" on stdout, in the C locale), no ``status`` needed to ask first."""
+    for args in (("add", "-A"), ("commit", "--quiet", "-m", message)):
         code, out, err = _git(*args)
+        if code == 1 and args[0] == "commit" and "nothing to commit" in out:
+            return False
         if code != 0:
             tail = " ".join(err.strip().splitlines()[-2:]) or "no error output"
             return f"git {args[0]} failed for {os.getcwd()}: {tail}"
-        if args[0] == "status" and not out.strip():
-            return False
     return True
 
 
