@@ -76,6 +76,17 @@ class MergeLedger(PolecatLedger):
             "ORDER BY priority, created_at, id", (rig, *states)).fetchall()
         return [mr_of(r) for r in rows]
 
+    def merge_requests_of(self, rig: str, polecat: str,
+                          states: Sequence[str]) -> list[MergeRequest]:
+        """The merge requests in ``states`` submitted under the name ``polecat`` (any of
+        its incarnations: :meth:`MergeRequest.submitted_by` tells), oldest first. The
+        witness asks this at every nuke; the whole rig's list grew with its history."""
+        marks = ", ".join("?" * len(states))
+        rows = self._conn.execute(
+            f"SELECT * FROM merge_requests WHERE rig = ? AND polecat = ? AND state IN "
+            f"({marks}) ORDER BY created_at, id", (rig, polecat, *states)).fetchall()
+        return [mr_of(r) for r in rows]
+
     def start_merge_requests(self, mr_ids: Sequence[str]) -> None:
         """Mark MRs ``running`` (their polecats ``merging``) before the refinery touches git."""
         with self.transaction() as conn:

@@ -184,7 +184,8 @@ def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
     transition ends it and closes its bead.
     """
     polecat = store.polecat(rig, name)
-    if not any(mr.submitted_by(polecat) for mr in store.merge_requests_in(rig, ["merged"])):
+    if not any(mr.submitted_by(polecat)
+               for mr in store.merge_requests_of(rig, name, ["merged"])):
         return "its merge request has not landed"
     problems = unlanded_work(town, polecat)
     if problems:
