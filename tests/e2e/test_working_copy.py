@@ -10,6 +10,7 @@ also checks ``tests/invariants.py`` (reflogs never backwards, every merged patch
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,6 +166,17 @@ def test_rig_add_refuses_a_working_copy_with_the_branch_checked_out(
     assert {r["name"] for r in json.loads(cli.ok("rig", "list", "--json"))} == {"web", "api"}
 
 
+def _git_unless_locked(repo: Path, *args: str) -> bool:
+    """Run git in ``repo``: True once it ran, False when another git held the index lock
+    (try again); any other failure fails the test."""
+    result = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
+                            check=False)
+    if result.returncode != 0 and "index.lock" in result.stderr:
+        return False
+    assert result.returncode == 0, f"git {' '.join(args)}: {result.stderr}"
+    return True
+
+
 def test_diverged_remote_pauses_the_queue_until_the_user_merges(
         cli: Cli, town: Path, feed: FeedWaiter, working_copy: Path) -> None:
     """Someone commits on the remote while merged work is unpushed: the queue stops with
@@ -178,10 +190,14 @@ def test_diverged_remote_pauses_the_queue_until_the_user_merges(
     assert rig_row(cli)["unpushed"] == 3
     landed = head(clone(town))
 
-    # Someone else commits on the remote's main (their notes stay uncommitted).
+    # Someone else commits on the remote's main (their notes stay uncommitted). The
+    # refinery pushes its unpushed work into this checkout after each wake, which holds
+    # its index.lock for a moment: a person's git would say so and they would try again.
     (working_copy / "theirs.txt").write_text("someone else\n")
-    git("add", "theirs.txt", cwd=working_copy)
-    git("commit", "-q", "-m", "their change", cwd=working_copy)
+    wait_until(lambda: _git_unless_locked(working_copy, "add", "theirs.txt"),
+               what="git add in the working copy")
+    wait_until(lambda: _git_unless_locked(working_copy, "commit", "-q", "-m", "their change"),
+               what="git commit in the working copy")
     (late,) = sling_files(cli, ["d"])
 
     def paused() -> dict[str, object] | None:
