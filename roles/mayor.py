@@ -169,16 +169,23 @@ class Mayor:
         self._needs_pending = bool(planned.waiting)
         waiting = 0
         full: set[str] = set()  # rigs found without a free slot in this pass
+        town_full = False
         for sling in planned.ready:
             reserved: Polecat | SlingResult | None = None
-            if sling.rig not in full:
-                # A rig (or the town) without a free slot gets no second attempt in this
-                # pass: a pass costs one reservation per free slot plus one per rig, not
-                # one per queued sling (each reads the config and the branches).
+            if sling.rig not in full and not town_full:
+                # A rig without a free slot gets no second attempt in this pass: a pass
+                # costs one reservation per free slot plus one per rig, not one per
+                # queued sling (each reads the config and the branches). A full town
+                # ends the attempts: a slot freed during the pass must go to the first
+                # sling in order at the next pass, not to a later one of another rig
+                # (seen: a priority-2 bead dispatched before a priority-1 one).
+                scope: list[str] = []
                 with log.bound(bead=sling.bead, rig=sling.rig):
-                    reserved = await self._attempt(sling, reserve_spawn, self.town, sling)
+                    reserved = await self._attempt(sling, reserve_spawn, self.town, sling,
+                                                   scope)
                 if reserved is None:
                     full.add(sling.rig)
+                    town_full = "town" in scope
             if isinstance(reserved, Polecat):
                 self._building.add(sling.id)
                 assert self._nursery is not None

@@ -140,8 +140,11 @@ class PolecatLedger(StoreBase):
 
     def reserve_polecat(self, sling_id: int, *, pool: Sequence[str], branch_template: str,
                         polecats_dir: str, agent: str, rig_cap: int, town_cap: int,
-                        also_held: Set[str] = frozenset()) -> Polecat | None:
-        """Turn a queued sling into a ``spawning`` polecat, or None when no slot is free.
+                        also_held: Set[str] = frozenset(),
+                        full: list[str] | None = None) -> Polecat | None:
+        """Turn a queued sling into a ``spawning`` polecat, or None when no slot is free
+        (then ``full``, when given, gets ``"town"`` or ``"rig"``: which cap, as seen in
+        this transaction).
 
         One transaction allocates the name (first free in ``pool``), records the polecat,
         hooks the bead and marks the sling dispatched: two slings can never get the
@@ -158,6 +161,8 @@ class PolecatLedger(StoreBase):
             in_town = conn.execute(f"SELECT COUNT(*) FROM polecats WHERE state IN ({active})"
                                    ).fetchone()[0]
             if in_rig >= rig_cap or in_town >= town_cap:
+                if full is not None:
+                    full.append("town" if in_town >= town_cap else "rig")
                 return None
             bead = conn.execute("SELECT * FROM beads WHERE id = ?", (sling["bead"],)).fetchone()
             if bead is None or bead["status"] == "closed" or (

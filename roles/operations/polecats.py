@@ -66,10 +66,12 @@ def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "may
     return build_spawn(town, store, sling, polecat, process=process)
 
 
-def reserve_spawn(town: Town, store: Store, sling: Sling) -> Polecat | None:
+def reserve_spawn(town: Town, store: Store, sling: Sling,
+                  full: list[str] | None = None) -> Polecat | None:
     """The spawn's first step, quick and in queue order: a name and a ``spawning`` row.
 
-    Returns None (and changes nothing) when the rig or the town has no free slot; a
+    Returns None (and changes nothing) when the rig or the town has no free slot (``full``
+    gets which, see :meth:`Store.reserve_polecat`); a
     failure here (an unknown agent, a broken rig) fails the sling, once, and raises.
     """
     try:
@@ -86,7 +88,7 @@ def reserve_spawn(town: Town, store: Store, sling: Sling) -> Polecat | None:
             sling.id, pool=rig_config.polecats.names or DEFAULT_POLECAT_NAMES,
             branch_template=rig_config.polecats.branch_template,
             polecats_dir=str(polecats_dir), agent=agent_name, rig_cap=rig_config.polecats.max,
-            town_cap=town_config.max_polecats, also_held=on_disk)
+            town_cap=town_config.max_polecats, also_held=on_disk, full=full)
     except Exception as exc:  # nothing was made yet: the sling fails, once, and leaves the queue
         store.fail_sling(sling.id, exc.message if isinstance(exc, GastownError) else
                          f"{type(exc).__name__}: {exc}")

@@ -223,7 +223,11 @@ def test_acceptance_needs_priority_stuck_fixed_landed_with_kill_9(
     assert [e["kind"] for e in found].count("supervisor_started") == 2
     order = spawn_order(found, ids)
     # One slot: the ready beads by priority, then age (w3 and a3 at 0, a1 at 1, w0 at 2) ...
-    assert order[:4] == ["w3", "a3", "a1", "w0"], order
+    names = {bead_id: name for name, bead_id in ids.items()}
+    assert order[:4] == ["w3", "a3", "a1", "w0"], (order, [
+        f"{e['seq']} {e['kind']} {names.get(str(e.get('bead')), '')} {e.get('polecat', '')} "
+        f"{e.get('reason') or ''}"[:160] for e in found
+        if str(e["kind"]).startswith(("polecat_", "sling_", "mr_", "supervisor_", "role_ready"))])
     # ... and no bead before its need merged (the chain, across rigs for a0).
     for _rig, name, _priority, needs in specs:
         for need in needs:

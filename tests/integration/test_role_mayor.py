@@ -196,3 +196,64 @@ async def test_a_pass_tries_a_full_rig_once_not_once_per_queued_sling(
         # had already begun, which may have made its attempt before the clear, and one
         # more); never one attempt per queued sling.
         assert len(attempts) <= 2, attempts
+
+
+@pytest.fixture
+def town_capped_site(tmp_path: Path) -> Iterator[Site]:
+    """A town that runs one polecat at a time, with a second rig ``api``."""
+    from gastown.roles.adapters.store import open_store
+    from gastown.roles.operations.rigs import add_rig
+    from tests.conftest import make_remote
+
+    built = make_site(tmp_path, town_toml="max_polecats = 1\n")
+    api = make_remote(tmp_path / "api.git", files={"api.py": "y = 1\n"})
+    with open_store(built.town.db_path) as store:
+        add_rig(built.town, store, "api", str(api), cwd=tmp_path)
+    yield built
+    remove_site(built)
+
+
+async def test_a_slot_freed_during_a_pass_goes_to_the_first_sling_in_order(
+        town_capped_site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The town is full when the pass tries its first sling (priority 1, rig web); the slot
+    frees right after that attempt. A later sling of another rig (priority 2, rig api)
+    must not take it in the same pass: the next pass gives it to the first in order.
+    (Seen in the convoy acceptance test: a priority-2 bead spawned before a priority-1.)"""
+    import gastown.roles.mayor as mayor_module
+    from gastown.roles.operations.polecats import reserve_spawn as real
+
+    site = town_capped_site
+    freed: list[str] = []
+    async with running_world(site) as world, world.role("mayor"):
+        holder = await world.bead("holder", "sleep 300")
+        first = as_mapping(await world.client.call(
+            "mayor", SlingRequest(sling=(await world.queue_sling(holder)).id)))
+        assert first["state"] == "dispatched", first
+        db = site.town.db_path
+
+        def freeing(*args: object) -> object:
+            result = real(*args)  # type: ignore[arg-type]
+            if result is None and not freed:  # the holder finishes right after
+                import sqlite3
+                conn = sqlite3.connect(db, timeout=30)
+                with conn:
+                    conn.execute("UPDATE polecats SET state = 'done' WHERE bead = ?",
+                                 (holder.id,))
+                conn.close()
+                freed.append("yes")
+            return result
+
+        monkeypatch.setattr(mayor_module, "reserve_spawn", freeing)
+        urgent = await world.bead("urgent", "sleep 300", priority=1)
+        later = await world.store.call(world.store.store.create_bead, prefix="api",
+                                       rig="api", title="later", description="sleep 300",
+                                       priority=2)
+        urgent_sling = await world.queue_sling(urgent)
+        later_sling = await world.store.call(world.store.store.queue_sling, later.id, "api",
+                                             agent=None, force=False)
+        await world.client.call("mayor", SlingRequest(sling=later_sling.id))
+        await world.client.call("mayor", SlingRequest(sling=urgent_sling.id))
+        assert freed
+        polecats = await world.store.call(world.store.store.polecats)
+        spawned = [p.bead for p in polecats if p.bead in (urgent.id, later.id)]
+        assert spawned == [urgent.id], (spawned, [(p.bead, p.state) for p in polecats])
