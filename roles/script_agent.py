@@ -67,9 +67,11 @@ def _spawn(argv: list[str], env: dict[str, str] | None = None,
                     open_fds.discard(fd)
                     os.close(fd)
     _, status = os.waitpid(pid, 0)
-    out, err = (b"".join(part).decode("utf-8", "replace") for part in chunks.values()) \
-        if chunks else ("", "")
-    return os.waitstatus_to_exitcode(status), out, err
+    code = os.waitstatus_to_exitcode(status)
+    if pipes is None:
+        return code, "", ""
+    out, err = (b"".join(chunks[fd]).decode("utf-8", "replace") for fd in (out_r, err_r))
+    return code, out, err
 
 
 def _gastown() -> list[str]:

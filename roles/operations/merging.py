@@ -224,11 +224,10 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
     store = site.store
     own = checkout is None
     where = site.clone if checkout is None else checkout
-    if own and site.candidate_ready == candidate:
-        site.candidate_ready = None  # the gates are about to touch it
-    else:
-        if own:
-            site.checkout_clean, site.candidate_ready = False, None
+    ready = own and site.candidate_ready == candidate  # rebased here, still pristine
+    if own:
+        site.checkout_clean, site.candidate_ready = False, None  # the gates touch it
+    if not ready:
         await off_thread(git.checkout_detached, where, candidate)
     log_path = site.town.logs_dir / "mq" / f"{site.rig}-{mrs[-1]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
