@@ -28,6 +28,8 @@ from ._supervisor_start import UP_TIMEOUT, run_foreground, start_daemon
 #: How long ``down`` waits for role processes to follow a supervisor that is gone: they
 #: exit at once, or by their lifeline backstop 5 s later (a role blocked in a call).
 ROLES_EXIT_TIMEOUT = 15.0
+#: Overrides :data:`ROLES_EXIT_TIMEOUT` (seconds; tests that leave a stray role use a short one).
+ROLES_EXIT_TIMEOUT_ENV = "GASTOWN_ROLES_EXIT_TIMEOUT"
 
 #: Events that ``status`` lists as recent failures.
 FAILURE_KINDS = ("role_failed", "mr_rejected", "polecat_escalated", "sling_failed",
@@ -128,7 +130,11 @@ def _roles_gone(town: Town) -> bool:
     """Wait for every role process to have released its lock; say which one has not."""
     from ...roles.adapters.town_lock import wait_roles_exit
 
-    left = wait_roles_exit(town.runtime_dir, timeout=ROLES_EXIT_TIMEOUT)
+    try:
+        timeout = float(os.environ.get(ROLES_EXIT_TIMEOUT_ENV) or ROLES_EXIT_TIMEOUT)
+    except ValueError:
+        timeout = ROLES_EXIT_TIMEOUT
+    left = wait_roles_exit(town.runtime_dir, timeout=timeout)
     if left:
         names = ", ".join(f"{role} (pid {pid if pid is not None else 'unknown'})"
                           for role, pid in left.items())

@@ -166,6 +166,7 @@ def test_down_names_a_role_running_without_a_supervisor(cli: Cli, town: Path) ->
                    and f'"pid": {stray.pid}' in (
                        town / ".runtime" / "roles" / "refinery-web.lock").read_text(),
                    what="the stray refinery to hold its lock")
+        cli.env["GASTOWN_ROLES_EXIT_TIMEOUT"] = "1"  # the stray never leaves: do not wait 15 s
         result = cli("down")
         assert result.code == 1
         assert (f"role process still running without this town's supervisor: refinery:web "
@@ -278,7 +279,7 @@ def test_down_before_the_supervisor_holds_the_town(cli: Cli, town: Path,
 def test_down_while_the_supervisor_starts_its_bus(cli: Cli, town: Path) -> None:
     """`down` when the supervisor holds the town but its bus is not up yet: SIGTERM is
     handled as a clean stop (not the default action), and `up` reports the stop."""
-    cli.env["GASTOWN_FAULTS"] = "supervisor@start.locked=pause:8"
+    cli.env["GASTOWN_FAULTS"] = "supervisor@start.locked=pause:4"
     up = _start_up(cli)
     try:
         out = town / "logs" / "supervisor.out"
