@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit install clean bench chaos agent-clis
+.PHONY: demo test test-durations lint typecheck unit install clean bench chaos agent-clis
 
 # The source folders in the installed shape: build/src/gastown/{supervisor,roles,config}
 # are links to the top-level folders. The development install imports through it, and so
@@ -46,10 +46,16 @@ endif
 
 ## test: lint, type-check and the whole test suite
 test: $(STAMP) lint typecheck agent-clis
-	# Three workers on 2 cores, worksteal scheduling (the long e2e tests do not leave the
-	# others idle at the end). Four were ~15 % faster but left the towns' processes so
-	# short of CPU that timing-sensitive tests failed now and then.
-	$(BIN)/python -m pytest -q -n 3 --dist worksteal tests
+	# Three workers on 2 cores, each taking the next test when it is free, longest first
+	# (tests/schedule.py: the long e2e tests overlap with the rest instead of ending the
+	# run alone). Four workers were ~15 % faster but left the towns' processes so short
+	# of CPU that timing-sensitive tests failed now and then.
+	$(BIN)/python -m pytest -q -n 3 --dist load --maxschedchunk 1 tests
+
+## test-durations: run the suite and record each test's duration for the longest-first order
+test-durations: $(STAMP) agent-clis
+	$(BIN)/python -m pytest -q -n 3 --dist load --maxschedchunk 1 \
+		--record-durations tests/durations.json tests
 
 ## agent-clis: the pinned real agent CLIs the agent_cli tests drive (npm, cached outside
 ## the repo); without npm only a warning, except under CI where the tests must run

@@ -18,6 +18,9 @@ from tests.scripted_model import ModelServer
 from tests.scripted_model import clis as agent_clis_install
 from tests.scripted_model.clis import AgentClis
 
+# Longest tests first, and `--record-durations` (tests/schedule.py).
+pytest_plugins = ("tests.schedule",)
+
 # Commits in tests need an identity, whatever the machine's git config says.
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "Test Author",
