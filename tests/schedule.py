@@ -29,6 +29,11 @@ DURATIONS = Path(__file__).with_name("durations.json")
 # Seconds for a test the durations file does not know yet, by tier (the folder under tests/).
 TIER_GUESS = {"chaos": 10.0, "e2e": 2.0, "integration": 0.5, "unit": 0.05}
 DEFAULT_GUESS = 0.5
+#: Tests that drive a real agent CLI: each keeps about a core busy while it runs.
+HEAVY_MARK = "agent_cli"
+#: At least this many other tests between two heavy ones (three workers: the next heavy
+#: test starts about when the first of the two lighter ones ends).
+SPREAD_GAP = 2
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,12 +70,42 @@ def estimates(nodeids: list[str], known: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def spread(order: list[str], heavy: set[str], gap: int = SPREAD_GAP) -> list[str]:
+    """``order`` with each test of ``heavy`` placed at least ``gap`` places after the
+    previous one (it waits while lighter tests go first; the rest keep their order).
+
+    Longest-first puts the real agent CLI tests side by side at the start, and three of
+    them at once on two cores starve each CLI (seen: Claude Code's ``--continue`` lost
+    its conversation after a kill under that load). Apart, they overlap with lighter
+    tests as they did in file order."""
+    out: list[str] = []
+    waiting: list[str] = []
+    since = gap  # places since the last heavy test
+    for nodeid in order:
+        if since >= gap and waiting:
+            out.append(waiting.pop(0))
+            since = 0
+        if nodeid in heavy:
+            if since >= gap and not waiting:
+                out.append(nodeid)
+                since = 0
+            else:
+                waiting.append(nodeid)
+            continue
+        out.append(nodeid)
+        since += 1
+    return out + waiting
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest first; ties keep the collection order (sort is stable), so every worker of
-    a run computes the same order, as xdist requires."""
+    """Longest first, the heavy ones spread apart; ties keep the collection order (sort is
+    stable), so every worker of a run computes the same order, as xdist requires."""
     guess = estimates([item.nodeid for item in items], _known())
     items.sort(key=lambda item: -guess[item.nodeid])
+    heavy = {item.nodeid for item in items if item.get_closest_marker(HEAVY_MARK)}
+    by_id = {item.nodeid: item for item in items}
+    items[:] = [by_id[nodeid] for nodeid in spread([item.nodeid for item in items], heavy)]
 
 
 class _Recorder:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.schedule import TIER_GUESS, estimates
+from tests.schedule import TIER_GUESS, estimates, spread
 
 
 def test_a_recorded_duration_is_used_as_is() -> None:
@@ -20,3 +20,15 @@ def test_an_unknown_test_gets_its_modules_median_then_its_tiers_guess() -> None:
                    "tests/unit/test_b.py::test_new": TIER_GUESS["unit"],
                    "tests/chaos/test_c.py::test_new": TIER_GUESS["chaos"],
                    "tests/test_top.py::test_new": 0.5}
+
+
+def test_heavy_tests_are_spread_apart_and_none_is_lost() -> None:
+    order = ["h1", "h2", "a", "h3", "b", "c", "d", "e"]
+    got = spread(order, {"h1", "h2", "h3"}, gap=2)
+    assert got == ["h1", "a", "b", "h2", "c", "d", "h3", "e"]
+    assert sorted(got) == sorted(order)
+
+
+def test_heavy_tests_left_at_the_end_still_run() -> None:
+    assert spread(["h1", "h2", "h3", "a"], {"h1", "h2", "h3"}, gap=2) == \
+        ["h1", "a", "h2", "h3"]
