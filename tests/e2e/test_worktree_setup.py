@@ -275,8 +275,9 @@ def test_kill_9_of_the_mayor_during_setup_converges(
     assert (tree / "made-by-setup.txt").exists() and (tree / ".env").exists()
     assert not list((town / "web" / "polecats").glob(".*.setup"))
     assert polecat_branches(town) == [f"polecat/{working['name']}"]
-    assert any("interrupted during its setup" in str(e.get("reason"))
-               for e in feed.seen() if e.get("bead") == bead)
+    # The feed's follower may print the rollback after `status` already shows the new spawn.
+    feed.wait("polecat_nuked", bead=bead,
+              where=lambda e: "interrupted during its setup" in str(e.get("reason")))
 
 
 def test_teardown_runs_before_the_nuke_and_its_failure_does_not_block_it(
