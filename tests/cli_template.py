@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 #: ``exec``: every command in its own process (the suite as it ran before this module).
 MODE_ENV = "GASTOWN_TEST_CLI"
@@ -71,10 +72,11 @@ class Template:
             self.process.wait()
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def run(self, argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None,
-            timeout: float) -> tuple[int, str, str] | None:
-        """The exit status, stdout and stderr of ``gastown ARGV``; None if the template
-        refused it before anything ran (the caller runs it in its own process)."""
+    def _send(self, argv: list[str], *, cwd: Path, env: dict[str, str],
+              stdin: bool) -> tuple[socket.socket, list[int]] | None:
+        """Hand ``gastown ARGV`` to the template: the connection and this side's pipe ends
+        (stdin's write end first when ``stdin``, then stdout's and stderr's read ends); None
+        if the template cannot be reached."""
         from gastown.roles import __version__
 
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -82,8 +84,7 @@ class Template:
         mine: list[int] = []
         try:
             conn.connect(str(self.socket_path))
-            in_r, in_w = os.pipe() if stdin is not None else (os.open(os.devnull, os.O_RDONLY),
-                                                                -1)
+            in_r, in_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), -1)
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             cwd_fd = os.open(cwd, os.O_RDONLY | os.O_DIRECTORY)
@@ -102,6 +103,16 @@ class Template:
             return None
         for fd in child_fds:
             os.close(fd)
+        return conn, mine
+
+    def run(self, argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None,
+            timeout: float) -> tuple[int, str, str] | None:
+        """The exit status, stdout and stderr of ``gastown ARGV``; None if the template
+        refused it before anything ran (the caller runs it in its own process)."""
+        sent = self._send(argv, cwd=cwd, env=env, stdin=stdin is not None)
+        if sent is None:
+            return None
+        conn, mine = sent
         try:
             return _collect(conn, mine, stdin, timeout, argv)
         finally:
@@ -109,6 +120,93 @@ class Template:
             for fd in mine:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str]) -> Running | None:
+        """``gastown ARGV`` left running (``feed -f``): its output read as it comes; None
+        if the template refused it before anything ran."""
+        sent = self._send(argv, cwd=cwd, env=env, stdin=False)
+        if sent is None:
+            return None
+        conn, (out_r, err_r) = sent
+        # The pipes' read ends become the Running's files, closed by its close().
+        running = Running(conn, open(out_r, encoding="utf-8", errors="replace"),  # noqa: SIM115
+                          open(err_r, encoding="utf-8", errors="replace"))  # noqa: SIM115
+        if running.pid is None:
+            running.close()
+            return None
+        return running
+
+
+class Running:
+    """A command forked from the template and still running: what a test needs of a
+    :class:`subprocess.Popen` (``stdout``, ``stderr``, ``poll``, ``wait``, ``terminate``,
+    ``kill``). Its exit status comes over the template's connection; the child leads its
+    own session, so a signal goes to its process group."""
+
+    def __init__(self, conn: socket.socket, stdout: IO[str], stderr: IO[str]) -> None:
+        self._conn = conn
+        self.stdout = stdout
+        self.stderr = stderr
+        self.pid: int | None = None
+        self.returncode: int | None = None
+        self._reply = b""
+        self._read_reply(block=True)  # "pid N" once the child runs, or a refusal
+
+    def _read_reply(self, *, block: bool, timeout: float | None = None) -> None:
+        self._conn.settimeout(timeout if block else 0.0)
+        while self.returncode is None:
+            try:
+                chunk = self._conn.recv(4096)
+            except (BlockingIOError, TimeoutError):
+                return
+            if not chunk:  # the template is gone, or refused before a child ran
+                self.returncode = 1 if self.pid is not None else None
+                return
+            self._reply += chunk
+            while b"\n" in self._reply:
+                line, _, self._reply = self._reply.partition(b"\n")
+                word, _, value = line.decode().partition(" ")
+                if word == "pid":
+                    self.pid = int(value)
+                elif word == "exit":
+                    self.returncode = int(value)
+                elif word == "signal":
+                    self.returncode = -int(value)
+                else:
+                    return  # refused
+            if self.pid is not None and block and timeout is None:
+                return  # started: the caller goes on while it runs
+
+    def poll(self) -> int | None:
+        if self.returncode is None and self.pid is not None:
+            self._read_reply(block=False)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired("gastown", timeout or 0)
+            self._read_reply(block=True, timeout=left if left is not None else 3600)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _signal(self, signum: int) -> None:
+        if self.pid is not None and self.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signum)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        self._conn.close()
+        self.stdout.close()
+        self.stderr.close()
 
 
 def _collect(conn: socket.socket, fds: list[int], stdin: str | None, timeout: float,
@@ -207,6 +305,23 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None = 
                           env=env, capture_output=True, text=True, input=stdin,
                           timeout=timeout, check=False)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def start(argv: list[str], *, cwd: Path, env: dict[str, str]) -> Running | subprocess.Popen[str]:
+    """``gastown ARGV`` left running, its stdout and stderr as text pipes: forked from the
+    template, or in its own process when ``GASTOWN_TEST_CLI=exec`` or the template cannot
+    take it."""
+    global _template
+    if os.environ.get(MODE_ENV) != "exec":
+        with _starting:
+            if _template is None:
+                _template = Template()
+        running = _template.start(argv, cwd=cwd, env=env)
+        if running is not None:
+            return running
+    return subprocess.Popen([sys.executable, "-m", "gastown.supervisor", *argv], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, bufsize=1)
 
 
 def close() -> None:

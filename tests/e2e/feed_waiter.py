@@ -1,8 +1,9 @@
 """Waiting on a town's domain events instead of polling its state.
 
-:class:`FeedWaiter` runs one ``gastown feed -f --json`` for the test town (the real CLI, a
-real subprocess), reads its lines in a thread, and lets a test block until an event that
-matches (kind, fields, a predicate) has been printed. The supervisor copies an event to
+:class:`FeedWaiter` runs one ``gastown feed -f --json`` for the test town (the real CLI in
+its own process, forked from the test's CLI template like the suite's other commands),
+reads its lines in a thread, and lets a test block until an event that matches (kind,
+fields, a predicate) has been printed. The supervisor copies an event to
 ``events.jsonl`` only after the transaction that emitted it committed, so once the event
 is seen, ``status``/``bead list``/``mq list`` already show the state it reports.
 
@@ -14,13 +15,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any
 
+from tests import cli_template
 from tests.conftest import Cli
 
 Event = dict[str, Any]
@@ -34,16 +35,16 @@ class FeedWaiter:
         self._events: list[Event] = []
         self._cond = threading.Condition()
         self._ended = False
-        self._proc: subprocess.Popen[str] | None = None
+        self._proc: cli_template.Running | subprocess.Popen[str] | None = None
         self._thread: threading.Thread | None = None
 
     # -- life -----------------------------------------------------------------------------
 
     def start(self) -> FeedWaiter:
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "gastown.supervisor", "feed", "-f", "--json"],
-            cwd=self._cli.cwd, env=dict(self._cli.env), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1)
+        # Forked from the test process's CLI template (tests/cli_template.py), as the
+        # suite's other commands are: a Python start per follower was ~4 % of its CPU.
+        self._proc = cli_template.start(["feed", "-f", "--json"], cwd=self._cli.cwd,
+                                        env=dict(self._cli.env))
         self._thread = threading.Thread(target=self._read, name="feed-waiter", daemon=True)
         self._thread.start()
         return self
@@ -61,9 +62,12 @@ class FeedWaiter:
                 proc.wait()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if isinstance(proc, cli_template.Running):
+            proc.close()  # its pipes and its connection to the template
+        else:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
         self._proc = None
 
     def __enter__(self) -> FeedWaiter:
