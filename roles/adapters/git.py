@@ -185,7 +185,7 @@ def unmerged_commits(repo: Path, base: str, branch: str) -> list[str]:
     commits are no longer ancestors of ``base``, but their patches are; those count as
     landed. Returns the ids of the commits that did not land.
     """
-    out = run_git(["cherry", base, branch], cwd=repo, op="cherry")
+    out = run_git(["cherry", base, branch], cwd=repo, op="cherry", read_only=True)
     return [line[2:].strip() for line in out.splitlines() if line.startswith("+ ")]
 
 

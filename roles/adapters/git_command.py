@@ -53,7 +53,7 @@ def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run_git(args: list[str], *, cwd: Path | None, op: str,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            where: str | None = None) -> str:
+            where: str | None = None, read_only: bool = False) -> str:
     """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
 
     Lock contention (``index.lock``, ``config.lock``) and a worktree another process is
@@ -62,7 +62,9 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
     started (ssh, a remote helper: its own process group) are killed. A plain subprocess:
     the ``sh`` library used before cost ~7 ms per call, and its timeout watcher, a 0.1 s
     polling thread, turned a 4 ms local command into a 104 ms one (measured, sh 2.4).
-    ``where`` names the repository in error messages (default: ``cwd``).
+    ``where`` names the repository in error messages (default: ``cwd``). A ``read_only``
+    command (it changes nothing a rerun would trip on) that another process killed is run
+    once more: its death says nothing about the repository.
 
     Git runs in a process group of its own (with a timeout, a session of its own): the
     supervisor stops a role by signalling the role's whole group, and a git killed by
@@ -73,11 +75,15 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
     """
     repo = where or (str(cwd) if cwd is not None else ".")
     delay = 0.05
+    killed_once = False
     for attempt in range(_LOCK_RETRIES + 1):
         code, out, err = _run(["git", *args], cwd=cwd, env=_git_env(env), timeout=timeout,
                               op=op, repo=repo)
         if code == 0:
             return out
+        if read_only and code < 0 and not err.strip() and not killed_once:
+            killed_once = True  # seen: a recovery's `git status` killed by a SIGTERM
+            continue
         if attempt < _LOCK_RETRIES and _transient(err):
             time.sleep(delay)
             delay = min(delay * 2, 1.0)

@@ -57,7 +57,7 @@ def worktree_status(worktree: Path) -> WorktreeStatus:
     """:func:`dirty_files`, :func:`current_branch` and the HEAD commit in one command
     (``status --porcelain=v2 --branch``) instead of three or four: a nuke asks them all."""
     out = run_git(["status", "--porcelain=v2", "--branch", "--untracked-files=all"],
-                  cwd=worktree, op="status")
+                  cwd=worktree, op="status", read_only=True)
     dirty: list[str] = []
     branch: str | None = None
     head: str | None = None

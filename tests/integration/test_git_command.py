@@ -9,7 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gastown.roles.adapters.git_command import run_git
+from gastown.roles.core.errors import GitError
 
 
 def test_a_worktree_another_process_is_still_making_is_waited_for(tmp_path: Path) -> None:
@@ -43,7 +46,10 @@ def test_a_worktree_another_process_is_still_making_is_waited_for(tmp_path: Path
 _ROLE = """
 import signal, sys
 from pathlib import Path
+import pytest
+
 from gastown.roles.adapters.git_command import run_git
+from gastown.roles.core.errors import GitError
 from gastown.roles.core.errors import GitError
 signal.signal(signal.SIGTERM, lambda *_: print("stopping", flush=True))
 try:
@@ -83,3 +89,19 @@ def test_the_stop_signal_of_a_roles_group_does_not_kill_its_git(tmp_path: Path) 
             role.kill()
             role.wait()
     assert out == "finished\n", out
+
+
+def test_a_read_only_git_killed_by_another_process_is_run_once_more(tmp_path: Path) -> None:
+    """A read-only git (status, cherry) that something else killed is asked again: its
+    death says nothing about the repository (seen: a recovering mayor's `git status`
+    killed by a SIGTERM, and the polecat escalated for it). Any other git reports it."""
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    # The alias's shell kills its git (its parent) the first time, then answers.
+    subprocess.run(["git", "-C", str(repo), "config", "alias.once",
+                    "!if [ ! -e killed ]; then touch killed; kill -TERM $PPID; sleep 1; fi; "
+                    "echo answered"], check=True)
+    assert run_git(["once"], cwd=repo, op="once", read_only=True) == "answered\n"
+    (repo / "killed").unlink()
+    with pytest.raises(GitError, match="killed by SIGTERM, no error output"):
+        run_git(["once"], cwd=repo, op="once")
