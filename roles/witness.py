@@ -91,6 +91,7 @@ class Witness:
         self._client: BusClient | None = None
         self._pass_needed = trio.Event()
         self._reviving: set[str] = set()
+        self._died_again: set[str] = set()  # a death reported while its revive ran
         #: One operation at a time per polecat (a nuke, a respawn); others run alongside.
         self.operations = OperationLocks()
         self._nukes: MergedNukes | None = None
@@ -333,18 +334,29 @@ class Witness:
             await self._after_death(name)
 
     async def _after_death(self, name: str) -> None:
-        """A stalled polecat: respawn after a back-off, or escalate past ``max_respawns``."""
+        """A stalled polecat: respawn after a back-off, or escalate past ``max_respawns``.
+        A death reported while its revive runs (a respawned agent that exits at once) goes
+        round again after it, if still stalled: dropped, the polecat stayed stalled."""
         if name in self._reviving:
+            self._died_again.add(name)
             return
         self._reviving.add(name)
         try:
-            await self._revive(name)
+            while True:
+                self._died_again.discard(name)
+                await self._revive(name)
+                if name not in self._died_again:
+                    break
+                current = await self.store.call(self.store.store.polecat, self.rig, name)
+                if current.state != "stalled":
+                    break
         except GastownError as exc:
             # The polecat changed under us (nuked, its rig removed, done after all): the
             # store decides, and there is nothing left to revive.
             self._log.info("revive_skipped", polecat=name, reason=exc.message)
         finally:
             self._reviving.discard(name)
+            self._died_again.discard(name)
 
     async def _revive(self, name: str) -> None:
         with log.bound(polecat=name):

@@ -119,6 +119,45 @@ async def test_the_witness_respawns_a_polecat_whose_session_died(site: Site) -> 
 
 
 @pytest.fixture
+def one_respawn_site(tmp_path: Path) -> Iterator[Site]:
+    built = make_site(tmp_path, rig_toml="\n[polecats]\nmax_respawns = 1\n")
+    yield built
+    remove_site(built)
+
+
+async def test_a_death_reported_while_the_revive_runs_is_not_dropped(
+        one_respawn_site: Site) -> None:
+    """The respawned agent dies at once and its death is reported before the revive that
+    started it has finished (in CI an agent that exits at once died 4 ms after its
+    second respawn and was never escalated). That death counts: past ``max_respawns``
+    the polecat is escalated, not left stalled."""
+    site = one_respawn_site
+    async with running_world(site) as world, world.role(WITNESS) as witness:
+        assert isinstance(witness, Witness)
+        polecat = await world.spawn("a long job", "sleep 300")
+        assert polecat.session is not None
+        revive = witness._revive
+
+        async def revive_then_die_at_once(name: str) -> None:
+            await revive(name)
+            respawned = await world.polecat(name)
+            if respawned.state == "working" and respawned.session is not None:
+                pid = int(respawned.session["pid"])
+                os.kill(pid, signal.SIGKILL)
+                await until(lambda: not alive(pid), what="the respawned agent gone")
+                await witness._session_ended(name, pid)  # what its watcher reports
+
+        witness._revive = revive_then_die_at_once  # type: ignore[method-assign]
+        os.kill(int(polecat.session["pid"]), signal.SIGKILL)
+
+        working = await world.wait_event("polecat_working", polecat=polecat.name,
+                                         old="stalled")
+        assert working["respawns"] == 1
+        escalated = await world.wait_event("polecat_escalated", polecat=polecat.name)
+        assert "session died 2 time(s)" in str(escalated["reason"])
+
+
+@pytest.fixture
 def no_respawn_site(tmp_path: Path) -> Iterator[Site]:
     built = make_site(tmp_path, rig_toml="\n[polecats]\nmax_respawns = 0\n")
     yield built
