@@ -119,19 +119,21 @@ async def test_the_witness_respawns_a_polecat_whose_session_died(site: Site) -> 
 
 
 @pytest.fixture
-def one_respawn_site(tmp_path: Path) -> Iterator[Site]:
-    built = make_site(tmp_path, rig_toml="\n[polecats]\nmax_respawns = 1\n")
+def limited_site(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Site]:
+    """A site whose rig allows ``request.param`` respawns (``indirect`` parametrization)."""
+    built = make_site(tmp_path, rig_toml=f"\n[polecats]\nmax_respawns = {request.param}\n")
     yield built
     remove_site(built)
 
 
+@pytest.mark.parametrize("limited_site", [1], indirect=True)
 async def test_a_death_reported_while_the_revive_runs_is_not_dropped(
-        one_respawn_site: Site) -> None:
+        limited_site: Site) -> None:
     """The respawned agent dies at once and its death is reported before the revive that
     started it has finished (in CI an agent that exits at once died 4 ms after its
     second respawn and was never escalated). That death counts: past ``max_respawns``
     the polecat is escalated, not left stalled."""
-    site = one_respawn_site
+    site = limited_site
     async with running_world(site) as world, world.role(WITNESS) as witness:
         assert isinstance(witness, Witness)
         polecat = await world.spawn("a long job", "sleep 300")
@@ -157,16 +159,10 @@ async def test_a_death_reported_while_the_revive_runs_is_not_dropped(
         assert "session died 2 time(s)" in str(escalated["reason"])
 
 
-@pytest.fixture
-def no_respawn_site(tmp_path: Path) -> Iterator[Site]:
-    built = make_site(tmp_path, rig_toml="\n[polecats]\nmax_respawns = 0\n")
-    yield built
-    remove_site(built)
-
-
+@pytest.mark.parametrize("limited_site", [0], indirect=True)
 async def test_past_max_respawns_the_witness_escalates_and_keeps_the_worktree(
-        no_respawn_site: Site) -> None:
-    site = no_respawn_site
+        limited_site: Site) -> None:
+    site = limited_site
     async with running_world(site) as world, world.role(WITNESS):
         polecat = await world.spawn("a long job", "echo started; sleep 300")
         assert polecat.session is not None
