@@ -47,8 +47,9 @@ endif
 test: $(STAMP) lint typecheck agent-clis
 	# Three workers on 2 cores, each taking the next test when it is free, longest first
 	# (tests/schedule.py: the long e2e tests overlap with the rest instead of ending the
-	# run alone). Four workers were ~15 % faster but left the towns' processes so short
-	# of CPU that timing-sensitive tests failed now and then.
+	# run alone). The suite is bound by CPU: four workers in this order were no faster
+	# (196 s against 180-199 s, 375 CPU-s against 300-350) and leave the towns' processes
+	# shorter of CPU, where timing-sensitive tests failed now and then.
 	$(BIN)/python -m pytest -q -n 3 --dist load --maxschedchunk 1 tests
 
 ## test-durations: run the suite and record each test's duration for the longest-first order
@@ -70,9 +71,9 @@ agent-clis: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-# mypy reads the sources through the link tree, which has the installed shape.
-# One mypy run for the package (through the link tree, so that its modules are named
-# gastown.*) and what uses it: half the time of two runs that each analyse the package.
+# mypy reads the sources through the link tree, which has the installed shape (its
+# modules are named gastown.*): one run for the package and what uses it, half the time
+# of two runs that each analysed the package.
 typecheck: $(STAMP)
 	MYPYPATH=build/src $(BIN)/mypy build/src/gastown tests bench demo
 

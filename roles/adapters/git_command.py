@@ -81,7 +81,8 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
                               op=op, repo=repo)
         if code == 0:
             return out
-        if read_only and code < 0 and not err.strip() and not killed_once:
+        if (read_only and code < 0 and not err.strip() and not killed_once
+                and attempt < _LOCK_RETRIES):
             killed_once = True  # seen: a recovery's `git status` killed by a SIGTERM
             continue
         if attempt < _LOCK_RETRIES and _transient(err):
