@@ -289,16 +289,25 @@ _template: Template | None = None
 _starting = threading.Lock()  # tests that run commands from several threads
 
 
+def _the_template() -> Template | None:
+    """This test process's template (started on first use); None with
+    ``GASTOWN_TEST_CLI=exec``."""
+    global _template
+    if os.environ.get(MODE_ENV) == "exec":
+        return None
+    with _starting:
+        if _template is None:
+            _template = Template()
+        return _template
+
+
 def run(argv: list[str], *, cwd: Path, env: dict[str, str], stdin: str | None = None,
         timeout: float = 120) -> tuple[int, str, str]:
     """``gastown ARGV`` as the tests run it: by fork from the template, or in its own
     process when ``GASTOWN_TEST_CLI=exec`` or the template cannot take it."""
-    global _template
-    if os.environ.get(MODE_ENV) != "exec":
-        with _starting:
-            if _template is None:
-                _template = Template()
-        result = _template.run(argv, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
+    template = _the_template()
+    if template is not None:
+        result = template.run(argv, cwd=cwd, env=env, stdin=stdin, timeout=timeout)
         if result is not None:
             return result
     proc = subprocess.run([sys.executable, "-m", "gastown.supervisor", *argv], cwd=cwd,
@@ -311,12 +320,9 @@ def start(argv: list[str], *, cwd: Path, env: dict[str, str]) -> Running | subpr
     """``gastown ARGV`` left running, its stdout and stderr as text pipes: forked from the
     template, or in its own process when ``GASTOWN_TEST_CLI=exec`` or the template cannot
     take it."""
-    global _template
-    if os.environ.get(MODE_ENV) != "exec":
-        with _starting:
-            if _template is None:
-                _template = Template()
-        running = _template.start(argv, cwd=cwd, env=env)
+    template = _the_template()
+    if template is not None:
+        running = template.start(argv, cwd=cwd, env=env)
         if running is not None:
             return running
     return subprocess.Popen([sys.executable, "-m", "gastown.supervisor", *argv], cwd=cwd,
