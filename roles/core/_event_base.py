@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import ClassVar, Final, dataclass_transform
 
 
 class Unset(enum.Enum):
@@ -21,26 +21,32 @@ UNSET: Final = Unset.UNSET
 COLUMNS: Final = ("rig", "polecat", "bead")
 
 
-@dataclass(frozen=True)
+@dataclass_transform(frozen_default=True)
 class _Event:
-    """A kind that adds no field to its base is a plain subclass (still a dataclass)."""
+    """Every subclass is a frozen dataclass, and names its wire ``kind`` where it is
+    declared: ``class MrStarted(_MrEvent, kind="mr_started")``. A base that only adds
+    fields (``_MrEvent``) names none. ``dataclass_transform`` tells type checkers what
+    ``__init_subclass__`` does at run time."""
 
     kind: ClassVar[str]
 
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.kind = kind
+        dataclass(frozen=True)(cls)
 
-@dataclass(frozen=True)
+
 class _RigEvent(_Event):
     rig: str
 
 
-@dataclass(frozen=True)
 class _PolecatEvent(_Event):
     rig: str
     polecat: str
     bead: str | None
 
 
-@dataclass(frozen=True)
 class _MrEvent(_PolecatEvent):
     """A merge request's event; a crew workspace's MR names the workspace as ``polecat``."""
 

@@ -43,70 +43,52 @@ from .events_town import (
 
 
 # -- rigs, the merge queue, the remote --------------------------------------------------
-@dataclass(frozen=True)
-class RigAdded(_RigEvent):
-    kind = "rig_added"
+class RigAdded(_RigEvent, kind="rig_added"):
     prefix: str
     repo: str
     default_branch: str
 
 
-class RigRemoved(_RigEvent):
-    kind = "rig_removed"
+class RigRemoved(_RigEvent, kind="rig_removed"): ...
 
 
-@dataclass(frozen=True)
-class MqPaused(_RigEvent):
-    kind = "mq_paused"
+class MqPaused(_RigEvent, kind="mq_paused"):
     reason: str
 
 
-@dataclass(frozen=True)
-class MqResumed(_RigEvent):
-    kind = "mq_resumed"
+class MqResumed(_RigEvent, kind="mq_resumed"):
     was: str | None
 
 
-class MqResumeRequested(_RigEvent):
-    kind = "mq_resume_requested"
+class MqResumeRequested(_RigEvent, kind="mq_resume_requested"): ...
 
 
-@dataclass(frozen=True)
-class PushRefused(_RigEvent):
-    kind = "push_refused"
+class PushRefused(_RigEvent, kind="push_refused"):
     landed_head: str
     remote_head: str | None
     reason: str
     count: int
 
 
-@dataclass(frozen=True)
-class PushCaughtUp(_RigEvent):
-    kind = "push_caught_up"
+class PushCaughtUp(_RigEvent, kind="push_caught_up"):
     head: str
     was: str | None
 
 
-@dataclass(frozen=True)
-class CrewUpdated(_RigEvent):
-    kind = "crew_updated"
+class CrewUpdated(_RigEvent, kind="crew_updated"):
     crew: str
     detail: str
 
 
 # -- beads and slings ---------------------------------------------------------------------
-@dataclass(frozen=True)
-class BeadCreated(_Event):
-    kind = "bead_created"
+class BeadCreated(_Event, kind="bead_created"):
     rig: str | None
     bead: str
     title: str
     priority: int
 
 
-@dataclass(frozen=True)
-class BeadStatusChanged(_Event):
-    kind = "bead_status_changed"
+class BeadStatusChanged(_Event, kind="bead_status_changed"):
     rig: str | None
     bead: str
     old: str
@@ -118,9 +100,7 @@ class BeadStatusChanged(_Event):
     crew: str | Unset = UNSET  # submitted by a crew workspace
 
 
-@dataclass(frozen=True)
-class BeadUpdated(_Event):
-    kind = "bead_updated"
+class BeadUpdated(_Event, kind="bead_updated"):
     rig: str | None
     bead: str
     fields: tuple[str, ...]
@@ -128,9 +108,7 @@ class BeadUpdated(_Event):
     priority: int | Unset = UNSET
 
 
-@dataclass(frozen=True)
-class SlingQueued(_Event):
-    kind = "sling_queued"
+class SlingQueued(_Event, kind="sling_queued"):
     rig: str
     bead: str
     sling: int | None
@@ -139,18 +117,14 @@ class SlingQueued(_Event):
     requeued: bool | Unset = UNSET
 
 
-@dataclass(frozen=True)
-class SlingFailed(_Event):
-    kind = "sling_failed"
+class SlingFailed(_Event, kind="sling_failed"):
     rig: str
     bead: str
     sling: int
     error: str
 
 
-@dataclass(frozen=True)
-class SlingCancelled(_Event):
-    kind = "sling_cancelled"
+class SlingCancelled(_Event, kind="sling_cancelled"):
     rig: str
     bead: str
     sling: int
@@ -158,16 +132,13 @@ class SlingCancelled(_Event):
 
 
 # -- polecats and their agents ------------------------------------------------------------
-@dataclass(frozen=True)
-class PolecatSpawnStarted(_PolecatEvent):
-    kind = "polecat_spawning"
+class PolecatSpawnStarted(_PolecatEvent, kind="polecat_spawning"):
     branch: str
     agent: str
     sling: int
     incarnation: str
 
 
-@dataclass(frozen=True)
 class PolecatMoved(_PolecatEvent):
     """A lifecycle transition (``polecat_<new state>``); the details its caller recorded."""
 
@@ -182,32 +153,25 @@ class PolecatMoved(_PolecatEvent):
     doctor: bool | Unset = UNSET  # doctor's nuke of a stale polecat
 
 
-class PolecatStartedWorking(PolecatMoved):
-    kind = "polecat_working"
+class PolecatStartedWorking(PolecatMoved, kind="polecat_working"): ...
 
 
-class PolecatFinished(PolecatMoved):
-    kind = "polecat_done"
+class PolecatFinished(PolecatMoved, kind="polecat_done"): ...
 
 
-class PolecatStartedMerging(PolecatMoved):
-    kind = "polecat_merging"
+class PolecatStartedMerging(PolecatMoved, kind="polecat_merging"): ...
 
 
-class PolecatStalled(PolecatMoved):
-    kind = "polecat_stalled"
+class PolecatStalled(PolecatMoved, kind="polecat_stalled"): ...
 
 
-class PolecatEscalated(PolecatMoved):
-    kind = "polecat_escalated"
+class PolecatEscalated(PolecatMoved, kind="polecat_escalated"): ...
 
 
-class PolecatRejected(PolecatMoved):
-    kind = "polecat_rejected"
+class PolecatRejected(PolecatMoved, kind="polecat_rejected"): ...
 
 
-class PolecatNuked(PolecatMoved):
-    kind = "polecat_nuked"
+class PolecatNuked(PolecatMoved, kind="polecat_nuked"): ...
 
 
 #: A lifecycle transition's event, one class a state it reaches.
@@ -218,21 +182,16 @@ POLECAT_MOVES: Final[Mapping[str, type[PolecatTransitioned]]] = {
     cls.kind.removeprefix("polecat_"): cls for cls in get_args(PolecatTransitioned)}
 
 
-@dataclass(frozen=True)
-class PolecatNoted(_PolecatEvent):
-    kind = "polecat_noted"
+class PolecatNoted(_PolecatEvent, kind="polecat_noted"):
     reason: str | None
 
 
-@dataclass(frozen=True)
-class PolecatNudged(_PolecatEvent):
-    kind = "polecat_nudged"
+class PolecatNudged(_PolecatEvent, kind="polecat_nudged"):
     text: str
     by: str
     nudges: int
 
 
-@dataclass(frozen=True)
 class _Usage(_PolecatEvent):
     """A turn's usage deltas, the turn's number and the polecat's totals after it."""
 
@@ -246,54 +205,40 @@ class _Usage(_PolecatEvent):
     total_cost_usd: float
 
 
-class AgentTurnEnded(_Usage):
-    kind = "agent_turn_ended"
+class AgentTurnEnded(_Usage, kind="agent_turn_ended"): ...
 
 
-class AgentUsageSettled(_Usage):
+class AgentUsageSettled(_Usage, kind="agent_usage_settled"):
     """The last accounting before a nuke, of a turn cut short (no turn counted)."""
-
-    kind = "agent_usage_settled"
 
 
 # -- merge requests -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class MrCreated(_MrEvent):
-    kind = "mr_created"
+class MrCreated(_MrEvent, kind="mr_created"):
     branch: str
     head: str
     done_by: str | Unset = UNSET  # a polecat's: agent, witness or human
     mr_kind: str | Unset = UNSET  # a crew workspace's: "crew"
 
 
-class MrStarted(_MrEvent):
-    kind = "mr_started"
+class MrStarted(_MrEvent, kind="mr_started"): ...
 
 
-@dataclass(frozen=True)
-class MrMerged(_MrEvent):
-    kind = "mr_merged"
+class MrMerged(_MrEvent, kind="mr_merged"):
     commit: str
     branch: str
     mr_kind: str
 
 
-@dataclass(frozen=True)
-class MrRejected(_MrEvent):
-    kind = "mr_rejected"
+class MrRejected(_MrEvent, kind="mr_rejected"):
     reason: str
     tail: str
 
 
-@dataclass(frozen=True)
-class MrRequeued(_MrEvent):
-    kind = "mr_requeued"
+class MrRequeued(_MrEvent, kind="mr_requeued"):
     reason: str
 
 
-@dataclass(frozen=True)
-class MrCancelled(_MrEvent):
-    kind = "mr_cancelled"
+class MrCancelled(_MrEvent, kind="mr_cancelled"):
     reason: str
 
 

@@ -8,20 +8,15 @@ it (see :mod:`.convoy` for which change is which event), exactly once per change
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ._event_base import _Event
 
 
-@dataclass(frozen=True)
 class _ConvoyEvent(_Event):
     convoy: str
     title: str
 
 
-@dataclass(frozen=True)
-class ConvoyCreated(_ConvoyEvent):
-    kind = "convoy_created"
+class ConvoyCreated(_ConvoyEvent, kind="convoy_created"):
     beads: tuple[str, ...]
     rig: str | None
     state: str
@@ -29,11 +24,9 @@ class ConvoyCreated(_ConvoyEvent):
     total: int
 
 
-@dataclass(frozen=True)
-class ConvoyChanged(_ConvoyEvent):
+class ConvoyChanged(_ConvoyEvent, kind="convoy_changed"):
     """Beads were added to or removed from the convoy by hand."""
 
-    kind = "convoy_changed"
     added: tuple[str, ...]
     removed: tuple[str, ...]
     state: str
@@ -41,7 +34,6 @@ class ConvoyChanged(_ConvoyEvent):
     total: int
 
 
-@dataclass(frozen=True)
 class _ConvoyMoved(_ConvoyEvent):
     state: str
     closed: int
@@ -49,21 +41,15 @@ class _ConvoyMoved(_ConvoyEvent):
     old: str
 
 
-@dataclass(frozen=True)
-class ConvoyProgress(_ConvoyMoved):
-    kind = "convoy_progress"
+class ConvoyProgress(_ConvoyMoved, kind="convoy_progress"): ...
 
 
-@dataclass(frozen=True)
-class ConvoyLanded(_ConvoyMoved):
-    kind = "convoy_landed"
+class ConvoyLanded(_ConvoyMoved, kind="convoy_landed"): ...
 
 
-@dataclass(frozen=True)
-class ConvoyStuck(_ConvoyMoved):
+class ConvoyStuck(_ConvoyMoved, kind="convoy_stuck"):
     """The convoy is held up by ``bead`` (blocked, or its merge request rejected)."""
 
-    kind = "convoy_stuck"
     bead: str
     reason: str
 

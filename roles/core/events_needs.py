@@ -7,12 +7,9 @@ needed bead's (a need may be in another rig).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ._event_base import _Event
 
 
-@dataclass(frozen=True)
 class _NeedEvent(_Event):
     rig: str | None
     bead: str
@@ -20,9 +17,7 @@ class _NeedEvent(_Event):
     need_rig: str | None
 
 
-class BeadNeedAdded(_NeedEvent):
-    kind = "bead_need_added"
+class BeadNeedAdded(_NeedEvent, kind="bead_need_added"): ...
 
 
-class BeadNeedRemoved(_NeedEvent):
-    kind = "bead_need_removed"
+class BeadNeedRemoved(_NeedEvent, kind="bead_need_removed"): ...

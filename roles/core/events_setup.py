@@ -6,24 +6,18 @@ one union); written by the store when :mod:`gastown.roles.operations.setup` repo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ._event_base import _PolecatEvent
 
 
-@dataclass(frozen=True)
-class PolecatSetupFailed(_PolecatEvent):
+class PolecatSetupFailed(_PolecatEvent, kind="polecat_setup_failed"):
     """``[polecats.setup]`` failed or timed out: the spawn is rolled back."""
 
-    kind = "polecat_setup_failed"
     reason: str
     tail: str
 
 
-@dataclass(frozen=True)
-class PolecatTeardownFailed(_PolecatEvent):
+class PolecatTeardownFailed(_PolecatEvent, kind="polecat_teardown_failed"):
     """``[polecats.teardown]`` failed or timed out: logged, the nuke went on."""
 
-    kind = "polecat_teardown_failed"
     reason: str
     tail: str

@@ -6,14 +6,10 @@ one union) so that each event module stays one family of kinds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ._event_base import _Event
 
 
-@dataclass(frozen=True)
-class DoctorFixed(_Event):
-    kind = "doctor_fixed"
+class DoctorFixed(_Event, kind="doctor_fixed"):
     rig: str | None
     polecat: str | None
     check: str
@@ -22,19 +18,14 @@ class DoctorFixed(_Event):
     action: str | None
 
 
-@dataclass(frozen=True)
-class StoreCreated(_Event):
-    kind = "store_created"
+class StoreCreated(_Event, kind="store_created"):
     path: str
 
 
-@dataclass(frozen=True)
-class StoreAdopted(_Event):
-    kind = "store_adopted"
+class StoreAdopted(_Event, kind="store_adopted"):
     path: str
 
 
-@dataclass(frozen=True)
 class RoleEvent(_Event):
     """A role process changed state; its rig (``witness:<rig>``) is the event's rig."""
 
@@ -50,56 +41,41 @@ class RoleEvent(_Event):
         return self.role.partition(":")[2] or None
 
 
-class RoleStarted(RoleEvent):
-    kind = "role_started"
+class RoleStarted(RoleEvent, kind="role_started"): ...
 
 
-class RoleReady(RoleEvent):
-    kind = "role_ready"
+class RoleReady(RoleEvent, kind="role_ready"): ...
 
 
-class RoleExited(RoleEvent):
-    kind = "role_exited"
+class RoleExited(RoleEvent, kind="role_exited"): ...
 
 
-@dataclass(frozen=True)
-class RoleRestartScheduled(RoleEvent):
-    kind = "role_restarting"
+class RoleRestartScheduled(RoleEvent, kind="role_restarting"):
     delay: float
 
 
-class RoleFailed(RoleEvent):
-    kind = "role_failed"
+class RoleFailed(RoleEvent, kind="role_failed"): ...
 
 
-class RoleStopped(RoleEvent):
-    kind = "role_stopped"
+class RoleStopped(RoleEvent, kind="role_stopped"): ...
 
 
-@dataclass(frozen=True)
-class SupervisorStarted(_Event):
-    kind = "supervisor_started"
+class SupervisorStarted(_Event, kind="supervisor_started"):
     pid: int
     version: str
 
 
-@dataclass(frozen=True)
-class TownReloaded(_Event):
-    kind = "town_reloaded"
+class TownReloaded(_Event, kind="town_reloaded"):
     reason: str
     restarted: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ReloadRefused(_Event):
-    kind = "reload_refused"
+class ReloadRefused(_Event, kind="reload_refused"):
     reason: str
     error: str
 
 
-@dataclass(frozen=True)
-class SupervisorStopRequested(_Event):
-    kind = "supervisor_stopping"
+class SupervisorStopRequested(_Event, kind="supervisor_stopping"):
     reason: str
 
 
