@@ -8,8 +8,9 @@ every kind in one union.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import ClassVar, Final, dataclass_transform
+from typing import ClassVar, Final
+
+from .frozen import Frozen
 
 
 class Unset(enum.Enum):
@@ -21,20 +22,17 @@ UNSET: Final = Unset.UNSET
 COLUMNS: Final = ("rig", "polecat", "bead")
 
 
-@dataclass_transform(frozen_default=True)
-class _Event:
-    """Every subclass is a frozen dataclass, and names its wire ``kind`` where it is
-    declared: ``class MrStarted(_MrEvent, kind="mr_started")``. A base that only adds
-    fields (``_MrEvent``) names none. ``dataclass_transform`` tells type checkers what
-    ``__init_subclass__`` does at run time."""
+class _Event(Frozen):
+    """Every subclass is a frozen dataclass (:class:`.Frozen`), and names its wire
+    ``kind`` where it is declared: ``class MrStarted(_MrEvent, kind="mr_started")``. A
+    base that only adds fields (``_MrEvent``) names none."""
 
     kind: ClassVar[str]
 
     def __init_subclass__(cls, *, kind: str | None = None, **kwargs: object) -> None:
-        super().__init_subclass__(**kwargs)
         if kind is not None:
             cls.kind = kind
-        dataclass(frozen=True)(cls)
+        super().__init_subclass__(**kwargs)
 
 
 class _RigEvent(_Event):

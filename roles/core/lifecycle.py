@@ -29,8 +29,9 @@ branch is deleted unchecked only by a forced nuke (:class:`DeleteBranch`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Literal
+
+from .frozen import Frozen
 
 PolecatState = Literal["spawning", "working", "done", "merging", "stalled", "escalated",
                        "rejected", "nuked"]
@@ -43,55 +44,40 @@ ACTIVE_STATES: Final = frozenset({"spawning", "working", "stalled"})
 Outcome = Literal["completed", "escalated", "deferred"]
 
 
-@dataclass(frozen=True)
-class SessionStarted:
-    pass
+class SessionStarted(Frozen): ...
 
 
-@dataclass(frozen=True)
-class SpawnFailed:
+class SpawnFailed(Frozen):
     reason: str
 
 
-@dataclass(frozen=True)
-class SessionDied:
-    pass
+class SessionDied(Frozen): ...
 
 
-@dataclass(frozen=True)
-class Respawned:
-    pass
+class Respawned(Frozen): ...
 
 
-@dataclass(frozen=True)
-class GaveUp:
+class GaveUp(Frozen):
     reason: str
 
 
-@dataclass(frozen=True)
-class Done:
+class Done(Frozen):
     outcome: Outcome
     #: The agent's own words (``gastown done --reason``), kept on the bead and the polecat.
     reason: str | None = None
 
 
-@dataclass(frozen=True)
-class MergeStarted:
-    pass
+class MergeStarted(Frozen): ...
 
 
-@dataclass(frozen=True)
-class Merged:
-    pass
+class Merged(Frozen): ...
 
 
-@dataclass(frozen=True)
-class Rejected:
+class Rejected(Frozen):
     reason: str
 
 
-@dataclass(frozen=True)
-class Nuke:
+class Nuke(Frozen):
     """A nuke request; ``landed`` means git verified nothing unmerged and a clean tree.
 
     ``reason`` is what the polecat's unfinished merge requests are cancelled with.
@@ -106,43 +92,36 @@ Event = (SessionStarted | SpawnFailed | SessionDied | Respawned | GaveUp | Done 
          | Merged | Rejected | Nuke)
 
 
-@dataclass(frozen=True)
-class StopSession:
+class StopSession(Frozen):
     """Stop the agent's session and every process still carrying the polecat's identity."""
 
 
-@dataclass(frozen=True)
-class SettleUsage:
+class SettleUsage(Frozen):
     """Read the agent's last token usage before its home goes."""
 
 
-@dataclass(frozen=True)
-class RemoveWorktree:
+class RemoveWorktree(Frozen):
     """Remove the worktree (verified gone), the prompt and marker files, the agent home."""
 
 
-@dataclass(frozen=True)
-class DeleteBranch:
+class DeleteBranch(Frozen):
     """Delete the branch; unless ``unchecked`` (a forced nuke), only if every commit on it
     has landed, checked again at that moment: work that arrived meanwhile is kept."""
 
     unchecked: bool = False
 
 
-@dataclass(frozen=True)
-class CancelMergeRequests:
+class CancelMergeRequests(Frozen):
     """The polecat's queued and running merge requests end ``cancelled`` with ``reason``."""
 
     reason: str
 
 
-@dataclass(frozen=True)
-class ReleaseName:
+class ReleaseName(Frozen):
     """The name is free for the next polecat (the row becomes history)."""
 
 
-@dataclass(frozen=True)
-class SetBead:
+class SetBead(Frozen):
     status: Literal["open", "hooked", "in_review", "closed", "blocked"]
     reason: str | None = None
 
@@ -164,14 +143,12 @@ def _nuke_effects(*, unchecked: bool = False, settle: bool = True,
             *((CancelMergeRequests(cancel),) if cancel is not None else ()), ReleaseName())
 
 
-@dataclass(frozen=True)
-class Transition:
+class Transition(Frozen):
     state: PolecatState
     effects: tuple[Effect, ...] = ()
 
 
-@dataclass(frozen=True)
-class Refusal:
+class Refusal(Frozen):
     """The event is not allowed in this state; ``reason`` is one line for the user."""
 
     reason: str

@@ -47,10 +47,11 @@ batch + bisection consumes at least one MR.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Final, Literal, Protocol, TypeVar, cast, overload
 
 from .config import BatchSize
+from .frozen import Frozen
 
 # --------------------------------------------------------------------------- queue order
 
@@ -107,8 +108,7 @@ def next_batch(queued: Sequence[T], batch_size: int,
 AUTO_BATCH_CAP: Final = 16
 
 
-@dataclass(frozen=True)
-class AutoBatch:
+class AutoBatch(Frozen):
     """``batch_size = "auto"``: the size the next batch may have, learnt from the last ones.
 
     It starts at 1, doubles after a full batch (as many MRs as the size allowed) whose MRs
@@ -145,8 +145,7 @@ def batch_limit(batch_size: BatchSize, auto: AutoBatch, ready: int) -> int:
 TestKind = Literal["batch", "retry", "bisect", "confirm"]
 
 
-@dataclass(frozen=True)
-class Test:
+class Test(Frozen):
     """Gate the candidate: main (with all this plan landed) + ``mrs`` stacked in order.
 
     ``kind`` is for logs: the whole batch, a re-run of a red batch, a bisection step,
@@ -159,23 +158,20 @@ class Test:
     kind: TestKind = "batch"
 
 
-@dataclass(frozen=True)
-class Land:
+class Land(Frozen):
     """Fast-forward main to the candidate just tested green for exactly ``mrs``."""
 
     mrs: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class Reject:
+class Reject(Frozen):
     """``mr`` will not land: ``reason`` is one line for the MR's record."""
 
     mr: str
     reason: str
 
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(Frozen):
     """Every MR of the plan is landed (in queue order) or rejected."""
 
     landed: tuple[str, ...]
@@ -188,23 +184,20 @@ Action = Test | Land | Reject | Finished
 
 # --------------------------------------------------------------------------- the plan
 
-@dataclass(frozen=True)
-class _Batch:
+class _Batch(Frozen):
     """Gate all of ``pending``; it ran red ``reds`` times so far."""
 
     reds: int = 0
 
 
-@dataclass(frozen=True)
-class _Bisect:
+class _Bisect(Frozen):
     """The base is green, base + ``pending[:red]`` ran red ``reds`` times (``red >= 1``)."""
 
     red: int
     reds: int
 
 
-@dataclass(frozen=True)
-class _Landing:
+class _Landing(Frozen):
     """base + ``pending[:count]`` just ran green: land it, then go on with ``after``."""
 
     count: int
@@ -214,8 +207,7 @@ class _Landing:
 _Phase = _Batch | _Bisect | _Landing
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(Frozen):
     """One batch's progress. Build it with :func:`start_plan`; never edit it by hand.
 
     ``pending`` are the MRs neither landed nor rejected, in queue order; the base of

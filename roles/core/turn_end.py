@@ -20,8 +20,9 @@ handled the same way once it has sat idle at its prompt long enough.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
+
+from .frozen import Frozen
 
 #: Nudges the witness sends before it decides for the agent.
 MAX_NUDGES: Final = 1
@@ -37,8 +38,7 @@ UNFINISHED_NUDGE: Final = (
     "`gastown done --status escalated --reason \"<why>\"`.")
 
 
-@dataclass(frozen=True)
-class TurnFacts:
+class TurnFacts(Frozen):
     """What the witness knows when a turn ended."""
 
     working: bool          #: the polecat is still ``working`` (no ``done`` yet)
@@ -47,23 +47,19 @@ class TurnFacts:
     dirty: bool            #: uncommitted changes in its worktree
 
 
-@dataclass(frozen=True)
-class Nothing:
+class Nothing(Frozen):
     """It ran ``done`` (or was stopped): the turn end needs nothing."""
 
 
-@dataclass(frozen=True)
-class Nudge:
+class Nudge(Frozen):
     text: str
 
 
-@dataclass(frozen=True)
-class RecordDone:
+class RecordDone(Frozen):
     """Record its merge request on its behalf (``done_by = "witness"``)."""
 
 
-@dataclass(frozen=True)
-class Escalate:
+class Escalate(Frozen):
     reason: str
 
 
@@ -85,8 +81,7 @@ def after_turn(facts: TurnFacts, *, max_nudges: int = MAX_NUDGES) -> AfterTurn:
 
 # -- a turn end that never arrived ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class IdleMark:
+class IdleMark(Frozen):
     """Since when an agent's screen has shown an idle prompt, and the polecat's turn and
     nudge counts then: a turn end or a nudge since makes it a new idle spell."""
 
