@@ -9,18 +9,8 @@ import argparse
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from ._context import (
-    age,
-    iso,
-    listed_rig,
-    mr_json,
-    print_json,
-    print_json_or_empty,
-    print_table,
-    require_rig,
-    store_of,
-    town_of,
-)
+from ._context import listed_rig, require_rig, store_of, town_of
+from ._output import age, iso, mr_json, print_json, print_json_or_empty, print_table
 
 if TYPE_CHECKING:
     from ...roles.adapters._store_needs import NeedState

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from ._context import age, print_json, print_json_or_empty, print_table, store_of, town_of
+from ._context import store_of, town_of
+from ._output import age, print_json, print_json_or_empty, print_table
 
 if TYPE_CHECKING:
     from ...roles.adapters.store import Convoy, Store

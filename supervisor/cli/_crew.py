@@ -12,14 +12,8 @@ from typing import TYPE_CHECKING
 
 from ...roles.core.errors import UsageError
 from ...roles.core.names import validate_name
-from ._context import (
-    current_dir,
-    print_json,
-    print_json_or_empty,
-    print_table,
-    store_of,
-    town_of,
-)
+from ._context import current_dir, store_of, town_of
+from ._output import print_json, print_json_or_empty, print_table
 
 if TYPE_CHECKING:
     from ...roles.operations.crew import CrewWorkspace

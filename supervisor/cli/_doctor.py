@@ -15,7 +15,8 @@ import argparse
 
 from ...roles.adapters.town import Town
 from ...roles.operations.reconcile import Finding
-from ._context import print_json, town_of
+from ._context import town_of
+from ._output import print_json
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -21,8 +21,9 @@ from typing import Any
 
 from ...roles.adapters.town import Town
 from ...roles.core.errors import GastownError, UsageError
-from ._context import age, print_json, print_table, store_of, town_of
+from ._context import store_of, town_of
 from ._convoys import convoys_status_json, print_convoys_status
+from ._output import age, print_json, print_table
 from ._supervisor_start import UP_TIMEOUT, run_foreground, start_daemon
 
 #: How long ``down`` waits for role processes to follow a supervisor that is gone: they

@@ -13,16 +13,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ...roles.core.errors import GastownError, UsageError
-from ._context import (
-    age,
-    current_dir,
-    listed_rig,
-    print_json,
-    print_json_or_empty,
-    print_table,
-    store_of,
-    town_of,
-)
+from ._context import current_dir, listed_rig, store_of, town_of
+from ._output import age, print_json, print_json_or_empty, print_table
 
 if TYPE_CHECKING:
     from ...roles.adapters.store import Polecat, Sling

@@ -11,16 +11,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ._context import (
-    age,
-    current_dir,
-    print_json,
-    print_json_or_empty,
-    print_table,
-    store_of,
-    to_jsonable,
-    town_of,
-)
+from ._context import current_dir, store_of, town_of
+from ._output import age, print_json, print_json_or_empty, print_table, to_jsonable
 
 
 def cmd_install(args: argparse.Namespace) -> int:
