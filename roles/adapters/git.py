@@ -13,7 +13,7 @@ import fcntl
 import os
 import re
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +172,20 @@ def delete_branch(repo: Path, branch: str) -> None:
             raise
 
 
+def delete_branch_at(repo: Path, branch: str, tip: str) -> bool:
+    """Delete the local ``branch`` if it points at exactly ``tip`` (one ``update-ref -d``,
+    a compare-and-delete: the caller verified that ``tip`` landed). False, and nothing
+    deleted, when the branch is elsewhere or gone: the caller checks again."""
+    try:
+        run_git(["update-ref", "-d", f"refs/heads/{branch}", tip], cwd=repo,
+                op="update-ref -d")
+    except GitError as exc:
+        if any(s in exc.stderr for s in ("but expected", "unable to resolve reference")):
+            return False
+        raise
+    return True
+
+
 def commits_ahead(repo: Path, base: str, branch: str) -> int:
     """How many commits ``branch`` has that ``base`` does not (by ancestry)."""
     out = run_git(["rev-list", "--count", f"{base}..{branch}"], cwd=repo, op="rev-list")
@@ -192,15 +206,6 @@ def unmerged_commits(repo: Path, base: str, branch: str) -> list[str]:
 def head_commit(path: Path, ref: str = "HEAD") -> str:
     return run_git(["rev-parse", "--verify", f"{ref}^{{commit}}"], cwd=path,
                    op="rev-parse").strip()
-
-
-def commit_all(worktree: Path, message: str, env: Mapping[str, str] | None = None) -> bool:
-    """Stage everything and commit; returns False when there was nothing to commit."""
-    run_git(["add", "-A"], cwd=worktree, op="add", env=env)
-    if not run_git(["status", "--porcelain"], cwd=worktree, op="status", env=env).strip():
-        return False
-    run_git(["commit", "--quiet", "-m", message], cwd=worktree, op="commit", env=env)
-    return True
 
 
 def local_branches(repo: Path) -> list[str]:

@@ -45,6 +45,8 @@ class Facts:
     not_on_remote: frozenset[str] | None = None
     #: Refs asked about that name no commit (a deleted branch, an empty MR head).
     missing: tuple[str, ...] = ()
+    #: With ``at_worktree_head``: the commit the worktree's branch was checked at.
+    branch_tip: str | None = None
 
     @property
     def unlanded(self) -> frozenset[str]:
@@ -117,7 +119,8 @@ def kept_problems(facts: Facts, on: str) -> list[str]:
 
 
 def gather(clone: Path, default_branch: str, refs: Iterable[str | None] = (), *,
-           worktree: Path | None = None, remote: str = "origin") -> Facts:
+           worktree: Path | None = None, remote: str = "origin",
+           at_worktree_head: bool = False) -> Facts:
     """The facts about ``refs`` (and ``worktree``, when given) against ``default_branch``.
 
     ``refs`` are branches or commits of ``clone``; one that does not resolve is listed
@@ -125,10 +128,15 @@ def gather(clone: Path, default_branch: str, refs: Iterable[str | None] = (), *,
     when its HEAD is detached, that HEAD's commits. The remote-tracking branch is only
     consulted for commits that are not on the local one. Raises :class:`GitError` when
     git cannot answer (a corrupt worktree, no local ``default_branch``).
+
+    With ``at_worktree_head``, a ref naming the branch the worktree is on is checked at
+    the commit the worktree's status reported, not wherever the ref is a moment later;
+    that commit is :attr:`Facts.branch_tip`, for a nuke's compare-and-delete
+    (:func:`.git.delete_branch_at`) to delete exactly what was checked.
     """
     heads = [ref for ref in refs if ref]
     missing = ["" for ref in refs if not ref]
-    dirty, stray, detached = 0, False, False
+    dirty, stray, detached, tip = 0, False, False, None
     if worktree is not None and worktree.exists():
         if not (worktree / ".git").exists():
             stray = True
@@ -138,13 +146,15 @@ def gather(clone: Path, default_branch: str, refs: Iterable[str | None] = (), *,
             if status.branch is None and status.head is not None:
                 detached = True
                 heads.append(status.head)
+            elif at_worktree_head and f"refs/heads/{status.branch}" in heads and status.head:
+                heads[heads.index(f"refs/heads/{status.branch}")] = tip = status.head
     not_on_local = _not_on(clone, f"refs/heads/{default_branch}", heads, missing)
     not_on_remote: frozenset[str] | None = None
     tracking = f"refs/remotes/{remote}/{default_branch}"
     if not_on_local and git.rev(clone, tracking) is not None:
         not_on_remote = _not_on(clone, tracking, heads)
     return Facts(dirty=dirty, stray=stray, detached=detached, not_on_local=not_on_local,
-                 not_on_remote=not_on_remote, missing=tuple(missing))
+                 not_on_remote=not_on_remote, missing=tuple(missing), branch_tip=tip)
 
 
 def _not_on(clone: Path, base: str, heads: list[str],

@@ -68,39 +68,51 @@ class WorkKept(GastownError):
 
 def unlanded_work(town: Town, polecat: Polecat) -> list[str]:
     """What a nuke would destroy, one phrase each; empty when everything landed."""
+    return _check_work(town, polecat)[0]
+
+
+def _check_work(town: Town, polecat: Polecat) -> tuple[list[str], str | None]:
+    """:func:`unlanded_work`, and the branch's commit that was found landed (None when
+    its commits are not all landed, or the worktree is not on its branch)."""
     default = town.rig_config(polecat.rig).default_branch
     facts = landed.gather(town.refinery_clone(polecat.rig), default,
-                          [f"refs/heads/{polecat.branch}"], worktree=Path(polecat.worktree))
-    return landed.nuke_problems(facts, polecat.branch, default)
+                          [f"refs/heads/{polecat.branch}"], worktree=Path(polecat.worktree),
+                          at_worktree_head=True)
+    return (landed.nuke_problems(facts, polecat.branch, default),
+            None if facts.unlanded else facts.branch_tip)
 
 
 def nuke(town: Town, store: Store, polecat: Polecat, event: Nuke | Merged | SpawnFailed, *,
          grace: float = SESSION_GRACE, requeue_sling: bool = False,
-         **data: Any) -> Transition:
+         landed_tip: str | None = None, **data: Any) -> Transition:
     """End ``polecat`` with ``event``: decide, carry out the world effects, apply the rows.
 
-    Raises :class:`Refused` when the lifecycle refuses, :class:`WorkKept` when the branch
-    gained unlanded commits before it could be deleted (nothing recorded), and
-    :class:`NotFound` when the row went away or its name was reused meanwhile.
+    ``landed_tip``: the branch's commit the caller verified as landed (see
+    :func:`carry_out`). Raises :class:`Refused` when the lifecycle refuses,
+    :class:`WorkKept` when the branch gained unlanded commits before it could be deleted
+    (nothing recorded), and :class:`NotFound` when the row went away or its name was
+    reused meanwhile.
     """
     decision = transition(polecat.state, event)
     if isinstance(decision, Refusal):
         raise Refused(f"polecat {polecat.rig}/{polecat.name} ({polecat.state}): "
                       f"{decision.reason}")
-    carry_out(town, store, polecat, decision.effects, grace=grace)
+    carry_out(town, store, polecat, decision.effects, grace=grace, landed_tip=landed_tip)
     return store.apply_polecat_event(polecat.rig, polecat.name, event,
                                      incarnation=polecat.incarnation,
                                      requeue_sling=requeue_sling, **data)
 
 
 def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect, ...], *,
-              grace: float = SESSION_GRACE) -> None:
+              grace: float = SESSION_GRACE, landed_tip: str | None = None) -> None:
     """Perform the world effects among ``effects``, in order; row effects are the store's.
 
     Each effect is idempotent (a session already stopped, a worktree already gone, a
     branch already deleted are fine), so a pass interrupted half-way is finished by the
     next. Raises :class:`WorkKept` before deleting a branch with unlanded commits unless
-    the nuke was forced.
+    the nuke was forced. The branch is checked again when it is deleted: with
+    ``landed_tip`` (a commit the caller found landed) by deleting it only if it still
+    points there, one git command; otherwise, or when it moved, by asking git again.
     """
     clone = town.refinery_clone(polecat.rig)
     for effect in effects:
@@ -129,21 +141,24 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
                 remove_home(agent_home(town, polecat.rig, polecat.name))
             case DeleteBranch(unchecked):
                 with git.repo_lock(clone):
-                    if not unchecked:
-                        problems = _branch_unlanded(town, polecat)
-                        if problems:
-                            raise WorkKept(f"kept branch {polecat.branch}: "
-                                           f"{'; '.join(problems)}")
-                    git.delete_branch(clone, polecat.branch)
+                    _delete_branch(town, polecat, unchecked=unchecked, landed_tip=landed_tip)
             case _:
                 pass  # a row effect: applied by the store with the new state
 
 
-def _branch_unlanded(town: Town, polecat: Polecat) -> list[str]:
-    default = town.rig_config(polecat.rig).default_branch
-    facts = landed.gather(town.refinery_clone(polecat.rig), default,
-                          [f"refs/heads/{polecat.branch}"])
-    return landed.nuke_problems(facts, polecat.branch, default)
+def _delete_branch(town: Town, polecat: Polecat, *, unchecked: bool,
+                   landed_tip: str | None) -> None:
+    """Delete the polecat's branch; unless ``unchecked``, only while all of it has landed."""
+    clone = town.refinery_clone(polecat.rig)
+    if not unchecked:
+        if landed_tip is not None and git.delete_branch_at(clone, polecat.branch, landed_tip):
+            return
+        default = town.rig_config(polecat.rig).default_branch
+        facts = landed.gather(clone, default, [f"refs/heads/{polecat.branch}"])
+        problems = landed.nuke_problems(facts, polecat.branch, default)
+        if problems:
+            raise WorkKept(f"kept branch {polecat.branch}: {'; '.join(problems)}")
+    git.delete_branch(clone, polecat.branch)
 
 
 # -- the four callers ---------------------------------------------------------------------
@@ -159,8 +174,9 @@ def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool =
     validate_name("rig", rig)
     validate_name("polecat", name)
     polecat = store.polecat(rig, name)
+    tip = None
     try:
-        problems = unlanded_work(town, polecat)
+        problems, tip = _check_work(town, polecat)
     except GastownError as exc:
         if not force:
             raise
@@ -171,7 +187,7 @@ def nuke_polecat(town: Town, store: Store, rig: str, name: str, *, force: bool =
         detail = f" ({'; '.join(problems)})" if problems else ""
         raise Refused(f"not nuking {rig}/{name}: {decision.reason}{detail}; "
                       "use --force to discard it")
-    nuke(town, store, polecat, event, forced=force)
+    nuke(town, store, polecat, event, forced=force, landed_tip=tip)
     return polecat
 
 
@@ -187,13 +203,13 @@ def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
     if not any(mr.submitted_by(polecat)
                for mr in store.merge_requests_of(rig, name, ["merged"])):
         return "its merge request has not landed"
-    problems = unlanded_work(town, polecat)
+    problems, tip = _check_work(town, polecat)
     if problems:
         reason = f"merged, but kept: {'; '.join(problems)}"
         store.note_polecat(rig, name, reason)
         return reason
     try:
-        nuke(town, store, polecat, Merged())
+        nuke(town, store, polecat, Merged(), landed_tip=tip)
     except WorkKept as exc:
         reason = f"merged, but {exc.message}"
         store.note_polecat(rig, name, reason)

@@ -105,3 +105,47 @@ def test_a_read_only_git_killed_by_another_process_is_run_once_more(tmp_path: Pa
     (repo / "killed").unlink()
     with pytest.raises(GitError, match="killed by SIGTERM, no error output"):
         run_git(["once"], cwd=repo, op="once")
+
+
+def _logging_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A ``git`` first on ``PATH`` that logs each call's arguments, then runs git."""
+    real = subprocess.run(["sh", "-c", "command -v git"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_a_ref_found_elsewhere_is_an_answer_not_contention(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A compare-and-set on a ref that is at another commit, or gone, fails with "cannot
+    lock ref" like a lock another git holds; it is asked once, not retried for seconds.
+    ``delete_branch_at`` turns both into False and deletes nothing."""
+    from gastown.roles.adapters.git import delete_branch_at
+
+    repo = tmp_path / "repo"
+    for args in (["init", "-q", "-b", "main", str(repo)],
+                 ["-C", str(repo), "-c", "user.name=a", "-c", "user.email=a@a", "commit",
+                  "-q", "--allow-empty", "-m", "one"],
+                 ["-C", str(repo), "branch", "work"],
+                 ["-C", str(repo), "-c", "user.name=a", "-c", "user.email=a@a", "commit",
+                  "-q", "--allow-empty", "-m", "two"]):
+        subprocess.run(["git", *args], check=True)
+    main = subprocess.run(["git", "-C", str(repo), "rev-parse", "main"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    log = _logging_git(tmp_path, monkeypatch)
+    with pytest.raises(GitError, match="but expected"):
+        run_git(["update-ref", "-d", "refs/heads/work", main], cwd=repo, op="update-ref")
+    assert len(log.read_text().splitlines()) == 1
+    assert delete_branch_at(repo, "work", main) is False  # elsewhere: kept
+    assert delete_branch_at(repo, "gone", main) is False  # no such branch
+    assert len(log.read_text().splitlines()) == 3
+    branches = subprocess.run(["git", "-C", str(repo), "branch", "--format=%(refname:short)"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert branches == ["main", "work"]
+    assert delete_branch_at(repo, "main", main) is True

@@ -25,6 +25,7 @@ from gastown.roles.core.lifecycle import (
 )
 from gastown.roles.operations.nuking import (
     WorkKept,
+    _check_work,
     carry_out,
     nuke,
     nuke_merged,
@@ -202,3 +203,29 @@ def test_a_rolled_back_spawn_requeues_its_sling_with_the_row(
                           requeue_sling=True) is None
     assert store.polecats("web") == []
     assert store.sling(spawning.sling).state == "queued"
+
+
+def test_the_nuke_deletes_the_commit_it_found_landed_and_nothing_newer(
+        town: Town, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The landed check gives the branch's commit it checked; the branch is deleted only if
+    it still points there (one ``update-ref -d``, no second ``cherry``, no ``branch -D``).
+    A commit that arrived in between moves the branch: it is checked again and kept."""
+    from tests.integration.test_git_command import _logging_git
+
+    worktree, change = landed_polecat(town, store, "toast")
+    polecat = store.polecat("web", "toast")
+    problems, tip = _check_work(town, polecat)
+    assert problems == [] and tip == change
+    late = commit(worktree, "late.txt")
+    with pytest.raises(WorkKept, match="kept branch polecat/toast: 1 commit"):
+        nuke(town, store, polecat, Nuke(landed=True), landed_tip=tip)
+    assert git("rev-parse", "polecat/toast", cwd=clone(town)).strip() == late
+
+    landed_polecat(town, store, "bravo")
+    log = _logging_git(tmp_path, monkeypatch)
+    nuke_polecat(town, store, "web", "bravo")
+    calls = [line.split()[0] for line in log.read_text().splitlines()
+             if line.split()[0] in ("cherry", "branch", "update-ref", "rev-parse")]
+    assert calls == ["cherry", "update-ref"]
+    assert "polecat/bravo" not in branches(town)
+    assert [p.name for p in store.polecats("web")] == ["toast"]
