@@ -18,7 +18,7 @@ its own with the answers already there (``CLAUDE_CONFIG_DIR``, ``CODEX_HOME``):
   token the CLI refreshes stays the user's; their settings and Codex config are copied in,
   with gastown's keys laid over them;
 - the CLI's transcripts and sessions land in that home, one conversation per polecat: a
-  respawn resumes it (``--continue``, ``resume --last``) and its token counts are read
+  respawn resumes it (``--resume ID``, ``resume --last``) and its token counts are read
   from it without guessing which session was whose;
 - the home is removed with the polecat (nuke), kept while it lives (respawns, nudges).
 
@@ -233,8 +233,25 @@ def _link(source: Path, target: Path) -> None:
 def has_conversation(kind: AgentKind, home: Path) -> bool:
     """Whether the agent left a conversation in ``home`` that a resume can continue."""
     if kind == "claude":
-        # One worktree per home, so any transcript is this worktree's.
-        return any((home / "claude" / "projects").glob("*/*.jsonl"))
+        return last_conversation(kind, home) is not None
     if kind == "codex":
         return any((home / "codex" / "sessions").rglob("rollout-*.jsonl"))
     return False
+
+
+def last_conversation(kind: AgentKind, home: Path) -> str | None:
+    """The id of the agent's latest conversation in ``home`` (``{conversation}`` in a
+    resume command), or None. Claude's transcripts are ``projects/<cwd>/<id>.jsonl``; one
+    worktree per home, so any transcript is this worktree's, and the latest written is
+    the one to continue."""
+    if kind != "claude":
+        return None
+    latest: tuple[float, str] | None = None
+    for transcript in (home / "claude" / "projects").glob("*/*.jsonl"):
+        try:
+            stamp = (transcript.stat().st_mtime, transcript.stem)
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        if latest is None or stamp > latest:
+            latest = stamp
+    return latest[1] if latest is not None else None

@@ -144,11 +144,11 @@ _SCRIPT_AGENT = str(Path(__file__).resolve().parent.parent / "script_agent.py")
 
 
 def render_command(command: tuple[str, ...], *, prompt: str, prompt_file: Path, bead: str,
-                   worktree: Path) -> list[str]:
+                   worktree: Path, conversation: str = "") -> list[str]:
     """The argv with its placeholders filled in (each argument stays one argument)."""
     values = {"prompt": prompt, "prompt_file": str(prompt_file), "bead": bead,
               "worktree": str(worktree), "python": sys.executable,
-              "script_agent": _SCRIPT_AGENT}
+              "script_agent": _SCRIPT_AGENT, "conversation": conversation}
     pattern = re.compile(r"\{(" + "|".join(values) + r")\}")
     # One pass per argument: a prompt that itself contains "{bead}" stays as written.
     return [pattern.sub(lambda m: values[m.group(1)], arg) for arg in command]

@@ -42,6 +42,12 @@ POLL_INTERVAL: Final = 0.2
 #: input line, ~0.2 s before its trust dialog) must not end the wait.
 READY_SETTLE: Final = 0.5
 
+#: A dialog whose screen has not changed at all this long after its keys were sent did
+#: not get them (seen under load: Codex's trust dialog drawn before its input was read,
+#: and shown for two minutes after the Enter): they are sent again, at most this often.
+DIALOG_RESEND: Final = 8.0
+DIALOG_SENDS: Final = 3
+
 #: How long typed text may take to show (and hold still) on the input line before Enter.
 ECHO_WAIT: Final = 3.0
 
@@ -122,9 +128,11 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
     Each recognised dialog gets its keys once per appearance (an appearance ends when
     another screen is seen); a dialog still shown after that is left alone, because a
     late key would land on the *next* dialog (a stray Enter at Claude's API-key dialog
-    rejects the key). ``ready`` must hold :data:`READY_SETTLE` seconds; ``busy`` ends the
-    wait at once. Returns ``exited`` as soon as the pane is gone, ``unknown`` at a
-    recognised failure (``problem``) or when ``timeout`` passes.
+    rejects the key), unless its screen stays exactly as it was when the keys went for
+    :data:`DIALOG_RESEND` seconds: then they were lost, and are sent again (at most
+    :data:`DIALOG_SENDS` times). ``ready`` must hold :data:`READY_SETTLE` seconds;
+    ``busy`` ends the wait at once. Returns ``exited`` as soon as the pane is gone,
+    ``unknown`` at a recognised failure (``problem``) or when ``timeout`` passes.
 
     Raises:
         SessionError: not a tmux session; tmux hung.
@@ -134,6 +142,7 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
     deadline = started + timeout
     answered: list[str] = []
     shown: str | None = None  # the dialog of the current appearance, once answered
+    sent: tuple[str, float, int] = ("", 0.0, 0)  # its screen then, when, how many times
     since: tuple[str, float] | None = None  # a final-looking screen, and since when
     problem: str | None = None
     text = ""
@@ -172,17 +181,23 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
         else:
             since = None
         if screen.state == "dialog" and screen.dialog is not None:
-            if shown != screen.dialog.name:
+            lost = (shown == screen.dialog.name and text == sent[0]
+                    and now - sent[1] >= DIALOG_RESEND and sent[2] < DIALOG_SENDS)
+            if shown != screen.dialog.name or lost:
                 try:
                     _send_keys(tmux, info, *screen.dialog.keys)
                 except KeysRefusedError as exc:  # not sent: tried again at the next poll
                     log.warning("agent_dialog_keys_refused", session=info.name,
                                 dialog=screen.dialog.name, error=str(exc))
                 else:
-                    shown = screen.dialog.name
-                    answered.append(shown)
+                    sent = (text, now, sent[2] + 1 if lost else 1)
+                    if not lost:
+                        shown = screen.dialog.name
+                        answered.append(shown)
                     log.info("agent_dialog_answered", session=info.name, agent=kind,
-                             dialog=shown, keys=list(screen.dialog.keys))
+                             dialog=shown, keys=list(screen.dialog.keys), sends=sent[2])
+            elif text != sent[0]:
+                sent = (text, now, sent[2])  # it changes: the keys may be working
         else:
             shown = None
         if now >= deadline:

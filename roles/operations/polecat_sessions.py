@@ -114,7 +114,7 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     started that way and told only ``note``; any other starts afresh with the whole
     prompt and the note.
     """
-    from ..adapters.agent_homes import has_conversation, prepare
+    from ..adapters.agent_homes import has_conversation, last_conversation, prepare
     from ..adapters.sessions import SessionSpec, resolve_backend, start_session
 
     town_config = town.config
@@ -125,8 +125,13 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     home = agent_home(town, polecat.rig, polecat.name)
     resuming = resume and note is not None and has_conversation(agent.kind, home)
     command = command_for(agent, backend=backend, resume=resuming)
-    if resuming and command in (agent.command, agent.print_command):
-        resuming = False  # no resume variant: a fresh start, told what happened
+    conversation = last_conversation(agent.kind, home) if resuming else None
+    if resuming and (command in (agent.command, agent.print_command) or (
+            conversation is None and any("{conversation}" in arg for arg in command))):
+        # No resume variant, or none that can name the conversation: a fresh start,
+        # told what happened.
+        resuming = False
+        command = command_for(agent, backend=backend, resume=False)
     prompt = render_prompt(rig=polecat.rig, polecat=polecat.name,
                            bead=bead.id if bead else "-", title=bead.title if bead else "",
                            description=bead.description if bead else "",
@@ -145,7 +150,7 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     env.update(prepared.env)
     argv = render_command(command, prompt=note if resuming and note else prompt,
                           prompt_file=prompt_file, bead=polecat.bead or "",
-                          worktree=worktree)
+                          worktree=worktree, conversation=conversation or "")
     argv = [argv[0], *prepared.args, *argv[1:]]
     if backend == "tmux":
         env["TERM"] = "tmux-256color"  # the pane is a terminal whatever started the role

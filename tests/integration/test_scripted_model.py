@@ -121,7 +121,7 @@ def test_claude_requests_follow_the_script_then_the_nudge() -> None:
     assert second.command == 'git add hi.txt && git commit -qm "add hi"'
     done = protocol.anthropic_decide(claude_request(*claude_step(1), *claude_step(2)))
     assert (done.command, done.text) == (None, "Done.")
-    # `claude -p --continue "please finish"` resends everything; the prompt is a plain string.
+    # `claude -p --resume ID "please finish"` resends everything; the prompt is a plain string.
     resumed = [*claude_step(1), *claude_step(2), DONE_REPLY,
                {"role": "user", "content": "please finish"}]
     nudge = protocol.anthropic_decide(claude_request(*resumed))
@@ -302,7 +302,7 @@ def run(argv: list[str], *, cwd: Path, env: dict[str, str]) -> subprocess.Comple
 
 
 @pytest.mark.agent_cli
-def test_claude_runs_the_script_then_a_continued_session_runs_the_nudge(
+def test_claude_runs_the_script_then_a_resumed_session_runs_the_nudge(
         tmp_path: Path, agent_clis: AgentClis, model_server: ModelServer) -> None:
     repo = make_repo(tmp_path / "repo")
     env = agent_env(ANTHROPIC_BASE_URL=model_server.url, ANTHROPIC_API_KEY=API_KEY)
@@ -317,7 +317,9 @@ def test_claude_runs_the_script_then_a_continued_session_runs_the_nudge(
     tokens = first["usage"]["input_tokens"]
     assert tokens > 0 and tokens % 100 == 0
 
-    second = json.loads(run([*claude, "--continue", "please finish"], cwd=repo, env=env).stdout)
+    # By id, as the preset's resume command does (`--resume {conversation}`).
+    second = json.loads(run([*claude, "--resume", first["session_id"], "please finish"],
+                            cwd=repo, env=env).stdout)
     assert second["session_id"] == first["session_id"] and second["result"] == "Done."
     assert (repo / "n.txt").read_text() == "nudged\n"
     scripted = [(e["kind"], e["prompt_index"], e["step"], e["command"])

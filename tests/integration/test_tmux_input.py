@@ -165,6 +165,21 @@ def test_a_dialog_is_answered_once_per_appearance(starter: Starter, tmp_path: Pa
     assert keys_received(keys) == [r"b'\r'"]
 
 
+def test_a_dialog_that_did_not_get_its_key_gets_it_again(starter: Starter,
+                                                         tmp_path: Path) -> None:
+    """The same dialog, unchanged on screen for ``DIALOG_RESEND`` seconds after its key:
+    the key was lost (Codex's trust dialog under load, drawn before its input was read),
+    so it is sent again, and the start goes on."""
+    # The replay takes the first Enter and draws the very same screen again: to the
+    # watcher, a dialog that ignored its key.
+    info, keys = replay(starter, tmp_path, "codex_trust.txt", "codex_trust.txt",
+                        "codex_ready.txt")
+    outcome = answer_dialogs(info, "codex", timeout=30 + tmux_input.DIALOG_RESEND)
+    assert outcome.kind == "ready", outcome
+    assert outcome.dialogs == ("codex-trust",)
+    assert keys_received(keys) == [r"b'\r'", r"b'\r'"]
+
+
 def test_exit_is_reported_with_the_failure_seen(starter: Starter, tmp_path: Path) -> None:
     """Claude's offline onboarding screen, then the process exits: exited, with the why."""
     info, _keys = replay(starter, tmp_path, "claude_onboarding_offline.txt", "exit:1")

@@ -4,6 +4,7 @@ left alone (roles/adapters/agent_homes.py). Real files in a temporary folder."""
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from gastown.roles.adapters.agent_homes import (
     claude_state,
     codex_config,
     has_conversation,
+    last_conversation,
     prepare,
 )
 
@@ -79,9 +81,16 @@ def test_prepare_claude_leaves_the_users_files_alone(tmp_path: Path) -> None:
         (user_home / ".claude" / ".credentials.json").resolve()
     assert {p: p.read_bytes() for p in user_home.rglob("*") if p.is_file()} == before
     assert not has_conversation("claude", home)
+    assert last_conversation("claude", home) is None
     (config / "projects" / "-wt").mkdir(parents=True)
     (config / "projects" / "-wt" / "abc.jsonl").write_text("{}\n")
     assert has_conversation("claude", home)
+    assert last_conversation("claude", home) == "abc"
+    # The latest written is the one a respawn resumes (by id: `--resume {conversation}`).
+    (config / "projects" / "-wt" / "def.jsonl").write_text("{}\n")
+    os.utime(config / "projects" / "-wt" / "abc.jsonl", (2e9, 2e9))
+    assert last_conversation("claude", home) == "abc"
+    assert last_conversation("codex", home) is None  # resumed with `--last`
 
 
 def test_prepare_codex_wires_notify_only_for_interactive_runs(tmp_path: Path) -> None:
