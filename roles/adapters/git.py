@@ -23,6 +23,7 @@ from ..core.errors import GitError
 from .files import remove_tree
 from .git_command import CLONE_TIMEOUT as CLONE_TIMEOUT
 from .git_command import NETWORK_TIMEOUT as NETWORK_TIMEOUT
+from .git_command import REF_MISMATCH
 from .git_command import run_git as run_git
 from .git_status import WorktreeStatus as WorktreeStatus
 from .git_status import current_branch as current_branch
@@ -180,7 +181,7 @@ def delete_branch_at(repo: Path, branch: str, tip: str) -> bool:
         run_git(["update-ref", "-d", f"refs/heads/{branch}", tip], cwd=repo,
                 op="update-ref -d")
     except GitError as exc:
-        if any(s in exc.stderr for s in ("but expected", "unable to resolve reference")):
+        if any(s in exc.stderr for s in REF_MISMATCH):
             return False
         raise
     return True

@@ -25,7 +25,7 @@ _LOCK_RETRIES: Final = 8
 #: A compare-and-set on a ref that found another value (``update-ref REF NEW OLD``, ``-d
 #: REF OLD``), or no ref: git words it "cannot lock ref", but it is an answer, not a
 #: lock another process holds, and asking again gives the same answer.
-_REF_MISMATCH: Final = ("but expected", "unable to resolve reference")
+REF_MISMATCH: Final = ("but expected", "unable to resolve reference")
 
 
 def _transient(err: str) -> bool:
@@ -34,7 +34,7 @@ def _transient(err: str) -> bool:
     ``.git/worktrees/<name>`` before its ``commondir``: a ``checkout`` in the main tree
     that reads every worktree's files then fails with "failed to read
     .git/worktrees/<name>/commondir", measured with 200 polecats spawned while merging)."""
-    if any(s in err for s in _REF_MISMATCH):
+    if any(s in err for s in REF_MISMATCH):
         return False
     return any(s in err for s in _LOCK_CONTENTION) or (
         "failed to read" in err and "worktrees/" in err)
