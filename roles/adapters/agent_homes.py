@@ -18,7 +18,7 @@ its own with the answers already there (``CLAUDE_CONFIG_DIR``, ``CODEX_HOME``):
   token the CLI refreshes stays the user's; their settings and Codex config are copied in,
   with gastown's keys laid over them;
 - the CLI's transcripts and sessions land in that home, one conversation per polecat: a
-  respawn resumes it (``--resume ID``, ``resume --last``) and its token counts are read
+  respawn resumes it by id (``--resume ID``, ``resume ID``) and its token counts are read
   from it without guessing which session was whose;
 - the home is removed with the polecat (nuke), kept while it lives (respawns, nudges).
 
@@ -35,6 +35,7 @@ import shlex
 import shutil
 import sys
 import tomllib
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,26 +233,30 @@ def _link(source: Path, target: Path) -> None:
 
 def has_conversation(kind: AgentKind, home: Path) -> bool:
     """Whether the agent left a conversation in ``home`` that a resume can continue."""
-    if kind == "claude":
-        return last_conversation(kind, home) is not None
-    if kind == "codex":
-        return any((home / "codex" / "sessions").rglob("rollout-*.jsonl"))
-    return False
+    return last_conversation(kind, home) is not None
 
 
 def last_conversation(kind: AgentKind, home: Path) -> str | None:
     """The id of the agent's latest conversation in ``home`` (``{conversation}`` in a
-    resume command), or None. Claude's transcripts are ``projects/<cwd>/<id>.jsonl``; one
-    worktree per home, so any transcript is this worktree's, and the latest written is
-    the one to continue."""
-    if kind != "claude":
+    resume command), or None. One worktree per home, so any transcript is this
+    worktree's, and the latest written is the one to continue: Claude's are
+    ``projects/<cwd>/<id>.jsonl``, Codex's ``sessions/Y/M/D/rollout-<time>-<id>.jsonl``.
+    Resumed by id, not by the CLI's own "latest" lookup, which an interactive Claude now
+    and then answered with nothing after a kill."""
+    if kind == "claude":
+        transcripts = (home / "claude" / "projects").glob("*/*.jsonl")
+    elif kind == "codex":
+        transcripts = (home / "codex" / "sessions").rglob("rollout-*.jsonl")
+    else:
         return None
     latest: tuple[float, str] | None = None
-    for transcript in (home / "claude" / "projects").glob("*/*.jsonl"):
+    for transcript in transcripts:
+        name = transcript.stem if kind == "claude" else transcript.stem[-36:]
         try:
-            stamp = (transcript.stat().st_mtime, transcript.stem)
-        except FileNotFoundError:
-            continue  # removed meanwhile
+            uuid.UUID(name)
+            stamp = (transcript.stat().st_mtime, name)
+        except (ValueError, FileNotFoundError):
+            continue  # not a conversation's file, or removed meanwhile
         if latest is None or stamp > latest:
             latest = stamp
     return latest[1] if latest is not None else None

@@ -6,7 +6,7 @@ Layer: operations, used by :mod:`.agent_watch` (the witness) and ``gastown nudge
 In tmux the text is typed at the agent's input prompt once the agent is idle there (the
 screen is read, not slept on: :mod:`gastown.roles.adapters.tmux_input`). In the process backend an
 agent runs one turn per process, so a nudge is a new turn: the agent's conversation
-resumed with the text as its prompt (``claude -p --resume ID``, ``codex exec resume``).
+resumed with the text as its prompt (``claude -p --resume ID``, ``codex exec resume ID``).
 Blocking: roles call it through ``trio.to_thread``.
 """
 

@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gastown.roles.adapters.agent_homes import last_conversation
 from tests.conftest import git, make_repo
 from tests.scripted_model import ModelServer, protocol, read_log
 from tests.scripted_model.clis import AgentClis
@@ -355,8 +356,8 @@ def test_codex_commits_on_a_linked_worktree_branch_then_a_resumed_session_runs_t
     repo = make_repo(tmp_path / "repo")
     worktree = tmp_path / "wt"
     git("worktree", "add", "-q", "-b", "feat", str(worktree), cwd=repo)
-    codex_home = tmp_path / "codex-home"
-    codex_home.mkdir()
+    codex_home = tmp_path / "home" / "codex"  # laid out as a polecat's agent home
+    codex_home.mkdir(parents=True)
     env = agent_env(CODEX_HOME=str(codex_home), SCRIPTED_MODEL_KEY="sk-test")
     config = codex_config(model_server.url)
 
@@ -373,9 +374,12 @@ def test_codex_commits_on_a_linked_worktree_branch_then_a_resumed_session_runs_t
     assert git("log", "-1", "--format=%s", "main", cwd=repo).strip() == "initial commit"
     assert git("status", "--porcelain", cwd=worktree) == ""
 
-    # ... and after `resume` (the subcommand's own -c) both work.
+    # ... and after `resume` (the subcommand's own -c) both work; resumed by the id the
+    # preset's `{conversation}` gets: the thread named by the latest rollout's file.
+    thread = last_conversation("codex", tmp_path / "home")
+    assert thread is not None and thread == events[0]["thread_id"]
     second = run([str(agent_clis.codex), "exec", "--json",
-                  "--dangerously-bypass-approvals-and-sandbox", "resume", "--last", *config,
+                  "--dangerously-bypass-approvals-and-sandbox", "resume", *config, thread,
                   "please finish"], cwd=worktree, env=env)
     resumed = codex_events(second.stdout)
     assert resumed[0]["thread_id"] == events[0]["thread_id"]

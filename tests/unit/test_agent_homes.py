@@ -17,6 +17,8 @@ from gastown.roles.adapters.agent_homes import (
     prepare,
 )
 
+FIRST = "0b7c4f0e-3c1a-4d7e-9a8f-1e2d3c4b5a69"
+SECOND = "5f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
 KEY = "sk-ant-api03-" + "x" * 30 + "LAST20CHARSOFTHEKEY1"
 
 
@@ -83,14 +85,25 @@ def test_prepare_claude_leaves_the_users_files_alone(tmp_path: Path) -> None:
     assert not has_conversation("claude", home)
     assert last_conversation("claude", home) is None
     (config / "projects" / "-wt").mkdir(parents=True)
-    (config / "projects" / "-wt" / "abc.jsonl").write_text("{}\n")
+    (config / "projects" / "-wt" / f"{FIRST}.jsonl").write_text("{}\n")
+    (config / "projects" / "-wt" / "agent-1a2b.jsonl").write_text("{}\n")  # no session's
     assert has_conversation("claude", home)
-    assert last_conversation("claude", home) == "abc"
+    assert last_conversation("claude", home) == FIRST
     # The latest written is the one a respawn resumes (by id: `--resume {conversation}`).
-    (config / "projects" / "-wt" / "def.jsonl").write_text("{}\n")
-    os.utime(config / "projects" / "-wt" / "abc.jsonl", (2e9, 2e9))
-    assert last_conversation("claude", home) == "abc"
-    assert last_conversation("codex", home) is None  # resumed with `--last`
+    (config / "projects" / "-wt" / f"{SECOND}.jsonl").write_text("{}\n")
+    assert last_conversation("claude", home) == SECOND
+    os.utime(config / "projects" / "-wt" / f"{FIRST}.jsonl", (2e9, 2e9))
+    assert last_conversation("claude", home) == FIRST
+
+
+def test_codex_conversation_is_named_by_its_rollout(tmp_path: Path) -> None:
+    home = tmp_path / "agent-home"
+    assert last_conversation("codex", home) is None and not has_conversation("codex", home)
+    day = home / "codex" / "sessions" / "2026" / "12" / "06"
+    day.mkdir(parents=True)
+    (day / f"rollout-2026-12-06T18-00-00-{FIRST}.jsonl").write_text("{}\n")
+    assert last_conversation("codex", home) == FIRST and has_conversation("codex", home)
+    assert last_conversation("generic", home) is None
 
 
 def test_prepare_codex_wires_notify_only_for_interactive_runs(tmp_path: Path) -> None:
