@@ -241,8 +241,8 @@ def last_conversation(kind: AgentKind, home: Path) -> str | None:
     resume command), or None. One worktree per home, so any transcript is this
     worktree's, and the latest written is the one to continue: Claude's are
     ``projects/<cwd>/<id>.jsonl``, Codex's ``sessions/Y/M/D/rollout-<time>-<id>.jsonl``.
-    Resumed by id, not by the CLI's own "latest" lookup, which an interactive Claude now
-    and then answered with nothing after a kill."""
+    Resumed by id, not by the CLI's own "latest" lookup: what is resumed is decided here,
+    where it can be logged and tested."""
     if kind == "claude":
         transcripts = (home / "claude" / "projects").glob("*/*.jsonl")
     elif kind == "codex":
