@@ -43,8 +43,8 @@ POLL_INTERVAL: Final = 0.2
 READY_SETTLE: Final = 0.5
 
 #: A dialog whose screen has not changed at all this long after its keys were sent did
-#: not get them (seen under load: Codex's trust dialog drawn before its input was read,
-#: and shown for two minutes after the Enter): they are sent again, in all at most
+#: not get them (seen under load: Codex's trust dialog still shown two minutes after its
+#: Enter): they are sent again, in all at most
 #: ``DIALOG_SENDS`` times.
 DIALOG_RESEND: Final = 8.0
 DIALOG_SENDS: Final = 3
