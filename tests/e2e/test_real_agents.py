@@ -151,6 +151,7 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
                            what="every bead merged or escalated")
     except AssertionError:
         _describe_town(cli, root)
+        _describe_transcripts(home)
         for request in model_server.requests():
             print("model request:", json.dumps(request)[:600])
         raise
@@ -253,6 +254,34 @@ def _describe_town(cli: Cli, root: Path) -> None:
         if log.is_file():
             print(f"--- tail of {log.relative_to(root)} ---\n"
                   f"{log.read_text(errors='replace')[-2500:]}")
+
+
+def _describe_transcripts(home: Path) -> None:
+    """Print every transcript in an agent home: its name, size, mtime, and what its lines
+    are (type, uuid, parent), so that a respawn that did not continue its conversation
+    can be told apart from one that resumed another or an empty one (seen in CI only)."""
+    for path in sorted(home.rglob("*.jsonl")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+            stat = path.stat()
+        except OSError as exc:
+            print(f"--- {path}: {exc}")
+            continue
+        print(f"--- transcript {path.relative_to(home)}: {stat.st_size} bytes, "
+              f"mtime {stat.st_mtime:.3f}, {len(lines)} lines")
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                print(f"    unparsable: {line[:120]!r}")
+                continue
+            message = entry.get("message") if isinstance(entry, dict) else None
+            content = message.get("content") if isinstance(message, dict) else None
+            kinds = (",".join(str(c.get("type")) for c in content if isinstance(c, dict))
+                     if isinstance(content, list) else str(content)[:40])
+            print(f"    {entry.get('type')} {str(entry.get('uuid'))[:8]} <- "
+                  f"{str(entry.get('parentUuid'))[:8]} session {str(entry.get('sessionId'))[:8]}"
+                  f" {kinds}")
 
 
 def _kill_agent(root: Path, name: str) -> None:
