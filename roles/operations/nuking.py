@@ -141,15 +141,16 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
                 remove_home(agent_home(town, polecat.rig, polecat.name))
             case DeleteBranch(unchecked):
                 with git.repo_lock(clone):
-                    _delete_branch(town, polecat, unchecked=unchecked, landed_tip=landed_tip)
+                    _delete_branch(town, polecat, clone, unchecked=unchecked,
+                                   landed_tip=landed_tip)
             case _:
                 pass  # a row effect: applied by the store with the new state
 
 
-def _delete_branch(town: Town, polecat: Polecat, *, unchecked: bool,
+def _delete_branch(town: Town, polecat: Polecat, clone: Path, *, unchecked: bool,
                    landed_tip: str | None) -> None:
-    """Delete the polecat's branch; unless ``unchecked``, only while all of it has landed."""
-    clone = town.refinery_clone(polecat.rig)
+    """Delete the polecat's branch in ``clone``; unless ``unchecked``, only while all of
+    it has landed."""
     if not unchecked:
         if landed_tip is not None and git.delete_branch_at(clone, polecat.branch, landed_tip):
             return

@@ -114,7 +114,7 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     started that way and told only ``note``; any other starts afresh with the whole
     prompt and the note.
     """
-    from ..adapters.agent_homes import has_conversation, last_conversation, prepare
+    from ..adapters.agent_homes import last_conversation, prepare
     from ..adapters.sessions import SessionSpec, resolve_backend, start_session
 
     town_config = town.config
@@ -123,15 +123,11 @@ def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
     bead = store.bead(polecat.bead) if polecat.bead else None
     worktree = Path(polecat.worktree)
     home = agent_home(town, polecat.rig, polecat.name)
-    resuming = resume and note is not None and has_conversation(agent.kind, home)
+    conversation = last_conversation(agent.kind, home) if resume and note is not None else None
+    resuming = conversation is not None
     command = command_for(agent, backend=backend, resume=resuming)
-    conversation = last_conversation(agent.kind, home) if resuming else None
-    if resuming and (command in (agent.command, agent.print_command) or (
-            conversation is None and any("{conversation}" in arg for arg in command))):
-        # No resume variant, or none that can name the conversation: a fresh start,
-        # told what happened.
-        resuming = False
-        command = command_for(agent, backend=backend, resume=False)
+    if resuming and command in (agent.command, agent.print_command):
+        resuming = False  # no resume variant: a fresh start, told what happened
     prompt = render_prompt(rig=polecat.rig, polecat=polecat.name,
                            bead=bead.id if bead else "-", title=bead.title if bead else "",
                            description=bead.description if bead else "",
