@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,31 @@ def test_concurrent_first_open_migrates_once(tmp_path: Path) -> None:
     with ctx.Pool(6) as pool:
         batches = pool.starmap(_create_beads, [(str(path), 3)] * 6)
     assert len({i for b in batches for i in b}) == 18
+
+
+def test_racing_first_opens_all_switch_to_wal(tmp_path: Path) -> None:
+    """Six connections opening one brand-new store at the same instant all get it, 100
+    times over: SQLite answers BUSY at once (no busy handler) to the loser of two
+    simultaneous switches to WAL, seen as ``database is locked`` from a first open."""
+    failures: list[BaseException] = []
+
+    def open_once(path: Path, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            with open_store(path) as store:
+                store.create_bead(prefix="gt", rig=None, title="raced")
+        except BaseException as exc:  # collected, asserted below
+            failures.append(exc)
+
+    for round_ in range(100):
+        path = tmp_path / f"race-{round_}.db"
+        start = threading.Barrier(6)
+        threads = [threading.Thread(target=open_once, args=(path, start)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == []
 
 
 # -- identity: a town's store is never silently re-created ---------------------------------
