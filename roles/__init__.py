@@ -7,7 +7,8 @@ Layer: core, as far as its own code goes: only ``__version__``, which
 Layering, top to bottom (imports only flow downward), one folder a layer:
 - the role process (``role_process``, run by ``python -m gastown.roles``), which runs
   one role loop: ``mayor``, ``witness``, ``refinery`` (they get a ``role_context``);
-  with the embedded ``script_agent`` program, these are the modules at the top;
+  these are the modules at the top (the embedded ``script`` agent, a client of the
+  command line, is ``gastown.supervisor.script_agent``);
 - ``operations/``: what the roles and the CLI do to the town (sling and nuke in
   ``polecats``, ``rigs``, ``crew``, ``gates``, ``reconcile``, the agent watch);
 - ``adapters/``: one kind of I/O each: ``store`` (SQLite), ``git`` (over ``git_command``),

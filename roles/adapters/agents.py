@@ -140,7 +140,10 @@ def polecat_env(*, base: Mapping[str, str], town_root: Path, rig: str, polecat: 
 
 #: The embedded ``script`` agent's file (``{script_agent}`` in a command): the preset runs
 #: it with ``python -I -S`` as a file, not a module, to skip site-packages and ``runpy``.
-_SCRIPT_AGENT = str(Path(__file__).resolve().parent.parent / "script_agent.py")
+#: It lives at the top (``supervisor``: it is a client of the command line); a path here,
+#: not an import. Inside the ``gastown`` package as imported (not resolved through the
+#: links of an editable install): the agent finds the package's client code from it.
+_SCRIPT_AGENT = str(Path(__file__).parent.parent.parent / "supervisor" / "script_agent.py")
 
 
 def render_command(command: tuple[str, ...], *, prompt: str, prompt_file: Path, bead: str,

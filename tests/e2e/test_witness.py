@@ -32,6 +32,10 @@ from tests.e2e.town_helpers import (
 
 AGENTS = (
     '[agents.sleeper]\ncommand = ["sleep", "600"]\n'
+    # The script agent where no CLI server may run its `gastown done`: it runs the
+    # console script in a process of its own instead.
+    '[agents.script-alone]\ncommand = ["{python}", "-I", "-S", "{script_agent}"]\n'
+    'env = { GASTOWN_CLI_SERVER = "0" }\n'
     '[agents.quitter]\ncommand = ["sh", "-c", "echo wip >> wip.txt; git add -A; '
     'git commit -qm wip; exit 0"]\n'
 )
@@ -64,6 +68,18 @@ def wait_all_landed(cli: Cli, feed: FeedWaiter, ids: list[str], timeout: float) 
     feed.wait_each("polecat_nuked", "bead", ids, timeout=timeout,
                    where=lambda e: e.get("old") in ("done", "merging"))
     assert all_closed(cli, ids), (beads(cli), polecats(cli))
+
+
+def test_script_agent_without_the_cli_server_runs_done_itself(
+        cli: Cli, town: Path, feed: FeedWaiter, remote: Path) -> None:
+    """The script agent hands `gastown done` to the town's CLI server from its own
+    process; where it may not (``GASTOWN_CLI_SERVER=0``), the console script runs it, and
+    the bead lands all the same."""
+    cli.ok("up")
+    bead = cli.ok("bead", "create", "alone", "--rig", "web", "-d", "echo alone > alone.txt")
+    cli.ok("sling", bead.strip(), "web", "--agent", "script-alone")
+    wait_all_landed(cli, feed, [bead.strip()], timeout=120)
+    assert git("show", "main:alone.txt", cwd=remote) == "alone\n"
 
 
 def test_ten_beads_merge_and_leave_nothing_behind(cli: Cli, town: Path, feed: FeedWaiter,
