@@ -4,7 +4,9 @@ Layer: adapters (processes), below :mod:`.sessions`, its only user.
 
 Two modes, both used only by :mod:`gastown.roles.adapters.sessions`:
 
-``spawn`` (process backend), run as ``python -I -S <this file> spawn``
+``spawn`` (process backend, for a caller that ignores or blocks one of the signals the
+agent must get by default; others start it themselves), run as ``python -I -S <this file>
+spawn``
     Reads the request on stdin — the log path, the working directory, the argument
     count, the arguments and the environment's ``NAME=value`` entries, each ended by a
     NUL byte (:func:`encode_request`) — starts the agent with ``posix_spawn`` in its own
@@ -42,7 +44,7 @@ EXEC_FAILED = 127
 
 #: Signals the agent gets at their default disposition whatever the caller had: an
 #: ignored signal stays ignored across exec, and Python ignores SIGPIPE and SIGXFSZ.
-_DEFAULT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGXFSZ")
+DEFAULT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGPIPE", "SIGXFSZ")
 
 
 def encode_request(argv: list[str], cwd: str, env: dict[str, str], log_path: str) -> bytes:
@@ -91,7 +93,7 @@ def _spec_fields(raw: object) -> tuple[list[str], str, dict[str, str]]:
     return list(argv), cwd, dict(env)
 
 
-def _describe(exc: Exception) -> str:
+def describe(exc: Exception) -> str:
     """``No such file or directory: 'x'`` without the ``[Errno 2]`` noise."""
     if not isinstance(exc, OSError):  # ValueError: a NUL byte, or '=' in a variable name
         return str(exc)
@@ -119,9 +121,9 @@ def _spawn() -> int:
                 (os.POSIX_SPAWN_DUP2, 1, 2),
             ],
             setsid=True, setsigmask=(),
-            setsigdef=[getattr(_signal, name) for name in _DEFAULT_SIGNALS])
+            setsigdef=[getattr(_signal, name) for name in DEFAULT_SIGNALS])
     except (OSError, ValueError) as exc:  # the child's exec failure comes back as OSError
-        return _report(f"error {_describe(exc)}")
+        return _report(f"error {describe(exc)}")
     return _report(f"ok {agent} {_start_time(agent)}")
 
 
@@ -181,7 +183,7 @@ def _exec(spec_file: str) -> int:
         os.chdir(cwd)
         os.execvpe(argv[0], argv, env)  # searches env's PATH, as a shell would
     except (OSError, ValueError) as exc:
-        print(f"gastown: cannot run {argv[0]}: {_describe(exc)}", file=sys.stderr)
+        print(f"gastown: cannot run {argv[0]}: {describe(exc)}", file=sys.stderr)
     return EXEC_FAILED
 
 

@@ -332,6 +332,57 @@ def test_session_survives_sigkill_of_starters_group(backend: Backend,
     assert not session_alive(info)
 
 
+def test_an_agent_that_ended_is_collected_not_left_a_zombie(sessions: Sessions) -> None:
+    """The process backend starts the agent from the caller, which collects it when it
+    ends: nothing of it is left, not even a zombie."""
+    info = sessions.start(sessions.spec("process", ["sh", "-c", "exit 3"]))
+    wait_until(lambda: proc_stat(info.pid) is None, timeout=30,
+               what="the ended agent collected (no /proc entry left)")
+
+
+def _ignored_signals(pid: int) -> int:
+    """The ``SigIgn`` mask of ``pid`` (bit N-1 set: signal N ignored)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no SigIgn line for {pid}")
+
+
+IGNORING_STARTER = """
+import signal, sys
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+""" + STARTER
+
+
+def test_a_caller_that_ignores_sighup_still_gives_the_agent_the_default(
+        sessions: Sessions) -> None:
+    """An ignored signal survives exec: a caller that ignores SIGHUP (``nohup gastown
+    up``) has the agent started by the launcher, which resets it; SIGPIPE, which Python
+    ignores, is reset either way."""
+    starter = subprocess.Popen(
+        [PYTHON, "-c", IGNORING_STARTER, "process", str(sessions.town_root), "sleep 300",
+         os.environ["PATH"]],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert starter.stdout is not None
+    try:
+        info = SessionInfo.from_json(starter.stdout.readline())
+        sessions.started.append(info)
+        assert _ignored_signals(starter.pid) & (1 << (signal.SIGHUP - 1))
+        ignored = _ignored_signals(info.pid)
+        assert not ignored & (1 << (signal.SIGHUP - 1))
+        assert not ignored & (1 << (signal.SIGPIPE - 1))
+    finally:
+        os.killpg(starter.pid, signal.SIGKILL)
+        starter.wait()
+
+
+def test_the_agent_gets_sigpipe_at_its_default(sessions: Sessions) -> None:
+    """Python ignores SIGPIPE; an agent started from a Python caller does not."""
+    info = sessions.start(sessions.spec("process", ["sleep", "300"]))
+    assert _ignored_signals(os.getpid()) & (1 << (signal.SIGPIPE - 1))
+    assert not _ignored_signals(info.pid) & (1 << (signal.SIGPIPE - 1))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_agent_output_lands_in_log(backend: Backend, sessions: Sessions) -> None:
     """Whatever the agent prints, stdout and stderr, is appended to log_path."""
@@ -353,8 +404,8 @@ def test_missing_command_is_a_one_line_error(backend: Backend, sessions: Session
     assert town_sessions(sessions.town_root) == []
 
 
-def test_unexecutable_command_reported_by_launcher(sessions: Sessions) -> None:
-    """The process launcher reports an exec failure instead of just exiting."""
+def test_unexecutable_command_is_reported(sessions: Sessions) -> None:
+    """An exec failure is start_session's error, not an agent that just exits."""
     script = sessions.town_root / "agent.sh"
     script.write_text("#!/bin/sh\necho hi\n")
     script.chmod(0o644)
