@@ -9,8 +9,6 @@ trio, call these through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -21,6 +19,7 @@ from typing import Final, Literal
 
 from ..core.errors import GitError
 from .files import remove_tree
+from .flocks import exclusive_flock
 from .git_command import CLONE_TIMEOUT as CLONE_TIMEOUT
 from .git_command import NETWORK_TIMEOUT as NETWORK_TIMEOUT
 from .git_command import REF_MISMATCH
@@ -65,18 +64,15 @@ def switch_to(repo_dir: Path, branch: str) -> None:
 
 
 @contextmanager
-def repo_lock(repo: Path) -> Iterator[None]:
+def repo_lock(repo: Path, *, urgent: bool = False) -> Iterator[None]:
     """Hold the repository's gastown lock (an ``flock`` in its ``.git``) for the block.
 
-    Blocks until the lock is free; the kernel releases it if the holder dies.
+    Blocks until the lock is free; the kernel releases it if the holder dies. ``urgent``
+    (a nuke, which frees a slot) goes before patient holders that come meanwhile
+    (:func:`~.flocks.exclusive_flock`).
     """
-    lock_path = common_git_dir(repo) / "gastown-worktrees.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_flock(common_git_dir(repo) / "gastown-worktrees.lock", urgent=urgent):
         yield
-    finally:
-        os.close(fd)
 
 
 def common_git_dir(repo: Path) -> Path:

@@ -132,7 +132,7 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
                 if pool_size(town, polecat.rig) > 0:
                     recycle(town, polecat.rig, Path(polecat.worktree))  # or removed
                 else:
-                    with git.repo_lock(clone):
+                    with git.repo_lock(clone, urgent=True):
                         git.remove_worktree(clone, Path(polecat.worktree))
                 for path in (prompt_path(town, polecat.rig, polecat.name),
                              done_marker_path(town, polecat.rig, polecat.name),
@@ -140,7 +140,7 @@ def carry_out(town: Town, store: Store, polecat: Polecat, effects: tuple[Effect,
                     path.unlink(missing_ok=True)
                 remove_home(agent_home(town, polecat.rig, polecat.name))
             case DeleteBranch(unchecked):
-                with git.repo_lock(clone):
+                with git.repo_lock(clone, urgent=True):
                     _delete_branch(town, polecat, clone, unchecked=unchecked,
                                    landed_tip=landed_tip)
             case _:
