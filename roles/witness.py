@@ -224,8 +224,9 @@ class Witness:
     async def _settle(self) -> None:
         """Bring every polecat of the rig in line with what happened."""
         polecats = await self.store.call(self.store.store.polecats, self.rig)
-        merged = await self.store.call(self.store.store.merge_requests_in, self.rig,
-                                       ["merged"])
+        merging = [p.name for p in polecats if p.state == "merging"]
+        merged = await self.store.call(self.store.store.merge_requests_of, self.rig,
+                                       merging, ["merged"]) if merging else []
         for polecat in polecats:
             # By incarnation: a merged MR of an earlier polecat of this name is not its own.
             if polecat.state == "merging" and any(mr.submitted_by(polecat) for mr in merged):

@@ -122,3 +122,17 @@ def test_sling_queue_positions_follow_the_mayors_order(store: Store) -> None:
         zip([1, 2, 3], beads, strict=True))
     work = store.bead_work(beads[2])
     assert [q.position for q in work.queued_slings] == [3]
+
+
+def test_merge_requests_of_several_names_reads_only_theirs(store: Store) -> None:
+    """The witness's settle pass asks for the MRs of its merging polecats by name, not for
+    the rig's whole history."""
+    names = [working_polecat(store, store.create_bead(prefix="web", rig="web",
+                                                      title=f"t{i}").id, with_mr=True)
+             for i in range(3)]
+    asked = store.merge_requests_of("web", names[:2], ["queued"])
+    assert sorted(m.polecat for m in asked) == sorted(names[:2])
+    assert [m.polecat for m in store.merge_requests_of("web", names[2], ["queued"])] \
+        == [names[2]]
+    assert store.merge_requests_of("web", [], ["queued"]) == []
+    assert store.merge_requests_of("web", names, ["merged"]) == []
