@@ -224,9 +224,10 @@ class Witness:
     async def _settle(self) -> None:
         """Bring every polecat of the rig in line with what happened."""
         polecats = await self.store.call(self.store.store.polecats, self.rig)
-        merging = [p.name for p in polecats if p.state == "merging"]
-        merged = await self.store.call(self.store.store.merge_requests_of, self.rig,
-                                       merging, ["merged"]) if merging else []
+        merging = [p for p in polecats if p.state == "merging"]
+        merged = await self.store.call(
+            self.store.store.merge_requests_of, self.rig, [p.name for p in merging],
+            ["merged"], incarnations=[p.incarnation for p in merging]) if merging else []
         for polecat in polecats:
             # By incarnation: a merged MR of an earlier polecat of this name is not its own.
             if polecat.state == "merging" and any(mr.submitted_by(polecat) for mr in merged):

@@ -202,7 +202,8 @@ def nuke_merged(town: Town, store: Store, rig: str, name: str) -> str | None:
     """
     polecat = store.polecat(rig, name)
     if not any(mr.submitted_by(polecat)
-               for mr in store.merge_requests_of(rig, name, ["merged"])):
+               for mr in store.merge_requests_of(rig, name, ["merged"],
+                                                 incarnations=[polecat.incarnation])):
         return "its merge request has not landed"
     problems, tip = _check_work(town, polecat)
     if problems:

@@ -136,3 +136,17 @@ def test_merge_requests_of_several_names_reads_only_theirs(store: Store) -> None
         == [names[2]]
     assert store.merge_requests_of("web", [], ["queued"]) == []
     assert store.merge_requests_of("web", names, ["merged"]) == []
+
+
+def test_merge_requests_of_an_incarnation_leaves_out_other_lives_of_the_name(
+        store: Store) -> None:
+    """A reused name's earlier lives' MRs are not read for this one (rows that record no
+    incarnation still are: submitted_by tells those apart by age)."""
+    bead = store.create_bead(prefix="web", rig="web", title="t").id
+    name = working_polecat(store, bead, with_mr=True)
+    mine = store.polecat("web", name).incarnation
+    assert mine is not None
+    assert len(store.merge_requests_of("web", name, ["queued"], incarnations=[mine])) == 1
+    assert store.merge_requests_of("web", name, ["queued"], incarnations=["other"]) == []
+    # A polecat that records no incarnation matches by age: every row of its name.
+    assert len(store.merge_requests_of("web", name, ["queued"], incarnations=[None])) == 1
