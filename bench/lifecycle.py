@@ -172,7 +172,7 @@ if __name__ == "__main__":
     ap.add_argument("-n", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--batch", default=None,
-                    help="the rig's merge_queue.batch_size as TOML, e.g. 1 or 4 (default: "
-                         "the shipped one, \"auto\")")
+                    help="the rig's merge_queue.batch_size as TOML, e.g. '\"auto\"' or 4 "
+                         "(default: the shipped one, 1)")
     a = ap.parse_args()
     main(tuple(a.n), a.rounds, a.batch)

@@ -35,7 +35,7 @@ def summary(r: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     def add(name: str, value: str, base: str, ratio: float) -> None:
         rows.append((name, value, base, f"{ratio:.2f}x"))
 
-    for key, label in (("lifecycle", ""), ("lifecycle_serial", ", batch 1")):
+    for key, label in (("lifecycle", ""), ("lifecycle_auto", ", batch auto")):
         for n, lc in r.get(key, {}).items():
             add(f"lifecycle N={n}{label} ({'OK' if lc['ok'] else 'PROBLEM'})",
                 f"{lc['town_s']:.1f} s", f"shell loop {lc['loop_s']:.1f} s", lc["ratio"])
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="lifecycle of N = 10 and 50 only (N = 200 takes ~2.5 min)")
     ap.add_argument("--only", nargs="+", metavar="MODULE",
-                    help="startup restart idle bus inotify sandbox lifecycle lifecycle_serial")
+                    help="startup restart idle bus inotify sandbox lifecycle lifecycle_auto")
     args = ap.parse_args()
     sizes = (10, 50) if args.quick else (10, 50, 200)
     modules: dict[str, Callable[[], Any]] = {
@@ -109,9 +109,9 @@ def main() -> None:
         "inotify": inotify.main,
         "sandbox": sandbox.main,
         "lifecycle": lambda: lifecycle.main(sizes, rounds=3),
-        # The same largest N one MR at a time (merge_queue.batch_size = 1; the shipped
-        # default is "auto"), one round: how much the adaptive batch is worth.
-        "lifecycle_serial": lambda: lifecycle.main(sizes[-1:], batch="1"),
+        # The same largest N with the adaptive merge batch (merge_queue.batch_size =
+        # "auto"; the shipped default is 1), in as many rounds: what batching is worth.
+        "lifecycle_auto": lambda: lifecycle.main(sizes[-1:], rounds=3, batch='"auto"'),
     }
     results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                                "commit": _commit(), "python": platform.python_version(),

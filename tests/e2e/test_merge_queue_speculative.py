@@ -35,8 +35,7 @@ from tests.e2e.town_helpers import (
     wait_until,
 )
 
-# One MR a batch, as the batch boundaries below are counted for it.
-SPECULATIVE = "[merge_queue]\nbatch_size = 1\nspeculative = true\n[polecats]\nmax = 20\n"
+SPECULATIVE = "[merge_queue]\nspeculative = true\n[polecats]\nmax = 20\n"
 
 
 @pytest.fixture
