@@ -93,6 +93,20 @@ def town_sessions(town_root: Path) -> list[str]:
     return [line for line in result.stdout.splitlines() if line]
 
 
+def server_pid(town_root: Path) -> int | None:
+    """The pid of the town's tmux server while it has sessions; None otherwise (no
+    server, no tmux, or it did not answer)."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        return None
+    try:
+        result = run_tmux(tmux, tmux_socket_name(town_root), "list-sessions", "-F", "#{pid}")
+    except SessionError:
+        return None
+    first = result.stdout.split()[:1] if result.returncode == 0 else []
+    return int(first[0]) if first and first[0].isdigit() else None
+
+
 def session_panes(tmux: str, socket: str, name: str) -> list[tuple[str, str]]:
     """``(session id, pane pid)`` of each pane of the session named exactly ``name``.
 

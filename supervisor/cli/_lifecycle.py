@@ -147,15 +147,24 @@ def _roles_gone(town: Town) -> bool:
 def _stop_sessions(town: Town) -> int:
     """``down --all``: stop every polecat's agent session; worktrees and work stay; the
     idle trees of the warm pools go."""
+    from ...roles.adapters.processes import process_start_time
+    from ...roles.adapters.tmux import server_pid, town_sessions
     from ...roles.operations.polecat_sessions import session_alive, stop_polecat_session
     from ...roles.operations.worktree_pool import drain
 
     with store_of(town) as store:
         polecats, rigs = store.polecats(), [rig.name for rig in store.rigs()]
+    server = server_pid(town.root)
     stopped = 0
     for polecat in polecats:
         stopped += session_alive(polecat)
         stop_polecat_session(town, polecat)
+    if server is not None and not town_sessions(town.root):
+        # The town's tmux server exits with its last session, a moment after it: gone
+        # when this command returns (seen: a check right after `down --all` found it).
+        start = process_start_time(server)
+        if start is not None:
+            _wait_pid_exit(server, start, timeout=5.0)
     print(f"stopped {stopped} agent session(s); worktrees are kept")
     pooled = sum(drain(town, rig) for rig in rigs)
     if pooled:

@@ -24,6 +24,7 @@ from tests.e2e.town_helpers import (
     new_town_root,
     role_processes,
     tear_down_town,
+    town_processes,
     wait_until,
 )
 
@@ -274,6 +275,9 @@ def test_sessions_survive_mayor_kill_and_down_up(cli: Cli, town: Path, feed: Fee
     cli.ok("up")
     assert polecats(cli)[name]["session_alive"] is True
     assert "stopped 1 agent session" in cli.ok("down", "--all")
+    # Nothing of the town runs once `down --all` returned: not even the tmux server,
+    # which exits a moment after its last session (seen left over by the demo's check).
+    assert town_processes(town) == {}
     assert polecats(cli)[name]["session_alive"] is False
     assert (town / "web" / "polecats" / name).is_dir()
 
