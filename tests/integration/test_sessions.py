@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -308,24 +309,35 @@ sys.stdin.read()  # stay alive until killed, as a role process would
 """
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_session_survives_sigkill_of_starters_group(backend: Backend,
-                                                    sessions: Sessions) -> None:
-    """A session outlives its starter's process group being SIGKILLed, and stops fully."""
+@contextmanager
+def started_by_starter(sessions: Sessions, program: str, backend: Backend,
+                       command: str) -> Iterator[tuple[int, SessionInfo]]:
+    """A session of ``sh -c command`` started by another process (``program``, a
+    :data:`STARTER`); the starter's pid and the session. At the end of the block the
+    starter's whole group is SIGKILLed."""
     starter = subprocess.Popen(
-        [PYTHON, "-c", STARTER, backend, str(sessions.town_root), FORKING_AGENT[2],
+        [PYTHON, "-c", program, backend, str(sessions.town_root), command,
          os.environ["PATH"]],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert starter.stdout is not None
     try:
         info = SessionInfo.from_json(starter.stdout.readline())
         sessions.started.append(info)
+        yield starter.pid, info
     finally:
         os.killpg(starter.pid, signal.SIGKILL)
         starter.wait()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_session_survives_sigkill_of_starters_group(backend: Backend,
+                                                    sessions: Sessions) -> None:
+    """A session outlives its starter's process group being SIGKILLed, and stops fully."""
+    with started_by_starter(sessions, STARTER, backend, FORKING_AGENT[2]) as (starter, info):
+        pass
     wait_until(lambda: len(tree_members(info.pid)) >= 2)
     assert session_alive(info)
-    assert info.pid not in (starter.pid, os.getpid())
+    assert info.pid not in (starter, os.getpid())
     members = tree_members(info.pid)
     stop_session(info, grace=2.0)
     assert all(dead(pid) for pid in members)
@@ -359,21 +371,12 @@ def test_a_caller_that_ignores_sighup_still_gives_the_agent_the_default(
     """An ignored signal survives exec: a caller that ignores SIGHUP (``nohup gastown
     up``) has the agent started by the launcher, which resets it; SIGPIPE, which Python
     ignores, is reset either way."""
-    starter = subprocess.Popen(
-        [PYTHON, "-c", IGNORING_STARTER, "process", str(sessions.town_root), "sleep 300",
-         os.environ["PATH"]],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    assert starter.stdout is not None
-    try:
-        info = SessionInfo.from_json(starter.stdout.readline())
-        sessions.started.append(info)
-        assert _ignored_signals(starter.pid) & (1 << (signal.SIGHUP - 1))
+    with started_by_starter(sessions, IGNORING_STARTER, "process", "sleep 300") as (
+            starter, info):
+        assert _ignored_signals(starter) & (1 << (signal.SIGHUP - 1))
         ignored = _ignored_signals(info.pid)
         assert not ignored & (1 << (signal.SIGHUP - 1))
         assert not ignored & (1 << (signal.SIGPIPE - 1))
-    finally:
-        os.killpg(starter.pid, signal.SIGKILL)
-        starter.wait()
 
 
 def test_the_agent_gets_sigpipe_at_its_default(sessions: Sessions) -> None:
