@@ -13,7 +13,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
@@ -356,6 +356,9 @@ class PushOutcome:
 
     result: Literal["pushed", "moved", "refused"]
     reason: str = ""
+    #: ``pushed`` and the remote's own report names the branch at the commit (its line of
+    #: ``push --porcelain``); else the caller checks where the remote's branch is.
+    confirmed: bool = field(default=False, compare=False)
 
 
 def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") -> PushOutcome:
@@ -367,8 +370,8 @@ def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") ->
     An unreachable remote raises :class:`GitError` (op ``push``).
     """
     try:
-        run_git(["push", "--quiet", remote, f"{commit}:refs/heads/{branch}"], cwd=repo,
-                op="push", timeout=NETWORK_TIMEOUT)
+        report = run_git(["push", "--porcelain", remote, f"{commit}:refs/heads/{branch}"],
+                         cwd=repo, op="push", timeout=NETWORK_TIMEOUT, report_in_error=True)
     except GitError as exc:
         refused = _REMOTE_REJECTED.search(exc.stderr)
         if refused:
@@ -379,7 +382,10 @@ def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") ->
                 "[rejected]" in exc.stderr:
             return PushOutcome("moved")
         raise
-    return PushOutcome("pushed")
+    # ``<flag>\t<from>:<to>\t<summary>``: " " fast-forward, "*" new, "=" already there.
+    confirmed = any(line[:1] in (" ", "*", "=") and line[2:].split("\t")[0].endswith(
+        f":refs/heads/{branch}") for line in report.splitlines() if line[1:2] == "\t")
+    return PushOutcome("pushed", confirmed=confirmed)
 
 
 def commits_between(repo: Path, base: str | None, tip: str) -> list[str]:

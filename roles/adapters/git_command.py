@@ -59,7 +59,8 @@ def _git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 def run_git(args: list[str], *, cwd: Path | None, op: str,
             timeout: float | None = None, env: Mapping[str, str] | None = None,
-            where: str | None = None, read_only: bool = False) -> str:
+            where: str | None = None, read_only: bool = False,
+            report_in_error: bool = False) -> str:
     """Run ``git *args`` and return its stdout; raise :class:`GitError` on failure.
 
     Lock contention (``index.lock``, ``config.lock``) and a worktree another process is
@@ -70,7 +71,9 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
     polling thread, turned a 4 ms local command into a 104 ms one (measured, sh 2.4).
     ``where`` names the repository in error messages (default: ``cwd``). A ``read_only``
     command (it changes nothing a rerun would trip on) that another process killed is run
-    once more: its death says nothing about the repository.
+    once more: its death says nothing about the repository. ``report_in_error`` puts
+    stdout before stderr in a failure's :class:`GitError` (``push --porcelain`` writes
+    its per-ref report there, the rejections included).
 
     Git runs in a process group of its own (with a timeout, a session of its own): the
     supervisor stops a role by signalling the role's whole group, and a git killed by
@@ -95,6 +98,8 @@ def run_git(args: list[str], *, cwd: Path | None, op: str,
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
             continue
+        if report_in_error:
+            err = out + err
         raise GitError(op, repo, err if err.strip() else _silent_failure(code))
     raise AssertionError("unreachable")
 

@@ -257,7 +257,8 @@ async def land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str) -
             raise RemoteMoved()
         if outcome.result == "refused":
             refused = outcome.reason
-        elif await off_thread(git.rev, clone, f"origin/{branch}") != candidate:
+        elif not outcome.confirmed and \
+                await off_thread(git.rev, clone, f"origin/{branch}") != candidate:
             remote_head = await off_thread(git.remote_branch_head, clone, branch)
             if remote_head != candidate:
                 raise GastownError(f"push of {branch} did not move the remote "

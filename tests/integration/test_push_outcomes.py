@@ -35,6 +35,21 @@ def test_pushed_then_moved(tmp_path: Path) -> None:
     assert git("rev-parse", "origin/main", cwd=tmp_path / "mine").strip() != theirs
 
 
+def test_a_push_is_confirmed_by_the_remotes_own_report(tmp_path: Path) -> None:
+    """The remote's report (``push --porcelain``) names the branch at the commit, for a
+    fast-forward and for a commit it already has: no second look at the remote needed."""
+    remote = make_remote(tmp_path / "remote.git")
+    commit = clone_with_commit(remote, tmp_path / "clone")
+    first = g.push_commit(tmp_path / "clone", commit, "main")
+    assert (first.result, first.confirmed) == ("pushed", True)
+    again = g.push_commit(tmp_path / "clone", commit, "main")
+    assert (again.result, again.confirmed) == ("pushed", True)
+    assert git("rev-parse", "main", cwd=remote).strip() == commit
+    # A new branch on the remote ("*" in the report) is confirmed too.
+    other = g.push_commit(tmp_path / "clone", commit, "release")
+    assert (other.result, other.confirmed) == ("pushed", True)
+
+
 def test_working_copy_refusals(tmp_path: Path) -> None:
     """A checked-out branch, and updateInstead on a dirty tree, are 'refused' with git's
     reason; once the tree is clean the same push updates branch and files."""
