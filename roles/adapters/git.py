@@ -9,13 +9,11 @@ trio, call these through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
 
 from ..core.errors import GitError
 from .files import remove_tree
@@ -24,6 +22,8 @@ from .git_command import CLONE_TIMEOUT as CLONE_TIMEOUT
 from .git_command import NETWORK_TIMEOUT as NETWORK_TIMEOUT
 from .git_command import REF_MISMATCH
 from .git_command import run_git as run_git
+from .git_push import PushOutcome as PushOutcome
+from .git_push import push_commit as push_commit
 from .git_status import WorktreeStatus as WorktreeStatus
 from .git_status import current_branch as current_branch
 from .git_status import dirty_files as dirty_files
@@ -238,6 +238,20 @@ def rev(repo: Path, ref: str) -> str | None:
         return None
 
 
+def revs(repo: Path, refs: list[str]) -> list[str | None]:
+    """The commits ``refs`` name (None for one that names none): one git command when
+    all of them name one, else one each (the refinery reads its branch and the remote's
+    before every batch)."""
+    try:
+        out = run_git(["rev-parse", *(f"{ref}^{{commit}}" for ref in refs)], cwd=repo,
+                      op="rev-parse").split()
+    except GitError:
+        out = []
+    if len(out) == len(refs) and all(len(c) >= 40 for c in out):
+        return list(out)
+    return [rev(repo, ref) for ref in refs]
+
+
 def is_ancestor(repo: Path, ancestor: str, descendant: str) -> bool:
     try:
         run_git(["merge-base", "--is-ancestor", ancestor, descendant], cwd=repo,
@@ -336,56 +350,6 @@ def remote_branch_head(repo: Path, branch: str, remote: str = "origin") -> str |
         if ref.strip() == f"refs/heads/{branch}":
             return sha.strip()
     return None
-
-
-# -- pushing a tested commit, and where the default branch stands ----------------------
-
-#: ``! [remote rejected] HEAD -> main (Working directory has unstaged changes)``
-_REMOTE_REJECTED: Final = re.compile(r"\[remote rejected\][^(\n]*\(([^)\n]*)\)")
-
-
-@dataclass(frozen=True)
-class PushOutcome:
-    """How a push of a commit to the remote's branch went.
-
-    ``pushed``: the remote's branch is now that commit. ``moved``: rejected because the
-    remote's branch moved (not a fast-forward): fetch and redo on it. ``refused``: the
-    remote answered but would not take it, for ``reason`` (a working copy with the branch
-    checked out, ``updateInstead`` on a dirty tree, a hook).
-    """
-
-    result: Literal["pushed", "moved", "refused"]
-    reason: str = ""
-    #: ``pushed`` and the remote's own report names the branch at the commit (its line of
-    #: ``push --porcelain``); else the caller checks where the remote's branch is.
-    confirmed: bool = field(default=False, compare=False)
-
-
-def push_commit(repo: Path, commit: str, branch: str, remote: str = "origin") -> PushOutcome:
-    """Push ``commit`` to ``refs/heads/<branch>`` on ``remote`` (fast-forward only).
-
-    Nothing local moves: the caller fast-forwards its own branch after the remote took
-    the commit, so a refused push never has to be undone. The explicit refspec matters
-    (upstream bug G20: a bare push followed the tracking configuration somewhere else).
-    An unreachable remote raises :class:`GitError` (op ``push``).
-    """
-    try:
-        report = run_git(["push", "--porcelain", remote, f"{commit}:refs/heads/{branch}"],
-                         cwd=repo, op="push", timeout=NETWORK_TIMEOUT, report_in_error=True)
-    except GitError as exc:
-        refused = _REMOTE_REJECTED.search(exc.stderr)
-        if refused:
-            return PushOutcome("refused", refused.group(1).strip())
-        if "refusing to update checked out branch" in exc.stderr:
-            return PushOutcome("refused", "branch is currently checked out")
-        if "non-fast-forward" in exc.stderr or "fetch first" in exc.stderr or \
-                "[rejected]" in exc.stderr:
-            return PushOutcome("moved")
-        raise
-    # ``<flag>\t<from>:<to>\t<summary>``: " " fast-forward, "*" new, "=" already there.
-    confirmed = any(line[:1] in (" ", "*", "=") and line[2:].split("\t")[0].endswith(
-        f":refs/heads/{branch}") for line in report.splitlines() if line[1:2] == "\t")
-    return PushOutcome("pushed", confirmed=confirmed)
 
 
 def commits_between(repo: Path, base: str | None, tip: str) -> list[str]:

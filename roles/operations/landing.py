@@ -125,18 +125,25 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
     """
     clone = site.clone
     await clean_checkout(site, branch)  # a no-op right after the previous batch's clean
-    local = await commit_of(site, branch)
     if not await has_remote(site):
-        return local
+        return await commit_of(site, branch)
     retries = site.config().merge_queue.push_retries
+    local: str | None = None
     for attempt in range(retries + 1):
-        # ``local`` stays what it was read above: only this refinery moves the branch,
-        # and in this loop only by the fast-forward that returns. Work not pushed yet,
-        # a second look, or a queue allowed no push retry (a stale base would cost it
-        # the batch) always asks the remote.
+        # ``local`` stays what it was first read: only this refinery moves the branch,
+        # and in this loop only by the fast-forward that returns (a fetch moves only
+        # ``origin/*``, so reading it after the first fetch, with the remote's in one git
+        # command, reads the same). Work not pushed yet, a second look, or a queue
+        # allowed no push retry (a stale base would cost it the batch) always asks the
+        # remote.
         await fetch_remote(site, force=attempt > 0 or retries == 0 or site.state.unpushed
                            or site.state.paused is not None)
-        upstream = await off_thread(git.rev, clone, f"origin/{branch}")
+        if local is None:
+            local, upstream = await off_thread(git.revs, clone, [branch, f"origin/{branch}"])
+            if local is None:
+                raise GitError("rev-parse", str(clone), f"no commit named {branch}")
+        else:
+            upstream = await off_thread(git.rev, clone, f"origin/{branch}")
         if upstream == local:
             await caught_up(site, local)
             return local
@@ -161,6 +168,7 @@ async def catch_up(site: MergeSite, branch: str, *, push: bool = True) -> str:
             await _record_unpushed(site, branch, local, upstream, outcome.reason)
             return local
         # The remote moved between the fetch and the push: look again.
+    assert local is not None  # read in the first round (push_retries is never negative)
     return local
 
 

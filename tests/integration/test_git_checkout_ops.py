@@ -84,3 +84,13 @@ def test_advance_branch_moves_only_from_the_expected_commit(repo: Path) -> None:
     with pytest.raises(GitError):
         git.advance_branch(repo, "main", base, base)
     assert _git(repo, "rev-parse", "main") == candidate
+
+
+def test_revs_reads_several_refs_and_names_the_missing_one(repo: Path) -> None:
+    """The refinery's branch and the remote's in one call; a ref that names no commit is
+    None, the others still read."""
+    head = _git(repo, "rev-parse", "HEAD").strip()
+    _git(repo, "branch", "other")
+    assert git.revs(repo, ["HEAD", "other"]) == [head, head]
+    assert git.revs(repo, ["HEAD", "origin/nope"]) == [head, None]
+    assert git.revs(repo, ["nope"]) == [None]
