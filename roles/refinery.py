@@ -46,7 +46,7 @@ from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import MergeRequest
 from .core.errors import GastownError, GitError
-from .core.merge_queue import AutoBatch, batch_limit, next_batch
+from .core.merge_queue import AUTO_BATCH_CAP, AutoBatch, batch_limit, next_batch
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
 from .operations.merge_site import (
     MergeSite,
@@ -141,8 +141,10 @@ class Refinery:
         site, state = self.site, self.state
         config = site.config()
         mq = config.merge_queue
+        # The head of the queue: this batch, and the next one gated ahead of it.
+        cap = AUTO_BATCH_CAP if mq.batch_size == "auto" else mq.batch_size
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
-                                       ["queued"])
+                                       ["queued"], 2 * cap)
         # The batch gated ahead during the previous one: already running, taken first.
         ahead, self._ahead = self._ahead, None
         if state.paused and ahead is not None:

@@ -68,12 +68,17 @@ class MergeLedger(PolecatLedger):
             raise NotFound(f"no merge request {mr_id!r}")
         return mr_of(row)
 
-    def merge_requests_in(self, rig: str, states: Sequence[str]) -> list[MergeRequest]:
-        """The rig's merge requests in ``states``, in queue order (priority, then age)."""
+    def merge_requests_in(self, rig: str, states: Sequence[str],
+                          limit: int | None = None) -> list[MergeRequest]:
+        """The rig's merge requests in ``states``, in queue order (priority, then age, then
+        id: :func:`~gastown.roles.core.merge_queue.order_key`'s); the first ``limit``
+        only, when given (the refinery's batch needs the head of a long queue, and read
+        all of it before every batch)."""
         marks = ", ".join("?" * len(states))
         rows = self._conn.execute(
             f"SELECT * FROM merge_requests WHERE rig = ? AND state IN ({marks}) "
-            "ORDER BY priority, created_at, id", (rig, *states)).fetchall()
+            "ORDER BY priority, created_at, id LIMIT ?",
+            (rig, *states, -1 if limit is None else limit)).fetchall()
         return [mr_of(r) for r in rows]
 
     def merge_requests_of(self, rig: str, polecat: str | Sequence[str],

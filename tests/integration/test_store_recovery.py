@@ -150,3 +150,16 @@ def test_merge_requests_of_an_incarnation_leaves_out_other_lives_of_the_name(
     assert store.merge_requests_of("web", name, ["queued"], incarnations=["other"]) == []
     # A polecat that records no incarnation matches by age: every row of its name.
     assert len(store.merge_requests_of("web", name, ["queued"], incarnations=[None])) == 1
+
+
+def test_the_head_of_the_queue_is_read_in_queue_order(store: Store) -> None:
+    """The refinery reads the first MRs of its queue only: the same ones, in the same
+    order, as the whole queue's head."""
+    for i in range(4):
+        working_polecat(store, store.create_bead(prefix="web", rig="web", title=f"q{i}").id,
+                        with_mr=True)
+    whole = store.merge_requests_in("web", ["queued"])
+    assert len(whole) == 4
+    assert [m.id for m in store.merge_requests_in("web", ["queued"], 2)] == \
+        [m.id for m in whole[:2]]
+    assert store.merge_requests_in("web", ["queued"], 0) == []
