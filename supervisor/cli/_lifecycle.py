@@ -13,6 +13,7 @@ start-up was stopped (exit 1) instead of a running town.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import select
 import sys
@@ -148,7 +149,7 @@ def _stop_sessions(town: Town) -> int:
     """``down --all``: stop every polecat's agent session; worktrees and work stay; the
     idle trees of the warm pools go."""
     from ...roles.adapters.processes import process_start_time
-    from ...roles.adapters.tmux import server_pid, town_sessions
+    from ...roles.adapters.tmux import SessionError, server_pid, town_sessions
     from ...roles.operations.polecat_sessions import session_alive, stop_polecat_session
     from ...roles.operations.worktree_pool import drain
 
@@ -159,12 +160,13 @@ def _stop_sessions(town: Town) -> int:
     for polecat in polecats:
         stopped += session_alive(polecat)
         stop_polecat_session(town, polecat)
-    if server is not None and not town_sessions(town.root):
-        # The town's tmux server exits with its last session, a moment after it: gone
-        # when this command returns (seen: a check right after `down --all` found it).
-        start = process_start_time(server)
-        if start is not None:
-            _wait_pid_exit(server, start, timeout=5.0)
+    with contextlib.suppress(SessionError):  # tmux in trouble: the sessions are stopped
+        if server is not None and not town_sessions(town.root):
+            # The town's tmux server exits with its last session, a moment after it:
+            # gone when this command returns (seen: a check right after `down --all`).
+            start = process_start_time(server)
+            if start is not None:
+                _wait_pid_exit(server, start, timeout=5.0)
     print(f"stopped {stopped} agent session(s); worktrees are kept")
     pooled = sum(drain(town, rig) for rig in rigs)
     if pooled:
