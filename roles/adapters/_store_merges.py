@@ -96,12 +96,12 @@ class MergeLedger(PolecatLedger):
         if not names:
             return []
         marks, name_marks = ", ".join("?" * len(states)), ", ".join("?" * len(names))
+        # A polecat without an incarnation matches by age: all of its name's rows.
         known = [i for i in incarnations if i is not None]
-        which = ""
-        if incarnations and len(known) == len(incarnations):
-            which = f" AND (incarnation IS NULL OR incarnation IN ({', '.join('?' * len(known))}))"
-        else:
-            known = []  # a polecat without one matches by age: all of its name's rows
+        if not incarnations or len(known) < len(incarnations):
+            known = []
+        which = (f" AND (incarnation IS NULL OR incarnation IN ({', '.join('?' * len(known))}))"
+                 if known else "")
         rows = self._conn.execute(
             f"SELECT * FROM merge_requests WHERE rig = ? AND polecat IN ({name_marks}) AND "
             f"state IN ({marks}){which} ORDER BY created_at, id",

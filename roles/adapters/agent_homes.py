@@ -231,11 +231,6 @@ def _link(source: Path, target: Path) -> None:
         pass
 
 
-def has_conversation(kind: AgentKind, home: Path) -> bool:
-    """Whether the agent left a conversation in ``home`` that a resume can continue."""
-    return last_conversation(kind, home) is not None
-
-
 def last_conversation(kind: AgentKind, home: Path) -> str | None:
     """The id of the agent's latest conversation in ``home`` (``{conversation}`` in a
     resume command), or None. One worktree per home, so any transcript is this

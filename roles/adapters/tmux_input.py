@@ -44,8 +44,7 @@ READY_SETTLE: Final = 0.5
 
 #: A dialog whose screen has not changed at all this long after its keys were sent did
 #: not get them (seen under load: Codex's trust dialog still shown two minutes after its
-#: Enter): they are sent again, in all at most
-#: ``DIALOG_SENDS`` times.
+#: Enter): they are sent again, in all at most ``DIALOG_SENDS`` times.
 DIALOG_RESEND: Final = 8.0
 DIALOG_SENDS: Final = 3
 

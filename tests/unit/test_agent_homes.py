@@ -12,7 +12,6 @@ from gastown.roles.adapters.agent_homes import (
     claude_settings,
     claude_state,
     codex_config,
-    has_conversation,
     last_conversation,
     prepare,
 )
@@ -82,12 +81,10 @@ def test_prepare_claude_leaves_the_users_files_alone(tmp_path: Path) -> None:
     assert (config / ".credentials.json").resolve() == \
         (user_home / ".claude" / ".credentials.json").resolve()
     assert {p: p.read_bytes() for p in user_home.rglob("*") if p.is_file()} == before
-    assert not has_conversation("claude", home)
     assert last_conversation("claude", home) is None
     (config / "projects" / "-wt").mkdir(parents=True)
     (config / "projects" / "-wt" / f"{FIRST}.jsonl").write_text("{}\n")
     (config / "projects" / "-wt" / "agent-1a2b.jsonl").write_text("{}\n")  # no session's
-    assert has_conversation("claude", home)
     assert last_conversation("claude", home) == FIRST
     # The latest written is the one a respawn resumes (by id: `--resume {conversation}`).
     (config / "projects" / "-wt" / f"{SECOND}.jsonl").write_text("{}\n")
@@ -98,11 +95,11 @@ def test_prepare_claude_leaves_the_users_files_alone(tmp_path: Path) -> None:
 
 def test_codex_conversation_is_named_by_its_rollout(tmp_path: Path) -> None:
     home = tmp_path / "agent-home"
-    assert last_conversation("codex", home) is None and not has_conversation("codex", home)
+    assert last_conversation("codex", home) is None
     day = home / "codex" / "sessions" / "2026" / "12" / "06"
     day.mkdir(parents=True)
     (day / f"rollout-2026-12-06T18-00-00-{FIRST}.jsonl").write_text("{}\n")
-    assert last_conversation("codex", home) == FIRST and has_conversation("codex", home)
+    assert last_conversation("codex", home) == FIRST
     assert last_conversation("generic", home) is None
 
 
