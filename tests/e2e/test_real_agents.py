@@ -118,20 +118,29 @@ def test_real_agent_lifecycle(real_town: tuple[str, str, Path], cli: Cli, tmp_pa
 
     # The killed bead: wait until its agent runs the long step, and its conversation
     # (the CLI's transcript in the polecat's agent home) holds that call, then kill it.
-    # Killed any earlier, there is no conversation to resume: another scenario. The call
-    # is a transcript line naming the command without the script's marker: the prompt
-    # (which also names it) is written first, and to the CLI's prompt history as well.
+    # Killed any earlier, there is no conversation to resume: another scenario. Both the
+    # prompt and the call must be in one transcript (not the CLI's prompt history): the
+    # prompt is a conversation entry holding the script's marker (Claude's "user" line,
+    # Codex's "response_item"), the call a line naming the command without it. Seen in
+    # CI: Claude had written the call's line but not yet the prompt's (its parent), the
+    # kill lost the prompt, and the resumed conversation had no task.
     model_server.wait_for(lambda r: r.get("command") == "sleep 600", timeout=120)
     victim = polecats(cli)
     name = next(n for n, p in victim.items() if p["bead"] == killed)
     home = root / ".runtime" / "agent-homes" / "web" / name
 
+    def recorded(path: Path) -> bool:
+        lines = path.read_text(errors="replace").splitlines()
+        prompt = any("SCRIPT-BEGIN" in line and json.loads(line).get("type") in (
+            "user", "response_item") for line in lines if line.startswith("{"))
+        return prompt and any("sleep 600" in line and "SCRIPT-BEGIN" not in line
+                              for line in lines)
+
     def call_recorded() -> bool:
         try:  # the CLI creates and removes folders of its home meanwhile (plugin fetches)
-            return any("sleep 600" in line and "SCRIPT-BEGIN" not in line
-                       for path in home.rglob("*.jsonl") if path.is_file()
-                       for line in path.read_text(errors="replace").splitlines())
-        except FileNotFoundError:
+            return any(recorded(path) for path in home.rglob("*.jsonl")
+                       if path.is_file() and path.name != "history.jsonl")
+        except (FileNotFoundError, ValueError):  # ValueError: a line still being written
             return False
 
     wait_until(call_recorded, timeout=60, what="the long step in the agent's transcript")
