@@ -244,14 +244,38 @@ def last_conversation(kind: AgentKind, home: Path) -> str | None:
         transcripts = (home / "codex" / "sessions").rglob("rollout-*.jsonl")
     else:
         return None
-    latest: tuple[float, str] | None = None
+    latest: tuple[float, str, Path] | None = None
     for transcript in transcripts:
         name = transcript.stem if kind == "claude" else transcript.stem[-36:]
         try:
             uuid.UUID(name)
-            stamp = (transcript.stat().st_mtime, name)
+            stamp = (transcript.stat().st_mtime, name, transcript)
         except (ValueError, FileNotFoundError):
             continue  # not a conversation's file, or removed meanwhile
-        if latest is None or stamp > latest:
+        if latest is None or stamp[:2] > latest[:2]:
             latest = stamp
-    return latest[1] if latest is not None else None
+    if latest is None or (kind == "claude" and not _holds_a_prompt(latest[2])):
+        return None
+    return latest[1]
+
+
+def _holds_a_prompt(transcript: Path) -> bool:
+    """Whether a Claude transcript holds a prompt (a ``user`` entry) to continue from.
+
+    Claude appends its entries out of order under load: a session killed right after its
+    first call left the call's line but not the prompt's (its parent, seen in CI); resumed,
+    that conversation starts from nothing and the agent has no task. Such a session is
+    started afresh instead, with the whole prompt."""
+    try:
+        lines = transcript.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        if '"user"' not in line:
+            continue
+        try:
+            if json.loads(line).get("type") == "user":
+                return True
+        except ValueError:
+            continue  # a line cut short by the kill
+    return False

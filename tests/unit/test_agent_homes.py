@@ -18,6 +18,8 @@ from gastown.roles.adapters.agent_homes import (
 
 FIRST = "0b7c4f0e-3c1a-4d7e-9a8f-1e2d3c4b5a69"
 SECOND = "5f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+#: A transcript line that holds a prompt (what a resumed conversation continues from).
+PROMPT_LINE = json.dumps({"type": "user", "uuid": "a", "parentUuid": None}) + "\n"
 KEY = "sk-ant-api03-" + "x" * 30 + "LAST20CHARSOFTHEKEY1"
 
 
@@ -83,13 +85,26 @@ def test_prepare_claude_leaves_the_users_files_alone(tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in user_home.rglob("*") if p.is_file()} == before
     assert last_conversation("claude", home) is None
     (config / "projects" / "-wt").mkdir(parents=True)
-    (config / "projects" / "-wt" / f"{FIRST}.jsonl").write_text("{}\n")
+    (config / "projects" / "-wt" / f"{FIRST}.jsonl").write_text(PROMPT_LINE)
     (config / "projects" / "-wt" / "agent-1a2b.jsonl").write_text("{}\n")  # no session's
     assert last_conversation("claude", home) == FIRST
     # The latest written is the one a respawn resumes (by id: `--resume {conversation}`).
-    (config / "projects" / "-wt" / f"{SECOND}.jsonl").write_text("{}\n")
+    (config / "projects" / "-wt" / f"{SECOND}.jsonl").write_text(PROMPT_LINE)
     assert last_conversation("claude", home) == SECOND
     os.utime(config / "projects" / "-wt" / f"{FIRST}.jsonl", (2e9, 2e9))
+    assert last_conversation("claude", home) == FIRST
+
+
+def test_a_claude_transcript_without_its_prompt_is_not_resumed(tmp_path: Path) -> None:
+    """Claude had written the first call but not the prompt (its parent) when it was
+    killed: resumed, that conversation would have no task; it is started afresh."""
+    home = tmp_path / "agent-home"
+    folder = home / "claude" / "projects" / "-wt"
+    folder.mkdir(parents=True)
+    call = json.dumps({"type": "assistant", "uuid": "b", "parentUuid": "a"}) + "\n"
+    (folder / f"{FIRST}.jsonl").write_text('{"type": "mode"}\n' + call + '{"type": "us')
+    assert last_conversation("claude", home) is None
+    (folder / f"{FIRST}.jsonl").write_text(PROMPT_LINE + call)
     assert last_conversation("claude", home) == FIRST
 
 
