@@ -10,6 +10,9 @@ and is retried after a back-off. The batch size is ``batch_size``, or learnt
 (:class:`~gastown.roles.core.merge_queue.AutoBatch`) when it is ``"auto"``; with
 ``speculative = true`` the next batch is taken (marked ``running``) with the current one
 and gated on top of it meanwhile (:mod:`~gastown.roles.operations.speculation`).
+With batches of one, the MRs ready together are taken as a chain: each gated on its own
+on top of the one before, all pushed at once (``land_within`` bounds how much later the
+first lands; :func:`~gastown.roles.core.merge_queue.chain_limit`).
 
 Layer: a role loop, at the top of ``roles``; run by :mod:`~gastown.roles.role_process`.
 
@@ -46,7 +49,14 @@ from .adapters import log
 from .adapters.async_store import AsyncStore
 from .adapters.store import MergeRequest
 from .core.errors import GastownError, GitError
-from .core.merge_queue import AUTO_BATCH_CAP, AutoBatch, batch_limit, next_batch
+from .core.merge_queue import (
+    AUTO_BATCH_CAP,
+    CHAIN_CAP,
+    AutoBatch,
+    batch_limit,
+    chain_limit,
+    next_batch,
+)
 from .operations.landing import NETWORK_OPS, QueuePaused, RemoteMoved, recover, try_catch_up
 from .operations.merge_site import (
     MergeSite,
@@ -141,8 +151,12 @@ class Refinery:
         site, state = self.site, self.state
         config = site.config()
         mq = config.merge_queue
+        # Batches of one are taken as a chain (each MR gated on its own, pushed together)
+        # when the queue is longer than one and the gates are quick (``land_within``).
+        chain = mq.batch_size == 1 and not mq.speculative and mq.land_within > 0
         # The head of the queue: this batch, and the next one gated ahead of it.
-        cap = AUTO_BATCH_CAP if mq.batch_size == "auto" else mq.batch_size
+        cap = CHAIN_CAP if chain else AUTO_BATCH_CAP if mq.batch_size == "auto" \
+            else mq.batch_size
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                        ["queued"], 2 * cap)
         # The batch gated ahead during the previous one: already running, taken first.
@@ -162,7 +176,9 @@ class Refinery:
         if ahead is not None:
             batch, speculated = list(ahead.by_id.values()), ahead.result
         else:
-            batch = next_batch(queued, batch_limit(mq.batch_size, self._auto, len(queued)))
+            size = chain_limit(mq.land_within, site.step_seconds, len(queued)) if chain \
+                else batch_limit(mq.batch_size, self._auto, len(queued))
+            batch = next_batch(queued, size)
             await self.store.call(self.store.store.start_merge_requests,
                                   [mr.id for mr in batch])
         ids = [mr.id for mr in batch]
@@ -180,7 +196,7 @@ class Refinery:
         for attempt in range(config.merge_queue.push_retries + 1):
             try:
                 finished = await run_plan(site, config, by_id, ahead=self._ahead,
-                                          speculated=speculated)
+                                          speculated=speculated, each=chain)
                 done = True
                 self._backoff = 1.0
                 self._auto = self._auto.after(len(batch), not finished.rejected)

@@ -28,6 +28,7 @@ from .git_status import WorktreeStatus as WorktreeStatus
 from .git_status import current_branch as current_branch
 from .git_status import dirty_files as dirty_files
 from .git_status import has_commits as has_commits
+from .git_status import is_pristine as is_pristine
 from .git_status import worktree_status as worktree_status
 
 

@@ -53,6 +53,14 @@ class WorktreeStatus:
     head: str | None
 
 
+def is_pristine(worktree: Path) -> bool:
+    """Whether the tree is as its commit wrote it: no change, nothing untracked, nothing
+    ignored either (what ``git clean -ffdx`` and a forced checkout would leave)."""
+    out = run_git(["status", "--porcelain", "--ignored", "--untracked-files=normal"],
+                  cwd=worktree, op="status")
+    return not out.strip()
+
+
 def worktree_status(worktree: Path) -> WorktreeStatus:
     """:func:`dirty_files`, :func:`current_branch` and the HEAD commit in one command
     (``status --porcelain=v2 --branch``) instead of three or four: a nuke asks them all."""

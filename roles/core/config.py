@@ -90,6 +90,8 @@ class TownConfig:
 
 
 GATE_TIMEOUT: Seconds = Seconds(600.0)
+#: ``merge_queue.land_within``'s default.
+LAND_WITHIN: Seconds = Seconds(1.0)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,10 @@ class MergeQueueConfig:
     gates: tuple[GateConfig, ...]
     #: Gate the next batch on top of the running one, in a second checkout.
     speculative: bool = False
+    #: With batches of one (and not speculative): how much later a gated MR may land so
+    #: that the MRs queued behind it are gated on top of it, each on its own, and pushed
+    #: with it (:func:`~gastown.roles.core.merge_queue.chain_limit`); 0: each alone.
+    land_within: Seconds = LAND_WITHIN
     #: Run in the gate checkout before the gates (as a first gate named ``setup``).
     setup: SetupConfig = field(default_factory=SetupConfig)
 

@@ -10,8 +10,9 @@ the refinery's), and reports back:
 - :class:`Test` ``(mrs)``: stack ``mrs`` in order onto main (main already holds what
   this plan has landed), run the gates, then call :func:`record_test`. If an MR
   cannot even be stacked (a rebase conflict), call :func:`drop` instead and ask again.
-- :class:`Land` ``(mrs)``: fast-forward main to the candidate just tested green for
-  exactly these MRs, then call :func:`record_done`.
+- :class:`Land` ``(mrs)``: fast-forward main to the candidate tested green for exactly
+  these MRs (the last test, or in a chain the last green one), then call
+  :func:`record_done`.
 - :class:`Reject` ``(mr, reason)``: report that MR as failed, then :func:`record_done`.
 - :class:`Finished`: nothing left.
 
@@ -34,6 +35,14 @@ the good subset at the end:
   own candidate (green base + that MR) must have run red ``1 + retry_flaky`` times. A
   flaky red during bisection then costs runs but never rejects a good MR; a bisection
   step's red is otherwise believed the first time.
+
+A chain (``start_plan(..., each=True)``) gates every MR on its own instead: base + the
+first MR, then base + the first two, and so on, each candidate one rebase more than the
+last. When every candidate ran green the chain lands whole (one push for all); the
+first red one (re-run ``retry_flaky`` times) is the culprit at once: the green prefix
+before it lands and it is rejected, and the rest starts a new chain. So every commit a
+chain puts on main was gated as it lands, as with batches of one, while the remote is
+pushed once per chain (:func:`chain_limit` sizes it so that the first MR waits little).
 
 Budget (a deterministic gate, see :func:`max_gate_runs`): with ``n`` MRs of which
 ``bad`` are bad, at most ``bad * (1 + 2*retry_flaky + ceil(log2 n)) + 1`` gate runs
@@ -140,16 +149,38 @@ def batch_limit(batch_size: BatchSize, auto: AutoBatch, ready: int) -> int:
     return min(wanted, ready)
 
 
+#: The most MRs a chain takes (:func:`chain_limit`).
+CHAIN_CAP: Final = 16
+
+
+def chain_limit(land_within: float, step_seconds: float | None, ready: int, *,
+                cap: int = CHAIN_CAP) -> int:
+    """How many of the ``ready`` MRs the next chain takes (``merge_queue.land_within``).
+
+    A chain's first MR lands only once its last is gated, so a chain takes as many as
+    can be rebased and gated one after another within ``land_within`` seconds, at
+    ``step_seconds`` each (as measured on the last ones; None, not measured yet: one);
+    never fewer than one while one is ready, never more than ``cap``.
+    """
+    if ready <= 0:
+        return 0
+    if step_seconds is None or land_within <= 0:
+        return 1
+    if step_seconds * cap <= land_within:
+        return min(cap, ready)
+    return max(1, min(ready, int(land_within / step_seconds)))
+
+
 # --------------------------------------------------------------------------- actions
 
-TestKind = Literal["batch", "retry", "bisect", "confirm"]
+TestKind = Literal["batch", "retry", "bisect", "confirm", "each"]
 
 
 class Test(Frozen):
     """Gate the candidate: main (with all this plan landed) + ``mrs`` stacked in order.
 
-    ``kind`` is for logs: the whole batch, a re-run of a red batch, a bisection step,
-    or a re-run confirming a culprit.
+    ``kind`` is for logs: the whole batch, a re-run of a red batch (or chain step), a
+    bisection step, a re-run confirming a culprit, or the next step of a chain.
     """
 
     __test__ = False  # not a pytest class
@@ -159,7 +190,8 @@ class Test(Frozen):
 
 
 class Land(Frozen):
-    """Fast-forward main to the candidate just tested green for exactly ``mrs``."""
+    """Fast-forward main to the candidate tested green for exactly ``mrs``: the last
+    test, or (in a chain) the last green one."""
 
     mrs: tuple[str, ...]
 
@@ -197,38 +229,55 @@ class _Bisect(Frozen):
     reds: int
 
 
+class _Chain(Frozen):
+    """Each gated on its own: base + ``pending[:green]`` ran green (``green = 0``: none
+    yet), and base + ``pending[:green + 1]`` ran red ``reds`` times so far."""
+
+    green: int = 0
+    reds: int = 0
+
+
 class _Landing(Frozen):
-    """base + ``pending[:count]`` just ran green: land it, then go on with ``after``."""
+    """base + ``pending[:count]`` ran green: land it, then go on with ``after``."""
 
     count: int
-    after: _Batch | _Bisect
+    after: _Batch | _Bisect | _Chain
 
 
-_Phase = _Batch | _Bisect | _Landing
+_Phase = _Batch | _Bisect | _Chain | _Landing
 
 
 class Plan(Frozen):
     """One batch's progress. Build it with :func:`start_plan`; never edit it by hand.
 
     ``pending`` are the MRs neither landed nor rejected, in queue order; the base of
-    every candidate is main, which holds ``landed``.
+    every candidate is main, which holds ``landed``. ``each``: a chain (every MR gated on
+    its own), not a batch.
     """
 
     pending: tuple[str, ...]
     retry_flaky: int
+    each: bool = False
     landed: tuple[str, ...] = ()
     rejected: tuple[Reject, ...] = ()
     gate_runs: int = 0
     phase: _Phase = _Batch()
 
 
-def start_plan(mr_ids: Sequence[str], *, retry_flaky: int = 0) -> Plan:
-    """A plan for ``mr_ids`` (already in queue order); ``retry_flaky`` re-runs of a red."""
+def start_plan(mr_ids: Sequence[str], *, retry_flaky: int = 0, each: bool = False) -> Plan:
+    """A plan for ``mr_ids`` (already in queue order); ``retry_flaky`` re-runs of a red;
+    ``each``: a chain, every MR gated on its own, instead of a batch."""
     if retry_flaky < 0:
         raise ValueError(f"retry_flaky must be at least 0, not {retry_flaky}")
     if len(set(mr_ids)) != len(mr_ids):
         raise ValueError("the same MR appears twice in the batch")
-    return Plan(pending=tuple(mr_ids), retry_flaky=retry_flaky)
+    return Plan(pending=tuple(mr_ids), retry_flaky=retry_flaky, each=each,
+                phase=_Chain() if each else _Batch())
+
+
+def _fresh(plan: Plan) -> _Batch | _Chain:
+    """The phase that starts over on the pending MRs: a new batch, or a new chain."""
+    return _Chain() if plan.each else _Batch()
 
 
 def _culprit_reason(reds: int) -> str:
@@ -245,6 +294,8 @@ def next_action(plan: Plan) -> Action:
         return Finished(plan.landed, plan.rejected, plan.gate_runs)
     if isinstance(phase, _Batch):
         return Test(plan.pending, "retry" if phase.reds else "batch")
+    if isinstance(phase, _Chain):
+        return Test(plan.pending[:phase.green + 1], "retry" if phase.reds else "each")
     if phase.red > 1:
         return Test(plan.pending[:phase.red // 2], "bisect")
     if phase.reds <= plan.retry_flaky:
@@ -267,11 +318,21 @@ def record_test(plan: Plan, passed: bool) -> Plan:
             new = _Batch(phase.reds + 1)
         else:
             new = _Bisect(count, phase.reds + 1)
+    elif isinstance(phase, _Chain):
+        if passed:
+            new = _Landing(count, _Chain()) if count == len(plan.pending) else _Chain(count)
+        elif phase.reds < plan.retry_flaky:
+            new = _Chain(phase.green, phase.reds + 1)
+        else:
+            # The culprit: it turned the green base + pending[:green] red 1 + retry_flaky
+            # times. The green prefix lands; then, on that base, it is rejected.
+            culprit = _Bisect(1, phase.reds + 1)
+            new = _Landing(phase.green, culprit) if phase.green else culprit
     else:
         assert isinstance(phase, _Bisect)
         if passed:
             rest = phase.red - count
-            new = _Landing(count, _Bisect(rest, phase.reds) if rest else _Batch())
+            new = _Landing(count, _Bisect(rest, phase.reds) if rest else _fresh(plan))
         elif phase.red == 1:
             new = _Bisect(1, phase.reds + 1)
         else:
@@ -289,19 +350,22 @@ def record_done(plan: Plan) -> Plan:
                        phase=plan.phase.after)
     if isinstance(action, Reject):
         return replace(plan, pending=plan.pending[1:], rejected=(*plan.rejected, action),
-                       phase=_Batch())
+                       phase=_fresh(plan))
     raise ValueError(f"nothing to carry out now (expected {type(action).__name__})")
 
 
-def _without(phase: _Phase, index: int) -> _Phase:
-    """``phase`` once ``pending[index]`` is gone: what is still known, or a new batch."""
+def _without(phase: _Phase, index: int, fresh: _Batch | _Chain) -> _Phase:
+    """``phase`` once ``pending[index]`` is gone: what is still known, or ``fresh``."""
     if isinstance(phase, _Bisect) and index >= phase.red:
         return phase
+    if isinstance(phase, _Chain) and index >= phase.green:
+        # The green prefix stands; the MR under test is another one if it was dropped.
+        return phase if index > phase.green else _Chain(phase.green)
     if isinstance(phase, _Landing) and index >= phase.count:
-        after = _without(phase.after, index - phase.count)
+        after = _without(phase.after, index - phase.count, fresh)
         assert not isinstance(after, _Landing)
         return _Landing(phase.count, after)
-    return _Batch()
+    return fresh
 
 
 def drop(plan: Plan, mr_id: str, reason: str) -> Plan:
@@ -315,7 +379,7 @@ def drop(plan: Plan, mr_id: str, reason: str) -> Plan:
     index = plan.pending.index(mr_id)
     return replace(plan, pending=plan.pending[:index] + plan.pending[index + 1:],
                    rejected=(*plan.rejected, Reject(mr_id, reason)),
-                   phase=_without(plan.phase, index))
+                   phase=_without(plan.phase, index, _fresh(plan)))
 
 
 # --------------------------------------------------------------------------- budget

@@ -111,6 +111,14 @@ class MergeSite:
     #: When the remote was last fetched (``time.monotonic()``), None: fetch next time
     #: (at start, and after a push found that the remote had moved).
     fetched_at: float | None = None
+    #: Seconds a chain's step takes (rebase one MR, gate it), a moving average of the
+    #: last ones; None until one ran. It sizes the next chain (``land_within``).
+    step_seconds: float | None = None
+
+    def note_step(self, seconds: float) -> None:
+        """A chain's step took ``seconds``: half the average, the other half the past."""
+        last = self.step_seconds
+        self.step_seconds = seconds if last is None else (last + seconds) / 2
 
     def config(self) -> RigConfig:
         return self.town.rig_config(self.rig)

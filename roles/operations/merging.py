@@ -15,6 +15,7 @@ Layer: operations, called by the refinery's role loop.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -55,9 +56,10 @@ class BatchState:
 
 
 async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeRequest], *,
-                   ahead: Ahead | None = None,
-                   speculated: Speculated | None = None) -> Finished:
-    """Drive one batch plan to its end; ``by_id`` loses each MR as it is settled.
+                   ahead: Ahead | None = None, speculated: Speculated | None = None,
+                   each: bool = False) -> Finished:
+    """Drive one batch plan (``each``: a chain) to its end; ``by_id`` loses each MR as it
+    is settled.
 
     With ``ahead`` (``merge_queue.speculative``), that next batch is gated on top of
     this one's whole-batch candidate meanwhile (:func:`speculate`). ``speculated`` is
@@ -75,14 +77,16 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
         state.tips.update(speculated.tips)  # the same commits: the result applies to them
     else:
         speculated = None
-    plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky)
-    tested: tuple[tuple[str, ...], str] | None = None
+    plan = start_plan(list(by_id), retry_flaky=config.merge_queue.retry_flaky, each=each)
+    #: The candidates that ran green on this base, by their MRs: a Land takes one.
+    green: dict[tuple[str, ...], str] = {}
     last_failure, last_tail = "gate failed", ""
     while True:
         action = next_action(plan)
         if isinstance(action, Finished):
             return action
         if isinstance(action, Test):
+            started = time.monotonic()
             candidate, conflict = await _stack(site, state, action.mrs, by_id)
             if conflict is not None:
                 mr_id, files = conflict
@@ -106,12 +110,20 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
             if not ok:
                 # The last red run holds the culprit (bisection only narrows onto it).
                 last_failure, last_tail = failure, tail
-            tested = (tuple(action.mrs), candidate)
+            else:
+                green[tuple(action.mrs)] = candidate
             plan = record_test(plan, ok)
+            if each:
+                site.note_step(time.monotonic() - started)
+                if ok and isinstance(next_action(plan), Test) and \
+                        await off_thread(git.is_pristine, site.clone):
+                    # The gates left the tree as they found it: the next MR is rebased
+                    # onto this candidate where it stands, no checkout, no clean.
+                    site.candidate_ready = candidate
         elif isinstance(action, Land):
-            assert tested is not None and tested[0] == tuple(action.mrs)
-            await _land(site, action.mrs, tested[1], state.base, by_id)
-            state = BatchState(base=tested[1])
+            candidate = green[tuple(action.mrs)]
+            await _land(site, action.mrs, candidate, state, by_id)
+            state, green = BatchState(base=candidate), {}
             plan = record_done(plan)
         elif isinstance(action, Reject):
             _log.info("culprit_found", mr=action.mr, plan_reason=action.reason)
@@ -264,15 +276,17 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
     return True, "", ""
 
 
-async def _land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str,
+async def _land(site: MergeSite, mrs: Sequence[str], candidate: str, state: BatchState,
                 by_id: dict[str, MergeRequest]) -> None:
-    """Land the tested candidate (:func:`.landing.land`), then record its MRs merged."""
-    await land(site, mrs, candidate, base)
-    for mr_id in mrs:
-        await site.store.call(site.store.store.merge_landed, mr_id, candidate)
+    """Land the tested candidate (:func:`.landing.land`), then record its MRs merged, each
+    as its own commit on the branch (the candidate is the last one's)."""
+    await land(site, mrs, candidate, state.base)
+    for count, mr_id in enumerate(mrs, start=1):
+        commit = state.tips.get(tuple(mrs[:count]), candidate)
+        await site.store.call(site.store.store.merge_landed, mr_id, commit)
         by_id.pop(mr_id, None)
         site.state.merged += 1
-        _log.info("mr_merged", mr=mr_id, commit=short(candidate))
+        _log.info("mr_merged", mr=mr_id, commit=short(commit))
 
 
 async def fail_batch(site: MergeSite, by_id: dict[str, MergeRequest], reason: str) -> None:

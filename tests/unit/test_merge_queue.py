@@ -75,6 +75,7 @@ def drive(plan: Plan, gate: Gate, drops: Sequence[tuple[int, int]] = ()) -> Run:
     mrs = set(plan.pending)
     main: list[str] = []
     known_red: set[tuple[str, ...]] = set()
+    greens: set[tuple[str, ...]] = set()  # candidates tested green
     last_green: tuple[str, ...] | None = None
     previous: Action | None = None
     dropped: list[str] = []
@@ -95,14 +96,22 @@ def drive(plan: Plan, gate: Gate, drops: Sequence[tuple[int, int]] = ()) -> Run:
                 passed = gate(candidate)
                 trace.append(f"test {' '.join(stacked)}: {'green' if passed else 'red'}")
                 last_green = candidate if passed else None
-                if not passed:
+                if passed:
+                    greens.add(candidate)
+                else:
                     known_red.add(candidate)
                 plan = record_test(plan, passed)
             case Land(landing):
-                assert isinstance(previous, Test) and previous.mrs == landing
-                assert last_green == (*main, *landing), "main may only move to a green candidate"
+                if plan.each:
+                    # A chain: every commit it lands was gated as it lands.
+                    for count in range(1, len(landing) + 1):
+                        assert (*main, *landing[:count]) in greens, "each commit gated"
+                else:
+                    assert isinstance(previous, Test) and previous.mrs == landing
+                    assert last_green == (*main, *landing), "main moves to a green candidate"
                 main.extend(landing)
                 last_green = None
+                greens.clear()  # the base moved
                 trace.append(f"land {' '.join(landing)}")
                 plan = record_done(plan)
             case Reject(mr, reason):
