@@ -202,8 +202,10 @@ def _mr_not_on_main(world: World, mr: dict[str, Any], main: str) -> list[str]:
     return out
 
 
-def check_main(world: World) -> dict[str, list[str]]:
-    """main_backwards and untested_on_main, from the reflogs of the remote and the clone."""
+def check_main(world: World, *, each_gated: bool = False) -> dict[str, list[str]]:
+    """main_backwards and untested_on_main, from the reflogs of the remote and the clone;
+    with ``each_gated`` (batches of one), also every commit on the remote's main, not
+    only those main was set to (a chain pushes several gated commits at once)."""
     found: dict[str, list[str]] = {"main_backwards": [], "untested_on_main": []}
     passed = passed_trees(world)
     tips: dict[str, str] = {}
@@ -228,6 +230,13 @@ def check_main(world: World) -> dict[str, list[str]]:
         if tree not in passed:
             found["untested_on_main"].append(f"{where}: main was set to {tip[:10]}, whose "
                                              "tree no gate passed")
+    if each_gated:
+        log = _git(world.remote, "log", "--format=%H %T", f"{world.initial}..{final}")
+        for line in log.splitlines():
+            commit, tree = line.split()
+            if tree not in passed and commit not in tips:
+                found["untested_on_main"].append(f"remote: {commit[:10]} is on main, with "
+                                                 "batches of one, and no gate passed its tree")
     return found
 
 

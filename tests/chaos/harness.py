@@ -385,7 +385,8 @@ class Run:
         self.record.stats = checks.stats(world, beads)
         for kind, lines in checks.check_work(world, beads, mrs).items():
             self.record.add(kind, lines)
-        for kind, lines in checks.check_main(world).items():
+        each_gated = self.plan.batch_size == "1"
+        for kind, lines in checks.check_main(world, each_gated=each_gated).items():
             self.record.add(kind, lines)
         if converged:
             self.record.add("stranded_bead", checks.check_beads(beads, polecats, mrs))

@@ -120,9 +120,18 @@ def test_checks_catch_each_kind_of_damage() -> None:
             [lost[:10], unrecorded[:10]])
         assert len(work["double_patch"]) == 1
         assert len(work["merged_not_on_main"]) == 3
+        # Two commits pushed at once (as a chain is): the first was never main's tip.
+        tree = git("rev-parse", "main^{tree}", cwd=clone).strip()
+        first = git("commit-tree", tree, "-p", "main", "-m", "first", cwd=clone).strip()
+        second = git("commit-tree", tree, "-p", first, "-m", "second", cwd=clone).strip()
+        git("push", "-q", "origin", f"{second}:refs/heads/main", cwd=clone)
         main = checks.check_main(world)
         assert any("not a fast-forward" in line for line in main["main_backwards"])
         assert main["untested_on_main"]
+        each = checks.check_main(world, each_gated=True)["untested_on_main"]
+        assert [line for line in each if "with batches of one" in line] == [
+            f"remote: {first[:10]} is on main, with batches of one, and no gate passed "
+            "its tree"]
         orphans = checks.check_orphans(world, [], census(world))
         assert any("worktree of no polecat" in line for line in orphans)
         assert any("polecat/stray" in line for line in orphans)
