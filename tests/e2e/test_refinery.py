@@ -245,6 +245,10 @@ def test_batch_of_16_with_one_bad_bisects_within_budget(cli: Cli, town: Path, fe
     assert len(runs.read_text().split()) <= 2 + 2 * 4
     files = git("ls-tree", "--name-only", "main", cwd=clone(town)).split()
     assert "bad.txt" not in files and sum(f.startswith("good") for f in files) == 15
+    # Each MR is recorded at its own commit on main, not at its batch's last.
+    subjects = dict(line.split(" ", 1) for line in main_log(clone(town)))
+    assert all(subjects[str(found[bead]["merged_commit"])] == f"edit good{i}.txt"
+               for i, (bead, _) in enumerate(polecats) if i != 9)
 
 
 def test_auto_batch_size_grows_and_bisects_out_the_bad_one(cli: Cli, town: Path,
