@@ -105,7 +105,10 @@ async def run_plan(site: MergeSite, config: RigConfig, by_id: dict[str, MergeReq
                 ok, failure, tail = await _gate_and_speculate(site, config, action.mrs,
                                                               candidate, ahead)
             else:
-                ok, failure, tail = await _gate(site, config, action.mrs, candidate)
+                # A chain's step gates one MR more: only its record says so (the ones
+                # before it keep their own candidate and log).
+                ok, failure, tail = await _gate(site, config, action.mrs, candidate,
+                                                marked=action.mrs[-1:] if each else None)
             speculated = None
             if not ok:
                 # The last red run holds the culprit (bisection only narrows onto it).
@@ -230,10 +233,13 @@ async def _stack(site: MergeSite, state: BatchState, mrs: Sequence[str],
 
 
 async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
-                candidate: str, *, checkout: Path | None = None) -> tuple[bool, str, str]:
+                candidate: str, *, checkout: Path | None = None,
+                marked: Sequence[str] | None = None) -> tuple[bool, str, str]:
     """Run the gates on ``candidate`` in ``checkout`` (the refinery's own by default):
-    (passed, ``gate <name> (<why>)``, output tail)."""
+    (passed, ``gate <name> (<why>)``, output tail). The records of ``marked`` (default:
+    all ``mrs``) say they are being gated, on this candidate, with this log."""
     store = site.store
+    marked = list(mrs if marked is None else marked)
     own = checkout is None
     where = site.clone if checkout is None else checkout
     ready = own and site.candidate_ready == candidate  # rebased here, still pristine
@@ -243,7 +249,7 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
         await off_thread(git.checkout_detached, where, candidate)
     log_path = site.town.logs_dir / "mq" / f"{site.rig}-{mrs[-1]}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    await store.call(store.store.set_merge_step, list(mrs), "gating",
+    await store.call(store.store.set_merge_step, marked, "gating",
                      candidate=candidate, log_path=str(log_path))
     if own:
         fault_point(site.role, "merge.before_gates")
@@ -260,7 +266,7 @@ async def _gate(site: MergeSite, config: RigConfig, mrs: Sequence[str],
             _log.info("gate_started", gate=name, mrs=list(mrs), candidate=short(candidate),
                       speculative=not own)
             nursery.start_soon(partial(store.call, store.store.set_merge_step,
-                                       list(mrs), "gating", gate=name))
+                                       marked, "gating", gate=name))
 
         results = await run_gates(gates, cwd=where,
                                   log_path=log_path, env=env, on_gate=on_gate)

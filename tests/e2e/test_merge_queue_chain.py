@@ -77,6 +77,9 @@ def test_mrs_ready_together_are_gated_each_and_pushed_together(
     assert [len(mrs) for _, mrs in out.runs] == [1, 1, 2, 3, 4, 5, 6, 7]
     assert out.pushes == 2
     assert [out.mrs[b]["merged_commit"] for b in out.beads] == out.landed
+    # Each MR's record names the log of its own gate run.
+    assert all(str(out.mrs[b]["log"]).endswith(f"-{out.mrs[b]['id']}.log")
+               for b in out.beads)
 
 
 def test_a_red_mr_in_a_chain_lands_those_before_and_the_rest_goes_on(
