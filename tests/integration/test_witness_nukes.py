@@ -70,5 +70,9 @@ async def test_what_outlives_a_nuked_session_is_stopped_by_the_batch_search(
                 await world.wait_event("polecat_nuked", polecat=polecat.name)
                 await until(lambda: not processes_with_env(identity),
                             what="the daemon to be stopped")
+                # The sweep reports once its search returns, which may be after the
+                # daemon is gone: leaving the block before would cancel the report.
+                await until(lambda: any(e.get("event") == "strays_stopped" for e in logs),
+                            what="the sweep's report")
         (swept,) = [e for e in logs if e.get("event") == "strays_stopped"]
         assert swept["polecats"] == [polecat.name]
