@@ -242,11 +242,13 @@ async def land(site: MergeSite, mrs: Sequence[str], candidate: str, base: str) -
     branch, recorded as not pushed yet, and pushed again after every later batch.
     The caller records the MRs as merged.
 
-    The push is verified by the remote-tracking branch, which git moves only on the
-    remote's report that it took the commit; ``ls-remote`` (a second connection to the
-    remote) only when that branch does not follow (a clone without the usual fetch
-    refspec). The local branch moves by ``update-ref`` from ``base``: the checkout is
-    on the candidate already, and the batch's clean checks the branch out after.
+    The push is verified by the remote's own report of the ref (``push --porcelain``,
+    :attr:`~gastown.roles.adapters.git_push.PushOutcome.confirmed`); without that line,
+    by the remote-tracking branch git moves on the same report; ``ls-remote`` (a second
+    connection to the remote) only when that branch does not follow either (a clone
+    without the usual fetch refspec). The local branch moves by ``update-ref`` from
+    ``base``: the checkout is on the candidate already, and the batch's clean checks the
+    branch out after.
     """
     branch = site.config().default_branch
     store, clone = site.store, site.clone
