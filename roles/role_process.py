@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -49,6 +49,7 @@ from .role_context import Behaviour, RoleContext, bus_path
 
 if TYPE_CHECKING:
     from ..supervisor.bus.client import BusClient
+    from .adapters.town_lock import RoleLock
 
 ROLE_KINDS = ("mayor", "witness", "refinery")
 RECONNECT_MAX_DELAY = 2.0
@@ -201,7 +202,7 @@ def _lock_timeout_default() -> float:
         return ROLE_LOCK_TIMEOUT
 
 
-def _take_role_lock(town: Town, role: str, timeout: float) -> Any:
+def _take_role_lock(town: Town, role: str, timeout: float) -> RoleLock | None:
     """Hold the role's instance lock for the process's life; None if another kept it."""
     from .adapters.town_lock import RoleLocked, acquire_role_lock
 

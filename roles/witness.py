@@ -35,6 +35,7 @@ from ..supervisor.bus.protocol import BusMessage
 from ..supervisor.bus.requests import Bare, Reply, Request
 from .adapters import log
 from .adapters.async_store import AsyncStore, OperationLocks
+from .adapters.sessions import SessionInfo
 from .adapters.store import Polecat
 from .core.errors import GastownError
 from .core.events import CrewUpdated
@@ -274,21 +275,20 @@ class Witness:
         info = session_info(polecat)
         if info is None:
             return
-        current = self._watched.get(polecat.name)
-        if current is not None and current[0] == info.pid:
-            return
-        if current is not None:
-            current[1].cancel()
+        if (current := self._watched.get(polecat.name)) is not None:
+            if current[0] == info.pid:
+                return  # already watched
+            current[1].cancel()  # a new session (a respawn): watch it instead
         scope = trio.CancelScope()
         self._watched[polecat.name] = (info.pid, scope)
         assert self._nursery is not None
-        self._nursery.start_soon(self._watch_session, polecat, scope)
+        self._nursery.start_soon(self._watch_session, polecat, info, scope)
         if info.backend == "tmux" and self.agents.screen_kind(polecat) is not None:
             self._nursery.start_soon(self.agents.tend_start, polecat, info)
 
-    async def _watch_session(self, polecat: Polecat, scope: trio.CancelScope) -> None:
+    async def _watch_session(self, polecat: Polecat, info: SessionInfo,
+                             scope: trio.CancelScope) -> None:
         """Wait for the agent process to exit (its pidfd turns readable), then react."""
-        info = session_info(polecat)
         with scope:
             try:
                 pidfd = os.pidfd_open(info.pid)

@@ -18,7 +18,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..adapters.agent_homes import agent_home
 from ..adapters.agents import (
@@ -37,6 +37,9 @@ from ..adapters.town import Town
 from ..core.errors import NotFound
 from .agent_turns import SESSION_START_MARK
 from .setup import bootstrap_env
+
+if TYPE_CHECKING:
+    from ..adapters.sessions import SessionInfo
 
 
 def prompt_path(town: Town, rig: str, name: str) -> Path:
@@ -83,7 +86,7 @@ def session_output_tail(town: Town, polecat: Polecat, lines: int = TAIL_LINES) -
     return "\n".join(kept[-lines:]) or None
 
 
-def session_info(polecat: Polecat) -> Any:
+def session_info(polecat: Polecat) -> SessionInfo | None:
     """The recorded session of ``polecat`` as a ``SessionInfo``, or None."""
     if not polecat.session:
         return None
@@ -107,7 +110,7 @@ def write_atomic(path: Path, text: str) -> None:
 
 def start_agent_session(town: Town, store: Store, polecat: Polecat, *,
                         note: str | None = None, respawn: bool = False,
-                        process: str | None = None, resume: bool = False) -> Any:
+                        process: str | None = None, resume: bool = False) -> SessionInfo:
     """Start ``polecat``'s agent session in its worktree and record it; returns its info.
 
     With ``resume`` (a respawn, a nudge) an agent that can continue its conversation is

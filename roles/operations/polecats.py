@@ -22,7 +22,7 @@ a sling is either queued or failed, never both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..adapters import git
 from ..adapters.agents import (
@@ -48,6 +48,9 @@ from .polecat_sessions import (
 from .pool_setup import prepared_for_sling
 from .setup import SetupFailed, discard_setup, polecat_setup
 from .worktree_pool import take, worktree_gitdir
+
+if TYPE_CHECKING:
+    from ..adapters.sessions import SessionInfo
 
 
 def spawn_polecat(town: Town, store: Store, sling: Sling, *, process: str = "mayor",
@@ -188,7 +191,7 @@ def recover_spawning(town: Town, store: Store) -> list[str]:
     return done
 
 
-def respawn_session(town: Town, store: Store, rig: str, name: str) -> Any:
+def respawn_session(town: Town, store: Store, rig: str, name: str) -> SessionInfo:
     """Start a stalled polecat's agent again in the same worktree, told what happened."""
     from ..core.lifecycle import Respawned
 
