@@ -114,13 +114,13 @@ class MergeRequest:
     base: str | None
     created_at: float
     updated_at: float
+    #: ``polecat`` (``polecat`` names the polecat) or ``crew`` (it names the crew workspace).
+    kind: str = "polecat"
     step: str | None = None
     gate: str | None = None
     candidate: str | None = None
     merged_commit: str | None = None
     log_path: str | None = None
-    #: ``polecat`` (``polecat`` names the polecat) or ``crew`` (it names the crew workspace).
-    kind: str = "polecat"
     #: The failing output tail of a rejection.
     tail: str | None = None
     #: The steps so far: ``[{"step", "gate", "at"}]`` (``mq show`` prints their timings).
@@ -164,10 +164,11 @@ class Event:
     seq: int
     ts: float
     kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+    #: The columns an event is filed under (``feed --rig``/``--bead`` select on them).
     rig: str | None = None
     polecat: str | None = None
     bead: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"seq": self.seq, "ts": self.ts, "kind": self.kind}

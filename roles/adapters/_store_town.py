@@ -51,6 +51,15 @@ _LIVE_MARKS: Final = ", ".join("?" * len(LIVE_POLECAT_STATES))
 
 
 @dataclass(frozen=True)
+class BeadWork:
+    """A bead's polecats (live or kept), merge requests, and queued slings."""
+
+    polecats: list[Polecat]
+    merge_requests: list[MergeRequest]
+    queued_slings: list[QueuedSling]
+
+
+@dataclass(frozen=True)
 class QueuedSling:
     """A queued sling and its place in the mayor's queue (1 = next)."""
 
@@ -58,15 +67,6 @@ class QueuedSling:
     sling: Sling
     #: Why it may not be dispatched yet (its bead's needs), None when it is ready.
     waiting: str | None = None
-
-
-@dataclass(frozen=True)
-class BeadWork:
-    """A bead's polecats (live or kept), merge requests, and queued slings."""
-
-    polecats: list[Polecat]
-    merge_requests: list[MergeRequest]
-    queued_slings: list[QueuedSling]
 
 
 class TownLedger(NeedsLedger):

@@ -55,7 +55,23 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class TownConfig:
+    """``town.toml``: town-level bead prefix, default agent, polecat cap, and the tables below."""
+
+    prefix: str
+    default_agent: str
+    max_polecats: int
+    sessions: SessionsConfig
+    supervisor: SupervisorConfig
+    logging: LoggingConfig
+    agents: dict[str, AgentConfig]
+
+
+@dataclass(frozen=True)
 class SessionsConfig:
+    """``[sessions]``: where agent sessions run and how long a real agent may take to start
+    or sit idle at its prompt."""
+
     backend: SessionBackend
     start_timeout: Seconds
     idle_turn_after: Seconds
@@ -63,6 +79,8 @@ class SessionsConfig:
 
 @dataclass(frozen=True)
 class SupervisorConfig:
+    """``[supervisor]``: how role processes are stopped, and restarted after a crash."""
+
     stop_timeout: Seconds
     restart_delay: Seconds
     restart_max_delay: Seconds
@@ -73,20 +91,11 @@ class SupervisorConfig:
 
 @dataclass(frozen=True)
 class LoggingConfig:
+    """``[logging]``: the level of the role logs and their rotation."""
+
     level: LogLevel
     max_bytes: int
     backups: int
-
-
-@dataclass(frozen=True)
-class TownConfig:
-    prefix: str
-    default_agent: str
-    max_polecats: int
-    sessions: SessionsConfig
-    supervisor: SupervisorConfig
-    logging: LoggingConfig
-    agents: dict[str, AgentConfig]
 
 
 GATE_TIMEOUT: Seconds = Seconds(600.0)
@@ -125,17 +134,20 @@ BatchSize = int | Literal["auto"]
 
 @dataclass(frozen=True)
 class MergeQueueConfig:
+    """``[merge_queue]``: how the refinery gates and lands merge requests."""
+
     batch_size: BatchSize
     on_conflict: OnConflict
     retry_flaky: int
     push_retries: int
-    gates: tuple[GateConfig, ...]
     #: Gate the next batch on top of the running one, in a second checkout.
     speculative: bool = False
     #: With batches of one (and not speculative): how much later a gated MR may land so
     #: that the MRs queued behind it are gated on top of it, each on its own, and pushed
     #: with it (:func:`~gastown.roles.core.merge_queue.chain_limit`); 0: each alone.
     land_within: Seconds = LAND_WITHIN
+    #: ``[[merge_queue.gates]]``: the commands a candidate must pass, in order.
+    gates: tuple[GateConfig, ...] = ()
     #: Run in the gate checkout before the gates (as a first gate named ``setup``).
     setup: SetupConfig = field(default_factory=SetupConfig)
 
