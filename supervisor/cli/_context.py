@@ -31,7 +31,7 @@ def town_of(args: argparse.Namespace) -> Town:
 #: The commands that work on a town whose town.toml is broken, so that it can be looked
 #: at and stopped (``reload`` asks the supervisor, which refuses the broken file itself).
 #: They print one warning line; every other command stops with the error, on one line.
-CONFIG_OPTIONAL = frozenset(f"gastown.supervisor.cli.{handler}" for handler in (
+CONFIG_OPTIONAL = frozenset((
     "_lifecycle:cmd_status", "_lifecycle:cmd_down", "_observe:cmd_logs", "_observe:cmd_feed",
     "_doctor:cmd_doctor"))
 
