@@ -278,7 +278,7 @@ class Witness:
         if (current := self._watched.get(polecat.name)) is not None:
             if current[0] == info.pid:
                 return  # already watched
-            current[1].cancel()  # a new session (a respawn): watch it instead
+            current[1].cancel()  # a new session (respawned, restarted): watch that one
         scope = trio.CancelScope()
         self._watched[polecat.name] = (info.pid, scope)
         assert self._nursery is not None

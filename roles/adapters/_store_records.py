@@ -165,7 +165,7 @@ class Event:
     ts: float
     kind: str
     data: Mapping[str, Any] = field(default_factory=dict)
-    #: The columns an event is filed under (``feed --rig``/``--bead`` select on them).
+    #: The ``events`` table's own columns: what the event concerns, where it names it.
     rig: str | None = None
     polecat: str | None = None
     bead: str | None = None
