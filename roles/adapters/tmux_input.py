@@ -122,14 +122,15 @@ def capture(info: SessionInfo) -> str:
     return _capture(_tmux_binary(), info, _pane(info))
 
 
-def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome:
+def answer_dialogs(info: SessionInfo, kind: str, timeout: float, *,
+                   resend: float = DIALOG_RESEND) -> StartOutcome:
     """Watch a starting agent until it is ready or busy, answering known dialogs on the way.
 
     Each recognised dialog gets its keys once per appearance (an appearance ends when
     another screen is seen); a dialog still shown after that is left alone, because a
     late key would land on the *next* dialog (a stray Enter at Claude's API-key dialog
     rejects the key), unless its screen stays exactly as it was when the keys went for
-    :data:`DIALOG_RESEND` seconds: then they were lost, and are sent again (at most
+    ``resend`` seconds (:data:`DIALOG_RESEND`): then they were lost, and are sent again (at most
     :data:`DIALOG_SENDS` times). ``ready`` must hold :data:`READY_SETTLE` seconds;
     ``busy`` ends the wait at once. Returns ``exited`` as soon as the pane is gone,
     ``unknown`` at a recognised failure (``problem``) or when ``timeout`` passes.
@@ -182,7 +183,7 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float) -> StartOutcome
             since = None
         if screen.state == "dialog" and screen.dialog is not None:
             lost = (shown == screen.dialog.name and text == sent[0]
-                    and now - sent[1] >= DIALOG_RESEND and sent[2] < DIALOG_SENDS)
+                    and now - sent[1] >= resend and sent[2] < DIALOG_SENDS)
             if shown != screen.dialog.name or lost:
                 try:
                     _send_keys(tmux, info, *screen.dialog.keys)

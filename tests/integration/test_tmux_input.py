@@ -167,14 +167,14 @@ def test_a_dialog_is_answered_once_per_appearance(starter: Starter, tmp_path: Pa
 
 def test_a_dialog_that_did_not_get_its_key_gets_it_again(starter: Starter,
                                                          tmp_path: Path) -> None:
-    """The same dialog, unchanged on screen for ``DIALOG_RESEND`` seconds after its key:
-    the key was lost (Codex's trust dialog under load, drawn before its input was read),
-    so it is sent again, and the start goes on."""
+    """The same dialog, unchanged on screen for ``resend`` seconds after its key (by
+    default ``DIALOG_RESEND``; 2 s here): the key was lost (Codex's trust dialog under
+    load, drawn before its input was read), so it is sent again, and the start goes on."""
     # The replay takes the first Enter and draws the very same screen again: to the
     # watcher, a dialog that ignored its key.
     info, keys = replay(starter, tmp_path, "codex_trust.txt", "codex_trust.txt",
                         "codex_ready.txt")
-    outcome = answer_dialogs(info, "codex", timeout=30 + tmux_input.DIALOG_RESEND)
+    outcome = answer_dialogs(info, "codex", timeout=30, resend=2.0)
     assert outcome.kind == "ready", outcome
     assert outcome.dialogs == ("codex-trust",)
     assert keys_received(keys) == [r"b'\r'", r"b'\r'"]
