@@ -76,7 +76,11 @@ def patch_ids(repo: Path, *revs: str) -> dict[str, str]:
     return ids
 
 
-def _mr_patches(clone: Path, mr: MergeRequest) -> dict[str, str] | str:
+#: An MR's commits and their patch ids, or why they cannot be read.
+MrPatches = dict[str, str] | str
+
+
+def _mr_patches(clone: Path, mr: MergeRequest) -> MrPatches:
     """The MR's commits and their patch ids, read in the clone (or why they cannot be)."""
     assert mr.head is not None
     if subprocess.run(["git", "cat-file", "-e", f"{mr.head}^{{commit}}"], cwd=clone,
@@ -86,7 +90,11 @@ def _mr_patches(clone: Path, mr: MergeRequest) -> dict[str, str] | str:
     return patch_ids(clone, *spec)
 
 
-def _merged_problems(store: Store, rig: Rig, clone: Path, repo: Path) -> list[str]:
+def _merged_problems(store: Store, rig: Rig, clone: Path, repo: Path,
+                     mr_patches: dict[str, MrPatches] | None = None) -> list[str]:
+    """``repo``'s default branch against the merged MRs; ``mr_patches`` keeps what was read
+    of each MR in the clone, for a second repository checked against the same MRs."""
+    mr_patches = {} if mr_patches is None else mr_patches
     branch = rig.default_branch
     on_main = patch_ids(repo, branch)
     problems = []
@@ -99,7 +107,9 @@ def _merged_problems(store: Store, rig: Rig, clone: Path, repo: Path) -> list[st
     for mr in store.merge_requests(rig.name):
         if mr.state != "merged" or not mr.head:
             continue
-        patches = _mr_patches(clone, mr)
+        if mr.id not in mr_patches:
+            mr_patches[mr.id] = _mr_patches(clone, mr)
+        patches = mr_patches[mr.id]
         if isinstance(patches, str):
             problems.append(patches)
             continue
@@ -158,9 +168,10 @@ def check_invariants(town: Path, rig: str) -> None:
                 main_never_moved_backwards(repo, branch)
             except AssertionError as exc:
                 problems.append(str(exc))
-        problems += _merged_problems(store, record, clone, clone)
+        mr_patches: dict[str, MrPatches] = {}
+        problems += _merged_problems(store, record, clone, clone, mr_patches)
         if remote is not None and record.push_error is None and record.mq_paused is None:
-            problems += _merged_problems(store, record, clone, remote)
+            problems += _merged_problems(store, record, clone, remote, mr_patches)
     assert not problems, f"rig {rig}: " + "\n".join(problems)
 
 
