@@ -130,10 +130,11 @@ def answer_dialogs(info: SessionInfo, kind: str, timeout: float, *,
     another screen is seen); a dialog still shown after that is left alone, because a
     late key would land on the *next* dialog (a stray Enter at Claude's API-key dialog
     rejects the key), unless its screen stays exactly as it was when the keys went for
-    ``resend`` seconds (:data:`DIALOG_RESEND`): then they were lost, and are sent again (at most
-    :data:`DIALOG_SENDS` times). ``ready`` must hold :data:`READY_SETTLE` seconds;
-    ``busy`` ends the wait at once. Returns ``exited`` as soon as the pane is gone,
-    ``unknown`` at a recognised failure (``problem``) or when ``timeout`` passes.
+    ``resend`` seconds (by default :data:`DIALOG_RESEND`): then they were lost, and are
+    sent again (at most :data:`DIALOG_SENDS` times). ``ready`` must hold
+    :data:`READY_SETTLE` seconds; ``busy`` ends the wait at once. Returns ``exited`` as
+    soon as the pane is gone, ``unknown`` at a recognised failure (``problem``) or when
+    ``timeout`` passes.
 
     Raises:
         SessionError: not a tmux session; tmux hung.
