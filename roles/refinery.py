@@ -155,8 +155,12 @@ class Refinery:
         # when the queue is longer than one and the gates are quick (``land_within``).
         chain = mq.batch_size == 1 and not mq.speculative and mq.land_within > 0
         # The head of the queue: this batch, and the next one gated ahead of it.
-        cap = CHAIN_CAP if chain else AUTO_BATCH_CAP if mq.batch_size == "auto" \
-            else mq.batch_size
+        if chain:
+            cap = CHAIN_CAP
+        elif mq.batch_size == "auto":
+            cap = AUTO_BATCH_CAP
+        else:
+            cap = mq.batch_size
         queued = await self.store.call(self.store.store.merge_requests_in, self.rig,
                                        ["queued"], 2 * cap)
         # The batch gated ahead during the previous one: already running, taken first.
@@ -176,8 +180,10 @@ class Refinery:
         if ahead is not None:
             batch, speculated = list(ahead.by_id.values()), ahead.result
         else:
-            size = chain_limit(mq.land_within, site.step_seconds, len(queued)) if chain \
-                else batch_limit(mq.batch_size, self._auto, len(queued))
+            if chain:
+                size = chain_limit(mq.land_within, site.step_seconds, len(queued))
+            else:
+                size = batch_limit(mq.batch_size, self._auto, len(queued))
             batch = next_batch(queued, size)
             await self.store.call(self.store.store.start_merge_requests,
                                   [mr.id for mr in batch])
