@@ -44,13 +44,21 @@ else
 endif
 
 ## test: lint, type-check and the whole test suite
-test: $(STAMP) lint typecheck agent-clis
+test: $(STAMP) lint agent-clis
+	# The type-check runs beside the tests: one core for a few seconds while the workers
+	# start, instead of as many seconds before them. Its report follows the tests', and
+	# either failing fails the target.
+	#
 	# Three workers on 2 cores, each taking the next test when it is free, longest first
 	# (tests/schedule.py: the long e2e tests overlap with the rest instead of ending the
 	# run alone). The suite is bound by CPU: four workers in this order were no faster
 	# (196 s against 180-199 s, 375 CPU-s against 300-350) and leave the towns' processes
 	# shorter of CPU, where timing-sensitive tests failed now and then.
-	$(BIN)/python -m pytest -q -n 3 --dist load --maxschedchunk 1 tests
+	@mkdir -p build; \
+	$(MAKE) --no-print-directory typecheck >build/typecheck.log 2>&1 & typecheck=$$!; \
+	$(BIN)/python -m pytest -q -n 3 --dist load --maxschedchunk 1 tests; tests=$$?; \
+	wait $$typecheck; typed=$$?; echo "== typecheck"; cat build/typecheck.log; \
+	[ $$tests -eq 0 ] && [ $$typed -eq 0 ]
 
 ## test-durations: run the suite and record each test's duration for the longest-first order
 test-durations: $(STAMP) agent-clis
