@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -74,16 +76,42 @@ def git(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
+#: Repositories built once per test process, by (branch, files); tests get copies.
+_TEMPLATES: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Path, Path]] = {}
+
+
+def _template(branch: str, files: Mapping[str, str]) -> tuple[Path, Path]:
+    """(working repository, bare clone of it) with ``files`` committed on ``branch``.
+
+    Hundreds of tests each start from such a pair: building it takes five git processes,
+    copying it none. A copy is the same repository (git keeps no absolute path inside
+    one, but for the bare clone's ``remote.origin.url``, which :func:`make_remote`
+    points at the copy's own source)."""
+    key = (branch, tuple(sorted(files.items())))
+    if key not in _TEMPLATES:
+        root = Path(tempfile.mkdtemp(prefix="gastown-test-repos-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)
+        src, bare = root / "src", root / "bare.git"
+        src.mkdir()
+        git("init", "-q", "-b", branch, cwd=src)
+        for name, text in files.items():
+            target = src / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        # No automatic gc: one detached after the commit (thousands of files are enough
+        # to start it) would pack and delete loose objects while they are being copied.
+        git("add", "-A", cwd=src)
+        git("-c", "gc.auto=0", "commit", "-q", "-m", "initial commit", cwd=src)
+        git("clone", "-q", "--bare", str(src), str(bare), cwd=root)
+        git("config", "core.logAllRefUpdates", "always", cwd=bare)
+        _TEMPLATES[key] = (src, bare)
+    return _TEMPLATES[key]
+
+
 def make_repo(path: Path, *, branch: str = "main", files: Mapping[str, str] | None = None) -> Path:
     """A real git repository at ``path`` with one commit on ``branch``."""
-    path.mkdir(parents=True)
-    git("init", "-q", "-b", branch, cwd=path)
-    for name, text in (files or {"README.md": "hello\n"}).items():
-        target = path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    git("add", "-A", cwd=path)
-    git("commit", "-q", "-m", "initial commit", cwd=path)
+    src, _ = _template(branch, files or {"README.md": "hello\n"})
+    shutil.copytree(src, path)
     return path
 
 
@@ -92,11 +120,15 @@ def make_remote(path: Path, *, branch: str = "main",
     """A bare repository at ``path`` with one commit on ``branch``: what a rig pushes to.
 
     (``rig add`` refuses a working copy with the branch checked out.) Its reflog records
-    every update, for ``tests/invariants.py``.
+    every update, for ``tests/invariants.py``. Its source repository is beside it, named
+    ``<name>-src``.
     """
-    src = make_repo(path.with_name(path.name + "-src"), branch=branch, files=files)
-    git("clone", "-q", "--bare", str(src), str(path), cwd=path.parent)
-    git("config", "core.logAllRefUpdates", "always", cwd=path)
+    src, bare = _template(branch, files or {"README.md": "hello\n"})
+    shutil.copytree(src, path.with_name(path.name + "-src"))
+    shutil.copytree(bare, path)
+    config = path / "config"
+    config.write_text(config.read_text().replace(
+        f"url = {src}\n", f"url = {path.with_name(path.name + '-src')}\n"))
     return path
 
 

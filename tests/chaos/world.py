@@ -189,14 +189,17 @@ def _environ(pid: int) -> set[bytes]:
         return set()
 
 
-def live_pids() -> list[int]:
-    pids = []
+def _live_stats() -> dict[int, tuple[str, int]]:
+    """(state, ppid) of every live process but kernel threads (kthreadd, pid 2, and its
+    children): the chaos loop takes a census several times a second."""
+    stats = {}
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = _stat(int(entry))
-            if stat is not None and stat[0] not in ("Z", "X"):
-                pids.append(int(entry))
-    return pids
+        if not entry.isdigit() or entry == "2":
+            continue
+        stat = _stat(int(entry))
+        if stat is not None and stat[0] not in ("Z", "X") and stat[1] != 2:
+            stats[int(entry)] = stat
+    return stats
 
 
 @dataclass
@@ -236,11 +239,8 @@ def census(world: World) -> Census:
     cmdlines: dict[int, list[str]] = {}
     parents: dict[int, int] = {}
     me = os.getpid()
-    for pid in live_pids():
+    for pid, stat in _live_stats().items():
         if pid == me:
-            continue
-        stat = _stat(pid)
-        if stat is None:
             continue
         parents[pid] = stat[1]
         cmd = _cmdline(pid)

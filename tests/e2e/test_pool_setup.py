@@ -3,7 +3,7 @@ through the real CLI and a real town: the setup runs when a pool tree is prepare
 at sling.
 
 The setup command appends one line per run to a file outside the worktrees (``runs``):
-the folder it ran in and ``GASTOWN_SLOT`` (``-`` when unset), and takes a second. A pool
+the folder it ran in and ``GASTOWN_SLOT`` (``-`` when unset), and takes a moment. A pool
 tree's git directory is named ``-busy-<name>`` (see tests/e2e/test_worktree_pool.py).
 """
 
@@ -39,9 +39,9 @@ from tests.e2e.town_helpers import (
 
 
 def recording(runs: Path, tail: str = "") -> str:
-    """A setup command that records its run (folder and slot), takes a second, and
+    """A setup command that records its run (folder and slot), takes a moment, and
     leaves an ignored file (``.venv/made``)."""
-    return (f'echo "$PWD ${{GASTOWN_SLOT:--}}" >> {runs}; sleep 1; mkdir -p .venv; '
+    return (f'echo "$PWD ${{GASTOWN_SLOT:--}}" >> {runs}; sleep 0.3; mkdir -p .venv; '
             f'echo made > .venv/made{tail}')
 
 
