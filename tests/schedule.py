@@ -1,12 +1,14 @@
-"""Longest tests first: the order the suite's workers take tests in (a pytest plugin).
+"""Longest tests first, and the waiting lane: which tests the suite's workers take, and
+when (a pytest plugin).
 
-``make test`` runs three workers on two cores. In file order the long end-to-end tests
-(a real agent CLI's demo, a chaos run, a 16-MR bisection: 10-20 s each) come wherever
-their file sorts, and the last of them set the suite's wall time while the other workers
-sit idle. Started first, they overlap with everything else, and the run ends on unit
-tests of a few milliseconds: the classic longest-processing-time-first rule, with
-``--dist load --maxschedchunk 1`` so that a worker takes the next test only when it is
-free.
+``make test`` runs four workers on two cores: three take tests as below, the fourth the
+tests that mostly wait (:data:`WAITS`, :class:`WaitingLane`). In file order the long
+end-to-end tests (a real agent CLI's demo, a chaos run, a 16-MR bisection: 10-20 s each)
+come wherever their file sorts, and the last of them set the suite's wall time while the
+other workers sit idle. Started first, they overlap with everything else, and the run
+ends on unit tests of a few milliseconds: the classic longest-processing-time-first rule,
+with ``--dist load --maxschedchunk 1`` so that a worker takes the next tests only when it
+is short of them.
 
 The durations come from an earlier run, kept in ``tests/durations.json`` (``pytest
 --record-durations tests/durations.json`` rewrites it; ``make test-durations``). A test
@@ -24,6 +26,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
+from xdist.scheduler import LoadScheduling  # type: ignore[import-untyped]
+from xdist.workermanage import WorkerController  # type: ignore[import-untyped]
 
 DURATIONS = Path(__file__).with_name("durations.json")
 # Seconds for a test the durations file does not know yet, by tier (the folder under tests/).
@@ -31,9 +35,92 @@ TIER_GUESS = {"chaos": 10.0, "e2e": 2.0, "integration": 0.5, "unit": 0.05}
 DEFAULT_GUESS = 0.5
 #: Tests that drive a real agent CLI: each keeps about a core busy while it runs.
 HEAVY_MARK = "agent_cli"
-#: At least this many other tests between two heavy ones (three workers: the next heavy
-#: test starts about when the first of the two lighter ones ends).
+#: At least this many other tests between two heavy ones (three workers besides the lane:
+#: the next heavy test starts about when the first of the two lighter ones ends).
 SPREAD_GAP = 2
+
+
+#: Tests that mostly wait (measured: wall time at least three times their CPU time, over
+#: a second): on timers of the product (a stop timeout, a respawn back-off, the lifeline
+#: backstop, a dialog's resend), on gates that sleep, on a supervisor paused on purpose.
+#: One worker, the waiting lane, takes them one after the other while the others take the
+#: rest, so that their waits overlap with work instead of with each other. A name here that
+#: no longer matches a test only loses its place in the lane (tests/unit/test_schedule.py
+#: checks that each still names one).
+WAITS = frozenset({
+    "tests/e2e/test_demo.py::test_demo_merges_rejects_and_cleans_up",
+    "tests/e2e/test_refinery.py::test_batch_of_16_with_one_bad_bisects_within_budget",
+    "tests/e2e/test_refinery.py::test_hanging_gate_is_killed_with_its_children",
+    "tests/e2e/test_pool_setup.py::test_the_pool_prepares_trees_with_the_setup_and_a_sling_"
+    "does_not_run_it_again",
+    "tests/e2e/test_pool_setup.py::test_a_changed_setup_runs_at_sling_in_a_tree_prepared_"
+    "with_the_old_one",
+    "tests/e2e/test_pool_setup.py::test_in_pool_false_keeps_the_setup_at_sling",
+    "tests/e2e/test_role_guarantees.py::test_hung_role_dies_with_its_killed_supervisor",
+    "tests/e2e/test_role_guarantees.py::test_down_while_the_supervisor_starts_its_bus",
+    "tests/e2e/test_role_guarantees.py::test_role_whose_lock_is_held_fails_to_start",
+    "tests/e2e/test_role_guarantees.py::test_second_instance_by_hand_cannot_run_beside_the_role",
+    "tests/e2e/test_role_guarantees.py::test_down_names_a_role_running_without_a_supervisor",
+    "tests/e2e/test_systemd.py::test_sd_notify_ready_status_watchdog_stopping",
+    "tests/e2e/test_witness.py::test_agent_exiting_without_done_is_respawned_then_escalated",
+    "tests/e2e/test_witness.py::test_silent_session_is_noted_not_killed",
+    "tests/e2e/test_worktree_setup.py::test_down_all_stops_a_running_setup",
+    "tests/e2e/test_kept_work.py::test_escalation_stops_what_is_left_of_the_session",
+    "tests/e2e/test_polecats.py::test_kill_9_mayor_mid_sling_leaves_nothing_half_made",
+    "tests/e2e/test_town_lifecycle.py::test_role_ignoring_sigterm_is_killed_after_its_timeout",
+    "tests/e2e/test_cli_recovery.py::test_mq_check_fails_with_the_tail_and_cleans_up_after_a_"
+    "failure_or_timeout",
+    "tests/integration/test_tmux_input.py::test_a_dialog_that_did_not_get_its_key_gets_it_again",
+    "tests/integration/test_tmux_input.py::test_a_dialog_is_answered_once_per_appearance",
+    "tests/integration/test_tmux_input.py::test_unknown_screen_gets_no_key",
+    "tests/integration/test_tmux_input.py::test_nothing_is_typed_into_a_busy_agent",
+    "tests/integration/test_tmux_input.py::test_codex_splash_does_not_end_the_wait",
+    "tests/integration/test_tmux_input.py::test_claude_dialogs_get_exactly_their_keys",
+    "tests/integration/test_tmux_input.py::test_onboarding_screens_are_answered",
+    "tests/integration/test_role_witness.py::test_the_witness_respawns_a_polecat_whose_"
+    "session_died",
+    "tests/integration/test_role_witness.py::test_a_death_reported_while_the_revive_runs_is_"
+    "not_dropped",
+    "tests/integration/test_gates.py::test_timed_out_gate_is_killed_with_its_whole_group",
+    "tests/integration/test_git_command.py::test_a_read_only_git_killed_by_another_process_"
+    "is_run_once_more",
+})
+
+
+def waits(nodeid: str) -> bool:
+    """Whether the test (any of its parameters) is one of :data:`WAITS`."""
+    return nodeid.partition("[")[0] in WAITS
+
+
+def pick(pending: list[int], collection: list[str], *, lane: bool, num: int) -> list[int]:
+    """The next ``num`` tests (indexes into ``collection``, in ``pending``'s order) for
+    the lane (``lane``: tests of :data:`WAITS` first) or for another worker (the others
+    first); of the other kind once a worker's own kind is used up."""
+    mine = [i for i in pending if waits(collection[i]) == lane]
+    return (mine or pending)[:num]
+
+
+class WaitingLane(LoadScheduling):  # type: ignore[misc]  # (xdist has no type hints)
+    """xdist's ``--dist load`` (the next tests to whichever worker is short of them), but
+    one worker, the lane, takes the tests of :data:`WAITS` first and the others take the
+    rest first; either takes from the other kind once its own is used up."""
+
+    def _send_tests(self, node: WorkerController, num: int) -> None:
+        assert self.collection is not None
+        lane = self.nodes[0] is node and len(self.nodes) > 1
+        chosen = pick(self.pending, self.collection, lane=lane, num=num)
+        if chosen:
+            taken = set(chosen)
+            self.pending[:] = [i for i in self.pending if i not in taken]
+            self.node2pending[node].extend(chosen)
+            node.send_runtest_some(chosen)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> LoadScheduling | None:
+    if config.getvalue("dist") != "load":
+        return None
+    return WaitingLane(config, log)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
