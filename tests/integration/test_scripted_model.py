@@ -326,12 +326,17 @@ def test_claude_runs_the_script_then_a_resumed_session_runs_the_nudge(
     scripted = [(e["kind"], e["prompt_index"], e["step"], e["command"])
                 for e in model_server.requests()
                 if e["api"] == "anthropic" and e["kind"] in ("script", "nudge")]
-    assert scripted == [
+    # The nudge is a later prompt of the same conversation: usually the second (index 1),
+    # but now and then under load the resumed history Claude Code sends holds one user
+    # message more before it (seen twice: index 2, beside a side request of the CLI's own
+    # that quotes the session), so its index is not pinned.
+    nudge_index = scripted[3][1] if len(scripted) == 5 else None
+    assert isinstance(nudge_index, int) and nudge_index >= 1 and scripted == [
         ("script", 0, 0, "echo hi > hi.txt"),
         ("script", 0, 1, 'git add hi.txt && git commit -qm "add hi"'),
         ("script", 0, 2, None),
-        ("nudge", 1, 0, "echo nudged > n.txt"),
-        ("nudge", 1, 1, None)], [  # seen once under load: a nudge at index 2; why?
+        ("nudge", nudge_index, 0, "echo nudged > n.txt"),
+        ("nudge", nudge_index, 1, None)], [
             (e["kind"], e["prompt_index"], e["step"], e["n_input"], e["prompt"][:160])
             for e in model_server.requests() if e["api"] == "anthropic"]
 
