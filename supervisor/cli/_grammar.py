@@ -278,8 +278,8 @@ WORK_COMMANDS: tuple[Command | Group, ...] = (
 HUMAN_COMMANDS: tuple[Command | Group, ...] = (
     group("crew", "human workspaces in a rig (worktrees on crew/NAME)",
           "Crew: long-lived workspaces at <rig>/crew/<name>.",
-          command("add", "_crew:cmd_crew_add", "create a crew workspace on its own branch "
-                  "crew/NAME", NAME, CREW_RIG,
+          command("add", "_crew:cmd_crew_add",
+                  "create a crew workspace on its own branch crew/NAME", NAME, CREW_RIG,
                   arg("--setup", action="store_true",
                       help="run the rig's [polecats.setup] (files, command) in it")),
           command("list", "_crew:cmd_crew_list",
