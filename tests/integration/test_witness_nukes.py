@@ -63,17 +63,21 @@ async def test_what_outlives_a_nuked_session_is_stopped_by_the_batch_search(
         created = await world.wait_event("mr_created", polecat=polecat.name)
         identity = {"GASTOWN_TOWN": str(site.root), "GASTOWN_POLECAT": polecat.name}
         assert await trio.to_thread.run_sync(processes_with_env, identity)
+        # Landed before the witness starts: its start-up reconcile runs at once, and one
+        # that raced the landing and the nuke found the daemon first (a process of a
+        # polecat with no live row: "orphan_session", stopped), leaving the sweep nothing
+        # to stop (seen under load). Landed first, that reconcile sees a merged polecat
+        # not nuked yet; the settle pass right after it nukes, the sweep follows, and the
+        # next reconcile is 30 s away.
+        await land(world, str(created["mr"]))
         with capture_logs() as logs:
             async with world.role(WITNESS) as witness:
                 assert isinstance(witness, Witness)
-                await land(world, str(created["mr"]))
                 await world.wait_event("polecat_nuked", polecat=polecat.name)
                 await until(lambda: not processes_with_env(identity),
                             what="the daemon to be stopped")
                 # The sweep reports once its search returns, which may be after the
                 # daemon is gone: leaving the block before would cancel the report.
-                # Seen twice under a full suite's load: the daemon gone, no report in 60 s;
-                # the witness's log then says which path ran.
                 try:
                     await until(lambda: any(e.get("event") == "strays_stopped" for e in logs),
                                 what="the sweep's report")
