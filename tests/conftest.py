@@ -76,6 +76,8 @@ def git(*args: str, cwd: Path) -> str:
     return result.stdout
 
 
+#: What a test repository holds unless the test says otherwise.
+DEFAULT_FILES = {"README.md": "hello\n"}
 #: Repositories built once per test process, by (branch, files); tests get copies.
 _TEMPLATES: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Path, Path]] = {}
 
@@ -110,7 +112,7 @@ def _template(branch: str, files: Mapping[str, str]) -> tuple[Path, Path]:
 
 def make_repo(path: Path, *, branch: str = "main", files: Mapping[str, str] | None = None) -> Path:
     """A real git repository at ``path`` with one commit on ``branch``."""
-    src, _ = _template(branch, files or {"README.md": "hello\n"})
+    src, _ = _template(branch, files or DEFAULT_FILES)
     shutil.copytree(src, path)
     return path
 
@@ -123,12 +125,12 @@ def make_remote(path: Path, *, branch: str = "main",
     every update, for ``tests/invariants.py``. Its source repository is beside it, named
     ``<name>-src``.
     """
-    src, bare = _template(branch, files or {"README.md": "hello\n"})
-    shutil.copytree(src, path.with_name(path.name + "-src"))
+    src, bare = _template(branch, files or DEFAULT_FILES)
+    own_src = path.with_name(path.name + "-src")
+    shutil.copytree(src, own_src)
     shutil.copytree(bare, path)
     config = path / "config"
-    config.write_text(config.read_text().replace(
-        f"url = {src}\n", f"url = {path.with_name(path.name + '-src')}\n"))
+    config.write_text(config.read_text().replace(f"url = {src}\n", f"url = {own_src}\n"))
     return path
 
 
